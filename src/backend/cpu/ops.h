@@ -1,0 +1,56 @@
+// CPU kernels. Plain functions over contiguous float32 buffers (row-major,
+// NCHW for feature maps, (rows, tokens, channels) for token sequences). Model
+// code calls only these; each one has a plain reference test in tests/.
+#pragma once
+
+#include <cstdint>
+
+namespace fastvar::cpu {
+
+// ---- dense algebra -------------------------------------------------------
+// y[M,N] = x[M,K] @ w[N,K]^T (+ bias[N] if non-null) (+ y if accumulate).
+// This is the layout of torch.nn.Linear weights.
+void linear(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N,
+            int64_t K, bool accumulate = false);
+// C[M,N] = alpha * op(A) @ op(B) + beta * C with explicit leading dimensions.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc);
+
+// ---- element-wise and normalisation -------------------------------------
+void silu(const float* x, float* y, int64_t n);
+void gelu_tanh(float* x, int64_t n);  // in place, PyTorch approximate='tanh'
+// LayerNorm over the last dim C without affine params, then y = n*(1+scale)+shift
+// (scale/shift: C-vectors, may be null = plain LayerNorm). rows = number of tokens.
+void layernorm_modulate(const float* x, float* y, int64_t rows, int64_t C, float eps,
+                        const float* scale, const float* shift);
+// GroupNorm over NCHW (one image: C, HW), affine gamma/beta, optional fused SiLU.
+void group_norm(const float* x, float* y, int64_t C, int64_t HW, int groups, float eps,
+                const float* gamma, const float* beta, bool fuse_silu);
+
+// ---- convolution and resampling (one image, NCHW without N) --------------
+// 2-D convolution, stride 1, square kernel k (1 or 3), zero padding pad.
+// w: (Cout, Cin, k, k), bias: (Cout) or null. Output H x W (same size for pad=(k-1)/2).
+void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
+            int64_t Cout, int k, int pad, float* y);
+// Nearest-neighbour x2 upsampling: (C, H, W) -> (C, 2H, 2W).
+void upsample_nearest2x(const float* x, int64_t C, int64_t H, int64_t W, float* y);
+// F.interpolate(mode='area') = adaptive average pooling (C, hi, wi) -> (C, ho, wo),
+// valid for down- and upsampling.
+void resize_area(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
+                 int64_t wo);
+// F.interpolate(mode='bicubic', align_corners=False), A = -0.75, clamped taps.
+void resize_bicubic(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
+                    int64_t wo);
+
+// ---- attention ----------------------------------------------------------
+// Multi-head attention of Lq queries over Lk keys for one row, softmax scale
+// `scale`, no mask. q: (Lq, H, hd) with row stride q_stride floats between
+// tokens; k, v: (H, Lk, hd) (cache layout, k_stride = floats between heads).
+// out: (Lq, H*hd). Never materialises Lq x Lk: processes keys in blocks with an
+// online softmax.
+void attention(const float* q, int64_t q_stride, const float* k, const float* v,
+               int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
+               int64_t hd, float scale);
+
+}  // namespace fastvar::cpu

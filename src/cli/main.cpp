@@ -1,0 +1,223 @@
+// fastvar: command-line front end (conventions of stable-diffusion.cpp).
+//   fastvar generate -m MODEL --vae VAE --class N [-n COUNT] [-s SEED] ... -o out.png
+//   fastvar info FILE
+//   fastvar check-golden DIR
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "api/engine.h"
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "fastvar/fastvar.h"
+#include "io/png.h"
+#include "io/tensor_file.h"
+#include "models/var/var_model.h"
+#include "models/var/vqvae.h"
+#include "models/weights.h"
+#include "pipeline/golden_check.h"
+
+namespace fs = std::filesystem;
+using namespace fastvar;
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, vae, output = "output.png";
+  std::vector<int> classes;
+  int count = 1;
+  uint64_t seed = 0;
+  float cfg = 4.f;
+  int top_k = 900;
+  float top_p = 0.96f;
+  int threads = 0;
+  bool no_grid = false, no_fastvar = false, quiet = false;
+  std::string prune, prune_layers, score = "mean";
+  int skip_last = -1, cache_scale = -1;
+};
+
+// Refuses an output path we could not write, before spending minutes generating.
+void check_writable(const std::string& path) {
+  fs::path p(path);
+  fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) fail("cannot write %s: directory %s does not exist", path.c_str(), dir.c_str());
+  if (fs::is_directory(p, ec)) fail("cannot write %s: it is a directory", path.c_str());
+  if (access(dir.c_str(), W_OK) != 0) fail("cannot write %s: directory %s is not writable", path.c_str(), dir.c_str());
+}
+
+std::string numbered(const std::string& path, int i, int n) {
+  fs::path p(path);
+  int width = std::to_string(n - 1).size();
+  std::string num = std::to_string(i);
+  num = std::string(width - std::min<int>(width, num.size()), '0') + num;
+  return (p.parent_path() / (p.stem().string() + "-" + num + p.extension().string())).string();
+}
+
+void progress_cb(int scale, int num_scales, int side, double ms, int skipped, void*) {
+  if (skipped)
+    std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  skipped (FastVAR)\n", scale + 1, num_scales, side, side);
+  else
+    std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  %8.1f ms\n", scale + 1, num_scales, side, side, ms);
+}
+
+int run_generate(const GenerateArgs& a) {
+  if (a.count < 1 || a.count > 4096) fail("-n %d: must be in [1, 4096]", a.count);
+  if (a.classes.size() > 1 && static_cast<int>(a.classes.size()) != a.count)
+    fail("--class: %zu classes given for %d images", a.classes.size(), a.count);
+  check_writable(a.output);
+  if (a.no_grid)
+    for (int i = 0; i < a.count; ++i) check_writable(numbered(a.output, i, a.count));
+  set_num_threads(a.threads);
+  auto t0 = std::chrono::steady_clock::now();
+  fastvar_engine* e = fastvar_load(a.model.c_str(), a.vae.c_str());
+  if (!e) fail("%s", fastvar_last_error());
+  std::unique_ptr<fastvar_engine, void (*)(fastvar_engine*)> guard(e, fastvar_free);
+  double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!a.quiet) std::fprintf(stderr, "loaded in %.2f s: %s\n", load_s, fastvar_describe(e));
+
+  fastvar_params p = fastvar_params_default();
+  std::vector<int> classes(a.count, a.classes.empty() ? 0 : a.classes[0]);
+  if (a.classes.size() > 1) classes = a.classes;
+  p.num_images = a.count;
+  p.classes = classes.data();
+  p.cfg = a.cfg;
+  p.top_k = a.top_k;
+  p.top_p = a.top_p;
+  p.seed = a.seed;
+  p.threads = a.threads;
+  p.fastvar = a.no_fastvar ? 0 : 1;
+  p.prune = a.prune.empty() ? nullptr : a.prune.c_str();
+  p.skip_last = a.skip_last;
+  p.cache_scale = a.cache_scale;
+  p.score = a.score.c_str();
+  if (!a.prune_layers.empty()) parse_layer_range(a.prune_layers, &p.prune_layer_begin, &p.prune_layer_end);
+  if (a.no_fastvar && (!a.prune.empty() || a.skip_last >= 0 || a.cache_scale >= 0 || !a.prune_layers.empty()))
+    fail("--no-fastvar cannot be combined with --prune, --skip-last, --cache-scale or --prune-layers");
+
+  const int W = fastvar_image_width(e), H = fastvar_image_height(e);
+  std::vector<uint8_t> rgb(size_t(a.count) * W * H * 3);
+  if (!a.quiet) std::fprintf(stderr, "generating %d image(s) of %dx%d, seed %llu, cfg %g, top-k %d, top-p %g, %d thread(s)\n",
+                             a.count, W, H, (unsigned long long)a.seed, a.cfg, a.top_k, a.top_p, num_threads());
+  t0 = std::chrono::steady_clock::now();
+  if (fastvar_generate(e, &p, rgb.data(), a.quiet ? nullptr : progress_cb, nullptr) != FASTVAR_OK)
+    fail("%s", fastvar_last_error());
+  double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (a.count == 1) {
+    io::write_png(a.output, rgb.data(), W, H);
+  } else if (a.no_grid) {
+    for (int i = 0; i < a.count; ++i)
+      io::write_png(numbered(a.output, i, a.count), rgb.data() + size_t(i) * W * H * 3, W, H);
+  } else {
+    int gw = 0, gh = 0;
+    std::vector<uint8_t> grid = io::make_grid(rgb.data(), a.count, H, W, gw, gh);
+    io::write_png(a.output, grid.data(), gw, gh);
+  }
+  if (!a.quiet) std::fprintf(stderr, "total %.2f s (generation %.2f s), wrote %s\n", load_s + gen_s, gen_s,
+                             a.count > 1 && a.no_grid ? numbered(a.output, 0, a.count).c_str() : a.output.c_str());
+  return 0;
+}
+
+int run_info(const std::string& path) {
+  auto f = io::TensorFile::open(path);
+  std::printf("file:    %s\nformat:  %s\ntensors: %zu\nbytes:   %zu (%.1f MiB)\n", path.c_str(), f->format().c_str(),
+              f->tensors().size(), f->total_bytes(), f->total_bytes() / 1048576.0);
+  std::map<std::string, size_t> by_dtype;
+  for (const auto& t : f->tensors()) by_dtype[io::dtype_name(t.dtype)] += 1;
+  std::printf("dtypes: ");
+  for (const auto& [d, n] : by_dtype) std::printf(" %s x%zu", d.c_str(), n);
+  std::printf("\n");
+  const bool is_var = f->find("pos_1LC") != nullptr, is_vae = f->find("quantize.embedding.weight") != nullptr;
+  Weights w(std::move(f));
+  if (is_var) {
+    var::VarModel m(w);
+    w.check_all_used();
+    std::printf("model:   %s\n", m.config().describe().c_str());
+  } else if (is_vae) {
+    var::VQVAE v(w);
+    w.check_all_used();
+    std::printf("model:   %s\n", v.config().describe().c_str());
+  } else {
+    std::printf("model:   unknown (not a VAR transformer or VQVAE)\n");
+  }
+  return 0;
+}
+
+int run_check_golden(const std::string& dir, int threads) {
+  set_num_threads(threads);
+  std::printf("check-golden %s\n", dir.c_str());
+  GoldenSummary s = check_golden(dir, stdout);
+  std::printf("check-golden: %d passed, %d failed, %d not compared\n", s.passed, s.failed, s.not_compared);
+  return s.failed == 0 && s.passed > 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fastvar: VAR-family image generation with FastVAR cached token pruning"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "fastvar 0.1.0");
+
+  GenerateArgs g;
+  CLI::App* gen = app.add_subcommand("generate", "Generate images with a VAR model");
+  gen->add_option("-m,--model", g.model, "VAR transformer checkpoint (.pth or .safetensors)")->required();
+  gen->add_option("--vae", g.vae, "VQVAE checkpoint (.pth or .safetensors)")->required();
+  gen->add_option("-c,--class", g.classes, "Class id (one for all images, or one per image)")->required()->delimiter(',');
+  gen->add_option("-n,--count", g.count, "Number of images, generated in one batch");
+  gen->add_option("-s,--seed", g.seed, "Random seed");
+  gen->add_option("--cfg", g.cfg, "Classifier-free guidance scale (ramped from 0 at the first scale)")->check(CLI::Range(0.f, 100.f));
+  gen->add_option("--top-k", g.top_k, "Top-k filtering (0 = off)")->check(CLI::Range(0, 1 << 30));
+  gen->add_option("--top-p", g.top_p, "Top-p filtering (0 = off)")->check(CLI::Range(0.f, 1.f));
+  gen->add_option("-t,--threads", g.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  gen->add_option("-o,--output", g.output, "Output PNG (a grid when -n > 1)");
+  gen->add_flag("--no-grid", g.no_grid, "With -n > 1, write numbered files OUT-0.png ... instead of a grid");
+  gen->add_flag("--no-fastvar", g.no_fastvar, "Run the full model without token pruning");
+  gen->add_option("--prune", g.prune, "FastVAR pruned scales: SCALE:RATIO,... by scale index");
+  gen->add_option("--skip-last", g.skip_last, "FastVAR: skip the last N scales entirely")->check(CLI::Range(0, 64));
+  gen->add_option("--cache-scale", g.cache_scale, "FastVAR: scale index whose branch outputs are cached")->check(CLI::Range(0, 64));
+  gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
+  gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
+  gen->add_flag("-q,--quiet", g.quiet, "No progress output");
+
+  std::string info_path;
+  CLI::App* info = app.add_subcommand("info", "Print what a checkpoint holds and the inferred config");
+  info->add_option("file", info_path, "Checkpoint (.pth or .safetensors)")->required();
+
+  std::string golden_dir;
+  int golden_threads = 0;
+  CLI::App* golden = app.add_subcommand("check-golden", "Compare the engine with reference tensors of the official code");
+  golden->add_option("dir", golden_dir, "Golden folder (config.json + safetensors)")->required();
+  golden->add_option("-t,--threads", golden_threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    for (char& ch : msg) if (ch == '\n') ch = ' ';
+    std::fprintf(stderr, "fastvar: error: %s\n", msg.c_str());
+    return 2;
+  }
+  try {
+    if (*gen) return run_generate(g);
+    if (*info) return run_info(info_path);
+    if (*golden) return run_check_golden(golden_dir, golden_threads);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "fastvar: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fastvar: error: %s\n", e.what());
+    return 1;
+  }
+  return 1;
+}

@@ -1,0 +1,202 @@
+#include "fastvar/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+#include <vector>
+
+#include "core/error.h"
+#include "core/threadpool.h"
+
+namespace fastvar {
+
+const char* score_mode_name(ScoreMode m) {
+  return m == ScoreMode::GlobalMean ? "mean" : "box";
+}
+
+ScoreMode parse_score_mode(const std::string& s) {
+  if (s == "mean") return ScoreMode::GlobalMean;
+  if (s == "box") return ScoreMode::BoxFilter;
+  fail("unknown score mode '%s' (expected 'mean' or 'box')", s.c_str());
+}
+
+namespace {
+bool parse_int(const std::string& s, int* out) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  long v = std::strtol(s.c_str(), &end, 10);
+  if (*end != '\0' || v < -(1 << 30) || v > (1 << 30)) return false;
+  *out = static_cast<int>(v);
+  return true;
+}
+}  // namespace
+
+std::map<int, float> parse_prune_list(const std::string& s) {
+  std::map<int, float> r;
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string item = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    size_t colon = item.find(':');
+    int si;
+    char* end = nullptr;
+    if (colon == std::string::npos || !parse_int(item.substr(0, colon), &si))
+      fail("--prune: expected SCALE:RATIO items, got '%s'", item.c_str());
+    std::string rs = item.substr(colon + 1);
+    double ratio = std::strtod(rs.c_str(), &end);
+    if (rs.empty() || *end != '\0' || !(ratio >= 0.0 && ratio < 1.0))
+      fail("--prune: ratio '%s' of scale %d must be a number in [0, 1)", rs.c_str(), si);
+    if (r.count(si)) fail("--prune: scale %d given twice", si);
+    r[si] = static_cast<float>(ratio);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return r;
+}
+
+void parse_layer_range(const std::string& s, int* begin, int* end) {
+  size_t dash = s.find('-');
+  if (dash == std::string::npos || !parse_int(s.substr(0, dash), begin) ||
+      !parse_int(s.substr(dash + 1), end) || *begin < 0 || *end < *begin)
+    fail("--prune-layers: expected A-B with 0 <= A <= B, got '%s'", s.c_str());
+}
+
+void PrunePlan::validate(int SN, int depth) const {
+  if (!enabled) return;
+  if (skip_last < 0 || skip_last >= SN)
+    fail("--skip-last %d: must be in [0, %d] for a model with %d scales", skip_last, SN - 1, SN);
+  if (layer_begin < 0 || layer_begin >= depth)
+    fail("--prune-layers: first block %d out of range [0, %d]", layer_begin, depth - 1);
+  for (const auto& [si, r] : ratio) {
+    if (si < 0 || si >= SN) fail("--prune: scale index %d out of range [0, %d]", si, SN - 1);
+    if (!(r >= 0.f && r < 1.f)) fail("--prune: ratio %g of scale %d not in [0, 1)", r, si);
+    if (r > 0.f && si <= cache_scale)
+      fail("--prune: scale %d is pruned but the cache scale is %d (pruned scales must come after it)",
+           si, cache_scale);
+  }
+  bool any = std::any_of(ratio.begin(), ratio.end(), [](const auto& kv) { return kv.second > 0.f; });
+  if (any && (cache_scale < 0 || cache_scale >= SN))
+    fail("--cache-scale %d out of range [0, %d]", cache_scale, SN - 1);
+}
+
+std::string PrunePlan::describe(const std::vector<int>& pn) const {
+  if (!enabled) return "off";
+  std::string s;
+  for (const auto& [si, r] : ratio) {
+    if (r <= 0.f) continue;
+    int side = si < static_cast<int>(pn.size()) ? pn[si] : -1;
+    s += strprintf("%sscale %d (%d) %.0f%%", s.empty() ? "" : ", ", si, side, 100.0 * r);
+  }
+  if (s.empty()) s = "no pruned scales";
+  if (cache_scale >= 0) s += strprintf("; cache scale %d", cache_scale);
+  if (skip_last > 0) s += strprintf("; skip last %d", skip_last);
+  s += strprintf("; score %s", score_mode_name(score));
+  if (layer_begin > 0 || layer_end < (1 << 30)) s += strprintf("; blocks %d-%d", layer_begin, layer_end);
+  return s;
+}
+
+ScalePlan scale_plan(const PrunePlan& p, int si) {
+  ScalePlan s;
+  if (!p.enabled) return s;
+  auto it = p.ratio.find(si);
+  if (it != p.ratio.end()) s.ratio = it->second;
+  s.store_cache = si == p.cache_scale;
+  s.layer_begin = p.layer_begin;
+  s.layer_end = p.layer_end;
+  s.score = p.score;
+  return s;
+}
+
+void pts_select(const float* x, int R, int h, int w, int C, int K, ScoreMode mode, int32_t* keep,
+                float* scores) {
+  const int L = h * w;
+  if (K < 0 || K > L) fail("pts_select: K = %d out of range [0, %d]", K, L);
+  for (int r = 0; r < R; ++r) {
+    const float* xr = x + static_cast<int64_t>(r) * L * C;
+    std::vector<float> score(L, 0.f);
+    if (mode == ScoreMode::GlobalMean) {
+      std::vector<double> mean(C, 0.0);
+      for (int l = 0; l < L; ++l)
+        for (int c = 0; c < C; ++c) mean[c] += xr[static_cast<int64_t>(l) * C + c];
+      std::vector<float> m(C);
+      for (int c = 0; c < C; ++c) m[c] = static_cast<float>(mean[c] / L);
+      parallel_for(L, [&](int64_t l0, int64_t l1) {
+        for (int64_t l = l0; l < l1; ++l) {
+          float s = 0.f;
+          for (int c = 0; c < C; ++c) {
+            float d = xr[l * C + c] - m[c];
+            s += d * d;
+          }
+          score[l] = s;
+        }
+      }, 16);
+    } else {
+      // Local low-frequency estimate: the 3x3 box mean around each token
+      // (window clipped at the border, divided by the cells it covers).
+      parallel_for(L, [&](int64_t l0, int64_t l1) {
+        std::vector<float> m(C);
+        for (int64_t l = l0; l < l1; ++l) {
+          int i = static_cast<int>(l / w), j = static_cast<int>(l % w), n = 0;
+          std::fill(m.begin(), m.end(), 0.f);
+          for (int a = std::max(0, i - 1); a <= std::min(h - 1, i + 1); ++a)
+            for (int b = std::max(0, j - 1); b <= std::min(w - 1, j + 1); ++b, ++n)
+              for (int c = 0; c < C; ++c) m[c] += xr[(static_cast<int64_t>(a) * w + b) * C + c];
+          float s = 0.f;
+          for (int c = 0; c < C; ++c) {
+            float d = xr[l * C + c] - m[c] / n;
+            s += d * d;
+          }
+          score[l] = s;
+        }
+      }, 16);
+    }
+    if (scores) std::copy(score.begin(), score.end(), scores + static_cast<int64_t>(r) * L);
+    std::vector<int32_t> order(L);
+    std::iota(order.begin(), order.end(), 0);
+    auto better = [&](int32_t a, int32_t b) {
+      return score[a] > score[b] || (score[a] == score[b] && a < b);
+    };
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), better);
+    std::copy(order.begin(), order.begin() + K, keep + static_cast<int64_t>(r) * K);
+  }
+}
+
+void gather_tokens(const float* x, int R, int L, int C, const int32_t* keep, int K, float* out) {
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < K; ++k)
+      std::copy_n(x + (static_cast<int64_t>(r) * L + keep[r * K + k]) * C, C,
+                  out + (static_cast<int64_t>(r) * K + k) * C);
+}
+
+void resize_area_tokens(const float* x, int h, int w, int C, float* y, int ho, int wo) {
+  // Adaptive average pooling windows [floor(i*in/out), ceil((i+1)*in/out)).
+  for (int i = 0; i < ho; ++i) {
+    int a0 = i * h / ho, a1 = ((i + 1) * h + ho - 1) / ho;
+    for (int j = 0; j < wo; ++j) {
+      int b0 = j * w / wo, b1 = ((j + 1) * w + wo - 1) / wo;
+      float* yo = y + (static_cast<int64_t>(i) * wo + j) * C;
+      std::fill(yo, yo + C, 0.f);
+      for (int a = a0; a < a1; ++a)
+        for (int b = b0; b < b1; ++b) {
+          const float* xi = x + (static_cast<int64_t>(a) * w + b) * C;
+          for (int c = 0; c < C; ++c) yo[c] += xi[c];
+        }
+      const float cnt = static_cast<float>((a1 - a0) * (b1 - b0));
+      for (int c = 0; c < C; ++c) yo[c] /= cnt;
+    }
+  }
+}
+
+void restore_tokens(const float* cache, int hc, int wc, const float* y, const int32_t* keep, int R,
+                    int K, int h, int w, int C, float* out) {
+  const int64_t L = static_cast<int64_t>(h) * w;
+  for (int r = 0; r < R; ++r) {
+    float* o = out + r * L * C;
+    resize_area_tokens(cache + static_cast<int64_t>(r) * hc * wc * C, hc, wc, C, o, h, w);
+    for (int k = 0; k < K; ++k)
+      std::copy_n(y + (static_cast<int64_t>(r) * K + k) * C, C, o + keep[r * K + k] * C);
+  }
+}
+
+}  // namespace fastvar

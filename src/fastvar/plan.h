@@ -1,0 +1,72 @@
+// FastVAR (arXiv 2503.23367), independent of any backbone: the token plan per
+// scale (which scales and blocks are pruned, the cache scale, skipped final
+// scales), pivotal token selection (PTS) and cached token restoration (CTR).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fastvar {
+
+// How PTS estimates the low-frequency component that a token is compared with.
+enum class ScoreMode {
+  GlobalMean,  // the reference: mean over all tokens of the map (DC component)
+  BoxFilter,   // local mean over a 3x3 neighbourhood (clamped at the borders)
+};
+const char* score_mode_name(ScoreMode m);
+ScoreMode parse_score_mode(const std::string& s);  // "mean" | "box"
+
+// The user-facing plan, expressed by scale index so that it fits any schedule
+// and aspect ratio.
+struct PrunePlan {
+  bool enabled = false;
+  std::map<int, float> ratio;  // scale index -> pruned fraction in [0, 1)
+  int cache_scale = -1;        // scale index whose branch outputs are cached
+  int skip_last = 0;           // number of final scales not run at all
+  int layer_begin = 0;         // pruned blocks: [layer_begin, layer_end]
+  int layer_end = 1 << 30;
+  ScoreMode score = ScoreMode::GlobalMean;
+
+  // Throws fastvar::Error if the plan does not fit a model with SN scales and
+  // `depth` blocks (pruned scale before or at the cache scale, bad ratio, ...).
+  void validate(int SN, int depth) const;
+  std::string describe(const std::vector<int>& patch_nums) const;
+};
+
+// Parses "SCALE:RATIO,SCALE:RATIO" where SCALE is a scale index (0-based).
+std::map<int, float> parse_prune_list(const std::string& s);
+// Parses "A-B" (inclusive block range).
+void parse_layer_range(const std::string& s, int* begin, int* end);
+
+// What the blocks need to know for one scale.
+struct ScalePlan {
+  float ratio = 0.f;        // pruned fraction; 0 = all tokens
+  bool store_cache = false; // this is the cache scale: keep branch outputs
+  int layer_begin = 0, layer_end = -1;
+  ScoreMode score = ScoreMode::GlobalMean;
+
+  bool prunes(int block) const { return ratio > 0.f && block >= layer_begin && block <= layer_end; }
+  bool caches(int block) const { return store_cache && block >= layer_begin && block <= layer_end; }
+  // Tokens kept out of L: L - int(L * ratio), as the reference truncates.
+  int keep(int L) const { return L - static_cast<int>(static_cast<float>(L) * ratio); }
+};
+ScalePlan scale_plan(const PrunePlan& p, int si);
+
+// PTS. x: (R, h*w, C) residual stream of one scale. For each row, scores every
+// token by the squared distance to the low-frequency estimate and writes the K
+// best positions to keep (R, K) in descending score order (ties: lower index
+// first). scores (R, h*w) may be null.
+void pts_select(const float* x, int R, int h, int w, int C, int K, ScoreMode mode, int32_t* keep,
+                float* scores);
+// out (R, K, C) = x (R, L, C) gathered at keep.
+void gather_tokens(const float* x, int R, int L, int C, const int32_t* keep, int K, float* out);
+// CTR. out (R, h*w, C) = area-resize of cache (R, hc*wc, C) to h x w, with the K
+// computed tokens y (R, K, C) scattered in at keep.
+void restore_tokens(const float* cache, int hc, int wc, const float* y, const int32_t* keep, int R,
+                    int K, int h, int w, int C, float* out);
+// Area (adaptive-average) resize of a token-major map (h*w, C) -> (ho*wo, C).
+void resize_area_tokens(const float* x, int h, int w, int C, float* y, int ho, int wo);
+
+}  // namespace fastvar

@@ -1,0 +1,29 @@
+// PNG output for generated images.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastvar::io {
+
+// Writes an 8-bit RGB PNG (rgb: height rows of width*3 interleaved bytes). The
+// data goes to a temporary file in the same directory that is renamed over
+// `path` only once complete, so a failure never leaves a truncated image behind.
+// Throws fastvar::Error "cannot write PNG '<path>': <reason>" on any failure.
+void write_png(const std::string& path, const uint8_t* rgb, int width, int height);
+
+// (3, H, W) float image in [0, 1] -> interleaved RGB8, rounding to nearest:
+// uint8(clamp(x, 0, 1) * 255 + 0.5), as torchvision.utils.save_image does (the
+// upstream VAR demo notebook truncates instead, so its PNGs can be 1 lower).
+// NaN maps to 0.
+std::vector<uint8_t> image_to_rgb8(const float* chw, int H, int W);
+
+// Tiles n interleaved RGB8 images of H x W (stored back to back) into a grid of
+// `cols` columns (<= 0: ceil(sqrt(n)), i.e. near-square) with a black 2-pixel
+// border around every cell, like torchvision.utils.make_grid(padding=2). The
+// grid's size is returned in grid_w / grid_h.
+std::vector<uint8_t> make_grid(const uint8_t* images, int n, int H, int W, int& grid_w,
+                               int& grid_h, int cols = 0, int pad = 2);
+
+}  // namespace fastvar::io

@@ -1,0 +1,387 @@
+#include "models/var/var_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backend/cpu/ops.h"
+#include "core/error.h"
+
+namespace fastvar::var {
+namespace {
+
+// Known release schedules (FoundationVision/VAR) for checkpoints without lvl_1L.
+const std::vector<std::vector<int>> kKnownPatchNums = {
+    {1, 2, 3, 4, 5, 6, 8, 10, 13, 16},
+    {1, 2, 3, 4, 6, 9, 13, 18, 24, 32},
+    {1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64},
+};
+
+int count_blocks(const io::TensorFile& f) {
+  int depth = 0;
+  while (f.find("blocks." + std::to_string(depth) + ".attn.mat_qkv.weight")) ++depth;
+  return depth;
+}
+
+std::vector<int> infer_patch_nums(const io::TensorFile& f, const std::string& label, int L, int SN) {
+  if (const io::TensorEntry* e = f.find("lvl_1L")) {
+    if (e->dtype != io::DType::I64 || e->numel() != L)
+      fail("%s: buffer 'lvl_1L' has dtype %s and shape %s, expected I64 [1, %d]", label.c_str(),
+           io::dtype_name(e->dtype), e->shape_str().c_str(), L);
+    std::vector<int> counts(SN, 0);
+    int64_t prev = 0;
+    for (int i = 0; i < L; ++i) {
+      int64_t lv;
+      std::memcpy(&lv, e->data + 8 * i, 8);
+      if (lv < prev || lv >= SN) fail("%s: buffer 'lvl_1L' is not a valid level map", label.c_str());
+      prev = lv;
+      ++counts[lv];
+    }
+    std::vector<int> pn;
+    for (int c : counts) {
+      int s = static_cast<int>(std::lround(std::sqrt(static_cast<double>(c))));
+      if (s * s != c || c == 0)
+        fail("%s: scale with %d tokens in 'lvl_1L' is not a square map", label.c_str(), c);
+      pn.push_back(s);
+    }
+    return pn;
+  }
+  for (const auto& pn : kKnownPatchNums) {
+    int l = 0;
+    for (int p : pn) l += p * p;
+    if (static_cast<int>(pn.size()) == SN && l == L) return pn;
+  }
+  fail("%s: cannot infer the scale list (L = %d, %d scales); pass it explicitly", label.c_str(), L,
+       SN);
+}
+
+}  // namespace
+
+std::string VarConfig::describe() const {
+  std::string pn;
+  for (size_t i = 0; i < patch_nums.size(); ++i) pn += (i ? "," : "") + std::to_string(patch_nums[i]);
+  return strprintf("VAR depth %d, width %d, %d heads, FFN %d, %s AdaLN, %d classes, V %d, Cvae %d, "
+                   "scales %s (L %d)",
+                   depth, C, heads, ffn, shared_aln ? "shared" : "per-block", num_classes, V, Cvae,
+                   pn.c_str(), L);
+}
+
+VarModel::VarModel(Weights& w, std::vector<int> patch_nums) {
+  const std::string& lb = w.label();
+  const io::TensorFile& f = w.file();
+  auto dim = [&](const std::string& name, int i) -> int {
+    const Shape& s = w.shape(name);
+    if (i >= static_cast<int>(s.size()))
+      fail("%s: tensor '%s' has shape %s, too few dimensions", lb.c_str(), name.c_str(),
+           shape_str(s).c_str());
+    return static_cast<int>(s[i]);
+  };
+  if (!f.find("pos_1LC") || !f.find("class_emb.weight"))
+    fail("%s: not a VAR transformer checkpoint (no 'pos_1LC' / 'class_emb.weight')", lb.c_str());
+  VarConfig& c = cfg_;
+  c.C = dim("pos_1LC", 2);
+  c.L = dim("pos_1LC", 1);
+  c.num_classes = dim("class_emb.weight", 0) - 1;
+  c.Cvae = dim("word_embed.weight", 1);
+  c.V = dim("head.weight", 0);
+  c.depth = count_blocks(f);
+  c.shared_aln = f.find("shared_ada_lin.1.weight") != nullptr;
+  if (c.depth == 0) fail("%s: no transformer blocks found", lb.c_str());
+  c.heads = dim("blocks.0.attn.scale_mul_1H11", 1);
+  if (c.heads <= 0 || c.C % c.heads) fail("%s: width %d not divisible by %d heads", lb.c_str(), c.C, c.heads);
+  c.head_dim = c.C / c.heads;
+  c.ffn = dim("blocks.0.ffn.fc1.weight", 0);
+  const int SN = dim("lvl_embed.weight", 0);
+  if (c.num_classes < 1 || SN < 1) fail("%s: invalid class or level embedding", lb.c_str());
+  c.patch_nums = patch_nums.empty() ? infer_patch_nums(f, lb, c.L, SN) : patch_nums;
+  if (static_cast<int>(c.patch_nums.size()) != SN)
+    fail("%s: %zu scales requested but the model has %d level embeddings", lb.c_str(),
+         c.patch_nums.size(), SN);
+  c.scale_begin = {0};
+  for (int p : c.patch_nums) {
+    if (p <= 0) fail("invalid scale side %d", p);
+    c.scale_begin.push_back(c.scale_begin.back() + p * p);
+  }
+  if (c.scale_begin.back() != c.L)
+    fail("%s: the scale list covers %d tokens but pos_1LC has %d", lb.c_str(), c.scale_begin.back(), c.L);
+
+  const int64_t C = c.C, first_l = int64_t(c.patch_nums[0]) * c.patch_nums[0];
+  pos_start_ = w.get("pos_start", {1, first_l, C});
+  pos_ = w.get("pos_1LC", {1, c.L, C});
+  word_w_ = w.get("word_embed.weight", {C, c.Cvae});
+  word_b_ = w.get("word_embed.bias", {C});
+  class_emb_ = w.get("class_emb.weight", {c.num_classes + 1, C});
+  lvl_embed_ = w.get("lvl_embed.weight", {SN, C});
+  if (c.shared_aln) {
+    shared_w_ = w.get("shared_ada_lin.1.weight", {6 * C, C});
+    shared_b_ = w.get("shared_ada_lin.1.bias", {6 * C});
+  }
+  head_ada_w_ = w.get("head_nm.ada_lin.1.weight", {2 * C, C});
+  head_ada_b_ = w.get("head_nm.ada_lin.1.bias", {2 * C});
+  head_w_ = w.get("head.weight", {c.V, C});
+  head_b_ = w.get("head.bias", {c.V});
+  // Derived buffers: recognised and shape-checked, recomputed at run time.
+  auto check_buffer = [&](const std::string& name, const Shape& s) {
+    if (!f.find(name)) return;
+    if (w.shape(name) != s)
+      fail("%s: tensor '%s' has shape %s, expected %s", lb.c_str(), name.c_str(),
+           shape_str(w.shape(name)).c_str(), shape_str(s).c_str());
+    w.ignore(name);
+  };
+  check_buffer("lvl_1L", {1, c.L});
+  check_buffer("attn_bias_for_masking", {1, 1, c.L, c.L});
+
+  const float max_scale_mul = std::log(100.f);
+  blocks_.resize(c.depth);
+  for (int b = 0; b < c.depth; ++b) {
+    const std::string p = "blocks." + std::to_string(b) + ".";
+    Block& B = blocks_[b];
+    if (c.shared_aln) {
+      B.ada_gss = w.get(p + "ada_gss", {1, 1, 6, C});
+    } else {
+      B.ada_w = w.get(p + "ada_lin.1.weight", {6 * C, C});
+      B.ada_b = w.get(p + "ada_lin.1.bias", {6 * C});
+    }
+    B.scale_mul = w.get(p + "attn.scale_mul_1H11", {1, c.heads, 1, 1});
+    B.q_bias = w.get(p + "attn.q_bias", {C});
+    B.v_bias = w.get(p + "attn.v_bias", {C});
+    check_buffer(p + "attn.zero_k_bias", {C});
+    B.qkv_w = w.get(p + "attn.mat_qkv.weight", {3 * C, C});
+    B.proj_w = w.get(p + "attn.proj.weight", {C, C});
+    B.proj_b = w.get(p + "attn.proj.bias", {C});
+    B.fc1_w = w.get(p + "ffn.fc1.weight", {c.ffn, C});
+    B.fc1_b = w.get(p + "ffn.fc1.bias", {c.ffn});
+    B.fc2_w = w.get(p + "ffn.fc2.weight", {C, c.ffn});
+    B.fc2_b = w.get(p + "ffn.fc2.bias", {C});
+    B.qkv_bias.assign(3 * C, 0.f);
+    std::copy_n(B.q_bias.data(), C, B.qkv_bias.begin());
+    std::copy_n(B.v_bias.data(), C, B.qkv_bias.begin() + 2 * C);
+    for (int h = 0; h < c.heads; ++h)
+      B.head_scale.push_back(std::exp(std::min(B.scale_mul.data()[h], max_scale_mul)));
+  }
+}
+
+VarModel::Conditioning VarModel::condition(const std::vector<int>& labels, const Tap& tap) const {
+  const int B = static_cast<int>(labels.size()), R = 2 * B;
+  const int64_t C = cfg_.C;
+  Conditioning cd;
+  cd.rows = R;
+  cd.cond = Tensor({R, C});
+  for (int r = 0; r < R; ++r) {
+    int label = r < B ? labels[r] : cfg_.num_classes;
+    if (label < 0 || label > cfg_.num_classes)
+      fail("class %d out of range [0, %d)", label, cfg_.num_classes);
+    std::copy_n(class_emb_.data() + label * C, C, cd.cond.data() + r * C);
+  }
+  Tensor act({R, C});
+  cpu::silu(cd.cond.data(), act.data(), R * C);
+  Tensor shared;
+  if (cfg_.shared_aln) {
+    shared = Tensor({R, 6 * C});
+    cpu::linear(act.data(), shared_w_.data(), shared_b_.data(), shared.data(), R, 6 * C, C);
+  }
+  for (int b = 0; b < cfg_.depth; ++b) {
+    Tensor a({R, 6, C});
+    if (cfg_.shared_aln) {
+      for (int r = 0; r < R; ++r)
+        for (int64_t i = 0; i < 6 * C; ++i)
+          a.data()[r * 6 * C + i] = blocks_[b].ada_gss.data()[i] + shared.data()[r * 6 * C + i];
+    } else {
+      cpu::linear(act.data(), blocks_[b].ada_w.data(), blocks_[b].ada_b.data(), a.data(), R, 6 * C, C);
+    }
+    if (tap) tap("ada.l" + std::to_string(b), a);
+    cd.ada.push_back(a);
+  }
+  cd.ada_head = Tensor({R, 2, C});
+  cpu::linear(act.data(), head_ada_w_.data(), head_ada_b_.data(), cd.ada_head.data(), R, 2 * C, C);
+  if (tap) {
+    tap("cond_BD", cd.cond);
+    tap("ada.head", cd.ada_head);
+  }
+  return cd;
+}
+
+VarModel::State VarModel::new_state(int rows) const {
+  State st;
+  st.rows = rows;
+  st.cap = cfg_.L;
+  for (int b = 0; b < cfg_.depth; ++b) {
+    st.k.emplace_back(Shape{rows, cfg_.heads, st.cap, cfg_.head_dim});
+    st.v.emplace_back(Shape{rows, cfg_.heads, st.cap, cfg_.head_dim});
+  }
+  st.len.assign(cfg_.depth, 0);
+  st.ctr_attn.resize(cfg_.depth);
+  st.ctr_ffn.resize(cfg_.depth);
+  return st;
+}
+
+Tensor VarModel::scale_input(int si, const Conditioning& cd, const float* next_in) const {
+  const int R = cd.rows, B = R / 2;
+  const int64_t C = cfg_.C, pn = cfg_.patch_nums[si], l = pn * pn, t0 = cfg_.scale_begin[si];
+  Tensor x({R, l, C});
+  const float* lvl = lvl_embed_.data() + si * C;
+  if (si == 0) {
+    for (int r = 0; r < R; ++r)
+      for (int64_t t = 0; t < l; ++t)
+        for (int64_t c = 0; c < C; ++c) {
+          float sos = cd.cond.data()[r * C + c] + pos_start_.data()[t * C + c];
+          x.data()[(r * l + t) * C + c] = sos + (lvl[c] + pos_.data()[(t0 + t) * C + c]);
+        }
+    return x;
+  }
+  const int64_t Cv = cfg_.Cvae;
+  Tensor tok({B, l, Cv});
+  for (int b = 0; b < B; ++b)
+    for (int64_t t = 0; t < l; ++t)
+      for (int64_t c = 0; c < Cv; ++c) tok.data()[(b * l + t) * Cv + c] = next_in[(b * Cv + c) * l + t];
+  cpu::linear(tok.data(), word_w_.data(), word_b_.data(), x.data(), B * l, C, Cv);
+  for (int b = 0; b < B; ++b)
+    for (int64_t t = 0; t < l; ++t)
+      for (int64_t c = 0; c < C; ++c) {
+        float& v = x.data()[(b * l + t) * C + c];
+        v += lvl[c] + pos_.data()[(t0 + t) * C + c];
+      }
+  std::copy_n(x.data(), B * l * C, x.data() + B * l * C);
+  return x;
+}
+
+void VarModel::attn_branch(int b, const Tensor& xs, const float* scale, const float* shift,
+                           State& st, Tensor& out, const Tap& tap,
+                           const std::string& tap_prefix) const {
+  const Block& B = blocks_[b];
+  const int R = static_cast<int>(xs.dim(0));
+  const int64_t n = xs.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
+  Tensor h({R, n, C});
+  for (int r = 0; r < R; ++r)
+    cpu::layernorm_modulate(xs.data() + r * n * C, h.data() + r * n * C, n, C, cfg_.eps,
+                            scale + r * 6 * C, shift + r * 6 * C);
+  if (tap) tap(tap_prefix + "attn_in", h);
+  Tensor qkv({R, n, 3 * C});
+  cpu::linear(h.data(), B.qkv_w.data(), B.qkv_bias.data(), qkv.data(), R * n, 3 * C, C);
+  const int len0 = st.len[b];
+  if (len0 + n > st.cap) fail("KV cache overflow in block %d", b);
+  auto l2norm = [&](float* v, float mul) {
+    float ss = 0.f;
+    for (int64_t c = 0; c < hd; ++c) ss += v[c] * v[c];
+    float inv = mul / std::max(std::sqrt(ss), 1e-12f);
+    for (int64_t c = 0; c < hd; ++c) v[c] *= inv;
+  };
+  for (int r = 0; r < R; ++r)
+    for (int64_t t = 0; t < n; ++t) {
+      float* row = qkv.data() + (r * n + t) * 3 * C;
+      for (int64_t hh = 0; hh < H; ++hh) {
+        float* q = row + hh * hd;
+        float* k = row + C + hh * hd;
+        const float* v = row + 2 * C + hh * hd;
+        if (cfg_.attn_l2_norm) {
+          l2norm(q, 1.f);
+          for (int64_t c = 0; c < hd; ++c) q[c] *= B.head_scale[hh];
+          l2norm(k, 1.f);
+        }
+        const int64_t off = ((r * H + hh) * st.cap + len0 + t) * hd;
+        std::copy_n(k, hd, st.k[b].data() + off);
+        std::copy_n(v, hd, st.v[b].data() + off);
+      }
+    }
+  st.len[b] = len0 + static_cast<int>(n);
+  const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
+  Tensor o({R, n, C});
+  for (int r = 0; r < R; ++r)
+    cpu::attention(qkv.data() + r * n * 3 * C, 3 * C, st.k[b].data() + r * H * st.cap * hd,
+                   st.v[b].data() + r * H * st.cap * hd, st.cap * hd, o.data() + r * n * C, n,
+                   st.len[b], H, hd, sm_scale);
+  cpu::linear(o.data(), B.proj_w.data(), B.proj_b.data(), out.data(), R * n, C, C);
+  if (tap) tap(tap_prefix + "attn_out", out);
+}
+
+void VarModel::ffn_branch(int b, const Tensor& xs, const float* scale, const float* shift,
+                          Tensor& out) const {
+  const Block& B = blocks_[b];
+  const int R = static_cast<int>(xs.dim(0));
+  const int64_t n = xs.dim(1), C = cfg_.C, F = cfg_.ffn;
+  Tensor h({R, n, C});
+  for (int r = 0; r < R; ++r)
+    cpu::layernorm_modulate(xs.data() + r * n * C, h.data() + r * n * C, n, C, cfg_.eps,
+                            scale + r * 6 * C, shift + r * 6 * C);
+  Tensor mid({R, n, F});
+  cpu::linear(h.data(), B.fc1_w.data(), B.fc1_b.data(), mid.data(), R * n, F, C);
+  cpu::gelu_tanh(mid.data(), R * n * F);
+  cpu::linear(mid.data(), B.fc2_w.data(), B.fc2_b.data(), out.data(), R * n, C, F);
+}
+
+void VarModel::run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning& cd, State& st,
+                          const fastvar::ScalePlan& plan, const Tap& tap) const {
+  const int R = cd.rows;
+  const int64_t C = cfg_.C, l = int64_t(ph) * pw;
+  const std::string sp = "s" + std::to_string(si) + ".";
+  if (plan.store_cache) {
+    st.ctr_h = ph;
+    st.ctr_w = pw;
+  }
+  // One branch: optional PTS + gather, compute, gate, optional CTR restore and
+  // cache store, residual add. `which` is 0 for attention and 1 for the FFN.
+  auto branch = [&](int b, int which) {
+    const float* ada = cd.ada[b].data();  // (R, 6, C): g1 g2 s1 s2 b1 b2
+    const bool prune = plan.prunes(b);
+    const int K = prune ? plan.keep(static_cast<int>(l)) : static_cast<int>(l);
+    const std::string lp = sp + "l" + std::to_string(b) + (which ? ".ffn_" : ".attn_");
+    std::vector<int32_t> keep;
+    Tensor xs = x;
+    if (prune) {
+      keep.resize(size_t(R) * K);
+      Tensor scores({R, l});
+      pts_select(x.data(), R, ph, pw, static_cast<int>(C), K, plan.score, keep.data(), scores.data());
+      xs = Tensor({R, K, C});
+      gather_tokens(x.data(), R, static_cast<int>(l), static_cast<int>(C), keep.data(), K, xs.data());
+      if (tap) {
+        Tensor kt({R, K});
+        for (size_t i = 0; i < keep.size(); ++i) kt.data()[i] = static_cast<float>(keep[i]);
+        tap(lp + "keep", kt);
+        tap(lp + "score", scores);
+      }
+    }
+    Tensor y({R, K, C});
+    if (which == 0)
+      attn_branch(b, xs, ada + 2 * C, ada + 4 * C, st, y, tap, sp + "l" + std::to_string(b) + ".");
+    else
+      ffn_branch(b, xs, ada + 3 * C, ada + 5 * C, y);
+    const int64_t g = which;  // gamma1 or gamma2
+    for (int r = 0; r < R; ++r) {
+      const float* gam = ada + (r * 6 + g) * C;
+      float* yr = y.data() + r * K * C;
+      for (int64_t t = 0; t < K; ++t)
+        for (int64_t c = 0; c < C; ++c) yr[t * C + c] *= gam[c];
+    }
+    Tensor full = y;
+    if (prune) {
+      const Tensor& cache = which ? st.ctr_ffn[b] : st.ctr_attn[b];
+      if (cache.empty()) fail("FastVAR: block %d is pruned at scale %d before its cache scale ran", b, si);
+      full = Tensor({R, l, C});
+      restore_tokens(cache.data(), st.ctr_h, st.ctr_w, y.data(), keep.data(), R, K, ph, pw,
+                     static_cast<int>(C), full.data());
+    }
+    if (plan.caches(b)) (which ? st.ctr_ffn[b] : st.ctr_attn[b]) = full.clone();
+    float* xd = x.data();
+    const float* fd = full.data();
+    for (int64_t i = 0, n = R * l * C; i < n; ++i) xd[i] += fd[i];
+  };
+  for (int b = 0; b < cfg_.depth; ++b) {
+    branch(b, 0);
+    branch(b, 1);
+    if (tap) tap(sp + "block" + std::to_string(b), x);
+  }
+}
+
+Tensor VarModel::head(const Tensor& x, const Conditioning& cd) const {
+  const int R = cd.rows;
+  const int64_t l = x.dim(1), C = cfg_.C, V = cfg_.V;
+  Tensor h({R, l, C});
+  for (int r = 0; r < R; ++r)
+    cpu::layernorm_modulate(x.data() + r * l * C, h.data() + r * l * C, l, C, cfg_.eps,
+                            cd.ada_head.data() + r * 2 * C, cd.ada_head.data() + r * 2 * C + C);
+  Tensor logits({R, l, V});
+  cpu::linear(h.data(), head_w_.data(), head_b_.data(), logits.data(), R * l, V, C);
+  return logits;
+}
+
+}  // namespace fastvar::var

@@ -1,0 +1,94 @@
+// The VAR transformer (FoundationVision/VAR, class-conditional next-scale
+// prediction): config inference from the checkpoint, per-image conditioning,
+// the per-block KV cache, one block's forward (with FastVAR token pruning) and
+// the head. The scale loop itself lives in src/pipeline/.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "fastvar/plan.h"
+#include "models/weights.h"
+
+namespace fastvar::var {
+
+struct VarConfig {
+  int depth = 0, C = 0, heads = 0, head_dim = 0, ffn = 0;
+  int num_classes = 0;  // without the null class
+  int V = 0, Cvae = 0;
+  bool shared_aln = false;
+  bool attn_l2_norm = true;
+  float eps = 1e-6f;
+  std::vector<int> patch_nums;
+  std::vector<int> scale_begin;  // first token of each scale, size SN + 1
+  int L = 0;
+  int SN() const { return static_cast<int>(patch_nums.size()); }
+  std::string describe() const;
+};
+
+// Optional observer of intermediate tensors (golden checks, debugging). Names
+// follow the golden files: "s3.block0", "s3.l0.attn_in", "ada.l1", ...
+using Tap = std::function<void(const std::string&, const Tensor&)>;
+
+class VarModel {
+ public:
+  // Reads and validates every tensor. `patch_nums` may be empty: it is then
+  // inferred from the lvl_1L buffer or from the known release lists.
+  explicit VarModel(Weights& w, std::vector<int> patch_nums = {});
+  const VarConfig& config() const { return cfg_; }
+
+  // Per-image constants: rows 0..B-1 use `labels`, rows B..2B-1 the null class.
+  struct Conditioning {
+    int rows = 0;
+    Tensor cond;                 // (R, C) class embeddings
+    std::vector<Tensor> ada;     // per block (R, 6, C): g1, g2, s1, s2, b1, b2
+    Tensor ada_head;             // (R, 2, C): scale, shift
+  };
+  Conditioning condition(const std::vector<int>& labels, const Tap& tap = nullptr) const;
+
+  // Per-block key/value cache (normalised keys, biased values), and the FastVAR
+  // branch-output caches of the cache scale.
+  struct State {
+    int rows = 0, cap = 0;
+    std::vector<Tensor> k, v;  // per block (R, H, cap, hd)
+    std::vector<int> len;      // cached tokens per block
+    std::vector<Tensor> ctr_attn, ctr_ffn;  // per block (R, h_c*w_c, C) or empty
+    int ctr_h = 0, ctr_w = 0;
+  };
+  State new_state(int rows) const;
+
+  // Transformer input of scale si. si == 0: SOS from the conditioning;
+  // otherwise word_embed(next_in) + positions, where next_in is (B, Cvae, ph, pw)
+  // and the result is repeated for the CFG rows. Returns (R, l, C).
+  Tensor scale_input(int si, const Conditioning& c, const float* next_in) const;
+
+  // Runs every block on x (R, l, C) in place for scale si with map ph x pw.
+  void run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning& c, State& st,
+                  const fastvar::ScalePlan& plan, const Tap& tap) const;
+
+  // logits (R, l, V) = head(AdaLN_head(x)).
+  Tensor head(const Tensor& x, const Conditioning& c) const;
+
+ private:
+  struct Block {
+    Tensor ada_gss;  // shared AdaLN only: (6, C)
+    Tensor ada_w, ada_b;  // non-shared: (6C, C), (6C)
+    Tensor scale_mul, q_bias, v_bias, qkv_w, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b;
+    std::vector<float> qkv_bias;  // [q_bias, 0, v_bias]
+    std::vector<float> head_scale;  // exp(min(scale_mul, ln 100)) per head
+  };
+
+  void attn_branch(int b, const Tensor& xs, const float* scale, const float* shift, State& st,
+                   Tensor& out, const Tap& tap, const std::string& tap_prefix) const;
+  void ffn_branch(int b, const Tensor& xs, const float* scale, const float* shift,
+                  Tensor& out) const;
+
+  VarConfig cfg_;
+  Tensor pos_start_, pos_, word_w_, word_b_, class_emb_, lvl_embed_;
+  Tensor shared_w_, shared_b_, head_ada_w_, head_ada_b_, head_w_, head_b_;
+  std::vector<Block> blocks_;
+};
+
+}  // namespace fastvar::var

@@ -1,0 +1,19 @@
+// `fastvar check-golden DIR`: runs the engine on a folder of reference tensors
+// produced by the official PyTorch code (format "fastvar-golden-v1") and
+// compares every tensor the folder holds with what the engine computes.
+#pragma once
+
+#include <cstdio>
+#include <string>
+
+namespace fastvar {
+
+struct GoldenSummary {
+  int passed = 0, failed = 0, not_compared = 0;
+};
+
+// Prints one line per comparison to `out` and returns the counts. Throws
+// fastvar::Error if the folder cannot be read.
+GoldenSummary check_golden(const std::string& dir, std::FILE* out);
+
+}  // namespace fastvar

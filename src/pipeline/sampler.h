@@ -1,0 +1,24 @@
+// Token sampling shared by the backbones: CFG mixing, top-k / top-p filtering
+// exactly as the reference orders it, and a multinomial draw from the
+// counter-based RNG.
+#pragma once
+
+#include <cstdint>
+
+namespace fastvar {
+
+// out[b, t, :] = (1 + w) * logits[b] - w * logits[B + b] for the 2B rows of a
+// CFG batch (rows 0..B-1 conditional). logits: (2B, n, V); out: (B, n, V).
+void cfg_mix(const float* logits, int B, int64_t n, int64_t V, float w, float* out);
+
+// In-place top-k then top-p filtering of one token's logits (V values);
+// removed entries become -inf. top_k <= 0 or >= V and top_p <= 0 disable them.
+void filter_top_k_top_p(float* logits, int64_t V, int top_k, double top_p);
+
+// Softmax of one token's logits into probs (V values).
+void softmax(const float* logits, float* probs, int64_t V);
+
+// Inverse-CDF draw from a probability vector with the uniform u in [0, 1).
+int64_t draw(const float* probs, int64_t V, float u);
+
+}  // namespace fastvar

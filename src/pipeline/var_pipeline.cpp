@@ -1,0 +1,131 @@
+#include "pipeline/var_pipeline.h"
+
+#include <chrono>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threadpool.h"
+#include "pipeline/sampler.h"
+
+namespace fastvar {
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p) {
+  const var::VarConfig& cfg = model.config();
+  const int B = static_cast<int>(p.labels.size()), R = 2 * B, SN = cfg.SN();
+  if (B < 1) fail("need at least one image");
+  if (vae.config().vocab_size != cfg.V || vae.config().Cvae != cfg.Cvae)
+    fail("the VAE (codebook %d x %d) does not match the transformer (V %d, Cvae %d)",
+         vae.config().vocab_size, vae.config().Cvae, cfg.V, cfg.Cvae);
+  if (!(p.cfg >= 0.f)) fail("--cfg must be >= 0");
+  if (p.top_k < 0) fail("--top-k must be >= 0");
+  if (!(p.top_p >= 0.0 && p.top_p <= 1.0)) fail("--top-p must be in [0, 1]");
+  p.plan.validate(SN, cfg.depth);
+
+  const auto t_start = std::chrono::steady_clock::now();
+  const int P = cfg.patch_nums.back();
+  const int64_t Cv = cfg.Cvae, V = cfg.V;
+  VarGenResult res;
+  var::VarModel::Conditioning cd = model.condition(p.labels, p.tap);
+  var::VarModel::State st = model.new_state(R);
+  Tensor f_hat({B, Cv, P, P});
+  Tensor next_in;
+  const int last = SN - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
+
+  for (int si = 0; si < SN; ++si) {
+    const int pn = cfg.patch_nums[si];
+    const int64_t n = int64_t(pn) * pn;
+    ScaleStats ss;
+    ss.si = si;
+    ss.ph = ss.pw = pn;
+    ss.tokens = n;
+    if (si > last) {
+      ss.skipped = true;
+      res.scales.push_back(ss);
+      if (p.on_scale) p.on_scale(ss);
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string sp = "s" + std::to_string(si) + ".";
+    Tensor x = model.scale_input(si, cd, si == 0 ? nullptr : next_in.data());
+    if (p.tap) p.tap(sp + "x_in", x);
+    const ScalePlan plan = scale_plan(p.plan, si);
+    model.run_blocks(si, pn, pn, x, cd, st, plan, p.tap);
+    for (int b = 0; b < cfg.depth; ++b) {
+      const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(n)) : n;
+      ss.forwarded += 2 * kept * R;
+    }
+    if (p.tap) {
+      for (int b = 0; b < cfg.depth; ++b) {
+        const int64_t H = cfg.heads, hd = cfg.head_dim, len = st.len[b];
+        Tensor k({R, H, len, hd}), v({R, H, len, hd});
+        for (int64_t rh = 0; rh < R * H; ++rh) {
+          std::copy_n(st.k[b].data() + rh * st.cap * hd, len * hd, k.data() + rh * len * hd);
+          std::copy_n(st.v[b].data() + rh * st.cap * hd, len * hd, v.data() + rh * len * hd);
+        }
+        p.tap("l" + std::to_string(b) + ".kv_k_after_s" + std::to_string(si), k);
+        p.tap("l" + std::to_string(b) + ".kv_v_after_s" + std::to_string(si), v);
+      }
+    }
+    Tensor logits = model.head(x, cd);
+    if (p.tap) p.tap(sp + "logits_raw", logits);
+    const float w = SN > 1 ? p.cfg * static_cast<float>(si) / static_cast<float>(SN - 1) : 0.f;
+    Tensor mixed({B, n, V});
+    cfg_mix(logits.data(), B, n, V, w, mixed.data());
+    if (p.tap) p.tap(sp + "logits_cfg", mixed);
+
+    std::vector<int64_t> idx(size_t(B) * n);
+    if (p.teacher) {
+      p.teacher(si, B, n, idx.data());
+    } else {
+      parallel_for(B * n, [&](int64_t i0, int64_t i1) {
+        std::vector<float> probs(V);
+        for (int64_t i = i0; i < i1; ++i) {
+          float* lg = mixed.data() + i * V;
+          filter_top_k_top_p(lg, V, p.top_k, p.top_p);
+          softmax(lg, probs.data(), V);
+          const float u = philox_uniform(p.seed, static_cast<uint32_t>(i % n), static_cast<uint32_t>(si),
+                                         static_cast<uint32_t>(i / n), 0x5A3Bu);
+          idx[i] = draw(probs.data(), V, u);
+        }
+      }, 8);
+    }
+    Tensor h({B, Cv, pn, pn});
+    vae.embed(idx.data(), B, pn, pn, h.data());
+    if (p.tap) p.tap(sp + "h", h);
+    vae.accumulate(h.data(), B, pn, pn, si, SN, f_hat.data(), P, P);
+    if (p.tap) p.tap(sp + "f_hat", f_hat);
+    if (si < last) {
+      const int pn2 = cfg.patch_nums[si + 1];
+      next_in = Tensor({B, Cv, pn2, pn2});
+      vae.next_input(f_hat.data(), B, P, P, pn2, pn2, next_in.data());
+      if (p.tap) p.tap(sp + "next_in", next_in);
+    }
+    ss.ms = ms_since(t0);
+    for (int b = 0; b < cfg.depth; ++b) ss.kv_bytes += int64_t(st.len[b]) * R * cfg.C * 2 * 4;
+    res.transformer_ms += ss.ms;
+    res.scales.push_back(ss);
+    if (p.on_scale) p.on_scale(ss);
+  }
+  if (p.tap) {
+    Tensor kv({cfg.depth});
+    for (int b = 0; b < cfg.depth; ++b) kv.data()[b] = static_cast<float>(st.len[b]);
+    p.tap("kv_len", kv);
+    p.tap("f_hat", f_hat);
+  }
+  res.f_hat = f_hat;
+  if (p.decode) {
+    const auto t0 = std::chrono::steady_clock::now();
+    res.images = vae.decode(f_hat);
+    res.decode_ms = ms_since(t0);
+    if (p.tap) p.tap("img", res.images);
+  }
+  res.total_ms = ms_since(t_start);
+  return res;
+}
+
+}  // namespace fastvar
