@@ -246,11 +246,11 @@ TEST(KernelsVision, ResizeBicubicHandValues) {
   std::vector<float> x(5 * 7, 2.5f), y(11 * 16);
   cpu::resize_bicubic(x.data(), 1, 5, 7, y.data(), 11, 16);
   for (float v : y) EXPECT_NEAR(v, 2.5f, 1e-6f);
-  // 1x1 -> constant map.
+  // 1x1 -> constant map (up to the float rounding of the weight sum, as in torch).
   float one = -3.f;
   std::vector<float> z(4 * 6);
   cpu::resize_bicubic(&one, 1, 1, 1, z.data(), 4, 6);
-  for (float v : z) EXPECT_EQ(v, -3.f);
+  for (float v : z) EXPECT_NEAR(v, -3.f, 3e-6f);
   // Same size is the identity (t = 0 gives weights 0, 1, 0, 0 exactly).
   auto r = randn(9 * 9, 5);
   std::vector<float> s(r.size());

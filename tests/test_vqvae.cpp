@@ -267,7 +267,7 @@ TEST_F(VQVAEBadFile, WrongShapeIsNamed) {
 }
 
 TEST_F(VQVAEBadFile, WrongInnerChannelsIsNamed) {
-  // conv2 of a block with swapped in/out widths (same element count).
+  // A 1x1 shortcut with its in/out widths swapped (same element count).
   StEntry* e = find("decoder.up.3.block.0.nin_shortcut.weight");
   ASSERT_NE(e, nullptr);
   std::swap(e->shape[0], e->shape[1]);

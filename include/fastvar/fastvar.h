@@ -37,7 +37,9 @@ typedef struct {
 } fastvar_params;
 
 /* Progress: called after each scale with the scale index, the number of
- * scales, the side of its token map and the milliseconds it took. */
+ * scales, the side of its token map and the milliseconds it took; `skipped`
+ * is 1 for scales FastVAR skips. A last call with scale == num_scales reports
+ * the tokenizer decoder (side = image side). */
 typedef void (*fastvar_progress_fn)(int scale, int num_scales, int side, double ms, int skipped,
                                     void* user);
 
@@ -53,6 +55,10 @@ int fastvar_image_height(const fastvar_engine* e);
 int fastvar_num_classes(const fastvar_engine* e);
 /* A one-line description of the loaded model (owned by the engine). */
 const char* fastvar_describe(const fastvar_engine* e);
+
+/* Checks every field of p against the loaded model (classes, ranges, the
+ * FastVAR plan) without generating anything. */
+fastvar_status fastvar_check_params(const fastvar_engine* e, const fastvar_params* p);
 
 /* Generates p->num_images RGB8 images into rgb (num_images * H * W * 3 bytes,
  * interleaved, image after image). Same seed and settings give the same bytes,

@@ -119,28 +119,39 @@ int fastvar_num_classes(const fastvar_engine* e) { return e ? e->impl->model->co
 const char* fastvar_describe(const fastvar_engine* e) { return e ? e->impl->description.c_str() : ""; }
 const char* fastvar_last_error(void) { return t_last_error.c_str(); }
 
+namespace {
+// Validates the public params and turns them into pipeline params.
+fastvar::VarGenParams to_gen_params(const fastvar_engine* e, const fastvar_params* q) {
+  if (!e || !q) fastvar::fail("null engine or params");
+  const fastvar::var::VarConfig& c = e->impl->model->config();
+  if (q->num_images < 1 || q->num_images > 4096)
+    fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
+  if (q->threads < 0) fastvar::fail("threads must be >= 0");
+  fastvar::VarGenParams p;
+  for (int i = 0; i < q->num_images; ++i) {
+    p.labels.push_back(q->classes ? q->classes[i] : q->class_id);
+  }
+  p.cfg = q->cfg;
+  p.top_k = q->top_k;
+  p.top_p = q->top_p;
+  p.seed = q->seed;
+  p.plan = fastvar::plan_from_params(c, *q);
+  fastvar::validate_var_params(c, p);
+  return p;
+}
+}  // namespace
+
+fastvar_status fastvar_check_params(const fastvar_engine* e, const fastvar_params* q) {
+  return guarded([&] { to_gen_params(e, q); });
+}
+
 fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint8_t* rgb,
                                 fastvar_progress_fn progress, void* user) {
   return guarded([&] {
-    if (!e || !q || !rgb) fastvar::fail("fastvar_generate: null argument");
-    const fastvar::var::VarConfig& c = e->impl->model->config();
-    if (q->num_images < 1 || q->num_images > 4096)
-      fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
-    if (q->threads < 0) fastvar::fail("threads must be >= 0");
+    if (!rgb) fastvar::fail("fastvar_generate: null output buffer");
+    fastvar::VarGenParams p = to_gen_params(e, q);
     fastvar::set_num_threads(q->threads);
-    fastvar::VarGenParams p;
-    for (int i = 0; i < q->num_images; ++i) {
-      int cls = q->classes ? q->classes[i] : q->class_id;
-      if (cls < 0 || cls >= c.num_classes)
-        fastvar::fail("class %d out of range [0, %d)", cls, c.num_classes);
-      p.labels.push_back(cls);
-    }
-    p.cfg = q->cfg;
-    p.top_k = q->top_k;
-    p.top_p = q->top_p;
-    p.seed = q->seed;
-    p.plan = fastvar::plan_from_params(c, *q);
-    const int SN = c.SN();
+    const int SN = e->impl->model->config().SN();
     if (progress)
       p.on_scale = [&](const fastvar::ScaleStats& s) {
         progress(s.si, SN, s.ph, s.ms, s.skipped ? 1 : 0, user);

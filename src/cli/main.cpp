@@ -60,7 +60,9 @@ std::string numbered(const std::string& path, int i, int n) {
 }
 
 void progress_cb(int scale, int num_scales, int side, double ms, int skipped, void*) {
-  if (skipped)
+  if (scale == num_scales)
+    std::fprintf(stderr, "  decode       %4dx%-4d %8.1f ms\n", side, side, ms);
+  else if (skipped)
     std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  skipped (FastVAR)\n", scale + 1, num_scales, side, side);
   else
     std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  %8.1f ms\n", scale + 1, num_scales, side, side, ms);
@@ -79,7 +81,6 @@ int run_generate(const GenerateArgs& a) {
   if (!e) fail("%s", fastvar_last_error());
   std::unique_ptr<fastvar_engine, void (*)(fastvar_engine*)> guard(e, fastvar_free);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!a.quiet) std::fprintf(stderr, "loaded in %.2f s: %s\n", load_s, fastvar_describe(e));
 
   fastvar_params p = fastvar_params_default();
   std::vector<int> classes(a.count, a.classes.empty() ? 0 : a.classes[0]);
@@ -100,6 +101,8 @@ int run_generate(const GenerateArgs& a) {
   if (a.no_fastvar && (!a.prune.empty() || a.skip_last >= 0 || a.cache_scale >= 0 || !a.prune_layers.empty()))
     fail("--no-fastvar cannot be combined with --prune, --skip-last, --cache-scale or --prune-layers");
 
+  if (fastvar_check_params(e, &p) != FASTVAR_OK) fail("%s", fastvar_last_error());
+  if (!a.quiet) std::fprintf(stderr, "loaded in %.2f s: %s\n", load_s, fastvar_describe(e));
   const int W = fastvar_image_width(e), H = fastvar_image_height(e);
   std::vector<uint8_t> rgb(size_t(a.count) * W * H * 3);
   if (!a.quiet) std::fprintf(stderr, "generating %d image(s) of %dx%d, seed %llu, cfg %g, top-k %d, top-p %g, %d thread(s)\n",
@@ -124,27 +127,28 @@ int run_generate(const GenerateArgs& a) {
 }
 
 int run_info(const std::string& path) {
+  // Everything is validated before anything is printed, so a bad file gives
+  // exactly one error line.
   auto f = io::TensorFile::open(path);
-  std::printf("file:    %s\nformat:  %s\ntensors: %zu\nbytes:   %zu (%.1f MiB)\n", path.c_str(), f->format().c_str(),
-              f->tensors().size(), f->total_bytes(), f->total_bytes() / 1048576.0);
+  std::string out = strprintf("file:    %s\nformat:  %s\ntensors: %zu\nbytes:   %zu (%.1f MiB)\ndtypes: ",
+                              path.c_str(), f->format().c_str(), f->tensors().size(), f->total_bytes(),
+                              f->total_bytes() / 1048576.0);
   std::map<std::string, size_t> by_dtype;
   for (const auto& t : f->tensors()) by_dtype[io::dtype_name(t.dtype)] += 1;
-  std::printf("dtypes: ");
-  for (const auto& [d, n] : by_dtype) std::printf(" %s x%zu", d.c_str(), n);
-  std::printf("\n");
+  for (const auto& [d, n] : by_dtype) out += strprintf(" %s x%zu", d.c_str(), n);
   const bool is_var = f->find("pos_1LC") != nullptr, is_vae = f->find("quantize.embedding.weight") != nullptr;
   Weights w(std::move(f));
+  std::string desc = "unknown (not a VAR transformer or VQVAE)";
   if (is_var) {
     var::VarModel m(w);
     w.check_all_used();
-    std::printf("model:   %s\n", m.config().describe().c_str());
+    desc = m.config().describe();
   } else if (is_vae) {
     var::VQVAE v(w);
     w.check_all_used();
-    std::printf("model:   %s\n", v.config().describe().c_str());
-  } else {
-    std::printf("model:   unknown (not a VAR transformer or VQVAE)\n");
+    desc = v.config().describe();
   }
+  std::printf("%s\nmodel:   %s\n", out.c_str(), desc.c_str());
   return 0;
 }
 
@@ -194,6 +198,11 @@ int main(int argc, char** argv) {
   golden->add_option("dir", golden_dir, "Golden folder (config.json + safetensors)")->required();
   golden->add_option("-t,--threads", golden_threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
 
+  const std::string verb = argc > 1 ? argv[1] : "";
+  if (!verb.empty() && verb[0] != '-' && verb != "generate" && verb != "info" && verb != "check-golden") {
+    std::fprintf(stderr, "fastvar: error: unknown command '%s' (expected generate, info or check-golden)\n", argv[1]);
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

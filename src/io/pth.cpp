@@ -9,10 +9,10 @@
 // crafted to run `os.system` fails to load instead of running it.
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <map>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "core/error.h"
 #include "io/tensor_file.h"
@@ -147,7 +147,9 @@ Zip read_zip(const uint8_t* buf, size_t size, const char* fn) {
 // ---------------------------------------------------------------------------
 // Restricted pickle machine.
 
-enum class Kind : uint8_t { None, Bool, Int, Float, Str, Tuple, List, Dict, Global, Storage, Tensor };
+enum class Kind : uint8_t {
+  None, Bool, Int, Float, Str, Tuple, List, Dict, Global, Storage, Tensor
+};
 enum class Fn : uint8_t { OrderedDict, RebuildTensor, RebuildParameter, StorageClass };
 
 const char* kind_name(Kind k) {
@@ -164,7 +166,6 @@ struct Value {
   Fn fn = Fn::OrderedDict;   // Global
   DType dtype = DType::F32;  // Global storage class, Storage, Tensor
   int64_t i = 0;             // Bool, Int; Storage numel; Tensor index
-  double f = 0;              // Float
   const uint8_t* ptr = nullptr;  // Storage record bytes
   std::string s;                 // Str (interned), Storage key
   std::vector<Value*> items;     // Tuple, List; Dict as key, value, key, value, ...
@@ -217,9 +218,8 @@ class Unpickler {
 
   Value* make(Kind k) {
     if (arena_.size() >= kMaxValues) fail("%s: data.pkl holds too many objects", fn_);
-    arena_.push_back(std::make_unique<Value>());
-    arena_.back()->kind = k;
-    return arena_.back().get();
+    arena_.emplace_back().kind = k;
+    return &arena_.back();
   }
   Value* make_int(int64_t v) {
     Value* x = make(Kind::Int);
@@ -267,7 +267,7 @@ class Unpickler {
   const char* fn_;
   uint64_t owned_budget_;
   size_t pos_ = 0, op_pos_ = 0;
-  std::vector<std::unique_ptr<Value>> arena_;
+  std::deque<Value> arena_;  // a deque never moves its elements
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint32_t, Value*> memo_;
@@ -298,27 +298,19 @@ std::string Unpickler::line() {
 }
 
 Value* Unpickler::global(const std::string& module, const std::string& name) {
-  Value* g = make(Kind::Global);
-  if (module == "collections" && name == "OrderedDict") {
-    g->fn = Fn::OrderedDict;
+  auto make_fn = [&](Fn fn, DType dtype = DType::F32) {
+    Value* g = make(Kind::Global);
+    g->fn = fn;
+    g->dtype = dtype;
     return g;
-  }
-  if (module == "torch._utils" && name == "_rebuild_tensor_v2") {
-    g->fn = Fn::RebuildTensor;
-    return g;
-  }
-  if (module == "torch._utils" && name == "_rebuild_parameter") {
-    g->fn = Fn::RebuildParameter;
-    return g;
-  }
+  };
+  if (module == "collections" && name == "OrderedDict") return make_fn(Fn::OrderedDict);
+  if (module == "torch._utils" && name == "_rebuild_tensor_v2") return make_fn(Fn::RebuildTensor);
+  if (module == "torch._utils" && name == "_rebuild_parameter")
+    return make_fn(Fn::RebuildParameter);
   if (module == "torch") {
-    for (const StorageClass& c : kStorageClasses) {
-      if (name == c.name) {
-        g->fn = Fn::StorageClass;
-        g->dtype = c.dtype;
-        return g;
-      }
-    }
+    for (const StorageClass& c : kStorageClasses)
+      if (name == c.name) return make_fn(Fn::StorageClass, c.dtype);
     if (name.size() > 7 && name.compare(name.size() - 7, 7, "Storage") == 0)
       fail("%s: unsupported tensor storage type 'torch.%s'", fn_, clip(name).c_str());
   }
@@ -509,7 +501,8 @@ Value* Unpickler::run() {
       case 0x93: {  // STACK_GLOBAL (protocol 4)
         Value* name = pop();
         Value* module = pop();
-        if (module->kind != Kind::Str || name->kind != Kind::Str) bad("STACK_GLOBAL on non-strings");
+        if (module->kind != Kind::Str || name->kind != Kind::Str)
+          bad("STACK_GLOBAL needs two strings");
         stack_.push_back(global(module->s, name->s));
         break;
       }
@@ -625,15 +618,10 @@ Value* Unpickler::run() {
       case 0x89:  // NEWFALSE
         stack_.push_back(no);
         break;
-      case 'G': {  // BINFLOAT: big-endian IEEE double
-        const uint8_t* q = take(8);
-        uint64_t u = 0;
-        for (int b = 0; b < 8; ++b) u = (u << 8) | q[b];
-        Value* v = make(Kind::Float);
-        std::memcpy(&v->f, &u, 8);
-        stack_.push_back(v);
+      case 'G':  // BINFLOAT: nothing in a state_dict reads a float's value
+        take(8);
+        stack_.push_back(make(Kind::Float));
         break;
-      }
       case 'R': {  // REDUCE
         Value* args = pop();
         Value* callable = pop();

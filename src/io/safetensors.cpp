@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -67,6 +68,9 @@ std::unique_ptr<TensorFile> TensorFile::parse_safetensors(const uint8_t* buf, si
   if (size < 8) fail("%s: too small for a safetensors file (%zu bytes)", fn, size);
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | buf[i];
+  if (n > size - 8 && buf[0] == 0x80 && buf[1] <= 5)
+    fail("%s: not a zip archive or a safetensors file; looks like a bare pickle (legacy "
+         "torch.save format, or plain pickle), which is not supported", fn);
   if (n > size - 8)
     fail("%s: safetensors header length %llu exceeds the file size %zu (truncated, or not a "
          "safetensors file)", fn, static_cast<unsigned long long>(n), size);
@@ -163,9 +167,10 @@ std::unique_ptr<TensorFile> TensorFile::parse_safetensors(const uint8_t* buf, si
   }
 
   // JSON objects are unordered; file order is data order, which is the order
-  // the writer emitted the tensors in.
+  // the writer emitted the tensors in. An empty tensor sorts before the one
+  // that starts where it sits (it was written first), then ties go by name.
   std::sort(pending.begin(), pending.end(), [](const Pending& a, const Pending& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.entry.name < b.entry.name;
+    return std::tie(a.begin, a.end, a.entry.name) < std::tie(b.begin, b.end, b.entry.name);
   });
   size_t last = 0;  // the tensor that reaches furthest so far
   for (size_t i = 1; i < pending.size(); ++i) {

@@ -104,7 +104,8 @@ struct Mapping {
 
 std::unique_ptr<TensorFile> TensorFile::open(const std::string& path) {
   Mapping m;
-  m.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK so that a FIFO given by mistake fails below instead of hanging.
+  m.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (m.fd < 0) fail("%s: cannot open: %s", path.c_str(), std::strerror(errno));
   struct stat st;
   if (fstat(m.fd, &st) != 0) fail("%s: cannot stat: %s", path.c_str(), std::strerror(errno));

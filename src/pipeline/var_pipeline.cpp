@@ -14,17 +14,23 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
+void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p) {
+  if (p.labels.empty()) fail("need at least one image");
+  for (int l : p.labels)
+    if (l < 0 || l >= cfg.num_classes) fail("class %d out of range [0, %d)", l, cfg.num_classes);
+  if (!(p.cfg >= 0.f && p.cfg <= 1000.f)) fail("cfg %g out of range [0, 1000]", p.cfg);
+  if (p.top_k < 0) fail("top-k %d must be >= 0", p.top_k);
+  if (!(p.top_p >= 0.0 && p.top_p <= 1.0)) fail("top-p %g out of range [0, 1]", p.top_p);
+  p.plan.validate(cfg.SN(), cfg.depth);
+}
+
 VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p) {
   const var::VarConfig& cfg = model.config();
   const int B = static_cast<int>(p.labels.size()), R = 2 * B, SN = cfg.SN();
-  if (B < 1) fail("need at least one image");
+  validate_var_params(cfg, p);
   if (vae.config().vocab_size != cfg.V || vae.config().Cvae != cfg.Cvae)
     fail("the VAE (codebook %d x %d) does not match the transformer (V %d, Cvae %d)",
          vae.config().vocab_size, vae.config().Cvae, cfg.V, cfg.Cvae);
-  if (!(p.cfg >= 0.f)) fail("--cfg must be >= 0");
-  if (p.top_k < 0) fail("--top-k must be >= 0");
-  if (!(p.top_p >= 0.0 && p.top_p <= 1.0)) fail("--top-p must be in [0, 1]");
-  p.plan.validate(SN, cfg.depth);
 
   const auto t_start = std::chrono::steady_clock::now();
   const int P = cfg.patch_nums.back();
@@ -122,6 +128,14 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
     const auto t0 = std::chrono::steady_clock::now();
     res.images = vae.decode(f_hat);
     res.decode_ms = ms_since(t0);
+    if (p.on_scale) {
+      ScaleStats ds;
+      ds.si = SN;
+      ds.ph = static_cast<int>(res.images.dim(2));
+      ds.pw = static_cast<int>(res.images.dim(3));
+      ds.ms = res.decode_ms;
+      p.on_scale(ds);
+    }
     if (p.tap) p.tap("img", res.images);
   }
   res.total_ms = ms_since(t_start);

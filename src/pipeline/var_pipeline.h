@@ -43,6 +43,9 @@ struct VarGenResult {
   double transformer_ms = 0, decode_ms = 0, total_ms = 0;
 };
 
+// Throws fastvar::Error for a class, option or plan the model cannot run.
+void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p);
+
 VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p);
 
 }  // namespace fastvar

@@ -19,7 +19,7 @@ namespace {
 
 // Upper bound on the column buffer (floats): 8 MB keeps it in L3-ish territory
 // while leaving GEMM N dimensions in the thousands for the large maps.
-constexpr int64_t kColBudget = int64_t(2) << 20;
+constexpr int64_t kColBudget = int64_t(8) << 20;
 
 // Fills col[(ci*k + kh)*k + kw][(oh - oh0)*Wo + ow] for output rows [oh0, oh1).
 void im2col_band(const float* x, int64_t Cin, int64_t H, int64_t W, int k, int pad, int64_t Wo,

@@ -1,0 +1,73 @@
+// The engine against tensors of the official PyTorch code (teacher forced):
+// the full run, the FastVAR run and the sampler filters of var_tiny_a, with the
+// tolerances of the folder's README (logits 4e-4, activations 2e-4, latents and
+// image 1e-5, kept token sets exactly). See pipeline/golden_check.cpp.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "core/threadpool.h"
+#include "pipeline/golden_check.h"
+#include "io/tensor_file.h"
+#include "test_util.h"
+
+namespace fastvar {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(Golden, VarTinyAPassesInProcess) {
+  std::FILE* sink = std::tmpfile();
+  GoldenSummary s = check_golden(test::golden_dir(), sink);
+  std::fclose(sink);
+  EXPECT_EQ(s.failed, 0);
+  // 10 scales x (x_in, 4 blocks, attn in/out, logits raw/cfg, h, f_hat, next_in)
+  // + AdaLN + KV + image + 28 FastVAR + 6 sampler tensors
+  EXPECT_GE(s.passed, 160);
+}
+
+TEST(Golden, CliCheckGoldenPassesAndSaysSo) {
+  auto r = test::run_cli("check-golden " + test::golden_dir());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ref.img"), std::string::npos);
+  EXPECT_NE(r.out.find("fastvar.s9.l2.ffn_keep"), std::string::npos);
+  EXPECT_NE(r.out.find(" 0 failed"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("FAIL "), std::string::npos);
+}
+
+TEST(Golden, PthContainerInPlaceOfSafetensors) {
+  // The same folder with the transformer saved by Debian's torch.save.
+  test::TempDir dir;
+  for (const char* f : {"config.json", "golden.safetensors", "vae_weights.safetensors"})
+    fs::create_symlink(fs::path(test::golden_dir()) / f, dir.path / f);
+  fs::copy_file(std::string(FASTVAR_TEST_DATA) + "/golden_pth/var_weights.pth", dir.path / "var_weights.pth");
+  std::FILE* sink = std::tmpfile();
+  GoldenSummary s = check_golden(dir.path.string(), sink);
+  std::fclose(sink);
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_GE(s.passed, 160);
+}
+
+TEST(Golden, MismatchIsReportedAsFailure) {
+  // A folder whose reference image was produced by other weights must fail:
+  // swap in a transformer with one perturbed tensor.
+  test::TempDir dir;
+  for (const char* f : {"config.json", "golden.safetensors", "vae_weights.safetensors"})
+    fs::create_symlink(fs::path(test::golden_dir()) / f, dir.path / f);
+  auto src = io::TensorFile::open(test::golden_dir() + "/var_weights.safetensors");
+  std::vector<test::StTensor> ts;
+  for (const auto& e : src->tensors()) {
+    test::StTensor t{e.name, io::dtype_name(e.dtype), e.shape, std::vector<uint8_t>(e.data, e.data + e.nbytes)};
+    if (e.name == "blocks.2.ffn.fc2.bias") reinterpret_cast<float*>(t.bytes.data())[0] += 0.01f;
+    ts.push_back(std::move(t));
+  }
+  test::write_safetensors(dir / "var_weights.safetensors", ts);
+  auto r = test::run_cli("check-golden " + dir.path.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("ref.s9.block2"), std::string::npos);
+  EXPECT_NE(r.out.find("FAIL"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fastvar
