@@ -7,8 +7,8 @@
 #include "fastvar/fastvar.h"
 
 static int g_calls = 0;
-static void on_progress(int scale, int num_scales, int side, double ms, int skipped, void* user) {
-  (void)scale; (void)num_scales; (void)side; (void)ms; (void)skipped;
+static void on_progress(const fastvar_scale_info* info, void* user) {
+  if (info->scale < info->num_scales && info->tokens != (int64_t)info->side_h * info->side_w) return;
   ++*(int*)user;
   ++g_calls;
 }

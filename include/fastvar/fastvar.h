@@ -36,12 +36,20 @@ typedef struct {
   const char* score;       /* "mean" (reference) or "box", NULL = "mean" */
 } fastvar_params;
 
-/* Progress: called after each scale with the scale index, the number of
- * scales, the side of its token map and the milliseconds it took; `skipped`
- * is 1 for scales FastVAR skips. A last call with scale == num_scales reports
- * the tokenizer decoder (side = image side). */
-typedef void (*fastvar_progress_fn)(int scale, int num_scales, int side, double ms, int skipped,
-                                    void* user);
+/* Progress: called after each scale, and once more for the tokenizer decoder
+ * (scale == num_scales, side = image side). */
+typedef struct {
+  int scale, num_scales;
+  int side_h, side_w;      /* token map (or image, for the decoder) */
+  double ms;               /* wall time of this step */
+  int skipped;             /* 1 for scales FastVAR skips entirely */
+  int64_t tokens;          /* tokens of the scale, per image */
+  int64_t forwarded;       /* token-branch passes computed (all blocks, rows, branches) */
+  int64_t kv_bytes;        /* KV cache in use after the scale */
+  double gflop;            /* analytic floating-point work of the step */
+} fastvar_scale_info;
+
+typedef void (*fastvar_progress_fn)(const fastvar_scale_info* info, void* user);
 
 fastvar_params fastvar_params_default(void);
 

@@ -154,7 +154,9 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
     const int SN = e->impl->model->config().SN();
     if (progress)
       p.on_scale = [&](const fastvar::ScaleStats& s) {
-        progress(s.si, SN, s.ph, s.ms, s.skipped ? 1 : 0, user);
+        fastvar_scale_info info{s.si, SN, s.ph, s.pw, s.ms, s.skipped ? 1 : 0,
+                                s.tokens, s.forwarded, s.kv_bytes, s.flops * 1e-9};
+        progress(&info, user);
       };
     fastvar::VarGenResult r = fastvar::generate_var(*e->impl->model, *e->impl->vae, p);
     const int64_t H = r.images.dim(2), W = r.images.dim(3);

@@ -3,6 +3,7 @@
 //   fastvar info FILE
 //   fastvar check-golden DIR
 #include <CLI/CLI.hpp>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "api/engine.h"
+#include "cli/bench.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "fastvar/fastvar.h"
@@ -36,7 +38,7 @@ struct GenerateArgs {
   int top_k = 900;
   float top_p = 0.96f;
   int threads = 0;
-  bool no_grid = false, no_fastvar = false, quiet = false;
+  bool no_grid = false, no_fastvar = false, quiet = false, profile = false;
   std::string prune, prune_layers, score = "mean";
   int skip_last = -1, cache_scale = -1;
 };
@@ -59,13 +61,33 @@ std::string numbered(const std::string& path, int i, int n) {
   return (p.parent_path() / (p.stem().string() + "-" + num + p.extension().string())).string();
 }
 
-void progress_cb(int scale, int num_scales, int side, double ms, int skipped, void*) {
-  if (scale == num_scales)
-    std::fprintf(stderr, "  decode       %4dx%-4d %8.1f ms\n", side, side, ms);
-  else if (skipped)
-    std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  skipped (FastVAR)\n", scale + 1, num_scales, side, side);
-  else
-    std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  %8.1f ms\n", scale + 1, num_scales, side, side, ms);
+struct ProgressState {
+  bool profile = false;
+  double transformer_ms = 0, transformer_gflop = 0;
+  int64_t forwarded = 0;
+};
+
+void progress_cb(const fastvar_scale_info* s, void* user) {
+  auto* st = static_cast<ProgressState*>(user);
+  if (s->scale == s->num_scales) {
+    std::fprintf(stderr, "  decode       %4dx%-4d %8.1f ms", s->side_h, s->side_w, s->ms);
+  } else if (s->skipped) {
+    std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  skipped (FastVAR)", s->scale + 1, s->num_scales, s->side_h,
+                 s->side_w);
+  } else {
+    std::fprintf(stderr, "  scale %2d/%d  %3dx%-3d  %8.1f ms", s->scale + 1, s->num_scales, s->side_h, s->side_w,
+                 s->ms);
+    st->transformer_ms += s->ms;
+    st->transformer_gflop += s->gflop;
+    st->forwarded += s->forwarded;
+  }
+  if (st->profile && !s->skipped) {
+    std::fprintf(stderr, "  %7.2f GFLOP %6.1f GFLOP/s", s->gflop, s->ms > 0 ? s->gflop / s->ms * 1e3 : 0.0);
+    if (s->scale < s->num_scales)
+      std::fprintf(stderr, "  tokens %5lld  forwarded %8lld  KV %8.2f MiB", (long long)s->tokens,
+                   (long long)s->forwarded, s->kv_bytes / 1048576.0);
+  }
+  std::fprintf(stderr, "\n");
 }
 
 int run_generate(const GenerateArgs& a) {
@@ -108,8 +130,18 @@ int run_generate(const GenerateArgs& a) {
   if (!a.quiet) std::fprintf(stderr, "generating %d image(s) of %dx%d, seed %llu, cfg %g, top-k %d, top-p %g, %d thread(s)\n",
                              a.count, W, H, (unsigned long long)a.seed, a.cfg, a.top_k, a.top_p, num_threads());
   t0 = std::chrono::steady_clock::now();
-  if (fastvar_generate(e, &p, rgb.data(), a.quiet ? nullptr : progress_cb, nullptr) != FASTVAR_OK)
+  ProgressState ps;
+  ps.profile = a.profile;
+  if (fastvar_generate(e, &p, rgb.data(), a.quiet ? nullptr : progress_cb, &ps) != FASTVAR_OK)
     fail("%s", fastvar_last_error());
+  if (a.profile) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    std::fprintf(stderr, "profile: transformer %.1f ms, %.1f GFLOP (%.1f GFLOP/s), %lld token-branch passes; peak RSS %.1f MiB\n",
+                 ps.transformer_ms, ps.transformer_gflop,
+                 ps.transformer_ms > 0 ? ps.transformer_gflop / ps.transformer_ms * 1e3 : 0.0,
+                 (long long)ps.forwarded, ru.ru_maxrss / 1024.0);
+  }
   double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (a.count == 1) {
     io::write_png(a.output, rgb.data(), W, H);
@@ -187,6 +219,7 @@ int main(int argc, char** argv) {
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
+  gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
 
   std::string info_path;
   CLI::App* info = app.add_subcommand("info", "Print what a checkpoint holds and the inferred config");
@@ -199,10 +232,26 @@ int main(int argc, char** argv) {
   golden->add_option("-t,--threads", golden_threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
 
   const std::string verb = argc > 1 ? argv[1] : "";
-  if (!verb.empty() && verb[0] != '-' && verb != "generate" && verb != "info" && verb != "check-golden") {
-    std::fprintf(stderr, "fastvar: error: unknown command '%s' (expected generate, info or check-golden)\n", argv[1]);
+  if (!verb.empty() && verb[0] != '-' && verb != "generate" && verb != "info" && verb != "check-golden" &&
+      verb != "bench") {
+    std::fprintf(stderr, "fastvar: error: unknown command '%s' (expected generate, info, check-golden or bench)\n", argv[1]);
     return 2;
   }
+  cli::BenchArgs b;
+  CLI::App* bench = app.add_subcommand("bench", "Time full and FastVAR runs side by side (random weights of a release shape, or -m/--vae)");
+  bench->add_option("--shape", b.shapes, "Model shapes with random weights: d16, d20, d24, d30, d36")->delimiter(',');
+  bench->add_option("-m,--model", b.model, "Or a VAR checkpoint");
+  bench->add_option("--vae", b.vae, "and its VQVAE");
+  bench->add_option("--modes", b.modes, "Modes to compare: full, fastvar, skip")->delimiter(',');
+  bench->add_option("--runs", b.runs, "Runs per mode (median reported)")->check(CLI::Range(1, 100));
+  bench->add_option("-n,--count", b.count, "Images per batch")->check(CLI::Range(1, 64));
+  bench->add_option("-t,--threads", b.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  bench->add_option("--json", b.json, "Also write the results as JSON");
+  bench->add_option("--prune", b.prune, "FastVAR plan override: SCALE:RATIO,...");
+  bench->add_option("--cache-scale", b.cache_scale, "FastVAR cache scale override")->check(CLI::Range(0, 64));
+  bench->add_option("--skip-last", b.skip_last, "Scales skipped in the 'skip' mode (default 1)")->check(CLI::Range(0, 64));
+  bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -221,6 +270,7 @@ int main(int argc, char** argv) {
     if (*gen) return run_generate(g);
     if (*info) return run_info(info_path);
     if (*golden) return run_check_golden(golden_dir, golden_threads);
+    if (*bench) return cli::run_bench(b);
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "fastvar: error: out of memory\n");
     return 1;

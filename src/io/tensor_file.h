@@ -48,6 +48,8 @@ class TensorFile {
   const TensorEntry& at(const std::string& name) const;    // throws if absent
   size_t total_bytes() const;  // sum of nbytes
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Keeps `buf` alive as long as this file (for files parsed from memory).
+  void adopt(std::unique_ptr<uint8_t[]> buf) { owned_.push_back(std::move(buf)); }
 
   // Parsers over an in-memory buffer (used by open() and by the fuzzers). The
   // buffer must outlive the returned file. `name` is used in messages only.

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threadpool.h"
+#include "models/var/vqvae_cost.h"
 #include "pipeline/sampler.h"
 
 namespace fastvar {
@@ -61,10 +62,14 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
     if (p.tap) p.tap(sp + "x_in", x);
     const ScalePlan plan = scale_plan(p.plan, si);
     model.run_blocks(si, pn, pn, x, cd, st, plan, p.tap);
+    const double C = cfg.C;
     for (int b = 0; b < cfg.depth; ++b) {
       const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(n)) : n;
       ss.forwarded += 2 * kept * R;
+      // qkv + proj + fc1 + fc2 GEMMs, then q.k and p.v over the block's cache
+      ss.flops += 2.0 * R * kept * (4 * C * C + 2 * C * cfg.ffn) + 4.0 * R * kept * st.len[b] * C;
     }
+    ss.flops += 2.0 * R * n * C * cfg.V;  // head
     if (p.tap) {
       for (int b = 0; b < cfg.depth; ++b) {
         const int64_t H = cfg.heads, hd = cfg.head_dim, len = st.len[b];
@@ -134,6 +139,7 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
       ds.ph = static_cast<int>(res.images.dim(2));
       ds.pw = static_cast<int>(res.images.dim(3));
       ds.ms = res.decode_ms;
+      ds.flops = var::decode_flops(vae.config(), P, P) * B;
       p.on_scale(ds);
     }
     if (p.tap) p.tap("img", res.images);

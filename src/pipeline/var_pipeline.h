@@ -18,6 +18,7 @@ struct ScaleStats {
   int64_t tokens = 0;     // tokens of this scale (per row)
   int64_t forwarded = 0;  // token-block-branch passes actually computed (all rows)
   int64_t kv_bytes = 0;   // KV cache bytes in use after this scale
+  double flops = 0;       // analytic floating-point operations of the step
   double ms = 0;
   bool skipped = false;
 };

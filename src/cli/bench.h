@@ -1,0 +1,21 @@
+// `fastvar bench`: end-to-end timing of full and FastVAR runs, side by side.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace fastvar::cli {
+
+struct BenchArgs {
+  std::vector<std::string> shapes;  // d16, d30, d36, ... (random weights)
+  std::string model, vae;           // or a real checkpoint pair
+  std::vector<std::string> modes = {"full", "fastvar", "skip"};
+  int runs = 3, count = 1, threads = 0;
+  std::string json;                 // write results here too
+  std::string prune, score = "mean";
+  int skip_last = -1, cache_scale = -1;
+};
+
+int run_bench(const BenchArgs& a);
+
+}  // namespace fastvar::cli
