@@ -28,6 +28,8 @@ void BM_Linear(benchmark::State& st) {
                                               benchmark::Counter::kIs1000);
 }
 // d16 (C=1024): qkv, proj, fc1, fc2 at the last scale with CFG (2 x 256 tokens) and at scale 0.
+BENCHMARK(BM_Linear)->Args({2, 3072, 1024})->Args({8, 3072, 1024})->Args({9, 3072, 1024})->Args({16, 3072, 1024})
+    ->Args({18, 3072, 1024})->Args({32, 3072, 1024})->Args({50, 3072, 1024})->UseRealTime();
 BENCHMARK(BM_Linear)->Args({512, 3072, 1024})->Args({512, 1024, 1024})->Args({512, 4096, 1024})
     ->Args({512, 1024, 4096})->Args({2, 4096, 1024})->Args({2, 3072, 1024})->UseRealTime();
 // d30 (C=1920) last scale.

@@ -34,7 +34,8 @@ void on_png_warning(png_structp, png_const_charp) {}
 // Encodes into fp. Returns false with `e` filled on failure. No object with a
 // destructor is alive across the setjmp, so libpng's longjmp is safe here.
 bool encode(FILE* fp, const uint8_t* rgb, int w, int h, PngError& e) {
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &e, on_png_error, on_png_warning);
+  png_structp png =
+      png_create_write_struct(PNG_LIBPNG_VER_STRING, &e, on_png_error, on_png_warning);
   if (!png) return std::snprintf(e.msg, sizeof e.msg, "out of memory"), false;
   png_infop info = png_create_info_struct(png);
   if (!info) {
@@ -46,8 +47,8 @@ bool encode(FILE* fp, const uint8_t* rgb, int w, int h, PngError& e) {
     return false;
   }
   png_init_io(png, fp);
-  png_set_IHDR(png, info, png_uint_32(w), png_uint_32(h), 8, PNG_COLOR_TYPE_RGB,
-               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(png, info, png_uint_32(w), png_uint_32(h), 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
   for (int y = 0; y < h; ++y) png_write_row(png, rgb + size_t(y) * w * 3);
   png_write_end(png, info);
@@ -63,8 +64,7 @@ void write_png(const std::string& path, const uint8_t* rgb, int width, int heigh
   // Unique temporary name next to the target (same file system, so rename() is
   // atomic). O_EXCL with mode 0666 lets the umask decide the final permissions.
   static std::atomic<unsigned> counter{0};
-  const std::string tmp =
-      path + strprintf(".tmp.%d.%u", int(getpid()), counter.fetch_add(1));
+  const std::string tmp = path + strprintf(".tmp.%d.%u", int(getpid()), counter.fetch_add(1));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd < 0) fail("cannot write PNG '%s': %s", path.c_str(), std::strerror(errno));
   FILE* fp = fdopen(fd, "wb");
@@ -111,8 +111,8 @@ std::vector<uint8_t> image_to_rgb8(const float* chw, int H, int W) {
   return out;
 }
 
-std::vector<uint8_t> make_grid(const uint8_t* images, int n, int H, int W, int& grid_w,
-                               int& grid_h, int cols, int pad) {
+std::vector<uint8_t> make_grid(const uint8_t* images, int n, int H, int W, int& grid_w, int& grid_h,
+                               int cols, int pad) {
   if (n <= 0 || H <= 0 || W <= 0 || pad < 0)
     fail("make_grid: invalid request (%d images of %dx%d, padding %d)", n, W, H, pad);
   if (cols <= 0) cols = static_cast<int>(std::ceil(std::sqrt(double(n))));
@@ -125,7 +125,8 @@ std::vector<uint8_t> make_grid(const uint8_t* images, int n, int H, int W, int& 
     const int x0 = pad + (i % cols) * (W + pad), y0 = pad + (i / cols) * (H + pad);
     const uint8_t* img = images + size_t(i) * H * W * 3;
     for (int y = 0; y < H; ++y)
-      std::memcpy(&grid[(size_t(y0 + y) * grid_w + x0) * 3], img + size_t(y) * W * 3, size_t(W) * 3);
+      std::memcpy(&grid[(size_t(y0 + y) * grid_w + x0) * 3], img + size_t(y) * W * 3,
+                  size_t(W) * 3);
   }
   return grid;
 }

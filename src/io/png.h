@@ -23,7 +23,7 @@ std::vector<uint8_t> image_to_rgb8(const float* chw, int H, int W);
 // `cols` columns (<= 0: ceil(sqrt(n)), i.e. near-square) with a black 2-pixel
 // border around every cell, like torchvision.utils.make_grid(padding=2). The
 // grid's size is returned in grid_w / grid_h.
-std::vector<uint8_t> make_grid(const uint8_t* images, int n, int H, int W, int& grid_w,
-                               int& grid_h, int cols = 0, int pad = 2);
+std::vector<uint8_t> make_grid(const uint8_t* images, int n, int H, int W, int& grid_w, int& grid_h,
+                               int cols = 0, int pad = 2);
 
 }  // namespace fastvar::io

@@ -2,9 +2,9 @@
 // block. The header is untrusted: every number is range-checked before it is
 // used to form a pointer.
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <tuple>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -48,11 +48,11 @@ int64_t as_index(const json& v) {
   return -1;
 }
 
-// Keeps tensor names printable and short so messages stay on one line.
-std::string clip(const std::string& s) {
+// Keeps untrusted text printable and short so messages stay on one line.
+std::string clip(const std::string& s, size_t max = 80) {
   std::string out;
-  for (char c : s.substr(0, 80)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  return s.size() > 80 ? out + "..." : out;
+  for (char c : s.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  return s.size() > max ? out + "..." : out;
 }
 
 struct Pending {
@@ -94,9 +94,9 @@ std::unique_ptr<TensorFile> TensorFile::parse_safetensors(const uint8_t* buf, si
     const char* text = reinterpret_cast<const char*>(buf + 8);
     header = json::parse(text, text + n, cb);
   } catch (const json::exception& e) {
+    // nlohmann quotes the offending token, which can be long or binary.
     std::string what = e.what();
-    std::replace(what.begin(), what.end(), '\n', ' ');
-    fail("%s: safetensors header is not valid JSON: %s", fn, what.c_str());
+    fail("%s: safetensors header is not valid JSON: %s", fn, clip(what, 160).c_str());
   }
   if (!header.is_object()) fail("%s: safetensors header is not a JSON object", fn);
   std::sort(keys.begin(), keys.end());
