@@ -24,14 +24,16 @@ std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.f) {
 double max_rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]) / (1 + std::fabs(double(b[i]))));
+  for (size_t i = 0; i < a.size(); ++i)
+    m = std::max(m, std::fabs(double(a[i]) - b[i]) / (1 + std::fabs(double(b[i]))));
   return m;
 }
 
 // ---- conv2d -----------------------------------------------------------------
 
 std::vector<float> conv_ref(const std::vector<float>& x, int Cin, int H, int W,
-                            const std::vector<float>& w, const float* bias, int Cout, int k, int pad) {
+                            const std::vector<float>& w, const float* bias, int Cout, int k,
+                            int pad) {
   const int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
   std::vector<float> y(size_t(Cout) * Ho * Wo);
   for (int co = 0; co < Cout; ++co)
@@ -43,7 +45,8 @@ std::vector<float> conv_ref(const std::vector<float>& x, int Cin, int H, int W,
             for (int b = 0; b < k; ++b) {
               const int ih = i + a - pad, iw = j + b - pad;
               if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-              s += double(w[((size_t(co) * Cin + ci) * k + a) * k + b]) * x[(size_t(ci) * H + ih) * W + iw];
+              s += double(w[((size_t(co) * Cin + ci) * k + a) * k + b]) *
+                   x[(size_t(ci) * H + ih) * W + iw];
             }
         y[(size_t(co) * Ho + i) * Wo + j] = float(s);
       }
@@ -58,10 +61,10 @@ struct ConvCase {
 TEST(KernelsVision, Conv2dMatchesDirectLoop) {
   // Tolerance: 1e-5 relative (float32 GEMM vs a double-accumulated direct loop,
   // reductions of up to 37*9 terms).
-  const ConvCase cases[] = {{5, 7, 9, 11, 3, 1, true},  {3, 3, 1, 1, 3, 1, true},
-                            {8, 4, 6, 5, 1, 0, true},   {4, 6, 7, 3, 1, 0, false},
+  const ConvCase cases[] = {{5, 7, 9, 11, 3, 1, true},    {3, 3, 1, 1, 3, 1, true},
+                            {8, 4, 6, 5, 1, 0, true},     {4, 6, 7, 3, 1, 0, false},
                             {37, 13, 17, 23, 3, 1, true}, {2, 3, 5, 6, 3, 0, true},
-                            {3, 2, 4, 4, 3, 2, false},  {16, 32, 2, 3, 3, 1, true}};
+                            {3, 2, 4, 4, 3, 2, false},    {16, 32, 2, 3, 3, 1, true}};
   uint32_t seed = 1;
   for (const auto& c : cases) {
     auto x = randn(size_t(c.Cin) * c.H * c.W, seed++);
@@ -115,7 +118,9 @@ std::vector<float> gn_ref(const std::vector<float>& x, int C, int HW, int G, flo
 
 TEST(KernelsVision, GroupNormMatchesReference) {
   // Tolerance 1e-5 relative: only the final affine/SiLU step is float32.
-  struct Case { int C, HW, G; };
+  struct Case {
+    int C, HW, G;
+  };
   for (Case c : {Case{64, 37, 32}, Case{32, 256, 32}, Case{96, 5, 32}, Case{6, 1000, 3}}) {
     for (bool act : {false, true}) {
       // Offset mean: a one-pass E[x^2]-E[x]^2 would lose digits here.
@@ -166,7 +171,9 @@ std::vector<float> area_ref(const std::vector<float>& x, int C, int hi, int wi, 
 TEST(KernelsVision, ResizeAreaMatchesIntegerWindows) {
   // Down, up, identity, non-integer ratios, non-square; tolerance 1e-6 relative
   // (float window sums of at most a few hundred terms).
-  struct Case { int hi, wi, ho, wo; };
+  struct Case {
+    int hi, wi, ho, wo;
+  };
   for (Case c : {Case{16, 16, 1, 1}, Case{16, 16, 2, 2}, Case{16, 16, 3, 3}, Case{16, 16, 13, 13},
                  Case{16, 16, 16, 16}, Case{13, 13, 16, 16}, Case{2, 2, 5, 5}, Case{1, 1, 4, 3},
                  Case{32, 24, 9, 7}, Case{5, 7, 11, 3}, Case{10, 10, 6, 6}}) {
@@ -228,7 +235,9 @@ std::vector<float> bicubic_ref(const std::vector<float>& x, int C, int hi, int w
 TEST(KernelsVision, ResizeBicubicMatchesSpecFormula) {
   // Tolerance 3e-6 absolute on N(0,1) data (the spec's measured agreement of a
   // float32 implementation with torch).
-  struct Case { int hi, wi, ho, wo; };
+  struct Case {
+    int hi, wi, ho, wo;
+  };
   for (Case c : {Case{1, 1, 16, 16}, Case{2, 2, 16, 16}, Case{3, 3, 16, 16}, Case{13, 13, 16, 16},
                  Case{16, 16, 16, 16}, Case{6, 6, 32, 32}, Case{5, 8, 17, 9}, Case{4, 2, 7, 13}}) {
     auto x = randn(size_t(2) * c.hi * c.wi, 41 + c.hi);

@@ -24,7 +24,9 @@ class Pool {
   void resize(int n) {
     stop();
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+    // New workers start from the current generation: a job that already ran
+    // must not look new to them.
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g = generation_] { loop(i, g); });
   }
 
   // Runs job(i) for i in [0, size()) with the calling thread taking i = 0.
@@ -59,9 +61,8 @@ class Pool {
     workers_.clear();
   }
 
-  void loop(int index) {
+  void loop(int index, uint64_t seen) {
     t_in_worker = true;
-    uint64_t seen = 0;
     for (;;) {
       const std::function<void(int)>* job;
       {

@@ -1,15 +1,18 @@
 // GroupNorm (the VQVAE's only normalisation) and SiLU, vectorised with Highway
 // (runtime dispatch to the best SIMD target). A 512 px decode normalises ~1e9
 // values, so a scalar loop with libm expf would cost seconds.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+// foreach_target.h must follow the define and precede the other Highway headers.
+// clang-format off
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backend/cpu/groupnorm.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
+// clang-format on
 
 HWY_BEFORE_NAMESPACE();
 namespace fastvar::cpu {
@@ -115,7 +118,10 @@ void group_norm(const float* x, float* y, int64_t C, int64_t HW, int groups, flo
 
 void silu(const float* x, float* y, int64_t n) {
   parallel_for(
-      n, [&](int64_t b, int64_t e) { HWY_DYNAMIC_DISPATCH(Affine)(x + b, y + b, e - b, 1.f, 0.f, true); },
+      n,
+      [&](int64_t b, int64_t e) {
+        HWY_DYNAMIC_DISPATCH(Affine)(x + b, y + b, e - b, 1.f, 0.f, true);
+      },
       1 << 14);
 }
 

@@ -30,7 +30,7 @@ struct Taps {
   float w[4];
 };
 
-float cubic1(float x, float A) { return ((A + 2) * x - (A + 3)) * x * x + 1; }      // |x| <= 1
+float cubic1(float x, float A) { return ((A + 2) * x - (A + 3)) * x * x + 1; }        // |x| <= 1
 float cubic2(float x, float A) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; }  // 1 < |x| < 2
 
 std::vector<Taps> bicubic_taps(int64_t in, int64_t out) {
@@ -110,14 +110,15 @@ void resize_bicubic(const float* x, int64_t C, int64_t hi, int64_t wi, float* y,
         const float* row = xc + r * wi;
         for (int64_t j = 0; j < wo; ++j) {
           const Taps& t = tw[j];
-          tmp[r * wo + j] = tap_sum(row[t.idx[0]], row[t.idx[1]], row[t.idx[2]], row[t.idx[3]], t.w);
+          tmp[r * wo + j] =
+              tap_sum(row[t.idx[0]], row[t.idx[1]], row[t.idx[2]], row[t.idx[3]], t.w);
         }
       }
       float* yc = y + c * ho * wo;
       for (int64_t i = 0; i < ho; ++i) {
         const Taps& t = th[i];
-        const float *r0 = &tmp[t.idx[0] * wo], *r1 = &tmp[t.idx[1] * wo],
-                    *r2 = &tmp[t.idx[2] * wo], *r3 = &tmp[t.idx[3] * wo];
+        const float *r0 = &tmp[t.idx[0] * wo], *r1 = &tmp[t.idx[1] * wo], *r2 = &tmp[t.idx[2] * wo],
+                    *r3 = &tmp[t.idx[3] * wo];
         for (int64_t j = 0; j < wo; ++j) yc[i * wo + j] = tap_sum(r0[j], r1[j], r2[j], r3[j], t.w);
       }
     }

@@ -55,7 +55,11 @@ int count_indexed(const Weights& w, const char* fmt) {
 
 void add_inplace(float* y, const float* x, int64_t n) {
   parallel_for(
-      n, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) y[i] += x[i]; }, 1 << 14);
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) y[i] += x[i];
+      },
+      1 << 14);
 }
 
 // Scores are computed for blocks of queries so the (queries x keys) matrix stays
@@ -66,9 +70,12 @@ constexpr int64_t kScoreBudget = int64_t(4) << 20;
 
 const char* phi_share_name(PhiShare s) {
   switch (s) {
-    case PhiShare::PartiallyShared: return "partially-shared";
-    case PhiShare::Shared: return "shared";
-    case PhiShare::PerScale: return "per-scale";
+    case PhiShare::PartiallyShared:
+      return "partially-shared";
+    case PhiShare::Shared:
+      return "shared";
+    case PhiShare::PerScale:
+      return "per-scale";
   }
   return "?";
 }
@@ -79,11 +86,11 @@ std::string VQVAEConfig::describe() const {
     mult += (l ? "," : "") + std::to_string(ch_mult[l]);
     if (attn_level[l]) attn += (attn.empty() ? "" : ",") + std::to_string(l);
   }
-  return strprintf("VQVAE V=%d Cvae=%d ch=%d ch_mult=(%s) res_blocks=%d attn_levels=(%s)%s "
-                   "phi=%d %s q=%g downsample=%d",
-                   vocab_size, Cvae, ch, mult.c_str(), num_res_blocks, attn.c_str(),
-                   mid_attn ? " mid_attn" : "", n_phi, phi_share_name(phi_share), quant_resi,
-                   downsample);
+  return strprintf(
+      "VQVAE V=%d Cvae=%d ch=%d ch_mult=(%s) res_blocks=%d attn_levels=(%s)%s "
+      "phi=%d %s q=%g downsample=%d",
+      vocab_size, Cvae, ch, mult.c_str(), num_res_blocks, attn.c_str(), mid_attn ? " mid_attn" : "",
+      n_phi, phi_share_name(phi_share), quant_resi, downsample);
 }
 
 VQVAE::VQVAE(Weights& w) {
@@ -101,7 +108,8 @@ VQVAE::VQVAE(Weights& w) {
   if (int k = count_indexed(w, "quantize.quant_resi.qresi_ls.%d.weight"); k > 0) {
     c.phi_share = PhiShare::PartiallyShared, c.n_phi = k;
     for (int i = 0; i < k; ++i)
-      phis_.push_back(load_conv(w, strprintf("quantize.quant_resi.qresi_ls.%d", i), c.Cvae, c.Cvae, 3));
+      phis_.push_back(
+          load_conv(w, strprintf("quantize.quant_resi.qresi_ls.%d", i), c.Cvae, c.Cvae, 3));
   } else if (w.has("quantize.quant_resi.qresi.weight")) {
     c.phi_share = PhiShare::Shared, c.n_phi = 1;
     phis_.push_back(load_conv(w, "quantize.quant_resi.qresi", c.Cvae, c.Cvae, 3));
@@ -110,9 +118,10 @@ VQVAE::VQVAE(Weights& w) {
     for (int i = 0; i < ks; ++i)
       phis_.push_back(load_conv(w, strprintf("quantize.quant_resi.%d", i), c.Cvae, c.Cvae, 3));
   } else {
-    fail("%s: no quant_resi (phi) convs found: expected quantize.quant_resi.qresi_ls.0.weight, "
-         "quantize.quant_resi.qresi.weight or quantize.quant_resi.0.weight",
-         file.c_str());
+    fail(
+        "%s: no quant_resi (phi) convs found: expected quantize.quant_resi.qresi_ls.0.weight, "
+        "quantize.quant_resi.qresi.weight or quantize.quant_resi.0.weight",
+        file.c_str());
   }
 
   // ---- decoder topology from the names/shapes present ----------------------
@@ -133,7 +142,8 @@ VQVAE::VQVAE(Weights& w) {
   for (int v : level_ch) c.ch_mult.push_back(v / c.ch);
   c.num_res_blocks = count_indexed(w, "decoder.up.0.block.%d.conv1.weight") - 1;
   c.attn_level.resize(L);
-  for (int l = 0; l < L; ++l) c.attn_level[l] = w.has(strprintf("decoder.up.%d.attn.0.qkv.weight", l));
+  for (int l = 0; l < L; ++l)
+    c.attn_level[l] = w.has(strprintf("decoder.up.%d.attn.0.qkv.weight", l));
   c.mid_attn = w.has("decoder.mid.attn_1.qkv.weight");
   c.downsample = 1 << (L - 1);
   for (int v : level_ch)
@@ -159,7 +169,8 @@ VQVAE::VQVAE(Weights& w) {
       if (c.attn_level[l])
         up_[l].attn.push_back(load_attn(w, strprintf("decoder.up.%d.attn.%d", l, b), cout));
     }
-    if (l != 0) up_[l].upsample = load_conv(w, strprintf("decoder.up.%d.upsample.conv", l), cout, cout, 3);
+    if (l != 0)
+      up_[l].upsample = load_conv(w, strprintf("decoder.up.%d.upsample.conv", l), cout, cout, 3);
   }
   norm_out_ = load_norm(w, "decoder.norm_out", block_in);
   conv_out_ = load_conv(w, "decoder.conv_out", 3, block_in, 3);
@@ -227,8 +238,8 @@ void VQVAE::phi(int k, const float* x, int H, int W, float* y) const {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * omq + y[i] * q;
 }
 
-void VQVAE::accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat,
-                       int PH, int PW) const {
+void VQVAE::accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat, int PH,
+                       int PW) const {
   const int k = phi_index(si, SN);
   const bool last = si == SN - 1;
   if (last && (ph != PH || pw != PW))
@@ -260,9 +271,11 @@ void VQVAE::resblock(const ResBlock& rb, int Cin, int H, int W, float* bufs[3]) 
   const int64_t HW = int64_t(H) * W;
   const int Cout = rb.conv1.cout;
   float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
-  cpu::group_norm(x, t1, Cin, HW, cfg_.gn_groups, cfg_.gn_eps, rb.norm1.g.data(), rb.norm1.b.data(), true);
+  cpu::group_norm(x, t1, Cin, HW, cfg_.gn_groups, cfg_.gn_eps, rb.norm1.g.data(), rb.norm1.b.data(),
+                  true);
   conv(rb.conv1, t1, H, W, t2);
-  cpu::group_norm(t2, t2, Cout, HW, cfg_.gn_groups, cfg_.gn_eps, rb.norm2.g.data(), rb.norm2.b.data(), true);
+  cpu::group_norm(t2, t2, Cout, HW, cfg_.gn_groups, cfg_.gn_eps, rb.norm2.g.data(),
+                  rb.norm2.b.data(), true);
   conv(rb.conv2, t2, H, W, t1);
   if (!rb.nin.w.empty()) {
     conv(rb.nin, x, H, W, t2);
@@ -276,7 +289,8 @@ void VQVAE::resblock(const ResBlock& rb, int Cin, int H, int W, float* bufs[3]) 
 void VQVAE::attn(const Attn& a, int C, int H, int W, float* bufs[3]) const {
   const int64_t HW = int64_t(H) * W;
   float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
-  cpu::group_norm(x, t1, C, HW, cfg_.gn_groups, cfg_.gn_eps, a.norm.g.data(), a.norm.b.data(), false);
+  cpu::group_norm(x, t1, C, HW, cfg_.gn_groups, cfg_.gn_eps, a.norm.g.data(), a.norm.b.data(),
+                  false);
   Tensor qkv({3 * int64_t(C), HW});
   conv(a.qkv, t1, H, W, qkv.data());
   const float *q = qkv.data(), *k = q + C * HW, *v = k + C * HW;

@@ -33,9 +33,9 @@ struct VQVAEConfig {
   bool mid_attn = true;          // mid.attn_1 present
   int n_phi = 0;                 // number of phi convs
   PhiShare phi_share = PhiShare::PartiallyShared;
-  float quant_resi = 0.5f;       // phi(x) = (1-q) x + q conv(x); fixed in the release
-  int downsample = 1;            // image side / latent side = 2^(levels-1)
-  int gn_groups = 32;            // every Normalize() is GroupNorm(32, c, eps=1e-6)
+  float quant_resi = 0.5f;  // phi(x) = (1-q) x + q conv(x); fixed in the release
+  int downsample = 1;       // image side / latent side = 2^(levels-1)
+  int gn_groups = 32;       // every Normalize() is GroupNorm(32, c, eps=1e-6)
   float gn_eps = 1e-6f;
 
   int levels() const { return static_cast<int>(ch_mult.size()); }
@@ -98,12 +98,12 @@ class VQVAE {
   void conv(const Conv& c, const float* x, int H, int W, float* y) const;
 
   VQVAEConfig cfg_;
-  Tensor codebook_;          // (V, Cvae)
-  std::vector<Conv> phis_;   // n_phi convs (Cvae -> Cvae, 3x3)
+  Tensor codebook_;         // (V, Cvae)
+  std::vector<Conv> phis_;  // n_phi convs (Cvae -> Cvae, 3x3)
   Conv post_quant_conv_, conv_in_, conv_out_;
   ResBlock mid_block1_, mid_block2_;
   Attn mid_attn_;
-  std::vector<Level> up_;    // indexed by resolution level (0 = full resolution)
+  std::vector<Level> up_;  // indexed by resolution level (0 = full resolution)
   Norm norm_out_;
 };
 
