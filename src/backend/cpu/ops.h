@@ -42,6 +42,11 @@ void resize_area(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, in
 // F.interpolate(mode='bicubic', align_corners=False), A = -0.75, clamped taps.
 void resize_bicubic(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
                     int64_t wo);
+// Bilinear resize, align_corners=False, no antialias, the same formula for up-
+// and downsampling (Infinity's code accumulation): src = (o + 0.5) * in / out - 0.5
+// clamped below at 0, taps floor(src) and min(floor(src) + 1, in - 1).
+void resize_bilinear(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
+                     int64_t wo);
 
 // ---- attention ----------------------------------------------------------
 // Multi-head attention of Lq queries over Lk keys for one row, softmax scale
