@@ -6,6 +6,7 @@
 
 #include "backend/cpu/ops.h"
 #include "core/error.h"
+#include "fastvar/branch.h"
 
 namespace fastvar::var {
 namespace {
@@ -318,52 +319,36 @@ void VarModel::run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning&
     st.ctr_h = ph;
     st.ctr_w = pw;
   }
-  // One branch: optional PTS + gather, compute, gate, optional CTR restore and
-  // cache store, residual add. `which` is 0 for attention and 1 for the FFN.
+  // One branch (0 = attention, 1 = FFN): the gated output, computed on the
+  // tokens PTS keeps when the block is pruned at this scale.
   auto branch = [&](int b, int which) {
     const float* ada = cd.ada[b].data();  // (R, 6, C): g1 g2 s1 s2 b1 b2
-    const bool prune = plan.prunes(b);
-    const int K = prune ? plan.keep(static_cast<int>(l)) : static_cast<int>(l);
+    BranchSpec bs;
+    bs.h = ph;
+    bs.w = pw;
+    bs.prune = plan.prunes(b);
+    bs.keep = plan.keep(static_cast<int>(l));
+    bs.score = plan.score;
+    bs.cache = which ? &st.ctr_ffn[b] : &st.ctr_attn[b];
+    bs.cache_h = st.ctr_h;
+    bs.cache_w = st.ctr_w;
+    bs.store = plan.caches(b);
     const std::string lp = sp + "l" + std::to_string(b) + (which ? ".ffn_" : ".attn_");
-    std::vector<int32_t> keep;
-    Tensor xs = x;
-    if (prune) {
-      keep.resize(size_t(R) * K);
-      Tensor scores({R, l});
-      pts_select(x.data(), R, ph, pw, static_cast<int>(C), K, plan.score, keep.data(), scores.data());
-      xs = Tensor({R, K, C});
-      gather_tokens(x.data(), R, static_cast<int>(l), static_cast<int>(C), keep.data(), K, xs.data());
-      if (tap) {
-        Tensor kt({R, K});
-        for (size_t i = 0; i < keep.size(); ++i) kt.data()[i] = static_cast<float>(keep[i]);
-        tap(lp + "keep", kt);
-        tap(lp + "score", scores);
+    BranchTap btap;
+    if (tap) btap = [&](const char* what, const Tensor& t) { tap(lp + what, t); };
+    run_branch(x, bs, [&](const Tensor& xs, const int32_t*, Tensor& y) {
+      if (which == 0)
+        attn_branch(b, xs, ada + 2 * C, ada + 4 * C, st, y, tap, sp + "l" + std::to_string(b) + ".");
+      else
+        ffn_branch(b, xs, ada + 3 * C, ada + 5 * C, y);
+      const int64_t n = xs.dim(1);
+      for (int r = 0; r < R; ++r) {
+        const float* gam = ada + (r * 6 + which) * C;  // gamma1 or gamma2
+        float* yr = y.data() + r * n * C;
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t c = 0; c < C; ++c) yr[t * C + c] *= gam[c];
       }
-    }
-    Tensor y({R, K, C});
-    if (which == 0)
-      attn_branch(b, xs, ada + 2 * C, ada + 4 * C, st, y, tap, sp + "l" + std::to_string(b) + ".");
-    else
-      ffn_branch(b, xs, ada + 3 * C, ada + 5 * C, y);
-    const int64_t g = which;  // gamma1 or gamma2
-    for (int r = 0; r < R; ++r) {
-      const float* gam = ada + (r * 6 + g) * C;
-      float* yr = y.data() + r * K * C;
-      for (int64_t t = 0; t < K; ++t)
-        for (int64_t c = 0; c < C; ++c) yr[t * C + c] *= gam[c];
-    }
-    Tensor full = y;
-    if (prune) {
-      const Tensor& cache = which ? st.ctr_ffn[b] : st.ctr_attn[b];
-      if (cache.empty()) fail("FastVAR: block %d is pruned at scale %d before its cache scale ran", b, si);
-      full = Tensor({R, l, C});
-      restore_tokens(cache.data(), st.ctr_h, st.ctr_w, y.data(), keep.data(), R, K, ph, pw,
-                     static_cast<int>(C), full.data());
-    }
-    if (plan.caches(b)) (which ? st.ctr_ffn[b] : st.ctr_attn[b]) = full.clone();
-    float* xd = x.data();
-    const float* fd = full.data();
-    for (int64_t i = 0, n = R * l * C; i < n; ++i) xd[i] += fd[i];
+    }, btap);
   };
   for (int b = 0; b < cfg_.depth; ++b) {
     branch(b, 0);
