@@ -16,6 +16,10 @@
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 #include "models/weights.h"
+#include "models/infinity/bsq_vae.h"
+#include "models/infinity/infinity_model.h"
+#include "models/infinity/schedule.h"
+#include "pipeline/infinity_pipeline.h"
 #include "pipeline/sampler.h"
 #include "pipeline/var_pipeline.h"
 
@@ -30,6 +34,7 @@ using json = nlohmann::json;
 struct Tolerance {
   double atol = 0, rtol = 0;
   bool set_per_row = false;
+  double max_rel = 0;  // adds max_rel * max|ref| to every element's bound
 };
 
 bool ends_with(const std::string& s, const std::string& suf) {
@@ -37,10 +42,10 @@ bool ends_with(const std::string& s, const std::string& suf) {
 }
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-// Tolerances from the golden README: float32 vs float64 of the reference
+// VAR tolerances from the golden README: float32 vs float64 of the reference
 // differ by <= 8e-5 (logits), 4e-5 (activations), 1.3e-6 (latents, image);
 // we allow about 4x that, with floors 1e-4 and 1e-5.
-Tolerance tolerance_for(const std::string& name) {
+Tolerance var_tolerance(const std::string& name) {
   if (ends_with(name, "_keep")) return {0, 0, true};
   if (ends_with(name, "kv_len")) return {0, 0, false};
   if (ends_with(name, "_score")) return {2e-4, 1e-4, false};
@@ -52,6 +57,19 @@ Tolerance tolerance_for(const std::string& name) {
   return {2e-4, 0, false};  // block outputs, x_in, attention tensors, AdaLN, KV cache
 }
 
+// Infinity tolerances from its golden README: hidden states and logits
+// 1e-4 x max|ref|; codes and summed codes 1e-6; decoder image 1e-4 x max|ref|;
+// the truncated u8 image +-1; kept token sets exactly.
+Tolerance infinity_tolerance(const std::string& name) {
+  if (ends_with(name, "kept_idx")) return {0, 0, true};
+  if (ends_with(name, "image_u8_bgr")) return {1, 0, false};
+  if (contains(name, "codes")) return {1e-6, 0, false};
+  if (contains(name, "rope.")) return {1e-6, 0, false};
+  Tolerance t;
+  t.max_rel = 1e-4;
+  return t;
+}
+
 std::vector<double> to_double(const io::TensorEntry& e) {
   std::vector<double> v(e.numel());
   for (int64_t i = 0; i < e.numel(); ++i) {
@@ -60,6 +78,7 @@ std::vector<double> to_double(const io::TensorEntry& e) {
       case io::DType::F64: std::memcpy(&v[i], e.data + 8 * i, 8); break;
       case io::DType::I64: { int64_t x; std::memcpy(&x, e.data + 8 * i, 8); v[i] = double(x); break; }
       case io::DType::I32: { int32_t x; std::memcpy(&x, e.data + 4 * i, 4); v[i] = x; break; }
+      case io::DType::U8: v[i] = e.data[i]; break;
       default: fail("golden tensor '%s' has unsupported dtype %s", e.name.c_str(), io::dtype_name(e.dtype));
     }
   }
@@ -76,14 +95,16 @@ std::string find_file(const fs::path& dir, const std::string& stem) {
 
 class Checker {
  public:
-  Checker(const io::TensorFile& golden, std::FILE* out) : golden_(golden), out_(out) {}
+  using TolFn = Tolerance (*)(const std::string&);
+  Checker(const io::TensorFile& golden, std::FILE* out, TolFn tol) : golden_(golden), out_(out), tol_(tol) {}
+
 
   // Compares the engine tensor `got` with golden tensor `ref_name`.
   void compare(const std::string& ref_name, const Tensor& got) {
     const io::TensorEntry* e = golden_.find(ref_name);
     if (!e) return;
     seen_.insert(ref_name);
-    Tolerance tol = tolerance_for(ref_name);
+    Tolerance tol = tol_(ref_name);
     Shape want(e->shape.begin(), e->shape.end());
     if (want != got.shape()) {
       report(ref_name, false, strprintf("shape %s, expected %s", shape_str(got.shape()).c_str(),
@@ -112,6 +133,9 @@ class Checker {
     }
     double max_abs = 0, max_ref = 0, worst_excess = -1;
     bool inf_mismatch = false;
+    for (double r : ref)
+      if (std::isfinite(r)) max_ref = std::max(max_ref, std::fabs(r));
+    const double floor = tol.max_rel * max_ref;
     for (int64_t i = 0; i < got.numel(); ++i) {
       const double r = ref[i], x = g[i];
       if (std::isinf(r) || std::isinf(x)) {
@@ -121,12 +145,12 @@ class Checker {
       const double d = std::fabs(x - r);
       if (!(d == d)) { inf_mismatch = true; continue; }  // NaN
       max_abs = std::max(max_abs, d);
-      max_ref = std::max(max_ref, std::fabs(r));
-      worst_excess = std::max(worst_excess, d - (tol.atol + tol.rtol * std::fabs(r)));
+      worst_excess = std::max(worst_excess, d - (floor + tol.atol + tol.rtol * std::fabs(r)));
     }
     const bool ok = !inf_mismatch && worst_excess <= 0;
-    std::string tol_s = tol.rtol > 0 ? strprintf("atol %.0e + rtol %.0e", tol.atol, tol.rtol)
-                                     : strprintf("atol %.0e", tol.atol);
+    std::string tol_s = tol.max_rel > 0 ? strprintf("%.0e x max|ref|", tol.max_rel)
+                        : tol.rtol > 0  ? strprintf("atol %.0e + rtol %.0e", tol.atol, tol.rtol)
+                                        : strprintf("atol %.0e", tol.atol);
     report(ref_name, ok,
            strprintf("max abs %.3e  max rel %.3e   tol: %s%s", max_abs,
                      max_ref > 0 ? max_abs / max_ref : 0.0, tol_s.c_str(),
@@ -157,6 +181,7 @@ class Checker {
 
   const io::TensorFile& golden_;
   std::FILE* out_;
+  TolFn tol_;
   std::set<std::string> seen_;
   GoldenSummary sum_;
 };
@@ -247,6 +272,109 @@ void check_var(const fs::path& dir, const json& cfg, std::FILE* out, Checker& ck
   }
 }
 
+GoldenSummary& operator+=(GoldenSummary& a, const GoldenSummary& b) {
+  a.passed += b.passed;
+  a.failed += b.failed;
+  a.not_compared += b.not_compared;
+  return a;
+}
+
+// An Infinity folder (format of tests/data/golden/infinity_tiny_a): the
+// official run and, if present, the FastVAR run, both teacher forced.
+GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* out) {
+  Weights iw(io::TensorFile::open(find_file(dir, "weights_infinity")));
+  infinity::InfinityModel model(iw);
+  iw.check_all_used();
+  Weights vw(io::TensorFile::open(find_file(dir, "weights_vae")));
+  infinity::BSQDecoder vae(vw);
+  vw.check_all_used();
+  std::fprintf(out, "model: %s\nvae:   %s\n", model.config().describe().c_str(), vae.config().describe().c_str());
+  auto inputs = io::TensorFile::open((dir / "inputs.safetensors").string());
+  InfinityGenParams p;
+  // Prompts: compact T5 features split by cu_seqlens.
+  const io::TensorEntry& tf = inputs->at("text.t5_features");
+  std::vector<double> feats = to_double(tf);
+  std::vector<int64_t> cu = read_ints(*inputs, "text.cu_seqlens");
+  const int64_t Ct5 = tf.shape.back();
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {
+    Tensor t({cu[b + 1] - cu[b], Ct5});
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(feats[cu[b] * Ct5 + i]);
+    p.text.push_back(t);
+  }
+  std::vector<int64_t> sched = read_ints(*inputs, "scale_schedule");  // rows (t, h, w)
+  for (size_t i = 0; i + 2 < sched.size(); i += 3)
+    p.schedule.scales.push_back({static_cast<int>(sched[i + 1]), static_cast<int>(sched[i + 2])});
+  const json& tiny = cfg.at("tiny");
+  std::vector<int> norm_hw;
+  if (cfg.contains("rope") && cfg.at("rope").contains("normalizer_hw")) {
+    norm_hw = cfg.at("rope").at("normalizer_hw").get<std::vector<int>>();
+  } else {
+    infinity::Schedule s1m = infinity::make_schedule(tiny.value("h_div_w", 1.0), "1M");
+    norm_hw = {s1m.rope_h, s1m.rope_w};
+  }
+  p.schedule.rope_h = norm_hw.at(0);
+  p.schedule.rope_w = norm_hw.at(1);
+  for (double v : to_double(inputs->at("cfg_list"))) p.cfg.push_back(static_cast<float>(v));
+  for (double v : to_double(inputs->at("tau_list"))) p.tau.push_back(static_cast<float>(v));
+  p.top_k = tiny.value("top_k", 900);
+  p.top_p = tiny.value("top_p", 0.97);
+  p.teacher = [&](int si, int B, int h, int w, int d, uint8_t* bits) {
+    std::vector<int64_t> v = read_ints(*inputs, strprintf("labels.s%02d", si));
+    if (static_cast<int64_t>(v.size()) != int64_t(B) * h * w * d)
+      fail("golden labels.s%02d has %zu entries, expected %lld", si, v.size(), (long long)B * h * w * d);
+    for (size_t i = 0; i < v.size(); ++i) bits[i] = v[i] != 0;
+  };
+  GoldenSummary total;
+  auto run = [&](const char* file, const char* what) {
+    auto golden = io::TensorFile::open((dir / file).string());
+    Checker ck(*golden, out, infinity_tolerance);
+    std::fprintf(out, "%s\n", what);
+    p.tap = [&](const std::string& name, const Tensor& t) {
+      std::string n = name;
+      if (ends_with(n, ".keep")) n = n.substr(0, n.size() - 5) + ".kept_idx";
+      ck.compare(n, t);
+      if (n == "final.image") {
+        const int64_t H = t.dim(2), W = t.dim(3);
+        Tensor u8({t.dim(0), H, W, 3});
+        for (int64_t b = 0; b < t.dim(0); ++b) {
+          std::vector<uint8_t> px = infinity::image_to_u8_trunc(t.data() + b * 3 * H * W, int(H), int(W), true);
+          for (size_t i = 0; i < px.size(); ++i) u8.data()[b * H * W * 3 + int64_t(i)] = px[i];
+        }
+        ck.compare("final.image_u8_bgr", u8);
+      }
+    };
+    generate_infinity(model, vae, p);
+    ck.report_unseen();
+    total += ck.summary();
+  };
+  run("ref_infinity.safetensors", "reference run (official Infinity, teacher forced):");
+  if (cfg.contains("fastvar_plan") && fs::exists(dir / "ref_fastvar.safetensors")) {
+    const json& fj = cfg.at("fastvar_plan");
+    const int S = static_cast<int>(p.schedule.scales.size());
+    PrunePlan plan;
+    plan.enabled = true;
+    plan.cache_scale = fj.at("cache_scale").get<int>();
+    for (const auto& [si, r] : fj.at("prune").items()) plan.ratio[std::stoi(si)] = r.get<float>();
+    std::vector<int> skip = fj.value("skip", std::vector<int>{});
+    std::sort(skip.begin(), skip.end());
+    for (size_t i = 0; i < skip.size(); ++i)
+      if (skip[i] != S - static_cast<int>(skip.size()) + static_cast<int>(i))
+        fail("golden FastVAR plan skips scales that are not the last ones");
+    plan.skip_last = static_cast<int>(skip.size());
+    std::vector<int> layers = fj.at("pruned_layers").get<std::vector<int>>();
+    std::sort(layers.begin(), layers.end());
+    if (layers.empty() || layers.back() - layers.front() + 1 != static_cast<int>(layers.size()))
+      fail("golden FastVAR layers are not a contiguous block range");
+    plan.layer_begin = layers.front();
+    plan.layer_end = layers.back();
+    p.plan = plan;
+    std::vector<int> pn;
+    for (const auto& hw : p.schedule.scales) pn.push_back(hw.second);
+    run("ref_fastvar.safetensors", ("FastVAR run (" + plan.describe(pn) + "):").c_str());
+  }
+  return total;
+}
+
 }  // namespace
 
 GoldenSummary check_golden(const std::string& dir_s, std::FILE* out) {
@@ -261,9 +389,10 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out) {
     fail("%s: invalid JSON: %s", cfg_path.string().c_str(), e.what());
   }
   try {
+    if (cfg.contains("tiny") && fs::exists(dir / "ref_infinity.safetensors")) return check_infinity(dir, cfg, out);
     if (cfg.contains("var")) {
       auto golden = io::TensorFile::open((dir / "golden.safetensors").string());
-      Checker ck(*golden, out);
+      Checker ck(*golden, out, var_tolerance);
       check_var(dir, cfg, out, ck, *golden);
       ck.report_unseen();
       return ck.summary();
@@ -271,7 +400,7 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out) {
   } catch (const json::exception& e) {
     fail("%s: unexpected config.json layout: %s", cfg_path.string().c_str(), e.what());
   }
-  fail("%s: unsupported golden folder (this build checks VAR folders; config.json has no 'var')",
+  fail("%s: unsupported golden folder (this build checks VAR and Infinity folders)",
        dir_s.c_str());
 }
 

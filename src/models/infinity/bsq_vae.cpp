@@ -1,0 +1,293 @@
+#include "models/infinity/bsq_vae.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <utility>
+
+#include "backend/cpu/ops.h"
+#include "core/error.h"
+#include "core/threadpool.h"
+
+namespace fastvar::infinity {
+namespace {
+
+using Conv = BSQDecoder::Conv;
+using Norm = BSQDecoder::Norm;
+
+constexpr float kGnEps = 1e-6f;
+
+// Upstream wraps every conv as `p.conv` and every GroupNorm as `p.norm`; its loader
+// also accepts checkpoints saved without that infix. Returns the prefix under which
+// `p`'s weight is stored, or "" when neither form exists. The choice is made per
+// module, so a checkpoint mixing both forms also loads.
+std::string resolve(const Weights& w, const std::string& p, const char* infix) {
+  std::string wrapped = p + "." + infix;
+  if (w.has(wrapped + ".weight")) return wrapped;
+  if (w.has(p + ".weight")) return p;
+  return {};
+}
+
+std::string require(const Weights& w, const std::string& p, const char* infix) {
+  std::string r = resolve(w, p, infix);
+  if (r.empty())
+    fail("%s: missing tensor '%s.%s.weight' (or the flat form '%s.weight')", w.label().c_str(),
+         p.c_str(), infix, p.c_str());
+  return r;
+}
+
+// Shape of `p`'s conv weight, which must be (out, in, k, k).
+const Shape& conv_shape(Weights& w, const std::string& p) {
+  const std::string name = require(w, p, "conv") + ".weight";
+  const Shape& s = w.shape(name);
+  if (s.size() != 4 || s[0] <= 0 || s[1] <= 0 || s[2] != s[3] || s[2] % 2 == 0)
+    fail("%s: tensor '%s' has shape %s, expected (out, in, k, k) with odd k", w.label().c_str(),
+         name.c_str(), shape_str(s).c_str());
+  return s;
+}
+
+Conv load_conv(Weights& w, const std::string& p, int cout, int cin, int k) {
+  const std::string r = require(w, p, "conv");
+  Conv c;
+  c.w = w.get(r + ".weight", {cout, cin, k, k});
+  c.b = w.get(r + ".bias", {cout});
+  c.cin = cin, c.cout = cout, c.k = k;
+  return c;
+}
+
+Norm load_norm(Weights& w, const std::string& p, int c) {
+  const std::string r = require(w, p, "norm");
+  Norm n{w.get(r + ".weight", {c}), w.get(r + ".bias", {c}), 0};
+  try {
+    n.groups = bsq_gn_groups(c);
+  } catch (const Error& e) {
+    fail("%s: '%s': %s", w.label().c_str(), r.c_str(), e.what());
+  }
+  return n;
+}
+
+BSQDecoder::ResBlock load_resblock(Weights& w, const std::string& p, int cin, int cout) {
+  BSQDecoder::ResBlock r;
+  r.norm1 = load_norm(w, p + ".norm1", cin);
+  r.conv1 = load_conv(w, p + ".conv1", cout, cin, 3);
+  r.norm2 = load_norm(w, p + ".norm2", cout);
+  r.conv2 = load_conv(w, p + ".conv2", cout, cout, 3);
+  // Upstream creates the 1x1 shortcut only when the width changes; a stray one is
+  // reported by the caller's check_all_used().
+  if (cin != cout) r.nin = load_conv(w, p + ".nin_shortcut", cout, cin, 1);
+  return r;
+}
+
+void conv(const Conv& c, const float* x, int H, int W, float* y) {
+  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y);
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) y[i] += x[i];
+      },
+      1 << 14);
+}
+
+}  // namespace
+
+int bsq_gn_groups(int C) {
+  if (C > 0 && C % 32 == 0) return 32;
+  if (C > 0 && C % 24 == 0) return 24;
+  fail("%d channels are not divisible into 32 (or 24) GroupNorm groups", C);
+}
+
+std::string BSQDecoderConfig::describe() const {
+  std::string mult, nres, up;
+  for (int l = 0; l < levels(); ++l) {
+    mult += (l ? "," : "") + std::to_string(ch_mult[l]);
+    nres += (l ? "," : "") + std::to_string(res_blocks[l]);
+    if (upsample[l]) up += (up.empty() ? "" : ",") + std::to_string(l);
+  }
+  return strprintf("BSQ decoder d=%d ch=%d ch_mult=(%s) res_blocks=(%s) upsample_levels=(%s) "
+                   "stride=%d keys=%s",
+                   code_dim, ch, mult.c_str(), nres.c_str(), up.c_str(), stride,
+                   flat_keys ? "flat" : "wrapped");
+}
+
+BSQDecoder::BSQDecoder(Weights& w) {
+  BSQDecoderConfig& c = cfg_;
+  const std::string& file = w.label();
+
+  // ---- topology from the names/shapes present ------------------------------
+  const Shape& sin = conv_shape(w, "decoder.conv_in");
+  c.code_dim = int(sin[1]);
+  c.flat_keys = resolve(w, "decoder.conv_in", "conv") == "decoder.conv_in";
+  const int Cmid = int(sin[0]);
+  auto block = [](int l, int b) { return strprintf("decoder.up.%d.block.%d", l, b); };
+  int L = 0;
+  while (!resolve(w, block(L, 0) + ".conv1", "conv").empty()) ++L;
+  if (L == 0) require(w, block(0, 0) + ".conv1", "conv");  // throws, naming the tensor
+  std::vector<int> level_ch(L);
+  c.res_blocks.resize(L);
+  c.upsample.resize(L);
+  for (int l = 0; l < L; ++l) {
+    level_ch[l] = int(conv_shape(w, block(l, 0) + ".conv1")[0]);
+    while (!resolve(w, block(l, c.res_blocks[l]) + ".conv1", "conv").empty()) ++c.res_blocks[l];
+    c.upsample[l] = !resolve(w, strprintf("decoder.up.%d.upsample.conv", l), "conv").empty();
+    if (c.upsample[l]) c.stride *= 2;
+  }
+  // Only the products ch*ch_mult[l] matter; ch is their gcd, which is upstream's ch
+  // whenever some multiplier is 1 (both released decoders have ch_mult[0] = 1).
+  for (int v : level_ch) c.ch = std::gcd(c.ch, v);
+  for (int v : level_ch) c.ch_mult.push_back(v / c.ch);
+
+  // ---- weights, every shape checked (the first mismatch names its tensor) ----
+  conv_in_ = load_conv(w, "decoder.conv_in", Cmid, c.code_dim, 3);
+  mid_block1_ = load_resblock(w, "decoder.mid.block_1", Cmid, Cmid);
+  mid_block2_ = load_resblock(w, "decoder.mid.block_2", Cmid, Cmid);
+  up_.resize(L);
+  int block_in = Cmid;
+  for (int l = L - 1; l >= 0; --l) {  // upstream runs (and creates) the last level first
+    for (int b = 0; b < c.res_blocks[l]; ++b) {
+      up_[l].blocks.push_back(load_resblock(w, block(l, b), block_in, level_ch[l]));
+      block_in = level_ch[l];
+    }
+    if (c.upsample[l])
+      up_[l].upsample =
+          load_conv(w, strprintf("decoder.up.%d.upsample.conv", l), block_in, block_in, 3);
+  }
+  norm_out_ = load_norm(w, "decoder.norm_out", block_in);
+  conv_out_ = load_conv(w, "decoder.conv_out", 3, block_in, 3);
+
+  // ---- the rest of the VAE: recognised, not needed to decode ---------------
+  // The quantizer is registered twice upstream (quantizer.* and quantize.*); its
+  // only tensor, the bit mask 2^(d-1)..1, must at least agree with d.
+  for (const char* name : {"quantizer.lfq.mask", "quantize.lfq.mask"}) {
+    const io::TensorEntry* e = w.file().find(name);
+    if (!e) continue;
+    if (e->dtype != io::DType::I64 || e->shape.size() != 1 || e->shape[0] != c.code_dim)
+      fail("%s: tensor '%s' is %s %s, expected I64 [%d] (the codebook dim of decoder.conv_in); "
+           "the quantizer and decoder come from different VAEs",
+           file.c_str(), name, io::dtype_name(e->dtype), e->shape_str().c_str(), c.code_dim);
+  }
+  w.ignore_prefix("encoder.");
+  w.ignore_prefix("quantizer.");
+  w.ignore_prefix("quantize.");
+}
+
+// ---- decoder -----------------------------------------------------------------
+// Activations live in three rotating buffers; bufs[0] always holds the current map,
+// bufs[1] and bufs[2] are scratch, each sized for the largest map of the pass.
+
+void BSQDecoder::resblock(const ResBlock& rb, int H, int W, float* bufs[3]) const {
+  const int64_t HW = int64_t(H) * W;
+  const int Cin = rb.conv1.cin, Cout = rb.conv1.cout;
+  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
+  cpu::group_norm(x, t1, Cin, HW, rb.norm1.groups, kGnEps, rb.norm1.g.data(), rb.norm1.b.data(),
+                  true);
+  conv(rb.conv1, t1, H, W, t2);
+  cpu::group_norm(t2, t2, Cout, HW, rb.norm2.groups, kGnEps, rb.norm2.g.data(),
+                  rb.norm2.b.data(), true);
+  conv(rb.conv2, t2, H, W, t1);
+  if (!rb.nin.w.empty()) {
+    conv(rb.nin, x, H, W, t2);
+    add_inplace(t1, t2, Cout * HW);  // upstream: shortcut(x) + h
+  } else {
+    add_inplace(t1, x, Cout * HW);
+  }
+  bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
+}
+
+int64_t BSQDecoder::max_map(int H, int W) const {
+  int64_t HW = int64_t(H) * W, m = int64_t(cfg_.code_dim) * HW;
+  int C = conv_in_.cout;
+  m = std::max(m, C * HW);
+  for (int l = cfg_.levels() - 1; l >= 0; --l) {
+    for (const ResBlock& rb : up_[l].blocks) {
+      m = std::max(m, std::max(rb.conv1.cin, rb.conv1.cout) * HW);
+      C = rb.conv1.cout;
+    }
+    if (!up_[l].upsample.w.empty()) HW *= 4, m = std::max(m, C * HW);
+  }
+  return std::max(m, 3 * HW);
+}
+
+void BSQDecoder::decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const {
+  conv(conv_in_, z, H, W, bufs[0]);
+  resblock(mid_block1_, H, W, bufs);
+  resblock(mid_block2_, H, W, bufs);
+  int C = conv_in_.cout;
+  for (int l = cfg_.levels() - 1; l >= 0; --l) {
+    const Level& lv = up_[l];
+    for (const ResBlock& rb : lv.blocks) {
+      resblock(rb, H, W, bufs);
+      C = rb.conv1.cout;
+    }
+    if (!lv.upsample.w.empty()) {
+      cpu::upsample_nearest2x(bufs[0], C, H, W, bufs[1]);
+      H *= 2, W *= 2;
+      conv(lv.upsample, bufs[1], H, W, bufs[2]);
+      std::swap(bufs[0], bufs[2]);
+    }
+  }
+  const int64_t HW = int64_t(H) * W;
+  cpu::group_norm(bufs[0], bufs[1], C, HW, norm_out_.groups, kGnEps, norm_out_.g.data(),
+                  norm_out_.b.data(), true);
+  conv(conv_out_, bufs[1], H, W, bufs[2]);
+  for (int64_t i = 0; i < 3 * HW; ++i) img[i] = std::clamp(bufs[2][i], -1.f, 1.f);
+}
+
+Tensor BSQDecoder::decode(const Tensor& summed) const {
+  // Upstream hands the decoder its (B, d, 1, H, W) accumulator squeezed; take both.
+  const bool five = summed.ndim() == 5 && summed.dim(2) == 1;
+  if ((summed.ndim() != 4 && !five) || summed.dim(1) != cfg_.code_dim ||
+      summed.dim(-2) <= 0 || summed.dim(-1) <= 0 || summed.dim(0) <= 0)
+    fail("BSQDecoder::decode: input has shape %s, expected (B, %d, H, W)",
+         shape_str(summed.shape()).c_str(), cfg_.code_dim);
+  const int B = int(summed.dim(0)), H = int(summed.dim(-2)), W = int(summed.dim(-1));
+  const int s = cfg_.stride;
+  const int64_t maxel = max_map(H, W);
+  // Uninitialised on purpose: every step writes its output before reading it.
+  std::unique_ptr<float[]> storage(new float[3 * maxel]);
+  Tensor img({int64_t(B), 3, int64_t(H) * s, int64_t(W) * s});
+  const int64_t zn = int64_t(cfg_.code_dim) * H * W, in = 3 * int64_t(H) * s * W * s;
+  for (int b = 0; b < B; ++b) {
+    float* bufs[3] = {storage.get(), storage.get() + maxel, storage.get() + 2 * maxel};
+    decode_one(summed.data() + b * zn, H, W, img.data() + b * in, bufs);
+  }
+  return img;
+}
+
+std::vector<uint8_t> image_to_u8_trunc(const float* chw, int H, int W, bool bgr) {
+  const int64_t HW = int64_t(H) * W;
+  std::vector<uint8_t> out(static_cast<size_t>(3 * HW));
+  for (int c = 0; c < 3; ++c) {
+    const float* src = chw + (bgr ? 2 - c : c) * HW;
+    for (int64_t p = 0; p < HW; ++p) {
+      // Upstream: img.add(1).div(2) ... .mul_(255).to(torch.uint8), all float32.
+      const float t = (src[p] + 1.f) / 2.f * 255.f;
+      out[p * 3 + c] = t > 0.f ? static_cast<uint8_t>(std::min(t, 255.f)) : 0;  // NaN -> 0
+    }
+  }
+  return out;
+}
+
+Weights open_bsq_vae_weights(const std::string& path) {
+  try {
+    return Weights::open(path);
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    // What the flat-only .pth reader says about {"vae": {...}, ...} checkpoints:
+    // a nested dict value, or a refused non-tensor global stored next to it.
+    if (m.find("not a tensor") == std::string::npos &&
+        m.find("refusing pickle global") == std::string::npos &&
+        m.find("not a dict of tensors") == std::string::npos)
+      throw;
+    fail("%s. Infinity's VAE checkpoints (e.g. infinity_vae_d32reg.pth) keep the state dict "
+         "under the \"vae\" key; extract it once with: python -c \"import torch; "
+         "torch.save(torch.load('%s', map_location='cpu')['vae'], 'vae_state_dict.pth')\" and "
+         "load vae_state_dict.pth (or save it with safetensors.torch.save_file)",
+         m.c_str(), path.c_str());
+  }
+}
+
+}  // namespace fastvar::infinity

@@ -1,0 +1,93 @@
+// Infinity's BSQ-VAE decoder at inference: summed codes (B, d, Hf, Wf) -> image
+// (B, 3, Hf*s, Wf*s) in [-1, 1]. Spec: shared/spec/infinity.md sections 3.2, 11, 12.
+//
+// The structure (codebook dim, widths, levels, res blocks per level, which levels
+// upsample, GroupNorm groups) is read from the checkpoint's names and shapes, so the
+// d32 (2B) and d14 (8B) VAEs and any other decoder built by the upstream code load
+// unchanged. Both key forms are accepted: upstream's wrapped `X.conv.weight` /
+// `X.norm.weight` and the flat `X.weight` that its loader also maps.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/weights.h"
+
+namespace fastvar::infinity {
+
+struct BSQDecoderConfig {
+  int code_dim = 0;               // d: conv_in input channels (= bits per latent pixel)
+  int ch = 0;                     // base width (gcd of the level widths)
+  std::vector<int> ch_mult;       // level l has ch * ch_mult[l] channels; l = 0 is full res
+  std::vector<int> res_blocks;    // ResBlocks per level (3 in the released decoders)
+  std::vector<bool> upsample;     // level l ends with nearest-x2 + conv
+  int stride = 1;                 // image side / latent side = 2^(#upsampling levels)
+  bool flat_keys = false;         // conv_in was found as `X.weight` (informational)
+
+  int levels() const { return static_cast<int>(ch_mult.size()); }
+  std::string describe() const;  // one line for logs
+};
+
+// GroupNorm group count of a C-channel norm: 32, or 24 when C is not a multiple of
+// 32 (upstream's Normalize). Throws when neither divides C.
+int bsq_gn_groups(int C);
+
+class BSQDecoder {
+ public:
+  // Fetches and shape-checks every decoder tensor and marks encoder.*, quantizer.*
+  // and quantize.* as known-but-unused, so the caller's Weights::check_all_used()
+  // flags only truly unexpected keys. Checks `quantizer.lfq.mask` (I64 [d]) when
+  // present. Tensors are views into `w`'s mapping: `w` must outlive this object.
+  explicit BSQDecoder(Weights& w);
+
+  const BSQDecoderConfig& config() const { return cfg_; }
+  int code_dim() const { return cfg_.code_dim; }
+  int stride() const { return cfg_.stride; }
+
+  // summed (B, d, Hf, Wf) (or upstream's (B, d, 1, Hf, Wf)) -> (B, 3, Hf*s, Wf*s),
+  // clamped to [-1, 1]; the caller maps to [0, 1] / u8. Each image is independent.
+  Tensor decode(const Tensor& summed) const;
+
+  struct Conv {
+    Tensor w, b;
+    int cin = 0, cout = 0, k = 0;
+  };
+  struct Norm {
+    Tensor g, b;
+    int groups = 32;
+  };
+  struct ResBlock {
+    Norm norm1, norm2;
+    Conv conv1, conv2, nin;  // nin.w empty when in == out
+  };
+  struct Level {
+    std::vector<ResBlock> blocks;
+    Conv upsample;  // empty when the level does not upsample
+  };
+
+ private:
+  void decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const;
+  void resblock(const ResBlock& rb, int H, int W, float* bufs[3]) const;
+  int64_t max_map(int H, int W) const;  // largest activation (floats) of one decode
+
+  BSQDecoderConfig cfg_;
+  Conv conv_in_, conv_out_;
+  ResBlock mid_block1_, mid_block2_;
+  std::vector<Level> up_;  // indexed by level (0 = full resolution), run from the last
+  Norm norm_out_;
+};
+
+// Decoder output (3, H, W) in [-1, 1] -> interleaved u8 (H, W, 3) exactly as the
+// official tool does: uint8(((x + 1) / 2) * 255), truncating toward zero, in float32
+// (so it can be 1 below the engine's rounding PNG path); channels reversed (BGR,
+// what upstream hands to cv2.imwrite) when `bgr`. NaN maps to 0.
+std::vector<uint8_t> image_to_u8_trunc(const float* chw, int H, int W, bool bgr);
+
+// Weights::open for a VAE checkpoint. The released infinity_vae_d32reg.pth is a
+// dict whose "vae" entry holds the state dict, which the (flat-only) .pth reader
+// refuses; this adds a one-line recipe for extracting that entry to the error.
+Weights open_bsq_vae_weights(const std::string& path);
+
+}  // namespace fastvar::infinity

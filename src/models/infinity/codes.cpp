@@ -1,0 +1,67 @@
+#include "models/infinity/codes.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/ops.h"
+#include "core/error.h"
+
+namespace fastvar::infinity {
+namespace {
+
+void check_dims(const char* fn, int B, int d, int h, int w) {
+  if (B <= 0 || d <= 0 || h <= 0 || w <= 0)
+    fail("%s: bad sizes B=%d d=%d h=%d w=%d", fn, B, d, h, w);
+}
+
+}  // namespace
+
+void bits_to_codes(const uint8_t* bits, int B, int h, int w, int d, float* codes) {
+  check_dims("bits_to_codes", B, d, h, w);
+  // Upstream: codes = (2*bits - 1) / sqrt(d) in float32, then F.normalize over d.
+  // Every entry has the same magnitude m, so the norm is the same for every token:
+  // compute it once with the same float32 sum of squares.
+  const float m = 1.f / static_cast<float>(std::sqrt(static_cast<double>(d)));
+  float ss = 0.f;
+  for (int j = 0; j < d; ++j) ss += m * m;
+  const float v = m / std::max(std::sqrt(ss), 1e-12f);
+  const int64_t n = int64_t(h) * w;
+  for (int b = 0; b < B; ++b)
+    for (int64_t p = 0; p < n; ++p) {
+      const uint8_t* t = bits + (int64_t(b) * n + p) * d;
+      float* c = codes + int64_t(b) * d * n + p;
+      for (int j = 0; j < d; ++j) c[j * n] = t[j] ? v : -v;
+    }
+}
+
+void accumulate(const float* codes, int B, int d, int h, int w, float* summed, int Hf, int Wf) {
+  check_dims("accumulate", B, d, h, w);
+  check_dims("accumulate", B, d, Hf, Wf);
+  const int64_t n = int64_t(B) * d * Hf * Wf;
+  if (h == Hf && w == Wf) {
+    for (int64_t i = 0; i < n; ++i) summed[i] += codes[i];
+    return;
+  }
+  std::vector<float> up(static_cast<size_t>(n));
+  cpu::resize_bilinear(codes, int64_t(B) * d, h, w, up.data(), Hf, Wf);  // batch = channels
+  for (int64_t i = 0; i < n; ++i) summed[i] += up[i];
+}
+
+void next_input(const float* summed, int B, int d, int Hf, int Wf, int h2, int w2,
+                float* tokens) {
+  check_dims("next_input", B, d, Hf, Wf);
+  check_dims("next_input", B, d, h2, w2);
+  const int64_t L = int64_t(h2) * w2;
+  std::vector<float> r(static_cast<size_t>(int64_t(B) * d * L));
+  cpu::resize_bilinear(summed, int64_t(B) * d, Hf, Wf, r.data(), h2, w2);
+  // (B, d, L) -> (B, L, d): upstream's view(B, d, -1).transpose(1, 2).
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < d; ++j) {
+      const float* src = r.data() + (int64_t(b) * d + j) * L;
+      float* dst = tokens + int64_t(b) * L * d + j;
+      for (int64_t p = 0; p < L; ++p) dst[p * d] = src[p];
+    }
+}
+
+}  // namespace fastvar::infinity

@@ -1,0 +1,213 @@
+#include "pipeline/infinity_pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threadpool.h"
+#include "models/infinity/codes.h"
+
+namespace fastvar {
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+float per_scale(const std::vector<float>& v, int si) { return v.size() == 1 ? v[0] : v[si]; }
+
+// One bit from its two logits (value 0, value 1): top-k (k = 1 keeps the
+// larger), top-p on the two-way softmax (the smaller class goes when its
+// probability is <= 1 - top_p), then a draw with the uniform u.
+uint8_t sample_bit(float l0, float l1, int top_k, double top_p, float u) {
+  const float mx = std::max(l0, l1);
+  float p0 = std::exp(l0 - mx), p1 = std::exp(l1 - mx);
+  const float s = p0 + p1;
+  p0 /= s;
+  p1 /= s;
+  if (top_k == 1) return l1 > l0 ? 1 : 0;
+  if (top_p > 0.0) {
+    const float limit = static_cast<float>(1.0 - top_p);
+    if (std::min(p0, p1) <= limit) return p1 > p0 || (p1 == p0 && l1 > l0) ? 1 : 0;
+  }
+  return u < p0 ? 0 : 1;
+}
+
+}  // namespace
+
+PrunePlan default_infinity_plan(int S, int depth, bool extended_2k) {
+  PrunePlan p;
+  const int base = extended_2k ? S - 2 : S;  // scales of the regular list
+  if (base < 6) return p;
+  p.enabled = true;
+  p.cache_scale = base - 5;
+  p.ratio[base - 4] = 0.4f;
+  p.ratio[base - 3] = 0.5f;
+  if (extended_2k) {
+    p.ratio[base - 2] = 0.5f;
+    p.ratio[base - 1] = 0.6f;
+    p.ratio[base] = 0.6f;
+    p.ratio[base + 1] = 0.75f;
+  } else {
+    p.skip_last = 2;
+  }
+  p.layer_begin = std::min(3, depth / 4);
+  p.layer_end = depth - 1 - std::min(4, depth / 4);
+  return p;
+}
+
+void validate_infinity_params(const infinity::InfinityConfig& c, const InfinityGenParams& p) {
+  const int S = static_cast<int>(p.schedule.scales.size());
+  if (p.text.empty()) fail("need at least one prompt");
+  if (S < 1) fail("empty scale schedule");
+  if (S > c.levels) fail("the schedule has %d scales; the model has %d level embeddings", S, c.levels);
+  if (p.schedule.scales[0] != std::make_pair(1, 1)) fail("the first scale must be 1x1");
+  for (const auto* v : {&p.cfg, &p.tau})
+    if (v->size() != 1 && static_cast<int>(v->size()) != S)
+      fail("cfg/tau lists need 1 or %d values, got %zu", S, v->size());
+  for (float t : p.tau)
+    if (!(t > 0.f)) fail("tau must be > 0, got %g", t);
+  for (float g : p.cfg)
+    if (!std::isfinite(g)) fail("cfg must be a finite number");
+  if (p.top_k < 0) fail("top-k %d must be >= 0", p.top_k);
+  if (!(p.top_p >= 0.0 && p.top_p <= 1.0)) fail("top-p %g out of range [0, 1]", p.top_p);
+  p.plan.validate(S, c.depth);
+}
+
+InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
+                                    const InfinityGenParams& p) {
+  const infinity::InfinityConfig& c = model.config();
+  validate_infinity_params(c, p);
+  if (vae.code_dim() != c.bits)
+    fail("the VAE decodes %d-bit codes but the transformer predicts %d bits per token", vae.code_dim(), c.bits);
+  const auto t_start = std::chrono::steady_clock::now();
+  const auto& sched = p.schedule.scales;
+  const int S = static_cast<int>(sched.size()), B = static_cast<int>(p.text.size()), R = 2 * B, d = c.bits;
+  const int Hf = sched.back().first, Wf = sched.back().second;
+  const int last = S - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
+  int capacity = 0;
+  for (int si = 0; si <= last; ++si) capacity += sched[si].first * sched[si].second;
+
+  InfinityGenResult res;
+  infinity::InfinityModel::Text text = model.encode_text(p.text, p.tap);
+  infinity::InfinityModel::State st = model.new_state(R, capacity);
+  if (p.tap) {
+    std::vector<infinity::Rope> ropes;
+    int64_t total = 0;
+    for (const auto& [h, w] : sched) ropes.push_back(infinity::make_rope(c.head_dim, h, w, p.schedule.rope_h, p.schedule.rope_w)), total += h * w;
+    const int half = c.head_dim / 2;
+    Tensor cs({total, half}), sn({total, half});
+    int64_t off = 0;
+    for (const auto& r : ropes) {
+      std::copy(r.cos.begin(), r.cos.end(), cs.data() + off);
+      std::copy(r.sin.begin(), r.sin.end(), sn.data() + off);
+      off += static_cast<int64_t>(r.cos.size());
+    }
+    p.tap("rope.cos", cs);
+    p.tap("rope.sin", sn);
+  }
+  Tensor summed({B, d, Hf, Wf});
+  Tensor tokens;  // next-scale input (B, h*w, d)
+  for (int si = 0; si < S; ++si) {
+    const int h = sched[si].first, w = sched[si].second;
+    const int64_t L = int64_t(h) * w;
+    ScaleStats ss;
+    ss.si = si;
+    ss.ph = h;
+    ss.pw = w;
+    ss.tokens = L;
+    if (si > last) {
+      ss.skipped = true;
+      res.scales.push_back(ss);
+      if (p.on_scale) p.on_scale(ss);
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string sp = strprintf("s%02d.", si);
+    Tensor x = model.scale_input(si, text, si == 0 ? nullptr : tokens.data(), h, w);
+    if (p.tap) p.tap(sp + "x_in", x);
+    const infinity::Rope rope = infinity::make_rope(c.head_dim, h, w, p.schedule.rope_h, p.schedule.rope_w);
+    const ScalePlan plan = scale_plan(p.plan, si);
+    model.run_blocks(si, h, w, x, text, st, rope, plan, p.tap);
+    const double C = c.C;
+    for (int b = 0; b < c.depth; ++b) {
+      const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(L)) : L;
+      ss.forwarded += 3 * kept * R;
+      ss.flops += 2.0 * R * kept * (6 * C * C + 2 * C * c.ffn) + 4.0 * R * kept * st.len[b] * C;
+    }
+    Tensor logits = model.head(x, text);
+    ss.flops += 2.0 * R * L * C * c.V;
+    if (p.tap) p.tap(sp + "logits_raw", logits);
+    const float g = per_scale(p.cfg, si), tau = per_scale(p.tau, si);
+    const int64_t V = c.V;
+    Tensor guided({B, L, V});
+    for (int b = 0; b < B; ++b)
+      for (int64_t i = 0; i < L * V; ++i)
+        guided.data()[b * L * V + i] =
+            g * (logits.data()[b * L * V + i] / tau) + (1.f - g) * (logits.data()[(B + b) * L * V + i] / tau);
+    if (p.tap) p.tap(sp + "logits_guided", guided);
+
+    std::vector<uint8_t> bits(size_t(B) * L * d);
+    if (p.teacher) {
+      p.teacher(si, B, h, w, d, bits.data());
+    } else {
+      parallel_for(B * L, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i)
+          for (int j = 0; j < d; ++j) {
+            const float* lg = guided.data() + i * V + 2 * j;
+            const float u = philox_uniform(p.seed, static_cast<uint32_t>(i % L), static_cast<uint32_t>(si),
+                                           static_cast<uint32_t>(i / L), 0x10000u + static_cast<uint32_t>(j));
+            bits[i * d + j] = sample_bit(lg[0], lg[1], p.top_k, p.top_p, u);
+          }
+      }, 16);
+    }
+    Tensor codes({B, d, h, w});
+    infinity::bits_to_codes(bits.data(), B, h, w, d, codes.data());
+    if (p.tap) p.tap(sp + "codes", codes.reshaped({B, d, 1, h, w}));
+    infinity::accumulate(codes.data(), B, d, h, w, summed.data(), Hf, Wf);
+    if (p.tap) p.tap(sp + "summed_codes", summed.reshaped({B, d, 1, Hf, Wf}));
+    if (si + 1 < S) {
+      const int h2 = sched[si + 1].first, w2 = sched[si + 1].second;
+      tokens = Tensor({B, int64_t(h2) * w2, d});
+      infinity::next_input(summed.data(), B, d, Hf, Wf, h2, w2, tokens.data());
+      if (p.tap) p.tap(sp + "next_in_codes", tokens);
+    }
+    ss.ms = ms_since(t0);
+    for (int b = 0; b < c.depth; ++b) ss.kv_bytes += int64_t(st.len[b]) * R * c.C * 2 * 4;
+    res.kv_bytes_peak = std::max(res.kv_bytes_peak, ss.kv_bytes);
+    res.transformer_ms += ss.ms;
+    res.scales.push_back(ss);
+    if (p.on_scale) p.on_scale(ss);
+  }
+  if (p.tap) {
+    p.tap("final.summed_codes", summed);
+    for (int b = 0; b < c.depth; ++b) {
+      if (!st.ctr_sa[b].empty()) p.tap(strprintf("cache.block%d.sa", b), st.ctr_sa[b]);
+      if (!st.ctr_ca[b].empty()) p.tap(strprintf("cache.block%d.ca", b), st.ctr_ca[b]);
+      if (!st.ctr_ffn[b].empty()) p.tap(strprintf("cache.block%d.ffn", b), st.ctr_ffn[b]);
+    }
+  }
+  res.summed = summed;
+  if (p.decode) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Tensor img = vae.decode(summed);  // [-1, 1]
+    if (p.tap) p.tap("final.image", img);
+    res.images = Tensor(img.shape());
+    for (int64_t i = 0; i < img.numel(); ++i) res.images.data()[i] = (img.data()[i] + 1.f) * 0.5f;
+    res.decode_ms = ms_since(t0);
+    if (p.on_scale) {
+      ScaleStats ds;
+      ds.si = S;
+      ds.ph = static_cast<int>(img.dim(2));
+      ds.pw = static_cast<int>(img.dim(3));
+      ds.ms = res.decode_ms;
+      p.on_scale(ds);
+    }
+  }
+  res.total_ms = ms_since(t_start);
+  return res;
+}
+
+}  // namespace fastvar

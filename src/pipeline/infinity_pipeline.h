@@ -1,0 +1,53 @@
+// The Infinity scale loop: text conditioning, per-scale blocks with RoPE and
+// the KV cache, per-scale CFG and temperature, per-bit sampling, bilinear code
+// accumulation, FastVAR plan (pruned, cached and skipped scales), BSQ decode.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/tensor.h"
+#include "fastvar/plan.h"
+#include "models/infinity/bsq_vae.h"
+#include "models/infinity/infinity_model.h"
+#include "models/infinity/schedule.h"
+#include "pipeline/var_pipeline.h"  // ScaleStats
+
+namespace fastvar {
+
+struct InfinityGenParams {
+  std::vector<Tensor> text;         // per prompt: T5 features (n_b, Ct5)
+  infinity::Schedule schedule;
+  std::vector<float> cfg, tau;      // per scale, or one value for all
+  int top_k = 900;
+  double top_p = 0.97;
+  uint64_t seed = 0;
+  PrunePlan plan;
+  bool decode = true;
+  var::Tap tap;
+  // Replaces sampling (teacher forcing): fills bits (B, h, w, d) with 0/1.
+  std::function<void(int si, int B, int h, int w, int d, uint8_t* bits)> teacher;
+  std::function<void(const ScaleStats&)> on_scale;
+};
+
+struct InfinityGenResult {
+  Tensor images;  // (B, 3, H, W) in [0, 1]
+  Tensor summed;  // (B, d, Hf, Wf)
+  std::vector<ScaleStats> scales;
+  double transformer_ms = 0, decode_ms = 0, total_ms = 0;
+  int64_t kv_bytes_peak = 0;
+};
+
+// FastVAR's reference plan for Infinity expressed by scale index (spec 14.3):
+// with S scales, cache scale S-5, prune S-4 at 40% and S-3 at 50%, skip the
+// last two; blocks 3 .. depth-5 (3..27 for the 32-block 2B model). For 2K
+// schedules the two extra scales are pruned (60%, 75%) instead of skipped.
+PrunePlan default_infinity_plan(int num_scales, int depth, bool extended_2k);
+
+void validate_infinity_params(const infinity::InfinityConfig& cfg, const InfinityGenParams& p);
+
+InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
+                                    const InfinityGenParams& p);
+
+}  // namespace fastvar
