@@ -680,6 +680,24 @@ std::unique_ptr<TensorFile> TensorFile::parse_pth(const uint8_t* buf, size_t siz
   std::unique_ptr<TensorFile> f(new TensorFile);
   f->path_ = name;
   f->format_ = "pth";
+  // Some releases wrap the state_dict (Infinity's VAE: {"vae": state_dict}, training
+  // checkpoints: {"model": ..., "epoch": 3}). When the top level holds no tensor,
+  // take the one entry under a known wrapper key that is a dict.
+  bool has_tensor = false;
+  for (size_t k = 1; k < root->items.size(); k += 2) has_tensor |= root->items[k]->kind == Kind::Tensor;
+  if (!has_tensor) {
+    for (const char* wrapper : {"state_dict", "model", "vae", "module", "ema"}) {
+      for (size_t k = 0; k < root->items.size(); k += 2) {
+        const Value* key = root->items[k];
+        if (key->kind == Kind::Str && key->s == wrapper && root->items[k + 1]->kind == Kind::Dict) {
+          f->metadata_["wrapped_in"] = wrapper;
+          root = root->items[k + 1];
+          break;
+        }
+      }
+      if (f->metadata_.count("wrapped_in")) break;
+    }
+  }
   for (size_t k = 0; k < root->items.size(); k += 2) {
     const Value* key = root->items[k];
     const Value* val = root->items[k + 1];

@@ -1,0 +1,352 @@
+#include "models/t5/t5_encoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/cpu/ops.h"
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "models/weights.h"
+
+namespace fastvar::t5 {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+json read_json(const fs::path& p) {
+  std::ifstream f(p);
+  if (!f) fail("cannot read %s", p.string().c_str());
+  try {
+    return json::parse(f);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    std::replace(msg.begin(), msg.end(), '\n', ' ');
+    fail("%s is not valid JSON (%s)", p.string().c_str(), msg.c_str());
+  }
+}
+
+bool has_prefix(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+
+// Tensors the encoder reads: everything else in an HF T5 checkpoint is decoder-side.
+bool encoder_side(const std::string& name) {
+  return has_prefix(name, "encoder.") || name == "shared.weight";
+}
+
+// RMS norm (T5LayerNorm): y = x * rsqrt(mean(x^2) + eps) * w. No mean subtraction, no bias.
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t C, float eps) {
+  parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * C;
+      float* yr = y + r * C;
+      double ss = 0;  // double: the reference's float32 mean is at least this accurate
+      for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * xr[c];
+      float inv = 1.f / std::sqrt(float(ss / double(C)) + eps);
+      for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * inv * w[c];
+    }
+  });
+}
+
+void activate(const std::string& act, float* x, int64_t n) {
+  if (act == "relu") {
+    parallel_for(n, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) x[i] = std::max(x[i], 0.f);
+    }, 1 << 14);
+  } else if (act == "gelu") {  // erf form
+    parallel_for(n, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i)
+        x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * float(M_SQRT1_2)));
+    }, 1 << 14);
+  } else {  // gelu_new / gelu_pytorch_tanh: the tanh approximation (validated in from_json)
+    cpu::gelu_tanh(x, n);
+  }
+}
+
+// Opens every checkpoint file that holds encoder tensors and returns name -> file lookups.
+// With an index json only the shards that the index maps encoder tensors to are opened, so a
+// full encoder-decoder folder never maps (let alone converts) decoder-only shards.
+struct Checkpoint {
+  std::vector<std::shared_ptr<Weights>> files;
+  std::map<std::string, size_t> where;  // index-json folders: tensor -> files[i]
+  std::map<std::string, std::string> shard_of;  // index-json folders: tensor -> shard name
+  bool indexed = false;
+  explicit Checkpoint(const fs::path& d) {
+    for (const char* idx : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
+      if (!fs::exists(d / idx)) continue;
+      json j = read_json(d / idx);
+      if (!j.contains("weight_map") || !j["weight_map"].is_object())
+        fail("%s has no 'weight_map' object", (d / idx).string().c_str());
+      indexed = true;
+      std::map<std::string, size_t> opened;
+      for (const auto& [name, file] : j["weight_map"].items()) {
+        if (!file.is_string()) fail("%s: bad entry for '%s'", idx, name.c_str());
+        if (!encoder_side(name)) continue;
+        std::string f = file.get<std::string>();
+        // Shard names come from the file: refuse anything that escapes the folder.
+        if (f.empty() || f.find('/') != std::string::npos || f == "..")
+          fail("%s: invalid shard name '%s'", idx, f.c_str());
+        auto it = opened.find(f);
+        if (it == opened.end()) {
+          files.push_back(std::make_shared<Weights>(io::TensorFile::open((d / f).string())));
+          it = opened.emplace(f, files.size() - 1).first;
+        }
+        where[name] = it->second;
+        shard_of[name] = f;
+      }
+      return;
+    }
+    for (const char* single : {"model.safetensors", "pytorch_model.bin"}) {
+      if (!fs::exists(d / single)) continue;
+      files.push_back(std::make_shared<Weights>(io::TensorFile::open((d / single).string())));
+      return;
+    }
+    fail("no model.safetensors, pytorch_model.bin or *.index.json in the folder");
+  }
+
+  Weights* find(const std::string& name) {
+    if (!indexed) return files[0]->has(name) ? files[0].get() : nullptr;
+    auto it = where.find(name);
+    return it == where.end() ? nullptr : files[it->second].get();
+  }
+
+  Tensor get(const std::string& name, const Shape& shape) {
+    if (Weights* w = find(name)) {
+      if (indexed && !w->has(name))
+        fail("index maps '%s' to %s, which does not contain it", name.c_str(),
+             shard_of[name].c_str());
+      return w->get(name, shape);
+    }
+    if (indexed)
+      fail("missing tensor '%s' (expected shape %s; not in the index)", name.c_str(),
+           shape_str(shape).c_str());
+    return files[0]->get(name, shape);  // throws Weights' "missing tensor" message
+  }
+
+  // Any encoder tensor the model did not read means config and weights disagree (e.g. more
+  // layers in the file than num_layers).
+  void check_all_used(const std::string& other_embed) {
+    for (auto& w : files) {
+      w->ignore_prefix("decoder.");
+      w->ignore("lm_head.weight");
+      w->ignore(other_embed);  // tied copy of the embedding we read
+      w->check_all_used();
+    }
+  }
+};
+
+}  // namespace
+
+int relative_bucket(int64_t r, int num_buckets, int max_distance) {
+  // Bidirectional: half the buckets for keys after the query (r > 0), half for the rest.
+  int half = num_buckets / 2;
+  int b = r > 0 ? half : 0;
+  int64_t n = r < 0 ? -r : r;
+  int max_exact = half / 2;
+  if (n < max_exact) return b + int(n);
+  // Log-spaced buckets up to max_distance, computed in float32 like the reference
+  // (exact at the powers of two, see spec 13), truncated toward zero.
+  float v = std::log(float(n) / float(max_exact)) /
+            float(std::log(double(max_distance) / double(max_exact))) * float(half - max_exact);
+  int64_t large = max_exact + int64_t(v);
+  return b + int(std::min<int64_t>(large, half - 1));
+}
+
+T5Config T5Config::from_json_file(const std::string& path) {
+  json j = read_json(path);
+  const std::string label = fs::path(path).filename().string();
+  auto get_int = [&](const char* key, int64_t def, bool required) -> int64_t {
+    if (!j.contains(key)) {
+      if (required) fail("%s: missing '%s'", label.c_str(), key);
+      return def;
+    }
+    if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0)
+      fail("%s: '%s' must be a positive integer", label.c_str(), key);
+    return j[key].get<int64_t>();
+  };
+  T5Config c;
+  c.vocab_size = get_int("vocab_size", 0, true);
+  c.d_model = get_int("d_model", 0, true);
+  c.d_kv = get_int("d_kv", 0, true);
+  c.num_heads = get_int("num_heads", 0, true);
+  c.d_ff = get_int("d_ff", 0, true);
+  c.num_layers = get_int("num_layers", 0, true);
+  c.num_buckets = int(get_int("relative_attention_num_buckets", 32, false));
+  c.max_distance = int(get_int("relative_attention_max_distance", 128, false));
+  if (c.num_buckets < 4 || c.max_distance <= c.num_buckets / 4)
+    fail("%s: unsupported relative attention buckets/max distance %d/%d", label.c_str(),
+         c.num_buckets, c.max_distance);
+  if (j.contains("layer_norm_epsilon")) {
+    if (!j["layer_norm_epsilon"].is_number())
+      fail("%s: 'layer_norm_epsilon' must be a number", label.c_str());
+    c.eps = j["layer_norm_epsilon"].get<float>();
+  }
+  // feed_forward_proj is "relu" or "gated-<act>"; HF maps "gated-gelu" to gelu_new.
+  std::string ffp = j.value("feed_forward_proj", std::string("relu"));
+  c.gated = has_prefix(ffp, "gated-");
+  c.act = c.gated ? ffp.substr(6) : ffp;
+  if (c.act == "gelu" && c.gated) c.act = "gelu_new";
+  // HF stores the derived fields too and, when present, they override the derivation.
+  if (j.contains("is_gated_act") && j["is_gated_act"].is_boolean())
+    c.gated = j["is_gated_act"].get<bool>();
+  if (j.contains("dense_act_fn") && j["dense_act_fn"].is_string())
+    c.act = j["dense_act_fn"].get<std::string>();
+  if (c.act != "relu" && c.act != "gelu_new" && c.act != "gelu_pytorch_tanh" && c.act != "gelu")
+    fail("%s: unsupported activation '%s' (feed_forward_proj '%s')", label.c_str(),
+         c.act.c_str(), ffp.c_str());
+  return c;
+}
+
+T5Encoder::T5Encoder(const std::string& dir) {
+  fs::path d = dir;
+  std::error_code ec;
+  if (!fs::is_directory(d, ec)) fail("T5 encoder: model folder %s not found", dir.c_str());
+  // Every failure below is reported once, prefixed with the folder.
+  try {
+    cfg_ = T5Config::from_json_file((d / "config.json").string());
+    Checkpoint ck(d);
+    // The embedding is tied: either name may be the stored one.
+    std::string embed = ck.find("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight";
+    if (!ck.find(embed))
+      fail("missing tensor 'shared.weight' (or 'encoder.embed_tokens.weight')");
+    load([&](const std::string& n, const Shape& s) { return ck.get(n, s); }, embed);
+    ck.check_all_used(embed == "shared.weight" ? "encoder.embed_tokens.weight" : "shared.weight");
+    shards_ = ck.files;
+  } catch (const Error& e) {
+    fail("T5 encoder %s: %s", dir.c_str(), e.what());
+  }
+}
+
+T5Encoder::T5Encoder(const T5Config& cfg, const TensorSource& get) : cfg_(cfg) {
+  load(get, "shared.weight");
+}
+
+T5Encoder::~T5Encoder() = default;
+T5Encoder::T5Encoder(T5Encoder&&) noexcept = default;
+T5Encoder& T5Encoder::operator=(T5Encoder&&) noexcept = default;
+
+void T5Encoder::load(const TensorSource& get, const std::string& embed_name) {
+  const int64_t D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff;
+  embed_ = get(embed_name, {cfg_.vocab_size, D});
+  rel_bias_ = get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                  {cfg_.num_buckets, cfg_.num_heads});
+  layers_.resize(cfg_.num_layers);
+  for (int64_t i = 0; i < cfg_.num_layers; ++i) {
+    const std::string p = "encoder.block." + std::to_string(i) + ".layer.";
+    Layer& L = layers_[i];
+    L.ln0 = get(p + "0.layer_norm.weight", {D});
+    L.q = get(p + "0.SelfAttention.q.weight", {I, D});
+    L.k = get(p + "0.SelfAttention.k.weight", {I, D});
+    L.v = get(p + "0.SelfAttention.v.weight", {I, D});
+    L.o = get(p + "0.SelfAttention.o.weight", {D, I});
+    L.ln1 = get(p + "1.layer_norm.weight", {D});
+    if (cfg_.gated) {
+      L.wi0 = get(p + "1.DenseReluDense.wi_0.weight", {F, D});
+      L.wi1 = get(p + "1.DenseReluDense.wi_1.weight", {F, D});
+    } else {
+      L.wi0 = get(p + "1.DenseReluDense.wi.weight", {F, D});
+    }
+    L.wo = get(p + "1.DenseReluDense.wo.weight", {D, F});
+  }
+  final_ln_ = get("encoder.final_layer_norm.weight", {D});
+}
+
+Tensor T5Encoder::encode(const std::vector<int32_t>& ids) const {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, H = cfg_.num_heads,
+                hd = cfg_.d_kv;
+  if (n == 0) fail("T5 encoder: cannot encode an empty token sequence");
+  for (int32_t t : ids)
+    if (t < 0 || t >= cfg_.vocab_size)
+      fail("T5 encoder: token id %d out of range [0, %lld)", t, (long long)cfg_.vocab_size);
+
+  // x = shared[ids], no sqrt(d_model) scaling.
+  Tensor x({n, D});
+  for (int64_t i = 0; i < n; ++i)
+    std::copy_n(embed_.data() + int64_t(ids[i]) * D, D, x.data() + i * D);
+
+  // Relative position bias (H, n, n) from layer 0's table, reused by every layer.
+  std::vector<int> bucket(2 * n - 1);  // r = j - i in [-(n-1), n-1]
+  for (int64_t r = -(n - 1); r <= n - 1; ++r)
+    bucket[r + n - 1] = relative_bucket(r, cfg_.num_buckets, cfg_.max_distance);
+  Tensor bias({H, n, n});
+  parallel_for(H * n, [&](int64_t a, int64_t b) {
+    for (int64_t hi = a; hi < b; ++hi) {
+      int64_t h = hi / n, i = hi % n;
+      float* row = bias.data() + hi * n;
+      for (int64_t j = 0; j < n; ++j) row[j] = rel_bias_.data()[bucket[j - i + n - 1] * H + h];
+    }
+  });
+
+  Tensor y({n, D}), q({n, I}), k({n, I}), v({n, I}), att({n, I}), s({H, n, n}), h0({n, F});
+  Tensor h1 = cfg_.gated ? Tensor({n, F}) : Tensor();
+  for (const Layer& L : layers_) {
+    // --- self-attention: softmax(q k^T + bias) v, no 1/sqrt(d_kv) (T5 folds it into Wq).
+    rms_norm(x.data(), L.ln0.data(), y.data(), n, D, cfg_.eps);
+    cpu::linear(y.data(), L.q.data(), nullptr, q.data(), n, I, D);
+    cpu::linear(y.data(), L.k.data(), nullptr, k.data(), n, I, D);
+    cpu::linear(y.data(), L.v.data(), nullptr, v.data(), n, I, D);
+    // cpu::attention takes no additive bias, so scores are materialised: n <= 512 keeps the
+    // (H, n, n) buffer small, and the QK^T / PV products go through BLAS per head.
+    for (int64_t h = 0; h < H; ++h) {
+      float* sh = s.data() + h * n * n;
+      std::copy_n(bias.data() + h * n * n, n * n, sh);
+      cpu::gemm(false, true, n, n, hd, 1.f, q.data() + h * hd, I, k.data() + h * hd, I, 1.f,
+                sh, n);
+    }
+    parallel_for(H * n, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) {
+        float* row = s.data() + r * n;
+        float mx = *std::max_element(row, row + n), sum = 0.f;
+        for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
+        float inv = 1.f / sum;
+        for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+      }
+    }, 8);
+    for (int64_t h = 0; h < H; ++h)
+      cpu::gemm(false, false, n, hd, n, 1.f, s.data() + h * n * n, n, v.data() + h * hd, I, 0.f,
+                att.data() + h * hd, I);
+    cpu::linear(att.data(), L.o.data(), nullptr, x.data(), n, D, I, /*accumulate=*/true);
+
+    // --- feed-forward: act(y wi_0^T) (* y wi_1^T if gated), then wo.
+    rms_norm(x.data(), L.ln1.data(), y.data(), n, D, cfg_.eps);
+    cpu::linear(y.data(), L.wi0.data(), nullptr, h0.data(), n, F, D);
+    activate(cfg_.act, h0.data(), n * F);
+    if (cfg_.gated) {
+      cpu::linear(y.data(), L.wi1.data(), nullptr, h1.data(), n, F, D);
+      float* a = h0.data();
+      const float* g = h1.data();
+      parallel_for(n * F, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) a[i] *= g[i];
+      }, 1 << 14);
+    }
+    cpu::linear(h0.data(), L.wo.data(), nullptr, x.data(), n, D, F, /*accumulate=*/true);
+  }
+  Tensor out({n, D});
+  rms_norm(x.data(), final_ln_.data(), out.data(), n, D, cfg_.eps);
+  return out;
+}
+
+Tensor T5Encoder::encode_batch(const std::vector<std::vector<int32_t>>& batch,
+                               std::vector<int32_t>* cu_seqlens) const {
+  int64_t total = 0;
+  for (const auto& ids : batch) total += static_cast<int64_t>(ids.size());
+  const int64_t D = cfg_.d_model;
+  Tensor out({total, D});
+  if (cu_seqlens) cu_seqlens->assign(1, 0);
+  int64_t row = 0;
+  for (const auto& ids : batch) {
+    Tensor f = encode(ids);
+    std::copy_n(f.data(), f.numel(), out.data() + row * D);
+    row += f.dim(0);
+    if (cu_seqlens) cu_seqlens->push_back(static_cast<int32_t>(row));
+  }
+  return out;
+}
+
+}  // namespace fastvar::t5
