@@ -31,7 +31,11 @@ int main(int argc, char** argv) {
 
   fastvar_engine* e = fastvar_load(argv[1], argv[2]);
   CHECK(e != NULL);
-  CHECK(fastvar_image_width(e) == 256 && fastvar_image_height(e) == 256);
+  fastvar_params d = fastvar_params_default();
+  int w = 0, h = 0;
+  CHECK(fastvar_output_size(e, &d, &w, &h) == FASTVAR_OK);
+  CHECK(w == 256 && h == 256);
+  CHECK(fastvar_is_text_to_image(e) == 0);
   CHECK(fastvar_num_classes(e) == 10);
   CHECK(strstr(fastvar_describe(e), "VAR depth 4") != NULL);
 

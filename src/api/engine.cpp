@@ -1,6 +1,7 @@
 #include "api/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -22,9 +23,8 @@ PrunePlan default_var_plan(const var::VarConfig& cfg) {
   return p;
 }
 
-PrunePlan plan_from_params(const var::VarConfig& cfg, const fastvar_params& q) {
+PrunePlan plan_from_params(PrunePlan p, int num_scales, int depth, const fastvar_params& q) {
   if (!q.fastvar) return PrunePlan{};
-  PrunePlan p = default_var_plan(cfg);
   p.enabled = true;
   if (q.prune) p.ratio = parse_prune_list(q.prune);
   if (q.skip_last >= 0) p.skip_last = q.skip_last;
@@ -32,15 +32,19 @@ PrunePlan plan_from_params(const var::VarConfig& cfg, const fastvar_params& q) {
   if (q.prune_layer_begin >= 0) p.layer_begin = q.prune_layer_begin;
   if (q.prune_layer_end >= 0) p.layer_end = q.prune_layer_end;
   if (q.score) p.score = parse_score_mode(q.score);
-  if (p.layer_end >= cfg.depth) p.layer_end = cfg.depth - 1;
-  p.validate(cfg.SN(), cfg.depth);
+  if (p.layer_end >= depth) p.layer_end = depth - 1;
+  p.validate(num_scales, depth);
   return p;
 }
 
 std::unique_ptr<VarEngine> VarEngine::load(const std::string& model_path,
                                            const std::string& vae_path) {
   auto e = std::make_unique<VarEngine>();
-  e->var_weights = std::make_unique<Weights>(io::TensorFile::open(model_path));
+  auto file = io::TensorFile::open(model_path);
+  if (file->find("cfg_uncond"))
+    fail("%s is a text-to-image (Infinity) checkpoint: give a prompt (-p) and a T5 folder (--t5)",
+         model_path.c_str());
+  e->var_weights = std::make_unique<Weights>(std::move(file));
   e->model = std::make_unique<var::VarModel>(*e->var_weights);
   e->var_weights->check_all_used();
   e->vae_weights = std::make_unique<Weights>(io::TensorFile::open(vae_path));
@@ -55,12 +59,48 @@ std::unique_ptr<VarEngine> VarEngine::load(const std::string& model_path,
   return e;
 }
 
+std::unique_ptr<InfinityEngine> InfinityEngine::load(const std::string& model_path, const std::string& vae_path,
+                                                     const std::string& t5_dir) {
+  auto e = std::make_unique<InfinityEngine>();
+  e->weights = std::make_unique<Weights>(io::TensorFile::open(model_path));
+  e->model = std::make_unique<infinity::InfinityModel>(*e->weights);
+  e->weights->check_all_used();
+  e->vae_weights = std::make_unique<Weights>(io::TensorFile::open(vae_path));
+  e->vae = std::make_unique<infinity::BSQDecoder>(*e->vae_weights);
+  e->vae_weights->check_all_used();
+  const infinity::InfinityConfig& c = e->model->config();
+  if (e->vae->code_dim() != c.bits)
+    fail("%s does not match %s: the VAE decodes %d-bit codes, the transformer predicts %d bits",
+         e->vae_weights->label().c_str(), e->weights->label().c_str(), e->vae->code_dim(), c.bits);
+  if (!t5_dir.empty()) {
+    e->tokenizer = std::make_unique<t5::T5Tokenizer>(t5_dir);
+    e->encoder = std::make_unique<t5::T5Encoder>(t5_dir);
+    if (e->encoder->config().d_model != c.Ct5)
+      fail("the T5 encoder in %s has width %d; the transformer expects %d-wide text features", t5_dir.c_str(),
+           static_cast<int>(e->encoder->config().d_model), c.Ct5);
+  }
+  e->description = c.describe() + "; " + e->vae->config().describe();
+  return e;
+}
+
+std::string resolution_for_pixels(int width, int height) {
+  if (width <= 0 || height <= 0) fail("image size %dx%d must be positive", width, height);
+  const double side = std::sqrt(double(width) * height);
+  const std::pair<const char*, double> keys[] = {{"0.06M", 256}, {"0.25M", 512}, {"0.60M", 768}, {"1M", 1024}, {"2K", 2048}};
+  const char* best = "1M";
+  double best_d = 1e9;
+  for (const auto& [k, s] : keys)
+    if (std::fabs(std::log(side / s)) < best_d) best_d = std::fabs(std::log(side / s)), best = k;
+  return best;
+}
+
 }  // namespace fastvar
 
 // ---- C API ----------------------------------------------------------------
 
 struct fastvar_engine {
-  std::unique_ptr<fastvar::VarEngine> impl;
+  std::unique_ptr<fastvar::VarEngine> var;
+  std::unique_ptr<fastvar::InfinityEngine> inf;
 };
 
 namespace {
@@ -79,6 +119,68 @@ fastvar_status guarded(F&& f) {
   }
   return FASTVAR_ERROR;
 }
+
+void check_common(const fastvar_engine* e, const fastvar_params* q) {
+  if (!e || !q) fastvar::fail("null engine or params");
+  if (q->num_images < 1 || q->num_images > 4096)
+    fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
+  if (q->threads < 0) fastvar::fail("threads must be >= 0");
+}
+
+// Validates the public params and turns them into VAR pipeline params.
+fastvar::VarGenParams to_var_params(const fastvar_engine* e, const fastvar_params* q) {
+  check_common(e, q);
+  if (!e->var) fastvar::fail("this is a text-to-image model: give prompts, not classes");
+  const fastvar::var::VarConfig& c = e->var->model->config();
+  fastvar::VarGenParams p;
+  for (int i = 0; i < q->num_images; ++i) p.labels.push_back(q->classes ? q->classes[i] : q->class_id);
+  p.cfg = q->cfg;
+  p.top_k = q->top_k;
+  p.top_p = q->top_p < 0 ? 0.96 : q->top_p;
+  p.seed = q->seed;
+  p.plan = fastvar::plan_from_params(fastvar::default_var_plan(c), c.SN(), c.depth, *q);
+  fastvar::validate_var_params(c, p);
+  return p;
+}
+
+// The same for Infinity; the prompts are tokenized (checking their length)
+// but only encoded by T5 when `encode` is set.
+fastvar::InfinityGenParams to_inf_params(const fastvar_engine* e, const fastvar_params* q, bool encode) {
+  check_common(e, q);
+  if (!e->inf) fastvar::fail("this is a class-conditional model: give classes, not prompts");
+  const fastvar::InfinityEngine& ie = *e->inf;
+  const fastvar::infinity::InfinityConfig& c = ie.model->config();
+  if (!ie.tokenizer) fastvar::fail("no T5 text encoder loaded (--t5 DIR)");
+  fastvar::InfinityGenParams p;
+  const float hw = q->h_div_w > 0 ? q->h_div_w : 1.f;
+  const std::string res = q->resolution ? q->resolution : "1M";
+  p.schedule = fastvar::infinity::make_schedule(hw, res);
+  for (int i = 0; i < q->num_images; ++i) {
+    const char* text = q->prompts ? q->prompts[i] : q->prompt;
+    if (!text || !*text) fastvar::fail("prompt %d is empty", i);
+    std::vector<int32_t> ids = ie.tokenizer->encode(text, c.text_rows);
+    if (encode) p.text.push_back(ie.encoder->encode(ids));
+    else p.text.push_back(fastvar::Tensor({static_cast<int64_t>(ids.size()), c.Ct5}));
+  }
+  p.cfg = {q->cfg};
+  p.tau = {q->tau < 0 ? 0.5f : q->tau};
+  p.top_k = q->top_k;
+  p.top_p = q->top_p < 0 ? 0.97 : q->top_p;
+  p.seed = q->seed;
+  const int S = static_cast<int>(p.schedule.scales.size());
+  p.plan = fastvar::plan_from_params(fastvar::default_infinity_plan(S, c.depth, res == "2K"), S, c.depth, *q);
+  fastvar::validate_infinity_params(c, p);
+  return p;
+}
+
+void to_rgb8(const fastvar::Tensor& images, int n, uint8_t* rgb) {
+  const int64_t H = images.dim(2), W = images.dim(3);
+  for (int i = 0; i < n; ++i) {
+    std::vector<uint8_t> px =
+        fastvar::io::image_to_rgb8(images.data() + i * 3 * H * W, static_cast<int>(H), static_cast<int>(W));
+    std::memcpy(rgb + i * H * W * 3, px.data(), px.size());
+  }
+}
 }  // namespace
 
 extern "C" {
@@ -87,12 +189,10 @@ fastvar_params fastvar_params_default(void) {
   fastvar_params p;
   std::memset(&p, 0, sizeof(p));
   p.num_images = 1;
-  p.class_id = 0;
   p.cfg = 4.f;
   p.top_k = 900;
-  p.top_p = 0.96f;
-  p.seed = 0;
-  p.threads = 0;
+  p.top_p = -1.f;
+  p.tau = -1.f;
   p.fastvar = 1;
   p.skip_last = -1;
   p.cache_scale = -1;
@@ -106,64 +206,77 @@ fastvar_engine* fastvar_load(const char* model_path, const char* vae_path) {
   guarded([&] {
     if (!model_path || !vae_path) fastvar::fail("fastvar_load: model and VAE paths are required");
     auto impl = fastvar::VarEngine::load(model_path, vae_path);
-    out = new fastvar_engine{std::move(impl)};
+    out = new fastvar_engine{std::move(impl), nullptr};
+  });
+  return out;
+}
+
+fastvar_engine* fastvar_load_t2i(const char* model_path, const char* vae_path, const char* t5_dir) {
+  fastvar_engine* out = nullptr;
+  guarded([&] {
+    if (!model_path || !vae_path || !t5_dir)
+      fastvar::fail("fastvar_load_t2i: model, VAE and T5 folder paths are required");
+    auto impl = fastvar::InfinityEngine::load(model_path, vae_path, t5_dir);
+    out = new fastvar_engine{nullptr, std::move(impl)};
   });
   return out;
 }
 
 void fastvar_free(fastvar_engine* e) { delete e; }
 
-int fastvar_image_width(const fastvar_engine* e) { return e ? e->impl->image_side() : 0; }
-int fastvar_image_height(const fastvar_engine* e) { return e ? e->impl->image_side() : 0; }
-int fastvar_num_classes(const fastvar_engine* e) { return e ? e->impl->model->config().num_classes : 0; }
-const char* fastvar_describe(const fastvar_engine* e) { return e ? e->impl->description.c_str() : ""; }
+int fastvar_is_text_to_image(const fastvar_engine* e) { return e && e->inf ? 1 : 0; }
+int fastvar_num_classes(const fastvar_engine* e) { return e && e->var ? e->var->model->config().num_classes : 0; }
+const char* fastvar_describe(const fastvar_engine* e) {
+  return !e ? "" : e->var ? e->var->description.c_str() : e->inf->description.c_str();
+}
 const char* fastvar_last_error(void) { return t_last_error.c_str(); }
 
-namespace {
-// Validates the public params and turns them into pipeline params.
-fastvar::VarGenParams to_gen_params(const fastvar_engine* e, const fastvar_params* q) {
-  if (!e || !q) fastvar::fail("null engine or params");
-  const fastvar::var::VarConfig& c = e->impl->model->config();
-  if (q->num_images < 1 || q->num_images > 4096)
-    fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
-  if (q->threads < 0) fastvar::fail("threads must be >= 0");
-  fastvar::VarGenParams p;
-  for (int i = 0; i < q->num_images; ++i) {
-    p.labels.push_back(q->classes ? q->classes[i] : q->class_id);
-  }
-  p.cfg = q->cfg;
-  p.top_k = q->top_k;
-  p.top_p = q->top_p;
-  p.seed = q->seed;
-  p.plan = fastvar::plan_from_params(c, *q);
-  fastvar::validate_var_params(c, p);
-  return p;
+fastvar_status fastvar_output_size(const fastvar_engine* e, const fastvar_params* q, int* width, int* height) {
+  return guarded([&] {
+    if (!width || !height) fastvar::fail("fastvar_output_size: null output");
+    check_common(e, q);
+    if (e->var) {
+      *width = *height = e->var->image_side();
+      return;
+    }
+    const fastvar::infinity::Schedule s =
+        fastvar::infinity::make_schedule(q->h_div_w > 0 ? q->h_div_w : 1.f, q->resolution ? q->resolution : "1M");
+    *height = s.scales.back().first * e->inf->vae->stride();
+    *width = s.scales.back().second * e->inf->vae->stride();
+  });
 }
-}  // namespace
 
 fastvar_status fastvar_check_params(const fastvar_engine* e, const fastvar_params* q) {
-  return guarded([&] { to_gen_params(e, q); });
+  return guarded([&] {
+    if (e && e->inf) to_inf_params(e, q, false);
+    else to_var_params(e, q);
+  });
 }
 
 fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint8_t* rgb,
                                 fastvar_progress_fn progress, void* user) {
   return guarded([&] {
     if (!rgb) fastvar::fail("fastvar_generate: null output buffer");
-    fastvar::VarGenParams p = to_gen_params(e, q);
+    check_common(e, q);
     fastvar::set_num_threads(q->threads);
-    const int SN = e->impl->model->config().SN();
+    int num_scales = 0;
+    std::function<void(const fastvar::ScaleStats&)> on_scale;
     if (progress)
-      p.on_scale = [&](const fastvar::ScaleStats& s) {
-        fastvar_scale_info info{s.si, SN, s.ph, s.pw, s.ms, s.skipped ? 1 : 0,
+      on_scale = [&](const fastvar::ScaleStats& s) {
+        fastvar_scale_info info{s.si, num_scales, s.ph, s.pw, s.ms, s.skipped ? 1 : 0,
                                 s.tokens, s.forwarded, s.kv_bytes, s.flops * 1e-9};
         progress(&info, user);
       };
-    fastvar::VarGenResult r = fastvar::generate_var(*e->impl->model, *e->impl->vae, p);
-    const int64_t H = r.images.dim(2), W = r.images.dim(3);
-    for (int i = 0; i < q->num_images; ++i) {
-      std::vector<uint8_t> px = fastvar::io::image_to_rgb8(r.images.data() + i * 3 * H * W,
-                                                           static_cast<int>(H), static_cast<int>(W));
-      std::memcpy(rgb + i * H * W * 3, px.data(), px.size());
+    if (e->var) {
+      fastvar::VarGenParams p = to_var_params(e, q);
+      num_scales = e->var->model->config().SN();
+      p.on_scale = on_scale;
+      to_rgb8(fastvar::generate_var(*e->var->model, *e->var->vae, p).images, q->num_images, rgb);
+    } else {
+      fastvar::InfinityGenParams p = to_inf_params(e, q, true);
+      num_scales = static_cast<int>(p.schedule.scales.size());
+      p.on_scale = on_scale;
+      to_rgb8(fastvar::generate_infinity(*e->inf->model, *e->inf->vae, p).images, q->num_images, rgb);
     }
   });
 }

@@ -1,4 +1,4 @@
-// C++ side of the public API, shared by the C wrappers and the CLI.
+// C++ side of the public API, shared by the C wrappers, the CLI and the bench.
 #pragma once
 
 #include <memory>
@@ -6,8 +6,13 @@
 
 #include "fastvar/fastvar.h"
 #include "fastvar/plan.h"
+#include "models/infinity/bsq_vae.h"
+#include "models/infinity/infinity_model.h"
+#include "models/t5/t5_encoder.h"
+#include "models/t5/tokenizer.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
+#include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_pipeline.h"
 
 namespace fastvar {
@@ -17,8 +22,9 @@ namespace fastvar {
 // 50%, in the middle blocks.
 PrunePlan default_var_plan(const var::VarConfig& cfg);
 
-// Applies the FastVAR fields of the public params to the model's default plan.
-PrunePlan plan_from_params(const var::VarConfig& cfg, const fastvar_params& p);
+// Applies the FastVAR fields of the public params on top of a model's default
+// plan (or turns FastVAR off), and validates the result.
+PrunePlan plan_from_params(PrunePlan base, int num_scales, int depth, const fastvar_params& p);
 
 struct VarEngine {
   std::unique_ptr<Weights> var_weights, vae_weights;
@@ -30,5 +36,22 @@ struct VarEngine {
   static std::unique_ptr<VarEngine> load(const std::string& model_path, const std::string& vae_path);
   int image_side() const { return model->config().patch_nums.back() * vae->config().downsample; }
 };
+
+struct InfinityEngine {
+  std::unique_ptr<Weights> weights, vae_weights;
+  std::unique_ptr<infinity::InfinityModel> model;
+  std::unique_ptr<infinity::BSQDecoder> vae;
+  std::unique_ptr<t5::T5Tokenizer> tokenizer;  // null when text features are given directly
+  std::unique_ptr<t5::T5Encoder> encoder;
+  std::string description;
+
+  // t5_dir may be empty (benchmarks feed features directly).
+  static std::unique_ptr<InfinityEngine> load(const std::string& model_path, const std::string& vae_path,
+                                              const std::string& t5_dir);
+};
+
+// "1M" etc. from a requested pixel size: the key whose nominal square side
+// (256, 512, 768, 1024, 2048) is nearest to sqrt(width * height).
+std::string resolution_for_pixels(int width, int height);
 
 }  // namespace fastvar

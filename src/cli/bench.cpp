@@ -58,7 +58,7 @@ PrunePlan plan_for_mode(const std::string& mode, const var::VarConfig& c, const 
   q.score = a.score.c_str();
   q.skip_last = mode == "skip" ? (a.skip_last >= 0 ? a.skip_last : 1) : 0;
   if (mode != "fastvar" && mode != "skip") fail("unknown bench mode '%s' (expected full, fastvar, skip)", mode.c_str());
-  return plan_from_params(c, q);
+  return plan_from_params(default_var_plan(c), c.SN(), c.depth, q);
 }
 
 }  // namespace

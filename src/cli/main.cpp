@@ -32,11 +32,15 @@ namespace {
 struct GenerateArgs {
   std::string model, vae, output = "output.png";
   std::vector<int> classes;
+  std::vector<std::string> prompts;  // text-to-image
+  std::string t5, ar, pn;
+  int width = 0, height = 0;
+  float tau = -1.f;
   int count = 1;
   uint64_t seed = 0;
   float cfg = 4.f;
   int top_k = 900;
-  float top_p = 0.96f;
+  float top_p = -1.f;
   int threads = 0;
   bool no_grid = false, no_fastvar = false, quiet = false, profile = false;
   std::string prune, prune_layers, score = "mean";
@@ -92,14 +96,44 @@ void progress_cb(const fastvar_scale_info* s, void* user) {
 
 int run_generate(const GenerateArgs& a) {
   if (a.count < 1 || a.count > 4096) fail("-n %d: must be in [1, 4096]", a.count);
-  if (a.classes.size() > 1 && static_cast<int>(a.classes.size()) != a.count)
-    fail("--class: %zu classes given for %d images", a.classes.size(), a.count);
+  const bool t2i = !a.t5.empty() || !a.prompts.empty();
+  if (t2i) {
+    if (a.t5.empty()) fail("a prompt needs a text-to-image model and its T5 encoder folder (--t5 DIR)");
+    if (a.prompts.empty()) fail("--t5 given but no prompt (-p \"...\")");
+    if (!a.classes.empty()) fail("--class is for class-conditional models; this run uses prompts");
+    if (a.prompts.size() > 1 && static_cast<int>(a.prompts.size()) != a.count)
+      fail("-p: %zu prompts given for %d images", a.prompts.size(), a.count);
+  } else {
+    if (a.classes.empty()) fail("--class is required for class-conditional models (or -p and --t5 for text-to-image)");
+    if (a.classes.size() > 1 && static_cast<int>(a.classes.size()) != a.count)
+      fail("--class: %zu classes given for %d images", a.classes.size(), a.count);
+    if (!a.ar.empty() || !a.pn.empty() || a.width || a.height || a.tau >= 0)
+      fail("--ar, --pn, -W, -H and --tau apply to text-to-image models only");
+  }
+  // Aspect ratio (h/w) and resolution key of a text-to-image run.
+  float h_div_w = 1.f;
+  std::string pn = a.pn;
+  if (!a.ar.empty()) {
+    int aw = 0, ah = 0;
+    char tail = 0;
+    if (std::sscanf(a.ar.c_str(), "%d:%d%c", &aw, &ah, &tail) != 2 || aw <= 0 || ah <= 0)
+      fail("--ar '%s': expected W:H, e.g. 16:9", a.ar.c_str());
+    h_div_w = float(ah) / float(aw);
+  }
+  if (a.width || a.height) {
+    if (a.width <= 0 || a.height <= 0) fail("-W and -H go together and must be positive");
+    if (!a.ar.empty()) fail("give either -W/-H or --ar, not both");
+    h_div_w = float(a.height) / float(a.width);
+    if (pn.empty()) pn = resolution_for_pixels(a.width, a.height);
+  }
+  if (pn.empty()) pn = "1M";
   check_writable(a.output);
   if (a.no_grid)
     for (int i = 0; i < a.count; ++i) check_writable(numbered(a.output, i, a.count));
   set_num_threads(a.threads);
   auto t0 = std::chrono::steady_clock::now();
-  fastvar_engine* e = fastvar_load(a.model.c_str(), a.vae.c_str());
+  fastvar_engine* e = t2i ? fastvar_load_t2i(a.model.c_str(), a.vae.c_str(), a.t5.c_str())
+                          : fastvar_load(a.model.c_str(), a.vae.c_str());
   if (!e) fail("%s", fastvar_last_error());
   std::unique_ptr<fastvar_engine, void (*)(fastvar_engine*)> guard(e, fastvar_free);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -107,8 +141,14 @@ int run_generate(const GenerateArgs& a) {
   fastvar_params p = fastvar_params_default();
   std::vector<int> classes(a.count, a.classes.empty() ? 0 : a.classes[0]);
   if (a.classes.size() > 1) classes = a.classes;
+  std::vector<const char*> prompts(a.count, a.prompts.empty() ? nullptr : a.prompts[0].c_str());
+  for (size_t i = 0; a.prompts.size() > 1 && i < a.prompts.size(); ++i) prompts[i] = a.prompts[i].c_str();
   p.num_images = a.count;
   p.classes = classes.data();
+  p.prompts = prompts.data();
+  p.h_div_w = h_div_w;
+  p.resolution = pn.c_str();
+  p.tau = a.tau;
   p.cfg = a.cfg;
   p.top_k = a.top_k;
   p.top_p = a.top_p;
@@ -125,10 +165,11 @@ int run_generate(const GenerateArgs& a) {
 
   if (fastvar_check_params(e, &p) != FASTVAR_OK) fail("%s", fastvar_last_error());
   if (!a.quiet) std::fprintf(stderr, "loaded in %.2f s: %s\n", load_s, fastvar_describe(e));
-  const int W = fastvar_image_width(e), H = fastvar_image_height(e);
+  int W = 0, H = 0;
+  if (fastvar_output_size(e, &p, &W, &H) != FASTVAR_OK) fail("%s", fastvar_last_error());
   std::vector<uint8_t> rgb(size_t(a.count) * W * H * 3);
-  if (!a.quiet) std::fprintf(stderr, "generating %d image(s) of %dx%d, seed %llu, cfg %g, top-k %d, top-p %g, %d thread(s)\n",
-                             a.count, W, H, (unsigned long long)a.seed, a.cfg, a.top_k, a.top_p, num_threads());
+  if (!a.quiet) std::fprintf(stderr, "generating %d image(s) of %dx%d, seed %llu, cfg %g, top-k %d, %d thread(s)\n",
+                             a.count, W, H, (unsigned long long)a.seed, a.cfg, a.top_k, num_threads());
   t0 = std::chrono::steady_clock::now();
   ProgressState ps;
   ps.profile = a.profile;
@@ -169,9 +210,19 @@ int run_info(const std::string& path) {
   for (const auto& t : f->tensors()) by_dtype[io::dtype_name(t.dtype)] += 1;
   for (const auto& [d, n] : by_dtype) out += strprintf(" %s x%zu", d.c_str(), n);
   const bool is_var = f->find("pos_1LC") != nullptr, is_vae = f->find("quantize.embedding.weight") != nullptr;
+  const bool is_inf = f->find("cfg_uncond") != nullptr;
+  const bool is_bsq = !is_vae && (f->find("decoder.conv_in.conv.weight") || f->find("decoder.conv_in.weight"));
   Weights w(std::move(f));
-  std::string desc = "unknown (not a VAR transformer or VQVAE)";
-  if (is_var) {
+  std::string desc = "unknown (not a VAR/Infinity transformer or a VQVAE/BSQ-VAE)";
+  if (is_inf) {
+    infinity::InfinityModel m(w);
+    w.check_all_used();
+    desc = m.config().describe();
+  } else if (is_bsq) {
+    infinity::BSQDecoder v(w);
+    w.check_all_used();
+    desc = v.config().describe();
+  } else if (is_var) {
     var::VarModel m(w);
     w.check_all_used();
     desc = m.config().describe();
@@ -203,12 +254,20 @@ int main(int argc, char** argv) {
   CLI::App* gen = app.add_subcommand("generate", "Generate images with a VAR model");
   gen->add_option("-m,--model", g.model, "VAR transformer checkpoint (.pth or .safetensors)")->required();
   gen->add_option("--vae", g.vae, "VQVAE checkpoint (.pth or .safetensors)")->required();
-  gen->add_option("-c,--class", g.classes, "Class id (one for all images, or one per image)")->required()->delimiter(',');
+  gen->add_option("-c,--class", g.classes, "Class id (one for all images, or one per image); class-conditional models")->delimiter(',');
+  gen->add_option("-p,--prompt", g.prompts, "Prompt (one for all images, or one per image); text-to-image models");
+  gen->add_option("--t5", g.t5, "T5 encoder folder (Hugging Face layout) of a text-to-image model");
+  gen->add_option("-W,--width", g.width, "Text-to-image: requested width in pixels (nearest aspect template)");
+  gen->add_option("-H,--height", g.height, "Text-to-image: requested height in pixels");
+  gen->add_option("--ar", g.ar, "Text-to-image: aspect ratio W:H, e.g. 16:9");
+  gen->add_option("--pn", g.pn, "Text-to-image resolution: 0.06M, 0.25M, 0.60M, 1M (default) or 2K (zero-shot 2048 px)")
+      ->check(CLI::IsMember({"0.06M", "0.25M", "0.60M", "1M", "2K"}));
+  gen->add_option("--tau", g.tau, "Text-to-image sampling temperature (default 0.5)")->check(CLI::Range(0.001f, 100.f));
   gen->add_option("-n,--count", g.count, "Number of images, generated in one batch");
   gen->add_option("-s,--seed", g.seed, "Random seed");
-  gen->add_option("--cfg", g.cfg, "Classifier-free guidance scale (ramped from 0 at the first scale)")->check(CLI::Range(0.f, 100.f));
+  gen->add_option("--cfg", g.cfg, "Classifier-free guidance (VAR: ramped from 0 to this over the scales)")->check(CLI::Range(0.f, 100.f));
   gen->add_option("--top-k", g.top_k, "Top-k filtering (0 = off)")->check(CLI::Range(0, 1 << 30));
-  gen->add_option("--top-p", g.top_p, "Top-p filtering (0 = off)")->check(CLI::Range(0.f, 1.f));
+  gen->add_option("--top-p", g.top_p, "Top-p filtering (0 = off; default 0.96 VAR, 0.97 Infinity)")->check(CLI::Range(0.f, 1.f));
   gen->add_option("-t,--threads", g.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   gen->add_option("-o,--output", g.output, "Output PNG (a grid when -n > 1)");
   gen->add_flag("--no-grid", g.no_grid, "With -n > 1, write numbered files OUT-0.png ... instead of a grid");

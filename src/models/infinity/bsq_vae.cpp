@@ -107,10 +107,10 @@ std::string BSQDecoderConfig::describe() const {
     nres += (l ? "," : "") + std::to_string(res_blocks[l]);
     if (upsample[l]) up += (up.empty() ? "" : ",") + std::to_string(l);
   }
-  return strprintf("BSQ decoder d=%d ch=%d ch_mult=(%s) res_blocks=(%s) upsample_levels=(%s) "
-                   "stride=%d keys=%s",
-                   code_dim, ch, mult.c_str(), nres.c_str(), up.c_str(), stride,
-                   flat_keys ? "flat" : "wrapped");
+  return strprintf(
+      "BSQ decoder d=%d ch=%d ch_mult=(%s) res_blocks=(%s) upsample_levels=(%s) "
+      "stride=%d keys=%s",
+      code_dim, ch, mult.c_str(), nres.c_str(), up.c_str(), stride, flat_keys ? "flat" : "wrapped");
 }
 
 BSQDecoder::BSQDecoder(Weights& w) {
@@ -165,9 +165,10 @@ BSQDecoder::BSQDecoder(Weights& w) {
     const io::TensorEntry* e = w.file().find(name);
     if (!e) continue;
     if (e->dtype != io::DType::I64 || e->shape.size() != 1 || e->shape[0] != c.code_dim)
-      fail("%s: tensor '%s' is %s %s, expected I64 [%d] (the codebook dim of decoder.conv_in); "
-           "the quantizer and decoder come from different VAEs",
-           file.c_str(), name, io::dtype_name(e->dtype), e->shape_str().c_str(), c.code_dim);
+      fail(
+          "%s: tensor '%s' is %s %s, expected I64 [%d] (the codebook dim of decoder.conv_in); "
+          "the quantizer and decoder come from different VAEs",
+          file.c_str(), name, io::dtype_name(e->dtype), e->shape_str().c_str(), c.code_dim);
   }
   w.ignore_prefix("encoder.");
   w.ignore_prefix("quantizer.");
@@ -185,8 +186,8 @@ void BSQDecoder::resblock(const ResBlock& rb, int H, int W, float* bufs[3]) cons
   cpu::group_norm(x, t1, Cin, HW, rb.norm1.groups, kGnEps, rb.norm1.g.data(), rb.norm1.b.data(),
                   true);
   conv(rb.conv1, t1, H, W, t2);
-  cpu::group_norm(t2, t2, Cout, HW, rb.norm2.groups, kGnEps, rb.norm2.g.data(),
-                  rb.norm2.b.data(), true);
+  cpu::group_norm(t2, t2, Cout, HW, rb.norm2.groups, kGnEps, rb.norm2.g.data(), rb.norm2.b.data(),
+                  true);
   conv(rb.conv2, t2, H, W, t1);
   if (!rb.nin.w.empty()) {
     conv(rb.nin, x, H, W, t2);
@@ -239,8 +240,8 @@ void BSQDecoder::decode_one(const float* z, int H, int W, float* img, float* buf
 Tensor BSQDecoder::decode(const Tensor& summed) const {
   // Upstream hands the decoder its (B, d, 1, H, W) accumulator squeezed; take both.
   const bool five = summed.ndim() == 5 && summed.dim(2) == 1;
-  if ((summed.ndim() != 4 && !five) || summed.dim(1) != cfg_.code_dim ||
-      summed.dim(-2) <= 0 || summed.dim(-1) <= 0 || summed.dim(0) <= 0)
+  if ((summed.ndim() != 4 && !five) || summed.dim(1) != cfg_.code_dim || summed.dim(-2) <= 0 ||
+      summed.dim(-1) <= 0 || summed.dim(0) <= 0)
     fail("BSQDecoder::decode: input has shape %s, expected (B, %d, H, W)",
          shape_str(summed.shape()).c_str(), cfg_.code_dim);
   const int B = int(summed.dim(0)), H = int(summed.dim(-2)), W = int(summed.dim(-1));
@@ -271,23 +272,5 @@ std::vector<uint8_t> image_to_u8_trunc(const float* chw, int H, int W, bool bgr)
   return out;
 }
 
-Weights open_bsq_vae_weights(const std::string& path) {
-  try {
-    return Weights::open(path);
-  } catch (const Error& e) {
-    const std::string m = e.what();
-    // What the flat-only .pth reader says about {"vae": {...}, ...} checkpoints:
-    // a nested dict value, or a refused non-tensor global stored next to it.
-    if (m.find("not a tensor") == std::string::npos &&
-        m.find("refusing pickle global") == std::string::npos &&
-        m.find("not a dict of tensors") == std::string::npos)
-      throw;
-    fail("%s. Infinity's VAE checkpoints (e.g. infinity_vae_d32reg.pth) keep the state dict "
-         "under the \"vae\" key; extract it once with: python -c \"import torch; "
-         "torch.save(torch.load('%s', map_location='cpu')['vae'], 'vae_state_dict.pth')\" and "
-         "load vae_state_dict.pth (or save it with safetensors.torch.save_file)",
-         m.c_str(), path.c_str());
-  }
-}
 
 }  // namespace fastvar::infinity

@@ -18,13 +18,13 @@
 namespace fastvar::infinity {
 
 struct BSQDecoderConfig {
-  int code_dim = 0;               // d: conv_in input channels (= bits per latent pixel)
-  int ch = 0;                     // base width (gcd of the level widths)
-  std::vector<int> ch_mult;       // level l has ch * ch_mult[l] channels; l = 0 is full res
-  std::vector<int> res_blocks;    // ResBlocks per level (3 in the released decoders)
-  std::vector<bool> upsample;     // level l ends with nearest-x2 + conv
-  int stride = 1;                 // image side / latent side = 2^(#upsampling levels)
-  bool flat_keys = false;         // conv_in was found as `X.weight` (informational)
+  int code_dim = 0;             // d: conv_in input channels (= bits per latent pixel)
+  int ch = 0;                   // base width (gcd of the level widths)
+  std::vector<int> ch_mult;     // level l has ch * ch_mult[l] channels; l = 0 is full res
+  std::vector<int> res_blocks;  // ResBlocks per level (3 in the released decoders)
+  std::vector<bool> upsample;   // level l ends with nearest-x2 + conv
+  int stride = 1;               // image side / latent side = 2^(#upsampling levels)
+  bool flat_keys = false;       // conv_in was found as `X.weight` (informational)
 
   int levels() const { return static_cast<int>(ch_mult.size()); }
   std::string describe() const;  // one line for logs
@@ -84,10 +84,5 @@ class BSQDecoder {
 // (so it can be 1 below the engine's rounding PNG path); channels reversed (BGR,
 // what upstream hands to cv2.imwrite) when `bgr`. NaN maps to 0.
 std::vector<uint8_t> image_to_u8_trunc(const float* chw, int H, int W, bool bgr);
-
-// Weights::open for a VAE checkpoint. The released infinity_vae_d32reg.pth is a
-// dict whose "vae" entry holds the state dict, which the (flat-only) .pth reader
-// refuses; this adds a one-line recipe for extracting that entry to the error.
-Weights open_bsq_vae_weights(const std::string& path);
 
 }  // namespace fastvar::infinity

@@ -48,8 +48,7 @@ void accumulate(const float* codes, int B, int d, int h, int w, float* summed, i
   for (int64_t i = 0; i < n; ++i) summed[i] += up[i];
 }
 
-void next_input(const float* summed, int B, int d, int Hf, int Wf, int h2, int w2,
-                float* tokens) {
+void next_input(const float* summed, int B, int d, int Hf, int Wf, int h2, int w2, float* tokens) {
   check_dims("next_input", B, d, Hf, Wf);
   check_dims("next_input", B, d, h2, w2);
   const int64_t L = int64_t(h2) * w2;

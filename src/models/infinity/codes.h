@@ -23,7 +23,6 @@ void accumulate(const float* codes, int B, int d, int h, int w, float* summed, i
 // Next-scale input: bilinear resample of summed (B, d, Hf, Wf) to (h2, w2) (the
 // same formula when shrinking; not area pooling), written as tokens
 // (B, h2*w2, d), row-major (y, x) token order. `tokens` must not alias `summed`.
-void next_input(const float* summed, int B, int d, int Hf, int Wf, int h2, int w2,
-                float* tokens);
+void next_input(const float* summed, int B, int d, int Hf, int Wf, int h2, int w2, float* tokens);
 
 }  // namespace fastvar::infinity
