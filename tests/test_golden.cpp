@@ -71,3 +71,21 @@ TEST(Golden, MismatchIsReportedAsFailure) {
 
 }  // namespace
 }  // namespace fastvar
+
+namespace fastvar {
+namespace {
+
+TEST(Golden, InfinityTinyAPassesInProcess) {
+  // Official Infinity and FastVAR runs; tolerances of the folder's README:
+  // hidden states / logits 1e-4 x max|ref|, codes 1e-6, image 1e-4 x max|ref|,
+  // u8 image +-1, kept sets exactly.
+  std::FILE* sink = std::tmpfile();
+  GoldenSummary s = check_golden(std::string(FASTVAR_TEST_DATA) + "/golden/infinity_tiny_a", sink);
+  std::fclose(sink);
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_EQ(s.not_compared, 0);
+  EXPECT_GE(s.passed, 210);
+}
+
+}  // namespace
+}  // namespace fastvar

@@ -7,14 +7,16 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
 #include "api/engine.h"
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "models/infinity/random_weights.h"
 #include "models/var/random_weights.h"
-#include "models/var/vqvae_cost.h"
+#include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_pipeline.h"
 
 namespace fastvar::cli {
@@ -33,8 +35,81 @@ double peak_rss_mib() {
   return ru.ru_maxrss / 1024.0;
 }
 
+// Timings of one mode over the runs.
+struct ModeRuns {
+  PrunePlan plan;
+  std::vector<std::vector<double>> scale_ms;  // per scale (+ decoder last), per run
+  std::vector<double> total_ms, flops;
+  std::vector<int64_t> forwarded, kv_bytes;
+  double peak_kv = 0;
+
+  std::function<void(const ScaleStats&)> recorder(int num_scales) {
+    scale_ms.resize(num_scales + 1);
+    flops.assign(num_scales + 1, 0.0);
+    forwarded.assign(num_scales, 0);
+    kv_bytes.assign(num_scales, 0);
+    return [this, num_scales](const ScaleStats& s) {
+      scale_ms[s.si].push_back(s.skipped ? 0.0 : s.ms);
+      flops[s.si] = s.flops;
+      if (s.si < num_scales) {
+        forwarded[s.si] = s.forwarded;
+        kv_bytes[s.si] = s.kv_bytes;
+        peak_kv = std::max(peak_kv, double(s.kv_bytes));
+      }
+    };
+  }
+};
+
+// Prints the side-by-side table and returns the JSON record of one model.
+nlohmann::json report(const std::string& name, const std::string& config, const std::vector<std::pair<int, int>>& sides,
+                      const std::vector<std::string>& modes, std::map<std::string, ModeRuns>& r, const BenchArgs& a) {
+  const int S = static_cast<int>(sides.size());
+  std::printf("\n   %-6s %-9s", "scale", "map");
+  for (const auto& m : modes) std::printf(" %12s", (m + " ms").c_str());
+  std::printf("   tokens forwarded per mode\n");
+  for (int si = 0; si <= S; ++si) {
+    if (si < S) std::printf("   %-6d %4dx%-4d", si, sides[si].first, sides[si].second);
+    else std::printf("   %-16s", "decode");
+    for (const auto& m : modes) std::printf(" %12.1f", median(r[m].scale_ms[si]));
+    if (si < S)
+      for (const auto& m : modes) std::printf("  %9lld", (long long)r[m].forwarded[si]);
+    std::printf("\n");
+  }
+  const std::string& base = modes.front();
+  std::printf("   %-16s", "total (median)");
+  for (const auto& m : modes) std::printf(" %12.1f", median(r[m].total_ms));
+  std::printf("\n   %-16s", "speedup");
+  for (const auto& m : modes) std::printf(" %11.2fx", median(r[base].total_ms) / median(r[m].total_ms));
+  std::printf("\n   %-16s", "GFLOP/s");
+  for (const auto& m : modes) {
+    double f = 0;
+    for (double x : r[m].flops) f += x;
+    std::printf(" %12.1f", f / median(r[m].total_ms) * 1e-6);
+  }
+  std::printf("\n   %-16s", "peak KV MiB");
+  for (const auto& m : modes) std::printf(" %12.1f", r[m].peak_kv / 1048576.0);
+  std::printf("\n   peak RSS of the process so far: %.0f MiB\n", peak_rss_mib());
+  nlohmann::json jm = nlohmann::json::object();
+  std::vector<int> pn;
+  for (const auto& s : sides) pn.push_back(s.second);
+  for (const auto& m : modes) {
+    std::vector<double> per_scale;
+    for (int si = 0; si <= S; ++si) per_scale.push_back(median(r[m].scale_ms[si]));
+    jm[m] = {{"plan", r[m].plan.describe(pn)},
+             {"scale_ms", per_scale},
+             {"scale_gflop", r[m].flops},
+             {"tokens_forwarded", r[m].forwarded},
+             {"kv_bytes", r[m].kv_bytes},
+             {"total_ms_median", median(r[m].total_ms)},
+             {"total_ms_runs", r[m].total_ms},
+             {"speedup_vs_" + base, median(r[base].total_ms) / median(r[m].total_ms)}};
+  }
+  return {{"model", name}, {"config", config}, {"batch", a.count}, {"threads", num_threads()}, {"runs", a.runs},
+          {"peak_rss_mib", peak_rss_mib()}, {"modes", jm}};
+}
+
 // One model's engine: random weights of a release shape, or files.
-std::unique_ptr<VarEngine> load_engine(const std::string& shape, const BenchArgs& a) {
+std::unique_ptr<VarEngine> load_var(const std::string& shape, const BenchArgs& a) {
   if (shape.empty()) return VarEngine::load(a.model, a.vae);
   auto e = std::make_unique<VarEngine>();
   var::RandomVarSpec vs = var::var_preset(shape);
@@ -46,19 +121,93 @@ std::unique_ptr<VarEngine> load_engine(const std::string& shape, const BenchArgs
   e->vae_weights = std::make_unique<Weights>(var::random_vae_checkpoint(as, 2));
   e->vae = std::make_unique<var::VQVAE>(*e->vae_weights);
   e->vae_weights->check_all_used();
-  e->description = e->model->config().describe();
   return e;
 }
 
-PrunePlan plan_for_mode(const std::string& mode, const var::VarConfig& c, const BenchArgs& a) {
+// The FastVAR fields of the bench arguments on top of a model's default plan.
+PrunePlan plan_for_mode(const std::string& mode, PrunePlan base, int S, int depth, const BenchArgs& a) {
   if (mode == "full") return PrunePlan{};
+  if (mode != "fastvar" && mode != "skip") fail("unknown bench mode '%s' (expected full, fastvar, skip)", mode.c_str());
   fastvar_params q = fastvar_params_default();
   q.prune = a.prune.empty() ? nullptr : a.prune.c_str();
   q.cache_scale = a.cache_scale;
   q.score = a.score.c_str();
-  q.skip_last = mode == "skip" ? (a.skip_last >= 0 ? a.skip_last : 1) : 0;
-  if (mode != "fastvar" && mode != "skip") fail("unknown bench mode '%s' (expected full, fastvar, skip)", mode.c_str());
-  return plan_from_params(default_var_plan(c), c.SN(), c.depth, q);
+  if (mode == "skip") q.skip_last = a.skip_last >= 0 ? a.skip_last : std::max(1, base.skip_last);
+  return plan_from_params(base, S, depth, q);
+}
+
+nlohmann::json bench_var(const std::string& shape, const BenchArgs& a) {
+  auto e = load_var(shape, a);
+  const var::VarConfig& c = e->model->config();
+  const int SN = c.SN();
+  const std::string name = shape.empty() ? e->var_weights->label() : shape;
+  std::printf("\n== %s: %s\n   batch %d, %d thread(s), %d run(s) per mode, interleaved\n", name.c_str(),
+              c.describe().c_str(), a.count, num_threads(), a.runs);
+  std::map<std::string, ModeRuns> r;
+  for (const auto& m : a.modes) {
+    r[m].plan = plan_for_mode(m, default_var_plan(c), SN, c.depth, a);
+    std::printf("   %-8s %s\n", m.c_str(), r[m].plan.describe(c.patch_nums).c_str());
+  }
+  for (int run = 0; run < a.runs; ++run)
+    for (const auto& m : a.modes) {
+      VarGenParams p;
+      p.labels.assign(a.count, 207 % c.num_classes);
+      p.seed = static_cast<uint64_t>(run);
+      p.plan = r[m].plan;
+      p.on_scale = r[m].recorder(SN);
+      VarGenResult res = generate_var(*e->model, *e->vae, p);
+      r[m].total_ms.push_back(res.total_ms);
+      std::fprintf(stderr, "   run %d/%d %-8s %10.1f ms\n", run + 1, a.runs, m.c_str(), res.total_ms);
+    }
+  std::vector<std::pair<int, int>> sides;
+  for (int p : c.patch_nums) sides.push_back({p, p});
+  return report(name, c.describe(), sides, a.modes, r, a);
+}
+
+nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& a) {
+  infinity::RandomInfinitySpec is = infinity::infinity_preset(shape);
+  Weights w(infinity::random_infinity_checkpoint(is, 1));
+  infinity::InfinityModel model(w);
+  w.check_all_used();
+  Weights vw(infinity::random_bsq_checkpoint(infinity::RandomBsqSpec{}, 2));
+  infinity::BSQDecoder vae(vw);
+  vw.check_all_used();
+  const infinity::InfinityConfig& c = model.config();
+  const std::string pn = a.resolution.empty() ? "1M" : a.resolution;
+  const infinity::Schedule sched = infinity::make_schedule(1.0, pn);
+  const int S = static_cast<int>(sched.scales.size());
+  std::printf("\n== %s: %s\n   %s\n   batch %d, 77-token prompts (random T5 features), %d thread(s), %d run(s) per mode, interleaved\n",
+              shape.c_str(), c.describe().c_str(), sched.describe().c_str(), a.count, num_threads(), a.runs);
+  std::map<std::string, ModeRuns> r;
+  for (const auto& m : a.modes) {
+    r[m].plan = plan_for_mode(m, default_infinity_plan(S, c.depth, pn == "2K"), S, c.depth, a);
+    std::vector<int> pw;
+    for (const auto& s : sched.scales) pw.push_back(s.second);
+    std::printf("   %-8s %s\n", m.c_str(), r[m].plan.describe(pw).c_str());
+  }
+  std::mt19937 g(3);
+  std::normal_distribution<float> nd(0.f, 0.2f);
+  std::vector<Tensor> text;
+  for (int b = 0; b < a.count; ++b) {
+    Tensor t({77, c.Ct5});
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = nd(g);
+    text.push_back(t);
+  }
+  for (int run = 0; run < a.runs; ++run)
+    for (const auto& m : a.modes) {
+      InfinityGenParams p;
+      p.text = text;
+      p.schedule = sched;
+      p.cfg = {4.f};
+      p.tau = {0.5f};
+      p.seed = static_cast<uint64_t>(run);
+      p.plan = r[m].plan;
+      p.on_scale = r[m].recorder(S);
+      InfinityGenResult res = generate_infinity(model, vae, p);
+      r[m].total_ms.push_back(res.total_ms);
+      std::fprintf(stderr, "   run %d/%d %-8s %10.1f ms\n", run + 1, a.runs, m.c_str(), res.total_ms);
+    }
+  return report(shape, c.describe() + "; " + sched.describe(), sched.scales, a.modes, r, a);
 }
 
 }  // namespace
@@ -66,6 +215,7 @@ PrunePlan plan_for_mode(const std::string& mode, const var::VarConfig& c, const 
 int run_bench(const BenchArgs& a) {
   if (a.runs < 1 || a.runs > 100) fail("--runs %d out of range [1, 100]", a.runs);
   if (a.count < 1 || a.count > 64) fail("-n %d out of range [1, 64]", a.count);
+  if (a.modes.empty()) fail("--modes: give at least one of full, fastvar, skip");
   std::vector<std::string> shapes = a.shapes;
   if (!a.model.empty() || !a.vae.empty()) {
     if (a.model.empty() || a.vae.empty()) fail("bench: -m and --vae go together");
@@ -74,87 +224,11 @@ int run_bench(const BenchArgs& a) {
   if (shapes.empty()) shapes = {"d16"};
   set_num_threads(a.threads);
   nlohmann::json out = nlohmann::json::array();
+  if (!a.json.empty() && !std::ofstream(a.json)) fail("cannot write %s", a.json.c_str());
   for (const std::string& shape : shapes) {
-    auto e = load_engine(shape, a);
-    const var::VarConfig& c = e->model->config();
-    const int SN = c.SN();
-    const std::string name = shape.empty() ? e->var_weights->label() : shape;
-    std::printf("\n== %s: %s\n   batch %d, %d thread(s), %d run(s) per mode, interleaved\n", name.c_str(),
-                c.describe().c_str(), a.count, num_threads(), a.runs);
-    std::map<std::string, PrunePlan> plans;
-    for (const auto& m : a.modes) {
-      plans[m] = plan_for_mode(m, c, a);
-      std::printf("   %-8s %s\n", m.c_str(), plans[m].describe(c.patch_nums).c_str());
-    }
-    // per mode: per scale times (runs), decode, total; flops per scale
-    std::map<std::string, std::vector<std::vector<double>>> scale_ms;
-    std::map<std::string, std::vector<double>> decode_ms, total_ms, flops;
-    std::map<std::string, std::vector<int64_t>> forwarded;
-    for (int r = 0; r < a.runs; ++r) {
-      for (const auto& m : a.modes) {
-        VarGenParams p;
-        p.labels.assign(a.count, 207 % c.num_classes);
-        p.seed = static_cast<uint64_t>(r);
-        p.plan = plans[m];
-        auto& sm = scale_ms[m];
-        sm.resize(SN + 1);
-        flops[m].assign(SN + 1, 0.0);
-        forwarded[m].assign(SN, 0);
-        p.on_scale = [&](const ScaleStats& s) {
-          sm[s.si].push_back(s.skipped ? 0.0 : s.ms);
-          flops[m][s.si] = s.flops;
-          if (s.si < SN) forwarded[m][s.si] = s.forwarded;
-        };
-        VarGenResult res = generate_var(*e->model, *e->vae, p);
-        decode_ms[m].push_back(res.decode_ms);
-        total_ms[m].push_back(res.total_ms);
-        std::fprintf(stderr, "   run %d/%d %-8s %8.1f ms\n", r + 1, a.runs, m.c_str(), res.total_ms);
-      }
-    }
-    // table
-    std::printf("\n   %-6s %-7s", "scale", "side");
-    for (const auto& m : a.modes) std::printf(" %12s", (m + " ms").c_str());
-    std::printf("   %s\n", "tokens forwarded (per mode)");
-    nlohmann::json jm = nlohmann::json::object();
-    const std::string& base = a.modes.front();
-    for (int si = 0; si <= SN; ++si) {
-      if (si < SN) std::printf("   %-6d %3dx%-3d", si, c.patch_nums[si], c.patch_nums[si]);
-      else std::printf("   %-14s", "decode");
-      for (const auto& m : a.modes) std::printf(" %12.1f", median(scale_ms[m][si]));
-      if (si < SN) for (const auto& m : a.modes) std::printf("  %8lld", (long long)forwarded[m][si]);
-      std::printf("\n");
-    }
-    std::printf("   %-14s", "total");
-    for (const auto& m : a.modes) std::printf(" %12.1f", median(total_ms[m]));
-    std::printf("\n   %-14s", "speedup");
-    for (const auto& m : a.modes) std::printf(" %11.2fx", median(total_ms[base]) / median(total_ms[m]));
-    std::printf("\n   %-14s", "GFLOP/s");
-    for (const auto& m : a.modes) {
-      double f = 0;
-      for (double x : flops[m]) f += x;
-      std::printf(" %12.1f", f / median(total_ms[m]) * 1e-6);
-    }
-    std::printf("\n   peak RSS so far: %.0f MiB\n", peak_rss_mib());
-    for (const auto& m : a.modes) {
-      nlohmann::json js;
-      std::vector<double> per_scale;
-      for (int si = 0; si <= SN; ++si) per_scale.push_back(median(scale_ms[m][si]));
-      js["plan"] = plans[m].describe(c.patch_nums);
-      js["scale_ms"] = per_scale;  // last entry = decoder
-      js["scale_gflop"] = flops[m];
-      js["tokens_forwarded"] = forwarded[m];
-      js["total_ms_median"] = median(total_ms[m]);
-      js["total_ms_runs"] = total_ms[m];
-      js["speedup_vs_" + base] = median(total_ms[base]) / median(total_ms[m]);
-      jm[m] = js;
-    }
-    out.push_back({{"model", name}, {"config", c.describe()}, {"batch", a.count}, {"threads", num_threads()},
-                   {"runs", a.runs}, {"peak_rss_mib", peak_rss_mib()}, {"modes", jm}});
-  }
-  if (!a.json.empty()) {
-    std::ofstream f(a.json);
-    if (!f) fail("cannot write %s", a.json.c_str());
-    f << out.dump(1) << "\n";
+    out.push_back(shape.rfind("infinity", 0) == 0 ? bench_infinity(shape, a) : bench_var(shape, a));
+    std::fflush(stdout);
+    if (!a.json.empty()) std::ofstream(a.json) << out.dump(1) << "\n";  // after every model
   }
   return 0;
 }

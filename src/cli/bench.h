@@ -7,7 +7,8 @@
 namespace fastvar::cli {
 
 struct BenchArgs {
-  std::vector<std::string> shapes;  // d16, d30, d36, ... (random weights)
+  std::vector<std::string> shapes;  // d16, d30, d36, infinity-2b (random weights)
+  std::string resolution;           // Infinity: 1M (default), 0.25M, 2K, ...
   std::string model, vae;           // or a real checkpoint pair
   std::vector<std::string> modes = {"full", "fastvar", "skip"};
   int runs = 3, count = 1, threads = 0;
