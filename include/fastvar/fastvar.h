@@ -19,11 +19,19 @@ typedef enum { FASTVAR_OK = 0, FASTVAR_ERROR = 1 } fastvar_status;
 /* Generation settings. Fill with fastvar_params_default() then change fields. */
 typedef struct {
   int num_images;          /* B >= 1 */
+  /* Class-conditional models (VAR). */
   const int* classes;      /* num_images class ids, or NULL to use `class_id` for all */
   int class_id;            /* used when classes == NULL */
-  float cfg;               /* classifier-free guidance at the last scale (ramped from 0) */
+  /* Text-to-image models (Infinity). */
+  const char* const* prompts; /* num_images prompts, or NULL to use `prompt` for all */
+  const char* prompt;
+  float h_div_w;           /* aspect ratio height / width (nearest template), 0 = 1:1 */
+  const char* resolution;  /* "0.06M", "0.25M", "0.60M", "1M" (default) or "2K" */
+  float tau;               /* sampling temperature, < 0 = model default (0.5) */
+  /* Sampling. */
+  float cfg;               /* guidance: VAR ramps 0 -> cfg over the scales; Infinity uses it at every scale */
   int top_k;               /* 0 = off */
-  float top_p;             /* 0 = off */
+  float top_p;             /* 0 = off, < 0 = model default (VAR 0.96, Infinity 0.97) */
   uint64_t seed;
   int threads;             /* 0 = all cores */
   /* FastVAR (training-free cached token pruning). */
@@ -53,13 +61,19 @@ typedef void (*fastvar_progress_fn)(const fastvar_scale_info* info, void* user);
 
 fastvar_params fastvar_params_default(void);
 
-/* Loads a VAR transformer and its VQVAE (.pth or .safetensors). NULL on error. */
+/* Loads a class-conditional VAR transformer and its VQVAE (.pth or
+ * .safetensors). NULL on error. */
 fastvar_engine* fastvar_load(const char* model_path, const char* vae_path);
+/* Loads a text-to-image Infinity transformer, its BSQ VAE and a Hugging Face
+ * T5 encoder folder (config.json, spiece.model, weights). NULL on error. */
+fastvar_engine* fastvar_load_t2i(const char* model_path, const char* vae_path, const char* t5_dir);
+/* 1 for text-to-image engines (prompts), 0 for class-conditional ones. */
+int fastvar_is_text_to_image(const fastvar_engine* e);
 void fastvar_free(fastvar_engine* e);
 
-/* Image geometry and model facts. */
-int fastvar_image_width(const fastvar_engine* e);
-int fastvar_image_height(const fastvar_engine* e);
+/* Size of the images fastvar_generate makes with these params. */
+fastvar_status fastvar_output_size(const fastvar_engine* e, const fastvar_params* p, int* width,
+                                   int* height);
 int fastvar_num_classes(const fastvar_engine* e);
 /* A one-line description of the loaded model (owned by the engine). */
 const char* fastvar_describe(const fastvar_engine* e);
@@ -68,7 +82,7 @@ const char* fastvar_describe(const fastvar_engine* e);
  * FastVAR plan) without generating anything. */
 fastvar_status fastvar_check_params(const fastvar_engine* e, const fastvar_params* p);
 
-/* Generates p->num_images RGB8 images into rgb (num_images * H * W * 3 bytes,
+/* Generates p->num_images RGB8 images into rgb (num_images * width * height * 3 bytes,
  * interleaved, image after image). Same seed and settings give the same bytes,
  * whatever the thread count. */
 fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* p, uint8_t* rgb,
