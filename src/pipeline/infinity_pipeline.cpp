@@ -190,6 +190,7 @@ InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const 
     }
   }
   res.summed = summed;
+  st = {};  // the KV cache is not needed by the decoder: lower the peak memory
   if (p.decode) {
     const auto t0 = std::chrono::steady_clock::now();
     Tensor img = vae.decode(summed);  // [-1, 1]

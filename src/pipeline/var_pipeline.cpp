@@ -129,6 +129,7 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
     p.tap("f_hat", f_hat);
   }
   res.f_hat = f_hat;
+  st = {};  // the KV cache is not needed by the decoder: lower the peak memory
   if (p.decode) {
     const auto t0 = std::chrono::steady_clock::now();
     res.images = vae.decode(f_hat);
