@@ -149,7 +149,7 @@ TEST(CliErrors, OutOfRangeAndMalformedOptions) {
   expect_clean_error(run_cli(gen("--class 1 --prune-layers 3-1" + o)), "--prune-layers");
   expect_clean_error(run_cli(gen("--class 1 --score median" + o)), "score");
   expect_clean_error(run_cli(gen("--class 1 --no-fastvar --prune 8:0.5" + o)), "--no-fastvar");
-  expect_clean_error(run_cli("generate --class 1" + o), "model");
+  expect_clean_error(run_cli("generate --vae " + vae() + " --class 1" + o), "model");
   expect_clean_error(run_cli("frobnicate"), "frobnicate");
   EXPECT_FALSE(fs::exists(d / "x.png"));
 }

@@ -62,7 +62,10 @@ typedef void (*fastvar_progress_fn)(const fastvar_scale_info* info, void* user);
 fastvar_params fastvar_params_default(void);
 
 /* Loads a class-conditional VAR transformer and its VQVAE (.pth or
- * .safetensors). NULL on error. */
+ * .safetensors). NULL on error. With both paths NULL it loads the default
+ * model compiled into the library (the Fashion-MNIST VAR, 10 classes, 32x32);
+ * builds made without models/fmnist_var.safetensors fail with "no embedded
+ * model in this build; pass -m and --vae". */
 fastvar_engine* fastvar_load(const char* model_path, const char* vae_path);
 /* Loads a text-to-image Infinity transformer, its BSQ VAE and a Hugging Face
  * T5 encoder folder (config.json, spiece.model, weights). NULL on error. */
@@ -75,6 +78,9 @@ void fastvar_free(fastvar_engine* e);
 fastvar_status fastvar_output_size(const fastvar_engine* e, const fastvar_params* p, int* width,
                                    int* height);
 int fastvar_num_classes(const fastvar_engine* e);
+/* Name of a class ("Sneaker") from the model file's class_names metadata, or
+ * NULL when the model has none or class_id is out of range (owned by the engine). */
+const char* fastvar_class_name(const fastvar_engine* e, int class_id);
 /* A one-line description of the loaded model (owned by the engine). */
 const char* fastvar_describe(const fastvar_engine* e);
 

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/png.h"
+#include "models/embedded.h"
 
 namespace fastvar {
 
@@ -37,17 +38,26 @@ PrunePlan plan_from_params(PrunePlan p, int num_scales, int depth, const fastvar
   return p;
 }
 
-std::unique_ptr<VarEngine> VarEngine::load(const std::string& model_path,
-                                           const std::string& vae_path) {
+std::unique_ptr<VarEngine> VarEngine::from_files(std::unique_ptr<io::TensorFile> file,
+                                                 std::unique_ptr<io::TensorFile> vae_file) {
   auto e = std::make_unique<VarEngine>();
-  auto file = io::TensorFile::open(model_path);
   if (file->find("cfg_uncond"))
     fail("%s is a text-to-image (Infinity) checkpoint: give a prompt (-p) and a T5 folder (--t5)",
-         model_path.c_str());
+         file->path().c_str());
+  // Class names travel in the safetensors metadata ("T-shirt/top,Trouser,..."); used only
+  // when there is one per class, so a stale list cannot mislabel classes.
+  std::vector<std::string> names;
+  auto md = file->metadata().find("class_names");
+  if (md != file->metadata().end()) {
+    size_t b = 0;
+    for (size_t c; (c = md->second.find(',', b)) != std::string::npos; b = c + 1)
+      names.push_back(md->second.substr(b, c - b));
+    names.push_back(md->second.substr(b));
+  }
   e->var_weights = std::make_unique<Weights>(std::move(file));
   e->model = std::make_unique<var::VarModel>(*e->var_weights);
   e->var_weights->check_all_used();
-  e->vae_weights = std::make_unique<Weights>(io::TensorFile::open(vae_path));
+  e->vae_weights = std::make_unique<Weights>(std::move(vae_file));
   e->vae = std::make_unique<var::VQVAE>(*e->vae_weights);
   e->vae_weights->check_all_used();
   const var::VarConfig& c = e->model->config();
@@ -55,7 +65,21 @@ std::unique_ptr<VarEngine> VarEngine::load(const std::string& model_path,
   if (v.vocab_size != c.V || v.Cvae != c.Cvae)
     fail("%s does not match %s: the VAE has a %d x %d codebook, the transformer expects %d x %d",
          e->vae_weights->label().c_str(), e->var_weights->label().c_str(), v.vocab_size, v.Cvae, c.V, c.Cvae);
+  if (static_cast<int>(names.size()) == c.num_classes) e->class_names = std::move(names);
   e->description = c.describe() + "; " + v.describe();
+  return e;
+}
+
+std::unique_ptr<VarEngine> VarEngine::load(const std::string& model_path,
+                                           const std::string& vae_path) {
+  return from_files(io::TensorFile::open(model_path), io::TensorFile::open(vae_path));
+}
+
+std::unique_ptr<VarEngine> VarEngine::load_embedded() {
+  if (!embedded_model_available()) fail("no embedded model in this build; pass -m and --vae");
+  auto e = from_files(open_embedded(embedded_var(), "fmnist_var.safetensors"),
+                      open_embedded(embedded_vae(), "fmnist_vae.safetensors"));
+  e->description = "embedded Fashion-MNIST model: " + e->description;
   return e;
 }
 
@@ -204,7 +228,12 @@ fastvar_params fastvar_params_default(void) {
 fastvar_engine* fastvar_load(const char* model_path, const char* vae_path) {
   fastvar_engine* out = nullptr;
   guarded([&] {
-    if (!model_path || !vae_path) fastvar::fail("fastvar_load: model and VAE paths are required");
+    if (!model_path && !vae_path) {
+      out = new fastvar_engine{fastvar::VarEngine::load_embedded(), nullptr};
+      return;
+    }
+    if (!model_path || !vae_path)
+      fastvar::fail("fastvar_load: give both the model and VAE paths, or neither for the embedded model");
     auto impl = fastvar::VarEngine::load(model_path, vae_path);
     out = new fastvar_engine{std::move(impl), nullptr};
   });
@@ -226,6 +255,10 @@ void fastvar_free(fastvar_engine* e) { delete e; }
 
 int fastvar_is_text_to_image(const fastvar_engine* e) { return e && e->inf ? 1 : 0; }
 int fastvar_num_classes(const fastvar_engine* e) { return e && e->var ? e->var->model->config().num_classes : 0; }
+const char* fastvar_class_name(const fastvar_engine* e, int class_id) {
+  if (!e || !e->var || class_id < 0 || class_id >= static_cast<int>(e->var->class_names.size())) return nullptr;
+  return e->var->class_names[class_id].c_str();
+}
 const char* fastvar_describe(const fastvar_engine* e) {
   return !e ? "" : e->var ? e->var->description.c_str() : e->inf->description.c_str();
 }

@@ -3,9 +3,11 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "fastvar/fastvar.h"
 #include "fastvar/plan.h"
+#include "io/tensor_file.h"
 #include "models/infinity/bsq_vae.h"
 #include "models/infinity/infinity_model.h"
 #include "models/t5/t5_encoder.h"
@@ -31,9 +33,16 @@ struct VarEngine {
   std::unique_ptr<var::VarModel> model;
   std::unique_ptr<var::VQVAE> vae;
   std::string description;
+  std::vector<std::string> class_names;  // from the model's "class_names" metadata; may be empty
 
-  // Loads and validates both files (every key and shape).
+  // Builds the engine from two opened files, validating every key and shape.
+  static std::unique_ptr<VarEngine> from_files(std::unique_ptr<io::TensorFile> model,
+                                               std::unique_ptr<io::TensorFile> vae);
+  // The same from paths (.pth or .safetensors).
   static std::unique_ptr<VarEngine> load(const std::string& model_path, const std::string& vae_path);
+  // The default model compiled into the binary (models/embedded.h); fails with
+  // "no embedded model in this build; pass -m and --vae" when there is none.
+  static std::unique_ptr<VarEngine> load_embedded();
   int image_side() const { return model->config().patch_nums.back() * vae->config().downsample; }
 };
 

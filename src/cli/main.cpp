@@ -1,12 +1,16 @@
 // fastvar: command-line front end (conventions of stable-diffusion.cpp).
-//   fastvar generate -m MODEL --vae VAE --class N [-n COUNT] [-s SEED] ... -o out.png
+//   fastvar generate [-m MODEL --vae VAE] --class N|NAME [-n COUNT] [-s SEED] ... -o out.png
+//   fastvar eval [-m MODEL --vae VAE] [-n PER_CLASS] [--plans full,fastvar,skip,box] [--md F] [--json F]
 //   fastvar info FILE
 //   fastvar check-golden DIR
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <climits>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -14,6 +18,7 @@
 
 #include "api/engine.h"
 #include "cli/bench.h"
+#include "cli/eval.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "fastvar/fastvar.h"
@@ -31,7 +36,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model, vae, output = "output.png";
-  std::vector<int> classes;
+  std::vector<std::string> classes;  // ids or names, resolved once the model is loaded
   std::vector<std::string> prompts;  // text-to-image
   std::string t5, ar, pn;
   int width = 0, height = 0;
@@ -71,6 +76,30 @@ struct ProgressState {
   int64_t forwarded = 0;
 };
 
+// A class id from a number or (case-insensitively) from the model's class names.
+int class_from_text(const fastvar_engine* e, const std::string& text) {
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (!text.empty() && *end == 0) {  // an id; fastvar_check_params checks it against the model
+    if (v < INT_MIN || v > INT_MAX) fail("class %s out of range", text.c_str());
+    return static_cast<int>(v);
+  }
+  auto lower = [](std::string s) {
+    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+  };
+  const int K = fastvar_num_classes(e);
+  std::string names;
+  for (int i = 0; i < K; ++i) {
+    const char* n = fastvar_class_name(e, i);
+    if (!n) break;
+    if (lower(n) == lower(text)) return i;
+    names += std::string(names.empty() ? "" : ", ") + n;
+  }
+  if (names.empty()) fail("--class '%s': this model has no class names; give an id in [0, %d)", text.c_str(), K);
+  fail("--class '%s': unknown class (valid: %s; or an id in [0, %d))", text.c_str(), names.c_str(), K);
+}
+
 void progress_cb(const fastvar_scale_info* s, void* user) {
   auto* st = static_cast<ProgressState*>(user);
   if (s->scale == s->num_scales) {
@@ -85,7 +114,7 @@ void progress_cb(const fastvar_scale_info* s, void* user) {
     st->transformer_gflop += s->gflop;
     st->forwarded += s->forwarded;
   }
-  if (st->profile && !s->skipped) {
+  if (st->profile && !s->skipped && s->gflop > 0) {
     std::fprintf(stderr, "  %7.2f GFLOP %6.1f GFLOP/s", s->gflop, s->ms > 0 ? s->gflop / s->ms * 1e3 : 0.0);
     if (s->scale < s->num_scales)
       std::fprintf(stderr, "  tokens %5lld  forwarded %8lld  KV %8.2f MiB", (long long)s->tokens,
@@ -97,7 +126,10 @@ void progress_cb(const fastvar_scale_info* s, void* user) {
 int run_generate(const GenerateArgs& a) {
   if (a.count < 1 || a.count > 4096) fail("-n %d: must be in [1, 4096]", a.count);
   const bool t2i = !a.t5.empty() || !a.prompts.empty();
+  if (a.model.empty() != a.vae.empty())
+    fail("-m and --vae go together (give neither for the embedded default model)");
   if (t2i) {
+    if (a.model.empty()) fail("text-to-image needs a model and its VAE (-m, --vae)");
     if (a.t5.empty()) fail("a prompt needs a text-to-image model and its T5 encoder folder (--t5 DIR)");
     if (a.prompts.empty()) fail("--t5 given but no prompt (-p \"...\")");
     if (!a.classes.empty()) fail("--class is for class-conditional models; this run uses prompts");
@@ -132,15 +164,17 @@ int run_generate(const GenerateArgs& a) {
     for (int i = 0; i < a.count; ++i) check_writable(numbered(a.output, i, a.count));
   set_num_threads(a.threads);
   auto t0 = std::chrono::steady_clock::now();
+  // Neither -m nor --vae: the default model compiled into the binary (NULL, NULL).
   fastvar_engine* e = t2i ? fastvar_load_t2i(a.model.c_str(), a.vae.c_str(), a.t5.c_str())
-                          : fastvar_load(a.model.c_str(), a.vae.c_str());
+                    : a.model.empty() ? fastvar_load(nullptr, nullptr)
+                                      : fastvar_load(a.model.c_str(), a.vae.c_str());
   if (!e) fail("%s", fastvar_last_error());
   std::unique_ptr<fastvar_engine, void (*)(fastvar_engine*)> guard(e, fastvar_free);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   fastvar_params p = fastvar_params_default();
-  std::vector<int> classes(a.count, a.classes.empty() ? 0 : a.classes[0]);
-  if (a.classes.size() > 1) classes = a.classes;
+  std::vector<int> classes(a.count, a.classes.empty() ? 0 : class_from_text(e, a.classes[0]));
+  for (size_t i = 0; a.classes.size() > 1 && i < a.classes.size(); ++i) classes[i] = class_from_text(e, a.classes[i]);
   std::vector<const char*> prompts(a.count, a.prompts.empty() ? nullptr : a.prompts[0].c_str());
   for (size_t i = 0; a.prompts.size() > 1 && i < a.prompts.size(); ++i) prompts[i] = a.prompts[i].c_str();
   p.num_images = a.count;
@@ -252,9 +286,9 @@ int main(int argc, char** argv) {
 
   GenerateArgs g;
   CLI::App* gen = app.add_subcommand("generate", "Generate images with a VAR model");
-  gen->add_option("-m,--model", g.model, "VAR transformer checkpoint (.pth or .safetensors)")->required();
-  gen->add_option("--vae", g.vae, "VQVAE checkpoint (.pth or .safetensors)")->required();
-  gen->add_option("-c,--class", g.classes, "Class id (one for all images, or one per image); class-conditional models")->delimiter(',');
+  gen->add_option("-m,--model", g.model, "VAR transformer checkpoint (.pth or .safetensors); default: the embedded model");
+  gen->add_option("--vae", g.vae, "VQVAE checkpoint (.pth or .safetensors); goes with -m");
+  gen->add_option("-c,--class", g.classes, "Class id or name, e.g. 7 or sneaker (one for all images, or one per image)")->delimiter(',');
   gen->add_option("-p,--prompt", g.prompts, "Prompt (one for all images, or one per image); text-to-image models");
   gen->add_option("--t5", g.t5, "T5 encoder folder (Hugging Face layout) of a text-to-image model");
   gen->add_option("-W,--width", g.width, "Text-to-image: requested width in pixels (nearest aspect template)");
@@ -292,8 +326,8 @@ int main(int argc, char** argv) {
 
   const std::string verb = argc > 1 ? argv[1] : "";
   if (!verb.empty() && verb[0] != '-' && verb != "generate" && verb != "info" && verb != "check-golden" &&
-      verb != "bench") {
-    std::fprintf(stderr, "fastvar: error: unknown command '%s' (expected generate, info, check-golden or bench)\n", argv[1]);
+      verb != "bench" && verb != "eval") {
+    std::fprintf(stderr, "fastvar: error: unknown command '%s' (expected generate, info, check-golden, bench or eval)\n", argv[1]);
     return 2;
   }
   cli::BenchArgs b;
@@ -312,6 +346,23 @@ int main(int argc, char** argv) {
   bench->add_option("--cache-scale", b.cache_scale, "FastVAR cache scale override")->check(CLI::Range(0, 64));
   bench->add_option("--skip-last", b.skip_last, "Scales skipped in the 'skip' mode (default 1)")->check(CLI::Range(0, 64));
   bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
+
+  cli::EvalArgs ev;
+  CLI::App* eval = app.add_subcommand("eval", "FID, class accuracy and speed of the full model and FastVAR plans (paired seeds)");
+  eval->add_option("-m,--model", ev.model, "VAR checkpoint (default: the embedded model)");
+  eval->add_option("--vae", ev.vae, "and its VQVAE");
+  eval->add_option("--classifier", ev.classifier, "Fashion-MNIST classifier + FID statistics (default: embedded)");
+  eval->add_option("-n,--per-class", ev.per_class, "Images per class and plan (default 100)")->check(CLI::Range(1, 100000));
+  eval->add_option("--batch", ev.batch, "Images per generation batch (default 50)")->check(CLI::Range(1, 4096));
+  eval->add_option("--plans", ev.plans, "Plans to compare (default full,fastvar,skip,box)")->delimiter(',');
+  eval->add_option("-s,--seed", ev.seed, "Base seed (batch b uses seed + b, the same for every plan)");
+  eval->add_option("--cfg", ev.cfg, "Classifier-free guidance (default 4)")->check(CLI::Range(0.f, 100.f));
+  eval->add_option("--top-k", ev.top_k, "Top-k filtering (0 = off, default 900)")->check(CLI::Range(0, 1 << 30));
+  eval->add_option("--top-p", ev.top_p, "Top-p filtering (0 = off, default 0.96)")->check(CLI::Range(0.f, 1.f));
+  eval->add_option("-t,--threads", ev.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  eval->add_option("--md", ev.md, "Also write the Markdown table here");
+  eval->add_option("--json", ev.json, "Also write the results as JSON");
+  eval->add_flag("-q,--quiet", ev.quiet, "No progress output");
 
   try {
     app.parse(argc, argv);
@@ -332,6 +383,7 @@ int main(int argc, char** argv) {
     if (*info) return run_info(info_path);
     if (*golden) return run_check_golden(golden_dir, golden_threads);
     if (*bench) return cli::run_bench(b);
+    if (*eval) return cli::run_eval(ev);
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "fastvar: error: out of memory\n");
     return 1;

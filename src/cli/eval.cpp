@@ -1,0 +1,186 @@
+#include "cli/eval.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "api/engine.h"
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "eval/fid.h"
+#include "models/embedded.h"
+#include "models/classifier/fmnist_classifier.h"
+#include "pipeline/var_pipeline.h"
+
+namespace fastvar::cli {
+namespace {
+
+struct PlanRun {
+  std::string name;
+  PrunePlan plan;
+  double seconds = 0;
+  std::vector<float> features;  // (images, 128), in generation order
+  int64_t correct = 0;
+};
+
+// The plans the FastVAR paper compares, on top of the model's default plan.
+PrunePlan plan_for(const std::string& name, const var::VarConfig& c) {
+  if (name == "full") return PrunePlan{};
+  const PrunePlan base = default_var_plan(c);
+  fastvar_params q = fastvar_params_default();
+  if (name == "skip") q.skip_last = std::max(1, base.skip_last);
+  else if (name == "box") q.score = "box";
+  else if (name != "fastvar") fail("--plans: unknown plan '%s' (expected full, fastvar, skip, box)", name.c_str());
+  return plan_from_params(base, c.SN(), c.depth, q);
+}
+
+// Refuses an output we could not write before minutes of generation.
+void check_writable(const std::string& path) {
+  if (path.empty()) return;
+  namespace fs = std::filesystem;
+  fs::path p(path), dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || access(dir.c_str(), W_OK) != 0 || fs::is_directory(p, ec))
+    fail("cannot write %s", path.c_str());
+}
+
+std::string fmt(double v, const char* f) { return std::isfinite(v) ? strprintf(f, v) : std::string("n/a"); }
+
+}  // namespace
+
+int run_eval(const EvalArgs& a) {
+  if (a.per_class < 1) fail("--per-class %d must be >= 1", a.per_class);
+  if (a.batch < 1) fail("--batch %d must be >= 1", a.batch);
+  if (a.plans.empty()) fail("--plans: give at least one of full, fastvar, skip, box");
+  if (a.model.empty() != a.vae.empty()) fail("-m and --vae go together (give neither for the embedded model)");
+  check_writable(a.md);
+  check_writable(a.json);
+  set_num_threads(a.threads);
+  auto engine = a.model.empty() ? VarEngine::load_embedded() : VarEngine::load(a.model, a.vae);
+  if (a.classifier.empty() && !embedded_classifier_available())
+    fail("no embedded classifier in this build; pass --classifier");
+  auto clf = a.classifier.empty() ? FmnistClassifier::load_embedded() : FmnistClassifier::open(a.classifier);
+  const var::VarConfig& c = engine->model->config();
+  const int K = c.num_classes;
+  if (K != FmnistClassifier::kClasses)
+    fail("eval scores images with the %d-class Fashion-MNIST classifier; this model has %d classes",
+         FmnistClassifier::kClasses, K);
+  std::vector<PlanRun> runs;
+  for (const auto& name : a.plans) {
+    for (const auto& r : runs)
+      if (r.name == name) fail("--plans: '%s' given twice", name.c_str());
+    PlanRun r;
+    r.name = name;
+    r.plan = plan_for(name, c);
+    runs.push_back(std::move(r));
+  }
+
+  // Class-major list of labels; batch b uses seed + b for every plan, so plans see the
+  // same classes and the same random streams (paired comparison).
+  std::vector<int> labels;
+  for (int k = 0; k < K; ++k) labels.insert(labels.end(), a.per_class, k);
+  const int64_t total = labels.size();
+  const int64_t nb = (total + a.batch - 1) / a.batch;
+  const std::string model_name = a.model.empty() ? "embedded fmnist_var" : engine->var_weights->label();
+  if (!a.quiet) {
+    std::fprintf(stderr, "eval: %s\n  %lld images per plan (%d per class), batch %d, %d thread(s)\n",
+                 engine->description.c_str(), (long long)total, a.per_class, a.batch, num_threads());
+    for (const auto& r : runs) std::fprintf(stderr, "  %-8s %s\n", r.name.c_str(), r.plan.describe(c.patch_nums).c_str());
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t i0 = b * a.batch, i1 = std::min<int64_t>(total, i0 + a.batch);
+    std::string line;
+    // Plans interleaved batch by batch, so machine load drifts (other jobs, thermal) hit
+    // them alike and the speedups are side by side.
+    for (auto& r : runs) {
+      VarGenParams p;
+      p.labels.assign(labels.begin() + i0, labels.begin() + i1);
+      p.cfg = a.cfg;
+      p.top_k = a.top_k;
+      p.top_p = a.top_p < 0 ? 0.96 : a.top_p;
+      p.seed = a.seed + static_cast<uint64_t>(b);
+      p.plan = r.plan;
+      const auto t0 = std::chrono::steady_clock::now();
+      VarGenResult res = generate_var(*engine->model, *engine->vae, p);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      r.seconds += s;
+      // Score what a user gets: the PNG's 8-bit pixels, not the raw decoder floats.
+      Tensor& im = res.images;
+      for (int64_t i = 0; i < im.numel(); ++i) {
+        const float v = im.data()[i];
+        im.data()[i] = std::floor((v >= 0.f ? std::min(v, 1.f) : 0.f) * 255.f + 0.5f) / 255.f;
+      }
+      std::vector<float> feats, logits;
+      clf->run(im.data(), im.dim(0), im.dim(2), im.dim(3), &feats, &logits);
+      r.features.insert(r.features.end(), feats.begin(), feats.end());
+      for (int64_t i = 0; i < i1 - i0; ++i) {
+        const float* l = logits.data() + i * FmnistClassifier::kClasses;
+        r.correct += std::max_element(l, l + FmnistClassifier::kClasses) - l == labels[i0 + i];
+      }
+      line += strprintf("  %s %.2f s", r.name.c_str(), s);
+    }
+    if (!a.quiet) std::fprintf(stderr, "  batch %lld/%lld:%s\n", (long long)b + 1, (long long)nb, line.c_str());
+  }
+
+  // Scores. FID needs at least two images; "FID vs full" compares each plan with the full
+  // model's own images (same seeds), isolating what pruning changes.
+  const int F = FmnistClassifier::kFeatures;
+  const PlanRun* full = nullptr;
+  for (const auto& r : runs)
+    if (r.name == "full") full = &r;
+  std::vector<double> full_mu, full_sigma;
+  if (full && total >= 2) eval::feature_stats(full->features.data(), total, F, &full_mu, &full_sigma);
+  nlohmann::json jplans = nlohmann::json::array();
+  std::string md = strprintf("### fastvar eval: %s\n\n", model_name.c_str());
+  md += strprintf("%s  \n%lld images per plan (%d per class x %d classes), batch %d, seeds %llu.., cfg %g, "
+                  "top-k %d, top-p %g, %d thread(s) on %u core(s); FID against the Fashion-MNIST test set (10,000 images, "
+                  "classifier test accuracy %.4f)\n\n",
+                  engine->description.c_str(), (long long)total, a.per_class, K, a.batch,
+                  (unsigned long long)a.seed, a.cfg, a.top_k, a.top_p < 0 ? 0.96 : a.top_p, num_threads(),
+                  std::thread::hardware_concurrency(), clf->test_accuracy());
+  md += "| plan | FastVAR plan | time (s) | images/s | speedup vs full | FID | FID vs full | accuracy |\n";
+  md += "|---|---|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& r : runs) {
+    double fid = NAN, fid_full = NAN;
+    if (total >= 2) {
+      std::vector<double> mu, sigma;
+      eval::feature_stats(r.features.data(), total, F, &mu, &sigma);
+      fid = eval::frechet_distance(mu, sigma, clf->fid_mu(), clf->fid_sigma(), F);
+      if (full) fid_full = &r == full ? 0.0 : eval::frechet_distance(mu, sigma, full_mu, full_sigma, F);
+    }
+    const double speedup = full ? full->seconds / r.seconds : NAN;
+    const double acc = double(r.correct) / double(total);
+    const std::string desc = r.plan.describe(c.patch_nums);
+    md += strprintf("| %s | %s | %.2f | %.1f | %s | %s | %s | %.3f |\n", r.name.c_str(), desc.c_str(), r.seconds,
+                    total / r.seconds, fmt(speedup, "%.2fx").c_str(), fmt(fid, "%.2f").c_str(),
+                    fmt(fid_full, "%.2f").c_str(), acc);
+    auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
+    jplans.push_back({{"name", r.name}, {"plan", desc}, {"seconds", r.seconds}, {"images_per_s", total / r.seconds},
+                      {"speedup_vs_full", num(speedup)}, {"fid", num(fid)}, {"fid_vs_full", num(fid_full)},
+                      {"accuracy", acc}});
+  }
+  std::printf("%s", md.c_str());
+  std::fflush(stdout);
+  if (!a.md.empty() && !(std::ofstream(a.md) << md)) fail("cannot write %s", a.md.c_str());
+  if (!a.json.empty()) {
+    nlohmann::json j = {{"model", model_name}, {"config", engine->description}, {"threads", num_threads()},
+                        {"cores", std::thread::hardware_concurrency()}, {"per_class", a.per_class}, {"classes", K}, {"images_per_plan", total},
+                        {"batch", a.batch}, {"seed", a.seed}, {"cfg", a.cfg}, {"top_k", a.top_k},
+                        {"top_p", a.top_p < 0 ? 0.96 : a.top_p}, {"classifier_test_accuracy", clf->test_accuracy()},
+                        {"plans", jplans}};
+    if (!(std::ofstream(a.json) << j.dump(1) << "\n")) fail("cannot write %s", a.json.c_str());
+  }
+  return 0;
+}
+
+}  // namespace fastvar::cli
