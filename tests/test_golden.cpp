@@ -89,3 +89,20 @@ TEST(Golden, InfinityTinyAPassesInProcess) {
 
 }  // namespace
 }  // namespace fastvar
+
+namespace fastvar {
+namespace {
+
+TEST(Golden, ShippedModelMatchesItsPyTorchTrainingCode) {
+  // tools/train's PyTorch VAR (our own code, written from the spec) on the
+  // shipped Fashion-MNIST weights: another scale list (1..6, 8), Cvae 16, V 256,
+  // ch_mult (1,1,2), B = 2, cfg 3. VAR tolerances as for var_tiny_a.
+  std::FILE* sink = std::tmpfile();
+  GoldenSummary s = check_golden(std::string(FASTVAR_TEST_DATA) + "/golden/fmnist_a", sink);
+  std::fclose(sink);
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_GE(s.passed, 100);
+}
+
+}  // namespace
+}  // namespace fastvar
