@@ -160,9 +160,14 @@ TEST(CliErrors, UnwritableOutputLeavesNothing) {
   expect_clean_error(run_cli(gen("--class 1 -o " + d.path.string())), "directory");
   fs::create_directories(d.path / "ro");
   fs::permissions(d.path / "ro", fs::perms::owner_read | fs::perms::owner_exec);
-  if (::geteuid() != 0) {  // root ignores permission bits
+  if (::geteuid() != 0) {
     expect_clean_error(run_cli(gen("--class 1 -o " + d / "ro/x.png")), "not writable");
     EXPECT_FALSE(fs::exists(d / "ro/x.png"));
+  } else {
+    // root ignores permission bits; nobody can create a file in procfs, and the
+    // failure at write time must still be one line with nothing left behind.
+    expect_clean_error(run_cli(gen("--class 1 -q -o /proc/fastvar_cli_test.png")), "/proc/fastvar_cli_test.png");
+    EXPECT_FALSE(fs::exists("/proc/fastvar_cli_test.png"));
   }
   EXPECT_TRUE(fs::is_empty(d.path / "ro"));
 }

@@ -41,7 +41,6 @@ class Weights {
   std::string label_;
   std::set<std::string> used_;
   std::map<std::string, Tensor> converted_;
-  std::vector<Shape> shapes_;
   std::map<std::string, Shape> shape_cache_;
 };
 
