@@ -17,10 +17,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
-TEST(Golden, VarTinyAPassesInProcess) {
+// Runs check-golden in process on a folder, discarding the per-tensor lines.
+GoldenSummary run_golden(const std::string& dir) {
   std::FILE* sink = std::tmpfile();
-  GoldenSummary s = check_golden(test::golden_dir(), sink);
+  GoldenSummary s = check_golden(dir, sink);
   std::fclose(sink);
+  return s;
+}
+
+TEST(Golden, VarTinyAPassesInProcess) {
+  GoldenSummary s = run_golden(test::golden_dir());
   EXPECT_EQ(s.failed, 0);
   // 10 scales x (x_in, 4 blocks, attn in/out, logits raw/cfg, h, f_hat, next_in)
   // + AdaLN + KV + image + 28 FastVAR + 6 sampler tensors
@@ -42,9 +48,7 @@ TEST(Golden, PthContainerInPlaceOfSafetensors) {
   for (const char* f : {"config.json", "golden.safetensors", "vae_weights.safetensors"})
     fs::create_symlink(fs::path(test::golden_dir()) / f, dir.path / f);
   fs::copy_file(std::string(FASTVAR_TEST_DATA) + "/golden_pth/var_weights.pth", dir.path / "var_weights.pth");
-  std::FILE* sink = std::tmpfile();
-  GoldenSummary s = check_golden(dir.path.string(), sink);
-  std::fclose(sink);
+  GoldenSummary s = run_golden(dir.path.string());
   EXPECT_EQ(s.failed, 0);
   EXPECT_GE(s.passed, 160);
 }
@@ -69,37 +73,23 @@ TEST(Golden, MismatchIsReportedAsFailure) {
   EXPECT_NE(r.out.find("FAIL"), std::string::npos);
 }
 
-}  // namespace
-}  // namespace fastvar
-
-namespace fastvar {
-namespace {
 
 TEST(Golden, InfinityTinyAPassesInProcess) {
   // Official Infinity and FastVAR runs; tolerances of the folder's README:
   // hidden states / logits 1e-4 x max|ref|, codes 1e-6, image 1e-4 x max|ref|,
   // u8 image +-1, kept sets exactly.
-  std::FILE* sink = std::tmpfile();
-  GoldenSummary s = check_golden(std::string(FASTVAR_TEST_DATA) + "/golden/infinity_tiny_a", sink);
-  std::fclose(sink);
+  GoldenSummary s = run_golden(std::string(FASTVAR_TEST_DATA) + "/golden/infinity_tiny_a");
   EXPECT_EQ(s.failed, 0);
   EXPECT_EQ(s.not_compared, 0);
   EXPECT_GE(s.passed, 210);
 }
 
-}  // namespace
-}  // namespace fastvar
-
-namespace fastvar {
-namespace {
 
 TEST(Golden, ShippedModelMatchesItsPyTorchTrainingCode) {
   // tools/train's PyTorch VAR (our own code, written from the spec) on the
   // shipped Fashion-MNIST weights: another scale list (1..6, 8), Cvae 16, V 256,
   // ch_mult (1,1,2), B = 2, cfg 3. VAR tolerances as for var_tiny_a.
-  std::FILE* sink = std::tmpfile();
-  GoldenSummary s = check_golden(std::string(FASTVAR_TEST_DATA) + "/golden/fmnist_a", sink);
-  std::fclose(sink);
+  GoldenSummary s = run_golden(std::string(FASTVAR_TEST_DATA) + "/golden/fmnist_a");
   EXPECT_EQ(s.failed, 0);
   EXPECT_GE(s.passed, 100);
 }
