@@ -35,7 +35,7 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
 
 TEST(Classifier, MatchesPyTorchOnTestImages) {
   auto clf = classifier();
-  if (!clf) GTEST_SKIP() << "models/fmnist_classifier.safetensors not present";
+  ASSERT_TRUE(clf) << "models/fmnist_classifier.safetensors (shipped) is missing";
   auto ref = io::TensorFile::open(std::string(FASTVAR_TEST_DATA) + "/eval/classifier_ref.safetensors");
   const std::vector<float> images = floats(*ref, "images"), want_f = floats(*ref, "features"),
                            want_l = floats(*ref, "logits");
@@ -65,7 +65,7 @@ TEST(Classifier, MatchesPyTorchOnTestImages) {
 // Larger images are area-resized to 32x32 first: an 8x nearest upsampling comes back exactly.
 TEST(Classifier, AreaResizesLargerImages) {
   auto clf = classifier();
-  if (!clf) GTEST_SKIP() << "models/fmnist_classifier.safetensors not present";
+  ASSERT_TRUE(clf) << "models/fmnist_classifier.safetensors (shipped) is missing";
   auto ref = io::TensorFile::open(std::string(FASTVAR_TEST_DATA) + "/eval/classifier_ref.safetensors");
   const std::vector<float> images = floats(*ref, "images");
   const int64_t N = 2, S = 256;

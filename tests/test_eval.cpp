@@ -27,7 +27,7 @@ std::string classifier_arg() {
 }
 
 TEST(Eval, TableAndJsonForEveryPlan) {
-  if (!embedded_classifier_available() && classifier_arg().empty()) GTEST_SKIP() << "no classifier";
+  ASSERT_TRUE(embedded_classifier_available() || !classifier_arg().empty()) << "the shipped classifier is missing";
   test::TempDir d;
   auto r = run_cli("eval " + golden_pair() + classifier_arg() + " --per-class 1 --batch 10 -t 2 --md " + d / "t.md" +
                    " --json " + d / "r.json");
@@ -55,7 +55,7 @@ TEST(Eval, TableAndJsonForEveryPlan) {
 }
 
 TEST(Eval, PairedSeedsGiveTheSameScoresTwice) {
-  if (!embedded_classifier_available() && classifier_arg().empty()) GTEST_SKIP() << "no classifier";
+  ASSERT_TRUE(embedded_classifier_available() || !classifier_arg().empty()) << "the shipped classifier is missing";
   test::TempDir d;
   const std::string base = "eval " + golden_pair() + classifier_arg() + " --per-class 1 --plans full,fastvar -q";
   ASSERT_EQ(run_cli(base + " -t 1 --json " + d / "a.json").code, 0);
