@@ -60,7 +60,6 @@ class TensorFile {
 
  private:
   TensorFile() = default;
-  friend struct TensorFileBuilder;
 
   // Appends in file order; throws on a duplicate name.
   void add_tensor(TensorEntry e);
