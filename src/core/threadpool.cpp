@@ -16,7 +16,12 @@ thread_local bool t_in_worker = false;
 
 class Pool {
  public:
-  explicit Pool(int n) { resize(n); }
+  // OpenBLAS stays single-threaded: its own threads would spin (sched_yield)
+  // against these workers on every core. cpu::gemm splits large products here.
+  explicit Pool(int n) {
+    openblas_set_num_threads(1);
+    resize(n);
+  }
   ~Pool() { stop(); }
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
@@ -106,7 +111,6 @@ void set_num_threads(int n) {
   if (n <= 0) n = default_threads();
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (pool().size() != n) pool().resize(n);
-  openblas_set_num_threads(n);
 }
 
 int num_threads() { return pool().size(); }

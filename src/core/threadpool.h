@@ -8,7 +8,8 @@
 
 namespace fastvar {
 
-// Sets the number of threads used by parallel_for and by the BLAS library.
+// Sets the number of threads used by parallel_for (BLAS calls run on these
+// threads too: cpu::gemm splits large products across the pool).
 // n <= 0 means "all cores".
 void set_num_threads(int n);
 int num_threads();

@@ -67,17 +67,62 @@ namespace {
 // bench/bench_kernels.cpp, BM_Linear: the Highway kernel beats sgemm up to
 // about 8 rows on AVX-512).
 constexpr int64_t kSkinnyRows = 8;
-}  // namespace
+// Products below this many multiply-adds run on the calling thread.
+constexpr double kSplitWork = 1 << 21;
+// Panel sides are multiples of this (OpenBLAS's register tile is 16 wide).
+constexpr int64_t kPanel = 16;
 
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-          int64_t ldc) {
-  if (M == 0 || N == 0) return;
+
+void sgemm1(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+            int64_t ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
               static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
               static_cast<blasint>(ldc));
+}
+
+}  // namespace
+
+// OpenBLAS runs single-threaded (see core/threadpool.cpp): one pool owns the
+// cores, so BLAS threads never spin against our workers. A large product is cut
+// into panels of C along its longer side, one single-threaded sgemm per panel.
+// Every element keeps its own reduction order, so results do not depend on the
+// thread count.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  const int64_t threads = num_threads();
+  if (threads <= 1 || double(M) * N * K < kSplitWork) {
+    sgemm1(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (N >= M) {  // column panels: B's rows (trans_b) or columns, C's columns
+    const int64_t parts = std::min<int64_t>(threads, (N + kPanel - 1) / kPanel);
+    const int64_t step = (N + parts * kPanel - 1) / (parts * kPanel) * kPanel;
+    parallel_for(parts, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * step, n1 = std::min(N, n0 + step);
+        if (n0 >= n1) continue;
+        const float* Bp = trans_b ? B + n0 * ldb : B + n0;
+        sgemm1(trans_a, trans_b, M, n1 - n0, K, alpha, A, lda, Bp, ldb, beta, C + n0, ldc);
+      }
+    });
+  } else {  // row panels: A's rows (or columns if trans_a), C's rows
+    const int64_t parts = std::min<int64_t>(threads, (M + kPanel - 1) / kPanel);
+    const int64_t step = (M + parts * kPanel - 1) / (parts * kPanel) * kPanel;
+    parallel_for(parts, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t m0 = p * step, m1 = std::min(M, m0 + step);
+        if (m0 >= m1) continue;
+        const float* Ap = trans_a ? A + m0 : A + m0 * lda;
+        sgemm1(trans_a, trans_b, m1 - m0, N, K, alpha, Ap, lda, B, ldb, beta, C + m0 * ldc,
+               ldc);
+      }
+    });
+  }
 }
 
 void linear(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N,

@@ -1,4 +1,4 @@
-// GroupNorm (the VQVAE's only normalisation) and SiLU, vectorised with Highway
+// GroupNorm (the VQVAE's only normalisation), SiLU and GELU, vectorised with Highway
 // (runtime dispatch to the best SIMD target). A 512 px decode normalises ~1e9
 // values, so a scalar loop with libm expf would cost seconds.
 #include <algorithm>
@@ -73,6 +73,30 @@ void Affine(const float* x, float* y, int64_t n, float a, float b, bool silu) {
   }
 }
 
+template <class D, class V>
+HWY_INLINE V GeluTanhV(D d, V v) {
+  // 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))); Highway's tanh saturates
+  // to +-1 for large |x|.
+  const auto inner = hn::Mul(hn::Set(d, 0.7978845608028654f),
+                             hn::MulAdd(hn::Mul(hn::Set(d, 0.044715f), hn::Mul(v, v)), v, v));
+  const auto t = hn::Tanh(d, inner);
+  return hn::Mul(hn::Mul(hn::Set(d, 0.5f), v), hn::Add(hn::Set(d, 1.f), t));
+}
+
+// In-place tanh-approximated GELU over n values.
+void GeluTanh(float* x, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(GeluTanhV(d, hn::LoadU(d, x + i)), d, x + i);
+  if (i < n) {
+    HWY_ALIGN float buf[hn::MaxLanes(d)] = {};
+    std::copy(x + i, x + n, buf);
+    hn::Store(GeluTanhV(d, hn::Load(d, buf)), d, buf);
+    std::copy(buf, buf + (n - i), x + i);
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace fastvar::cpu
 HWY_AFTER_NAMESPACE();
@@ -86,6 +110,7 @@ namespace fastvar::cpu {
 
 HWY_EXPORT(ShiftedMoments);
 HWY_EXPORT(Affine);
+HWY_EXPORT(GeluTanh);
 
 void group_norm(const float* x, float* y, int64_t C, int64_t HW, int groups, float eps,
                 const float* gamma, const float* beta, bool fuse_silu) {
@@ -123,6 +148,11 @@ void silu(const float* x, float* y, int64_t n) {
         HWY_DYNAMIC_DISPATCH(Affine)(x + b, y + b, e - b, 1.f, 0.f, true);
       },
       1 << 14);
+}
+
+void gelu_tanh(float* x, int64_t n) {
+  parallel_for(
+      n, [&](int64_t b, int64_t e) { HWY_DYNAMIC_DISPATCH(GeluTanh)(x + b, e - b); }, 1 << 14);
 }
 
 }  // namespace fastvar::cpu

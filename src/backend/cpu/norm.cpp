@@ -1,4 +1,4 @@
-// LayerNorm + AdaLN modulation and the element-wise activations of the transformer.
+// LayerNorm + AdaLN modulation of the transformer.
 #include <cmath>
 
 #include "backend/cpu/ops.h"
@@ -31,16 +31,6 @@ void layernorm_modulate(const float* x, float* y, int64_t rows, int64_t C, float
       }
     }
   }, 4);
-}
-
-void gelu_tanh(float* x, int64_t n) {
-  const float k = 0.7978845608028654f;  // sqrt(2/pi)
-  parallel_for(n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      float v = x[i];
-      x[i] = 0.5f * v * (1.f + std::tanh(k * (v + 0.044715f * v * v * v)));
-    }
-  }, 1 << 14);
 }
 
 }  // namespace fastvar::cpu
