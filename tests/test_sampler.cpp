@@ -2,7 +2,9 @@
 // (The filters are also checked against the official outputs in check-golden.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <limits>
 #include <set>
 #include <vector>
@@ -70,6 +72,42 @@ TEST(Sampler, TopPRemovesLowMassPrefixButKeepsTheBest) {
   std::vector<float> tiny = {3, 1};
   filter_top_k_top_p(tiny.data(), 2, 0, 1e-6);  // the largest always survives
   EXPECT_EQ(tiny[0], 3.f);
+}
+
+// Plain top-p over all V entries: a stable ascending sort of every index
+// (including those already at -inf), softmax, double running mass.
+void top_p_reference(std::vector<float>& lg, double top_p) {
+  const int64_t V = static_cast<int64_t>(lg.size());
+  std::vector<int64_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lg[a] < lg[b]; });
+  std::vector<float> sorted(V), p(V);
+  for (int64_t i = 0; i < V; ++i) sorted[i] = lg[order[i]];
+  softmax(sorted.data(), p.data(), V);
+  double cum = 0;
+  for (int64_t i = 0; i + 1 < V; ++i) {
+    cum += p[i];
+    if (static_cast<float>(cum) <= static_cast<float>(1.0 - top_p)) lg[order[i]] = kNegInf;
+  }
+}
+
+TEST(Sampler, TopKTopPMatchAPlainFullSort) {
+  // Random logits with many ties (values on a coarse grid), top-k first so that
+  // the top-p pass sees -inf entries, as in generation.
+  uint32_t state = 12345;
+  auto next = [&] { return state = state * 1664525u + 1013904223u; };
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t V = 50 + next() % 300;
+    std::vector<float> lg(V);
+    for (float& v : lg) v = static_cast<float>(static_cast<int>(next() % 41) - 20) * 0.25f;
+    const int k = static_cast<int>(next() % (V + 5));
+    const double top_p = (next() % 100) / 100.0;
+    std::vector<float> ours = lg, ref = lg;
+    filter_top_k_top_p(ours.data(), V, k, top_p);
+    filter_top_k_top_p(ref.data(), V, k, 0.0);
+    if (top_p > 0.0) top_p_reference(ref, top_p);
+    ASSERT_EQ(ours, ref) << "trial " << trial << " V " << V << " k " << k << " p " << top_p;
+  }
 }
 
 TEST(Sampler, DrawFollowsTheCdfAndSkipsZeroMass) {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 
+#include "core/arena.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 
@@ -26,6 +27,8 @@ struct BranchSpec {
   Tensor* cache = nullptr; // this block's cached output of this branch (R, hc*wc, C)
   int cache_h = 0, cache_w = 0;
   bool store = false;      // this is the cache scale: keep the full output in *cache
+                           // (copied into *cache when it already has the size)
+  Arena* arena = nullptr;  // scratch for the branch's temporaries (null: heap)
 };
 
 // x (R, h*w, C) += branch(x) with the FastVAR plan of `s`.

@@ -20,27 +20,38 @@ void cfg_mix(const float* logits, int B, int64_t n, int64_t V, float w, float* o
 
 void filter_top_k_top_p(float* logits, int64_t V, int top_k, double top_p) {
   const float ninf = -std::numeric_limits<float>::infinity();
+  // Per-thread scratch: sampling runs once per token inside the scale loop.
+  thread_local std::vector<float> tmp, sorted, p;
+  thread_local std::vector<int64_t> order;
   if (top_k > 0 && top_k < V) {
-    std::vector<float> tmp(logits, logits + V);
+    tmp.assign(logits, logits + V);
     std::nth_element(tmp.begin(), tmp.begin() + (top_k - 1), tmp.end(), std::greater<float>());
     const float thr = tmp[top_k - 1];  // k-th largest; ties with it survive
     for (int64_t i = 0; i < V; ++i)
       if (logits[i] < thr) logits[i] = ninf;
   }
   if (top_p > 0.0) {
-    std::vector<int64_t> order(V);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return logits[a] < logits[b]; });
-    std::vector<float> sorted(V), p(V);
-    for (int64_t i = 0; i < V; ++i) sorted[i] = logits[order[i]];
-    softmax(sorted.data(), p.data(), V);
+    // Ascending by logit, ties by index (= a stable sort of 0..V-1). Entries
+    // already at -inf have zero mass: they would sort first and change neither
+    // the softmax sum nor the running mass, so only finite ones are sorted.
+    order.clear();
+    for (int64_t i = 0; i < V; ++i)
+      if (logits[i] != ninf) order.push_back(i);
+    const int64_t n = static_cast<int64_t>(order.size());
+    if (n == 0) return;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return logits[a] < logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    sorted.resize(size_t(n));
+    p.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) sorted[i] = logits[order[i]];
+    softmax(sorted.data(), p.data(), n);
     // Remove the ascending prefix whose cumulative mass is <= 1 - top_p; the
     // largest logit always stays. Like torch on the CPU, the running sum is
     // kept in double and each prefix sum rounded to float before comparing.
     double cum = 0.0;
     const float limit = static_cast<float>(1.0 - top_p);
-    for (int64_t i = 0; i + 1 < V; ++i) {
+    for (int64_t i = 0; i + 1 < n; ++i) {
       cum += p[i];
       if (static_cast<float>(cum) <= limit) logits[order[i]] = ninf;
     }

@@ -38,9 +38,13 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
   const int64_t Cv = cfg.Cvae, V = cfg.V;
   VarGenResult res;
   var::VarModel::Conditioning cd = model.condition(p.labels, p.tap);
-  var::VarModel::State st = model.new_state(R);
+  // Everything the scale loop writes is allocated here: the KV cache, the
+  // FastVAR caches and the activation arena (state), the latent, the next
+  // scale's input and the sampled indices.
+  var::VarModel::State st = model.new_state(R, &p.plan);
   Tensor f_hat({B, Cv, P, P});
-  Tensor next_in;
+  Tensor next_buf({B, Cv, P, P});
+  std::vector<int64_t> idx_buf(size_t(B) * P * P);
   const int last = SN - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
 
   for (int si = 0; si < SN; ++si) {
@@ -57,8 +61,9 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
       continue;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    const std::string sp = "s" + std::to_string(si) + ".";
-    Tensor x = model.scale_input(si, cd, si == 0 ? nullptr : next_in.data());
+    ArenaScope scope(&st.arena);
+    const std::string sp = p.tap ? "s" + std::to_string(si) + "." : std::string();
+    Tensor x = model.scale_input(si, cd, si == 0 ? nullptr : next_buf.data(), &st.arena);
     if (p.tap) p.tap(sp + "x_in", x);
     const ScalePlan plan = scale_plan(p.plan, si);
     model.run_blocks(si, pn, pn, x, cd, st, plan, p.tap);
@@ -82,19 +87,20 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
         p.tap("l" + std::to_string(b) + ".kv_v_after_s" + std::to_string(si), v);
       }
     }
-    Tensor logits = model.head(x, cd);
+    Tensor logits = model.head(x, cd, &st.arena);
     if (p.tap) p.tap(sp + "logits_raw", logits);
     const float w = SN > 1 ? p.cfg * static_cast<float>(si) / static_cast<float>(SN - 1) : 0.f;
-    Tensor mixed({B, n, V});
+    Tensor mixed = st.arena.alloc({B, n, V});
     cfg_mix(logits.data(), B, n, V, w, mixed.data());
     if (p.tap) p.tap(sp + "logits_cfg", mixed);
 
-    std::vector<int64_t> idx(size_t(B) * n);
+    int64_t* idx = idx_buf.data();
     if (p.teacher) {
-      p.teacher(si, B, n, idx.data());
+      p.teacher(si, B, n, idx);
     } else {
       parallel_for(B * n, [&](int64_t i0, int64_t i1) {
-        std::vector<float> probs(V);
+        thread_local std::vector<float> probs;
+        probs.resize(size_t(V));
         for (int64_t i = i0; i < i1; ++i) {
           float* lg = mixed.data() + i * V;
           filter_top_k_top_p(lg, V, p.top_k, p.top_p);
@@ -105,14 +111,14 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
         }
       }, 8);
     }
-    Tensor h({B, Cv, pn, pn});
-    vae.embed(idx.data(), B, pn, pn, h.data());
+    Tensor h = st.arena.alloc({B, Cv, pn, pn});
+    vae.embed(idx, B, pn, pn, h.data());
     if (p.tap) p.tap(sp + "h", h);
-    vae.accumulate(h.data(), B, pn, pn, si, SN, f_hat.data(), P, P);
+    vae.accumulate(h.data(), B, pn, pn, si, SN, f_hat.data(), P, P, &st.arena);
     if (p.tap) p.tap(sp + "f_hat", f_hat);
     if (si < last) {
       const int pn2 = cfg.patch_nums[si + 1];
-      next_in = Tensor({B, Cv, pn2, pn2});
+      Tensor next_in = Tensor::view(next_buf.data(), {B, Cv, pn2, pn2});
       vae.next_input(f_hat.data(), B, P, P, pn2, pn2, next_in.data());
       if (p.tap) p.tap(sp + "next_in", next_in);
     }
@@ -129,6 +135,8 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
     p.tap("f_hat", f_hat);
   }
   res.f_hat = f_hat;
+  res.arena_high_water_bytes = st.arena.high_water() * int64_t(sizeof(float));
+  res.arena_spills = st.arena.spills();
   st = {};  // the KV cache is not needed by the decoder: lower the peak memory
   if (p.decode) {
     const auto t0 = std::chrono::steady_clock::now();

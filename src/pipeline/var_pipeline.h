@@ -42,6 +42,8 @@ struct VarGenResult {
   Tensor f_hat;   // (B, Cvae, P, P)
   std::vector<ScaleStats> scales;
   double transformer_ms = 0, decode_ms = 0, total_ms = 0;
+  int64_t arena_high_water_bytes = 0;  // activation arena of the scale loop
+  int64_t arena_spills = 0;            // requests that did not fit it (0 = none)
 };
 
 // Throws fastvar::Error for a class, option or plan the model cannot run.

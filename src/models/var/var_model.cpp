@@ -202,7 +202,7 @@ VarModel::Conditioning VarModel::condition(const std::vector<int>& labels, const
   return cd;
 }
 
-VarModel::State VarModel::new_state(int rows) const {
+VarModel::State VarModel::new_state(int rows, const fastvar::PrunePlan* plan) const {
   State st;
   st.rows = rows;
   st.cap = cfg_.L;
@@ -213,13 +213,34 @@ VarModel::State VarModel::new_state(int rows) const {
   st.len.assign(cfg_.depth, 0);
   st.ctr_attn.resize(cfg_.depth);
   st.ctr_ffn.resize(cfg_.depth);
+  if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
+    const int64_t pc = cfg_.patch_nums[plan->cache_scale];
+    for (int b = std::max(plan->layer_begin, 0); b < cfg_.depth && b <= plan->layer_end; ++b) {
+      st.ctr_attn[b] = Tensor({rows, pc * pc, cfg_.C});
+      st.ctr_ffn[b] = Tensor({rows, pc * pc, cfg_.C});
+    }
+  }
+  st.arena.reserve(workspace_floats(rows));
   return st;
 }
 
-Tensor VarModel::scale_input(int si, const Conditioning& cd, const float* next_in) const {
+int64_t VarModel::workspace_floats(int rows) const {
+  // The largest scale, every tensor it can hold at once, summed (a bound, not
+  // the exact peak): the residual stream and head; a branch's scores, gathered
+  // input, output and restored map; the larger of attention (LN, qkv, out) and
+  // FFN (LN, hidden); CFG-mixed logits, token embeddings; 64-byte alignment.
+  const int64_t R = rows, B = (rows + 1) / 2, C = cfg_.C, F = cfg_.ffn, V = cfg_.V;
+  const int64_t P = cfg_.patch_nums.back(), l = P * P;
+  const int64_t scale = R * l * (2 * C + V) + B * l * (V + 2 * cfg_.Cvae) + l * cfg_.Cvae;
+  const int64_t branch = R * l * (3 * C + 1 + 1) + R * l * std::max(5 * C, C + F);
+  return scale + branch + 64 * 16;
+}
+
+Tensor VarModel::scale_input(int si, const Conditioning& cd, const float* next_in,
+                             Arena* arena) const {
   const int R = cd.rows, B = R / 2;
   const int64_t C = cfg_.C, pn = cfg_.patch_nums[si], l = pn * pn, t0 = cfg_.scale_begin[si];
-  Tensor x({R, l, C});
+  Tensor x = scratch(arena, {R, l, C});
   const float* lvl = lvl_embed_.data() + si * C;
   if (si == 0) {
     for (int r = 0; r < R; ++r)
@@ -231,7 +252,8 @@ Tensor VarModel::scale_input(int si, const Conditioning& cd, const float* next_i
     return x;
   }
   const int64_t Cv = cfg_.Cvae;
-  Tensor tok({B, l, Cv});
+  ArenaScope scope(arena);  // tok is released; x was taken before the mark
+  Tensor tok = scratch(arena, {B, l, Cv});
   for (int b = 0; b < B; ++b)
     for (int64_t t = 0; t < l; ++t)
       for (int64_t c = 0; c < Cv; ++c) tok.data()[(b * l + t) * Cv + c] = next_in[(b * Cv + c) * l + t];
@@ -252,12 +274,13 @@ void VarModel::attn_branch(int b, const Tensor& xs, const float* scale, const fl
   const Block& B = blocks_[b];
   const int R = static_cast<int>(xs.dim(0));
   const int64_t n = xs.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
-  Tensor h({R, n, C});
+  Arena* arena = &st.arena;
+  Tensor h = scratch(arena, {R, n, C});
   for (int r = 0; r < R; ++r)
     cpu::layernorm_modulate(xs.data() + r * n * C, h.data() + r * n * C, n, C, cfg_.eps,
                             scale + r * 6 * C, shift + r * 6 * C);
   if (tap) tap(tap_prefix + "attn_in", h);
-  Tensor qkv({R, n, 3 * C});
+  Tensor qkv = scratch(arena, {R, n, 3 * C});
   cpu::linear(h.data(), B.qkv_w.data(), B.qkv_bias.data(), qkv.data(), R * n, 3 * C, C);
   const int len0 = st.len[b];
   if (len0 + n > st.cap) fail("KV cache overflow in block %d", b);
@@ -286,7 +309,7 @@ void VarModel::attn_branch(int b, const Tensor& xs, const float* scale, const fl
     }
   st.len[b] = len0 + static_cast<int>(n);
   const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
-  Tensor o({R, n, C});
+  Tensor o = scratch(arena, {R, n, C});
   for (int r = 0; r < R; ++r)
     cpu::attention(qkv.data() + r * n * 3 * C, 3 * C, st.k[b].data() + r * H * st.cap * hd,
                    st.v[b].data() + r * H * st.cap * hd, st.cap * hd, o.data() + r * n * C, n,
@@ -296,15 +319,15 @@ void VarModel::attn_branch(int b, const Tensor& xs, const float* scale, const fl
 }
 
 void VarModel::ffn_branch(int b, const Tensor& xs, const float* scale, const float* shift,
-                          Tensor& out) const {
+                          Tensor& out, Arena* arena) const {
   const Block& B = blocks_[b];
   const int R = static_cast<int>(xs.dim(0));
   const int64_t n = xs.dim(1), C = cfg_.C, F = cfg_.ffn;
-  Tensor h({R, n, C});
+  Tensor h = scratch(arena, {R, n, C});
   for (int r = 0; r < R; ++r)
     cpu::layernorm_modulate(xs.data() + r * n * C, h.data() + r * n * C, n, C, cfg_.eps,
                             scale + r * 6 * C, shift + r * 6 * C);
-  Tensor mid({R, n, F});
+  Tensor mid = scratch(arena, {R, n, F});
   cpu::linear(h.data(), B.fc1_w.data(), B.fc1_b.data(), mid.data(), R * n, F, C);
   cpu::gelu_tanh(mid.data(), R * n * F);
   cpu::linear(mid.data(), B.fc2_w.data(), B.fc2_b.data(), out.data(), R * n, C, F);
@@ -333,6 +356,7 @@ void VarModel::run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning&
     bs.cache_h = st.ctr_h;
     bs.cache_w = st.ctr_w;
     bs.store = plan.caches(b);
+    bs.arena = &st.arena;
     const std::string lp = sp + "l" + std::to_string(b) + (which ? ".ffn_" : ".attn_");
     BranchTap btap;
     if (tap) btap = [&](const char* what, const Tensor& t) { tap(lp + what, t); };
@@ -340,7 +364,7 @@ void VarModel::run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning&
       if (which == 0)
         attn_branch(b, xs, ada + 2 * C, ada + 4 * C, st, y, tap, sp + "l" + std::to_string(b) + ".");
       else
-        ffn_branch(b, xs, ada + 3 * C, ada + 5 * C, y);
+        ffn_branch(b, xs, ada + 3 * C, ada + 5 * C, y, &st.arena);
       const int64_t n = xs.dim(1);
       for (int r = 0; r < R; ++r) {
         const float* gam = ada + (r * 6 + which) * C;  // gamma1 or gamma2
@@ -357,14 +381,15 @@ void VarModel::run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning&
   }
 }
 
-Tensor VarModel::head(const Tensor& x, const Conditioning& cd) const {
+Tensor VarModel::head(const Tensor& x, const Conditioning& cd, Arena* arena) const {
   const int R = cd.rows;
   const int64_t l = x.dim(1), C = cfg_.C, V = cfg_.V;
-  Tensor h({R, l, C});
+  Tensor logits = scratch(arena, {R, l, V});  // before the mark: returned
+  ArenaScope scope(arena);
+  Tensor h = scratch(arena, {R, l, C});
   for (int r = 0; r < R; ++r)
     cpu::layernorm_modulate(x.data() + r * l * C, h.data() + r * l * C, l, C, cfg_.eps,
                             cd.ada_head.data() + r * 2 * C, cd.ada_head.data() + r * 2 * C + C);
-  Tensor logits({R, l, V});
   cpu::linear(h.data(), head_w_.data(), head_b_.data(), logits.data(), R * l, V, C);
   return logits;
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 #include "models/weights.h"
@@ -48,28 +49,35 @@ class VarModel {
   };
   Conditioning condition(const std::vector<int>& labels, const Tap& tap = nullptr) const;
 
-  // Per-block key/value cache (normalised keys, biased values), and the FastVAR
-  // branch-output caches of the cache scale.
+  // Per-block key/value cache (normalised keys, biased values), the FastVAR
+  // branch-output caches of the cache scale, and the activation arena. All of
+  // it is allocated by new_state, before the scale loop.
   struct State {
     int rows = 0, cap = 0;
     std::vector<Tensor> k, v;  // per block (R, H, cap, hd)
     std::vector<int> len;      // cached tokens per block
     std::vector<Tensor> ctr_attn, ctr_ffn;  // per block (R, h_c*w_c, C) or empty
-    int ctr_h = 0, ctr_w = 0;
+    int ctr_h = 0, ctr_w = 0;  // map of the stored caches (0 until the cache scale ran)
+    Arena arena;               // every activation of one scale (released per scale)
   };
-  State new_state(int rows) const;
+  // `plan` (may be null) sizes the FastVAR caches up front.
+  State new_state(int rows, const fastvar::PrunePlan* plan = nullptr) const;
+  // Floats of activation scratch one scale needs at most (the arena's size).
+  int64_t workspace_floats(int rows) const;
 
   // Transformer input of scale si. si == 0: SOS from the conditioning;
   // otherwise word_embed(next_in) + positions, where next_in is (B, Cvae, ph, pw)
-  // and the result is repeated for the CFG rows. Returns (R, l, C).
-  Tensor scale_input(int si, const Conditioning& c, const float* next_in) const;
+  // and the result is repeated for the CFG rows. Returns (R, l, C), from `arena`
+  // when given.
+  Tensor scale_input(int si, const Conditioning& c, const float* next_in,
+                     Arena* arena = nullptr) const;
 
   // Runs every block on x (R, l, C) in place for scale si with map ph x pw.
   void run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning& c, State& st,
                   const fastvar::ScalePlan& plan, const Tap& tap) const;
 
   // logits (R, l, V) = head(AdaLN_head(x)).
-  Tensor head(const Tensor& x, const Conditioning& c) const;
+  Tensor head(const Tensor& x, const Conditioning& c, Arena* arena = nullptr) const;
 
  private:
   struct Block {
@@ -83,7 +91,7 @@ class VarModel {
   void attn_branch(int b, const Tensor& xs, const float* scale, const float* shift, State& st,
                    Tensor& out, const Tap& tap, const std::string& tap_prefix) const;
   void ffn_branch(int b, const Tensor& xs, const float* scale, const float* shift,
-                  Tensor& out) const;
+                  Tensor& out, Arena* arena) const;
 
   VarConfig cfg_;
   Tensor pos_start_, pos_, word_w_, word_b_, class_emb_, lvl_embed_;

@@ -239,15 +239,16 @@ void VQVAE::phi(int k, const float* x, int H, int W, float* y) const {
 }
 
 void VQVAE::accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat, int PH,
-                       int PW) const {
+                       int PW, Arena* arena) const {
   const int k = phi_index(si, SN);
   const bool last = si == SN - 1;
   if (last && (ph != PH || pw != PW))
     fail("last scale is %dx%d but f_hat is %dx%d", ph, pw, PH, PW);
   const int64_t C = cfg_.Cvae, n = C * PH * PW;
-  Tensor up, out({C, PH, PW});
+  ArenaScope scope(arena);
+  Tensor up, out = scratch(arena, {C, PH, PW});
   if (!last) {  // resize first, conv at full resolution (spec section 6)
-    up = Tensor({int64_t(B), C, PH, PW});
+    up = scratch(arena, {int64_t(B), C, PH, PW});
     cpu::resize_bicubic(h, B * C, ph, pw, up.data(), PH, PW);  // batch = more channels
   }
   for (int b = 0; b < B; ++b) {

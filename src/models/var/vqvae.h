@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/tensor.h"
 #include "models/weights.h"
 
@@ -61,7 +62,7 @@ class VQVAE {
   // f_hat (B, Cvae, PH, PW) += phi_k(bicubic(h -> PH x PW)) for si < SN-1, and
   // += phi_k(h) for the last scale (which must already be PH x PW).
   void accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat, int PH,
-                  int PW) const;
+                  int PW, Arena* arena = nullptr) const;
   // Next-scale input: area resize of f_hat (B, Cvae, PH, PW) -> out (B, Cvae, ph, pw).
   void next_input(const float* f_hat, int B, int PH, int PW, int ph, int pw, float* out) const;
   // phi_k(x) for one image (Cvae, H, W) -> y (may not alias x).
