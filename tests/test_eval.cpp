@@ -26,13 +26,21 @@ std::string classifier_arg() {
   return std::filesystem::exists(path) ? " --classifier " + path : std::string();
 }
 
+TEST(Eval, CustomPlanErrors) {
+  for (const char* bad : {"'nameonly'", "'x:bogus=1'", "'x:cache=-2'", "'x:prune=9:1.5'", "'x:prune=3:0.5;cache=7'"}) {
+    auto r = run_cli("eval " + golden_pair() + classifier_arg() + " --per-class 1 --plan " + bad);
+    EXPECT_NE(r.code, 0) << bad;
+    EXPECT_NE(r.out.find("fastvar: error:"), std::string::npos) << bad << ": " << r.out;
+  }
+}
+
 TEST(Eval, TableAndJsonForEveryPlan) {
   ASSERT_TRUE(embedded_classifier_available() || !classifier_arg().empty()) << "the shipped classifier is missing";
   test::TempDir d;
-  auto r = run_cli("eval " + golden_pair() + classifier_arg() + " --per-class 1 --batch 10 -t 2 --md " + d / "t.md" +
+  auto r = run_cli("eval " + golden_pair() + classifier_arg() + " --per-class 1 --batch 10 -t 2 --plan 'gentle:prune=9:0.3;cache=7;layers=1-2' --md " + d / "t.md" +
                    " --json " + d / "r.json");
   ASSERT_EQ(r.code, 0) << r.out;
-  for (const char* row : {"| full |", "| fastvar |", "| skip |", "| box |"})
+  for (const char* row : {"| full |", "| fastvar |", "| skip |", "| box |", "| gentle |"})
     EXPECT_NE(r.out.find(row), std::string::npos) << row << " missing in: " << r.out;
   EXPECT_NE(r.out.find("FID vs full"), std::string::npos);
   std::ifstream md(d / "t.md");
@@ -40,7 +48,7 @@ TEST(Eval, TableAndJsonForEveryPlan) {
   nlohmann::json j = nlohmann::json::parse(std::ifstream(d / "r.json"));
   EXPECT_EQ(j["images_per_plan"], 10);
   EXPECT_GE(j["threads"].get<int>(), 1);
-  ASSERT_EQ(j["plans"].size(), 4u);
+  ASSERT_EQ(j["plans"].size(), 5u);
   for (const auto& p : j["plans"]) {
     ASSERT_TRUE(p["fid"].is_number()) << p.dump();
     EXPECT_TRUE(std::isfinite(p["fid"].get<double>())) << p.dump();

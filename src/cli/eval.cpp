@@ -6,11 +6,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <thread>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -44,6 +46,45 @@ PrunePlan plan_for(const std::string& name, const var::VarConfig& c) {
   return plan_from_params(base, c.SN(), c.depth, q);
 }
 
+// "NAME:prune=5:0.3,6:0.5;cache=4;skip=0;layers=1-4;score=box" -> (NAME, plan).
+std::pair<std::string, PrunePlan> custom_plan(const std::string& spec, const var::VarConfig& c) {
+  const size_t colon = spec.find(':');
+  if (colon == std::string::npos || colon == 0)
+    fail("--plan '%s': expected NAME:key=value;... (keys prune, cache, skip, layers, score)", spec.c_str());
+  const std::string name = spec.substr(0, colon);
+  fastvar_params q = fastvar_params_default();
+  std::string prune, score;
+  int layer_begin = -1, layer_end = -1;
+  auto to_int = [&](const std::string& key, const std::string& v) {
+    char* end = nullptr;
+    const long x = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end || x < 0 || x > 1000) fail("--plan %s: %s=%s is not a count", name.c_str(), key.c_str(), v.c_str());
+    return static_cast<int>(x);
+  };
+  size_t b = colon + 1;
+  while (b <= spec.size()) {
+    size_t e = spec.find(';', b);
+    if (e == std::string::npos) e = spec.size();
+    const std::string kv = spec.substr(b, e - b);
+    b = e + 1;
+    if (kv.empty()) continue;
+    const size_t eq = kv.find('=');
+    const std::string key = kv.substr(0, eq), val = eq == std::string::npos ? "" : kv.substr(eq + 1);
+    if (eq == std::string::npos) fail("--plan %s: '%s' is not key=value", name.c_str(), kv.c_str());
+    if (key == "prune") prune = val;
+    else if (key == "cache") q.cache_scale = to_int(key, val);
+    else if (key == "skip") q.skip_last = to_int(key, val);
+    else if (key == "score") score = val;
+    else if (key == "layers") parse_layer_range(val, &layer_begin, &layer_end);
+    else fail("--plan %s: unknown key '%s' (expected prune, cache, skip, layers, score)", name.c_str(), key.c_str());
+  }
+  if (!prune.empty()) q.prune = prune.c_str();
+  if (!score.empty()) q.score = score.c_str();
+  q.prune_layer_begin = layer_begin;
+  q.prune_layer_end = layer_end;
+  return {name, plan_from_params(default_var_plan(c), c.SN(), c.depth, q)};
+}
+
 // Refuses an output we could not write before minutes of generation.
 void check_writable(const std::string& path) {
   if (path.empty()) return;
@@ -61,7 +102,7 @@ std::string fmt(double v, const char* f) { return std::isfinite(v) ? strprintf(f
 int run_eval(const EvalArgs& a) {
   if (a.per_class < 1) fail("--per-class %d must be >= 1", a.per_class);
   if (a.batch < 1) fail("--batch %d must be >= 1", a.batch);
-  if (a.plans.empty()) fail("--plans: give at least one of full, fastvar, skip, box");
+  if (a.plans.empty() && a.custom.empty()) fail("--plans: give at least one of full, fastvar, skip, box");
   if (a.model.empty() != a.vae.empty()) fail("-m and --vae go together (give neither for the embedded model)");
   check_writable(a.md);
   check_writable(a.json);
@@ -82,6 +123,13 @@ int run_eval(const EvalArgs& a) {
     PlanRun r;
     r.name = name;
     r.plan = plan_for(name, c);
+    runs.push_back(std::move(r));
+  }
+  for (const auto& spec : a.custom) {
+    PlanRun r;
+    std::tie(r.name, r.plan) = custom_plan(spec, c);
+    for (const auto& o : runs)
+      if (o.name == r.name) fail("--plan: '%s' given twice", r.name.c_str());
     runs.push_back(std::move(r));
   }
 

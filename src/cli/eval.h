@@ -16,6 +16,9 @@ struct EvalArgs {
   std::string classifier;  // default: the embedded classifier
   int per_class = 100, batch = 50, threads = 0;  // 1,000 images per plan: ~3 min on 2 cores
   std::vector<std::string> plans = {"full", "fastvar", "skip", "box"};
+  // Extra plans, each "NAME:key=value;..." with keys prune (SCALE:RATIO,...),
+  // cache, skip, layers (A-B) and score; unset keys keep the model's default.
+  std::vector<std::string> custom;
   uint64_t seed = 0;
   float cfg = 4.f, top_p = -1.f;
   int top_k = 900;

@@ -1,6 +1,7 @@
 // fastvar: command-line front end (conventions of stable-diffusion.cpp).
 //   fastvar generate [-m MODEL --vae VAE] --class N|NAME [-n COUNT] [-s SEED] ... -o out.png
-//   fastvar eval [-m MODEL --vae VAE] [-n PER_CLASS] [--plans full,fastvar,skip,box] [--md F] [--json F]
+//   fastvar eval [-m MODEL --vae VAE] [-n PER_CLASS] [--plans full,fastvar,skip,box]
+//                [--plan NAME:prune=S:R,...;cache=S;skip=N;layers=A-B;score=box] [--md F] [--json F]
 //   fastvar info FILE
 //   fastvar check-golden DIR
 #include <CLI/CLI.hpp>
@@ -355,6 +356,8 @@ int main(int argc, char** argv) {
   eval->add_option("-n,--per-class", ev.per_class, "Images per class and plan (default 100)")->check(CLI::Range(1, 100000));
   eval->add_option("--batch", ev.batch, "Images per generation batch (default 50)")->check(CLI::Range(1, 4096));
   eval->add_option("--plans", ev.plans, "Plans to compare (default full,fastvar,skip,box)")->delimiter(',');
+  eval->add_option("--plan", ev.custom,
+                   "Extra plan NAME:key=value;... (keys prune=S:R,..., cache, skip, layers=A-B, score); repeatable");
   eval->add_option("-s,--seed", ev.seed, "Base seed (batch b uses seed + b, the same for every plan)");
   eval->add_option("--cfg", ev.cfg, "Classifier-free guidance (default 4)")->check(CLI::Range(0.f, 100.f));
   eval->add_option("--top-k", ev.top_k, "Top-k filtering (0 = off, default 900)")->check(CLI::Range(0, 1 << 30));
