@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""PyTorch baseline for VAR generation on the CPU, to compare fastvar.cpp with PyTorch on the same
+machine (bench/run_vs_torch.sh runs both, interleaved).
+
+Builds the release shapes with the project's own PyTorch code (tools/train/var_model.py VAR,
+tools/train/vqvae.py Decoder / MultiScaleVQ) and seeded random weights (timing does not depend on the
+values; the small training init keeps generation finite): VAR-d16 (C 1024, H 16, FFN 4096) or d30
+(C 1920, H 30), 1000 classes, V 4096, Cvae 32, cosine attention, scales 1,2,3,4,5,6,8,10,13,16 (256 px);
+VQVAE decoder ch 160, ch_mult (1,1,2,2,4), 2 res blocks, z 32, share_quant_resi 4 (the encoder, unused
+for generation, is not built). Generation: B 1, class 207, cfg 4, top_k 900, top_p 0.96, seeded
+generator, torch.inference_mode(); one untimed warm-up run, then --runs timed runs of the transformer
+(VAR.infer_cfg, incl. sampling and the residual quantiser) and of the decode (post_quant_conv, decoder,
+clamp to [0,1]). --dtype bf16 wraps both in torch.autocast('cpu', dtype=torch.bfloat16) (fp32 weights,
+as a user would run PyTorch's own bf16 on the CPU). torch 1.13's CPU GroupNorm rejects the bf16 activations
+autocast hands it (fp32 affine params, "expected scalar type BFloat16"), so under bf16 the decoder's
+GroupNorms get their input cast to fp32 by a forward pre-hook (an fp32 op, like autocast's own fp32 list).
+
+Threads: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS are set to T before torch is
+imported (overriding the environment), then torch.set_num_threads(T); inter-op threads are left at the
+default (the model code issues no parallel ops).
+
+  /usr/bin/python3 tools/bench/torch_var.py [--depth 16|30] [--runs 3] [--threads 2] [--dtype fp32|bf16]
+                                            [--json out.json]
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("--depth", type=int, choices=(16, 30), default=16)
+ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--json", help="also write the results as JSON")
+args = ap.parse_args()
+for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[k] = str(args.threads)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "train"))
+from var_model import VAR  # noqa: E402
+from vqvae import Decoder, MultiScaleVQ  # noqa: E402
+
+PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+V, CVAE = 4096, 32
+
+
+def build(depth, seed):
+    torch.manual_seed(seed)
+    var = VAR(V=V, Cvae=CVAE, depth=depth, C=64 * depth, H=depth, mlp_ratio=4.0, num_classes=1000,
+              patch_nums=PATCH_NUMS, cond_drop=0.0).eval()
+    vq = MultiScaleVQ(V, CVAE, PATCH_NUMS, quant_resi=0.5).eval()  # 4 partially shared phi convs
+    nn.init.normal_(vq.embedding.weight)  # codebook of O(1) entries like a trained one
+    post_quant_conv = nn.Conv2d(CVAE, CVAE, 3, 1, 1)
+    decoder = Decoder(ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=CVAE).eval()
+    return var, vq, post_quant_conv, decoder
+
+
+def one_run(model, seed, autocast):
+    var, vq, post_quant_conv, decoder = model
+    g = torch.Generator().manual_seed(seed)
+    label = torch.tensor([207])
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            f_hat = var.infer_cfg(vq, 1, label, cfg=4.0, top_k=900, top_p=0.96, g=g)
+        t1 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            img = (decoder(post_quant_conv(f_hat)).clamp(-1, 1) + 1) / 2
+        t2 = time.perf_counter()
+    if not (torch.isfinite(f_hat).all() and torch.isfinite(img).all()):
+        sys.exit("torch_var: generation produced non-finite values")
+    return {"transformer_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0}
+
+
+def main():
+    torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    model = build(args.depth, args.seed)
+    n_var = sum(p.numel() for p in model[0].parameters())
+    n_dec = sum(p.numel() for m in model[1:] for p in m.parameters())
+    print(f"torch {torch.__version__}: VAR-d{args.depth} ({n_var / 1e6:.1f} M params) + VQVAE decoder "
+          f"({n_dec / 1e6:.1f} M), {args.dtype}, {torch.get_num_threads()} thread(s), "
+          f"built in {time.perf_counter() - t:.1f} s", flush=True)
+    bf16 = args.dtype == "bf16"
+    if bf16:
+        for m in model[3].modules():
+            if isinstance(m, nn.GroupNorm):
+                m.register_forward_pre_hook(lambda mod, a: (a[0].float(),))
+    one_run(model, args.seed, bf16)  # warm-up
+    runs = []
+    for r in range(args.runs):
+        runs.append(one_run(model, args.seed, bf16))
+        x = runs[-1]
+        print(f"   run {r + 1}/{args.runs}  transformer {x['transformer_s']:7.3f} s  decode {x['decode_s']:7.3f} s"
+              f"  total {x['total_s']:7.3f} s", flush=True)
+    med = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    print(f"   median      transformer {med['transformer_s']:7.3f} s  decode {med['decode_s']:7.3f} s"
+          f"  total {med['total_s']:7.3f} s   peak RSS {rss:.0f} MiB")
+    if args.json:
+        out = {"tool": "torch", "torch_version": torch.__version__, "depth": args.depth, "dtype": args.dtype,
+               "threads": args.threads, "batch": 1, "runs": runs, "median": med, "peak_rss_mib": rss}
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
