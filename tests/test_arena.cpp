@@ -89,6 +89,10 @@ LoopAllocs count_loop(const var::VarModel& m, const var::VQVAE& vae, int B, bool
   if (fastvar) p.plan = default_var_plan(m.config());
   const int SN = m.config().SN();
   // Count from the end of scale 0 to the end of the last scale: the loop proper.
+  // The first run JIT-compiles oneDNN kernels for each new GEMM shape; count
+  // the steady state.
+  p.on_scale = nullptr;
+  generate_var(m, vae, p);
   p.on_scale = [&](const ScaleStats& s) {
     if (s.si == 0) g_allocs = g_bytes = g_largest = 0;
     g_count = s.si < SN - 1;

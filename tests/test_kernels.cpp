@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/cpu/ops.h"
+#include "core/error.h"
 #include "core/threadpool.h"
 #include "test_util.h"
 
@@ -42,6 +43,40 @@ TEST(Kernels, LinearMatchesReference) {
     auto r0 = ref_linear(x, w, nullptr, M, N, K);
     for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y2[i], y[i] + r0[i], 2e-4 * std::sqrt(double(K)));
   }
+}
+
+TEST(Kernels, LinearLargeSplitsAndPanels) {
+  // Products big enough to be split over the pool (fp32) and wider than one
+  // bf16 panel (256 columns), with N not a multiple of 16.
+  for (auto [M, N, K] : std::vector<std::array<int64_t, 3>>{{40, 600, 200}, {3, 777, 96}}) {
+    auto x = randn(M * K, 7), w = randn(N * K, 8), b = randn(N, 9);
+    auto r = ref_linear(x, w, b.data(), M, N, K);
+    std::vector<float> y(M * N);
+    cpu::linear(x.data(), cpu::LinearWeight(w.data(), N, K), b.data(), y.data(), M);
+    EXPECT_LT(max_abs_diff(y.data(), r.data(), y.size()), 1e-4 * std::sqrt(double(K))) << M << "x" << N;
+    if (!cpu::bf16_supported()) continue;  // the bf16 path itself is tested where the CPU has it
+    // bf16: both operands rounded to 8 mantissa bits (relative 2^-9 each), fp32
+    // accumulation: error ~ 2 * 2^-9 * sqrt(K) for N(0,1) data; allow 4x.
+    cpu::LinearWeight wb(w.data(), N, K, cpu::DType::BF16);
+    EXPECT_LT(wb.bytes(), int64_t(N * K * 4));
+    std::vector<float> yb(M * N, 1.f);
+    cpu::linear(x.data(), wb, b.data(), yb.data(), M);
+    const double err = max_abs_diff(yb.data(), r.data(), yb.size());
+    EXPECT_LT(err, 4 * 2 * std::pow(2.0, -9) * std::sqrt(double(K))) << M << "x" << N;
+    EXPECT_GT(err, 0.0);  // it really ran in bf16
+    std::vector<float> yb2 = yb;
+    cpu::linear(x.data(), wb, nullptr, yb2.data(), M, /*accumulate=*/true);
+    auto r0 = ref_linear(x, w, nullptr, M, N, K);
+    for (size_t i = 0; i < yb.size(); ++i)
+      ASSERT_NEAR(yb2[i], yb[i] + r0[i], 4 * 2 * std::pow(2.0, -9) * std::sqrt(double(K)));
+  }
+}
+
+TEST(Kernels, DtypeNames) {
+  EXPECT_EQ(cpu::parse_dtype("fp32"), cpu::DType::F32);
+  EXPECT_THROW(cpu::parse_dtype("fp8"), Error);
+  if (cpu::bf16_supported()) EXPECT_EQ(cpu::parse_dtype("bf16"), cpu::DType::BF16);
+  else EXPECT_THROW(cpu::parse_dtype("bf16"), Error);
 }
 
 TEST(Kernels, GemmTransposes) {

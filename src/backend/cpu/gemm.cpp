@@ -1,77 +1,18 @@
-// Dense products. Large ones go to OpenBLAS; products with few rows (the first
-// scales of the scale loop, the per-image AdaLN vectors) are bound by reading
-// the weights, so they use a Highway kernel that streams each weight row once
-// and splits the rows of W across the thread pool.
+// General products (im2col convolution, the decoder's and T5's attention) on
+// OpenBLAS. Linear layers use oneDNN (matmul.cpp).
 #include <cblas.h>
 
 #include <algorithm>
-#include <cstring>
 
 #include "backend/cpu/ops.h"
 #include "core/threadpool.h"
 
-#undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "backend/cpu/gemm.cpp"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
-#include "hwy/highway.h"
-
-HWY_BEFORE_NAMESPACE();
 namespace fastvar::cpu {
-namespace HWY_NAMESPACE {
-namespace hn = hwy::HWY_NAMESPACE;
-
-// y[m, n] (+)= x[m, :] . w[n, :] for n in [n0, n1), all M rows of x.
-void SkinnyRows(const float* x, const float* w, float* y, int64_t M, int64_t n0, int64_t n1,
-                int64_t N, int64_t K, bool accumulate) {
-  const hn::ScalableTag<float> d;
-  const int64_t L = hn::Lanes(d), Kv = K / L * L;
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* wr = w + n * K;
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const int64_t mb = std::min<int64_t>(4, M - m0);
-      const float* x0 = x + m0 * K;
-      const float* x1 = x0 + (mb > 1 ? K : 0);
-      const float* x2 = x0 + (mb > 2 ? 2 * K : 0);
-      const float* x3 = x0 + (mb > 3 ? 3 * K : 0);
-      auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
-      for (int64_t k = 0; k < Kv; k += L) {
-        const auto wv = hn::LoadU(d, wr + k);
-        a0 = hn::MulAdd(hn::LoadU(d, x0 + k), wv, a0);
-        a1 = hn::MulAdd(hn::LoadU(d, x1 + k), wv, a1);
-        a2 = hn::MulAdd(hn::LoadU(d, x2 + k), wv, a2);
-        a3 = hn::MulAdd(hn::LoadU(d, x3 + k), wv, a3);
-      }
-      float s[4] = {hn::GetLane(hn::SumOfLanes(d, a0)), hn::GetLane(hn::SumOfLanes(d, a1)),
-                    hn::GetLane(hn::SumOfLanes(d, a2)), hn::GetLane(hn::SumOfLanes(d, a3))};
-      const float* xs[4] = {x0, x1, x2, x3};
-      for (int64_t k = Kv; k < K; ++k)
-        for (int i = 0; i < 4; ++i) s[i] += xs[i][k] * wr[k];
-      for (int64_t i = 0; i < mb; ++i) {
-        float& out = y[(m0 + i) * N + n];
-        out = accumulate ? out + s[i] : s[i];
-      }
-    }
-  }
-}
-
-}  // namespace HWY_NAMESPACE
-}  // namespace fastvar::cpu
-HWY_AFTER_NAMESPACE();
-
-#if HWY_ONCE
-namespace fastvar::cpu {
-HWY_EXPORT(SkinnyRows);
-
 namespace {
-// Below this many rows the product is weight-bandwidth bound (measured with
-// bench/bench_kernels.cpp, BM_Linear: the Highway kernel beats sgemm up to
-// about 8 rows on AVX-512).
-constexpr int64_t kSkinnyRows = 8;
 // Products below this many multiply-adds run on the calling thread.
 constexpr double kSplitWork = 1 << 21;
 // Panel sides are multiples of this (OpenBLAS's register tile is 16 wide).
 constexpr int64_t kPanel = 16;
-
 
 void sgemm1(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
             const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
@@ -125,30 +66,4 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
   }
 }
 
-void linear(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N,
-            int64_t K, bool accumulate) {
-  if (M == 0) return;
-  if (M <= kSkinnyRows) {
-    parallel_for(N, [&](int64_t n0, int64_t n1) {
-      HWY_DYNAMIC_DISPATCH(SkinnyRows)(x, w, y, M, n0, n1, N, K, accumulate);
-    }, 16);
-    if (bias)
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) y[m * N + n] += bias[n];
-    return;
-  }
-  float beta = accumulate ? 1.f : 0.f;
-  if (bias) {
-    if (!accumulate) {
-      for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N, bias, N * sizeof(float));
-    } else {
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) y[m * N + n] += bias[n];
-    }
-    beta = 1.f;
-  }
-  gemm(false, true, M, N, K, 1.f, x, K, w, K, beta, y, N);
-}
-
 }  // namespace fastvar::cpu
-#endif

@@ -4,12 +4,46 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 
 namespace fastvar::cpu {
 
 // ---- dense algebra -------------------------------------------------------
-// y[M,N] = x[M,K] @ w[N,K]^T (+ bias[N] if non-null) (+ y if accumulate).
-// This is the layout of torch.nn.Linear weights.
+// Compute dtype of the linear layers. Activations stay float32 in memory; bf16
+// rounds both operands of each product to bfloat16 and accumulates in float32.
+enum class DType { F32, BF16 };
+const char* dtype_name(DType d);       // "fp32" | "bf16"
+DType parse_dtype(const std::string& s);  // throws for an unknown or unsupported one
+bool bf16_supported();                 // AVX512_BF16 or AMX present
+
+// A linear layer's weight W[N, K] (the torch.nn.Linear layout), prepared once:
+// F32 reads W in place (it must outlive this, e.g. the mmap'd checkpoint); BF16
+// keeps a prepacked bfloat16 copy and never reads W again.
+class LinearWeight {
+ public:
+  LinearWeight() = default;
+  LinearWeight(const float* w, int64_t N, int64_t K, DType dtype = DType::F32);
+  int64_t N() const { return N_; }
+  int64_t K() const { return K_; }
+  DType dtype() const { return dtype_; }
+  const float* data() const { return w_; }  // the float32 source
+  int64_t bytes() const;                    // bytes one product reads
+  bool empty() const { return N_ == 0; }
+
+ private:
+  friend void linear(const float*, const LinearWeight&, const float*, float*, int64_t, bool);
+  struct Packed;
+  const float* w_ = nullptr;
+  int64_t N_ = 0, K_ = 0;
+  DType dtype_ = DType::F32;
+  std::shared_ptr<Packed> packed_;
+};
+
+// y[M,N] = x[M,K] @ W^T (+ bias[N] if non-null) (+ y if accumulate).
+void linear(const float* x, const LinearWeight& w, const float* bias, float* y, int64_t M,
+            bool accumulate = false);
+// The same with a float32 weight pointer [N, K] (no preparation).
 void linear(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N,
             int64_t K, bool accumulate = false);
 // C[M,N] = alpha * op(A) @ op(B) + beta * C with explicit leading dimensions.

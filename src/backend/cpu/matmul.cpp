@@ -1,0 +1,243 @@
+// Linear layers on oneDNN's matmul (brgemm kernels: AVX-512 in float32, AMX or
+// AVX512_BF16 in bfloat16 with float32 accumulation). Chosen by measurement
+// over OpenBLAS (bench/bench_kernels.cpp BM_Linear; DEVELOPERS.md has the table).
+//
+// One pool owns the cores: oneDNN runs single-threaded inside each pool worker
+// (its OpenMP runtime is told to use one thread), and a product is cut into
+// column panels of W spread over the pool. Each output element is one
+// single-threaded reduction over K, so results do not depend on the thread count.
+#include <dnnl.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/cpu/ops.h"
+#include "core/error.h"
+#include "core/threadpool.h"
+
+// oneDNN's CPU runtime is libgomp; only this entry point is needed (no OpenMP
+// pragmas in our code, so no compiler OpenMP support is required).
+extern "C" void omp_set_num_threads(int n);
+
+namespace fastvar::cpu {
+namespace {
+
+using dt = dnnl::memory::data_type;
+using dims = dnnl::memory::dims;
+
+// Columns per panel of a packed bf16 weight (and the split unit for fp32).
+constexpr int64_t kPanel = 256;
+
+dnnl::engine& engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+// Per calling thread: oneDNN single-threaded, and its own stream.
+dnnl::stream& thread_stream() {
+  thread_local bool init = false;
+  if (!init) {
+    omp_set_num_threads(1);
+    init = true;
+  }
+  thread_local dnnl::stream s(engine());
+  return s;
+}
+
+// Rounds to nearest even (as torch's float -> bfloat16); NaN stays NaN.
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+dnnl::memory::desc weight_desc_plain(int64_t K, int64_t n) {
+  // Rows [n0, n0 + n) of W[N, K] row-major, seen as a K x n matrix.
+  return dnnl::memory::desc(dims{K, n}, dt::f32, dims{1, K});
+}
+
+struct Key {
+  int64_t M, n, K, ldy;
+  bool bf16, bias, acc;
+  bool operator<(const Key& o) const {
+    return std::tie(M, n, K, ldy, bf16, bias, acc) < std::tie(o.M, o.n, o.K, o.ldy, o.bf16, o.bias, o.acc);
+  }
+};
+
+struct Prim {
+  dnnl::matmul mm;
+  dnnl::memory::desc src, wei, bias, dst;
+};
+
+// Primitives by shape (a handful per model: M changes per scale).
+const Prim& primitive(const Key& k, const dnnl::memory::desc* packed_wei) {
+  static std::mutex mu;
+  static std::map<Key, Prim> cache;
+  std::lock_guard<std::mutex> lk(mu);
+  auto it = cache.find(k);
+  if (it != cache.end()) return it->second;
+  Prim p;
+  p.src = dnnl::memory::desc(dims{k.M, k.K}, k.bf16 ? dt::bf16 : dt::f32, dims{k.K, 1});
+  p.wei = k.bf16 ? *packed_wei : weight_desc_plain(k.K, k.n);
+  p.dst = dnnl::memory::desc(dims{k.M, k.n}, dt::f32, dims{k.ldy, 1});
+  if (k.bias) p.bias = dnnl::memory::desc(dims{1, k.n}, dt::f32, dims{k.n, 1});
+  dnnl::primitive_attr attr;
+  if (k.acc) {
+    dnnl::post_ops po;
+    po.append_sum(1.f);
+    attr.set_post_ops(po);
+  }
+  try {
+    auto d = k.bias ? dnnl::matmul::desc(p.src, p.wei, p.bias, p.dst)
+                    : dnnl::matmul::desc(p.src, p.wei, p.dst);
+    p.mm = dnnl::matmul(dnnl::matmul::primitive_desc(d, attr, engine()));
+  } catch (const dnnl::error& e) {
+    fail("oneDNN matmul %lldx%lldx%lld (%s): %s", (long long)k.M, (long long)k.n, (long long)k.K,
+         k.bf16 ? "bf16" : "f32", e.what());
+  }
+  return cache.emplace(k, std::move(p)).first->second;
+}
+
+}  // namespace
+
+struct LinearWeight::Packed {
+  // bf16: one prepacked memory per panel of kPanel columns.
+  std::vector<dnnl::memory> panels;
+  std::vector<dnnl::memory::desc> descs;
+  int64_t bytes = 0;
+};
+
+const char* dtype_name(DType d) { return d == DType::BF16 ? "bf16" : "fp32"; }
+
+DType parse_dtype(const std::string& s) {
+  if (s == "fp32" || s == "f32" || s == "float32") return DType::F32;
+  if (s == "bf16" || s == "bfloat16") {
+    if (!bf16_supported())
+      fail("--dtype bf16 needs a CPU with AVX512_BF16 or AMX (this one has neither)");
+    return DType::BF16;
+  }
+  fail("unknown dtype '%s' (expected fp32 or bf16)", s.c_str());
+}
+
+bool bf16_supported() {
+  const auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+LinearWeight::LinearWeight(const float* w, int64_t N, int64_t K, DType dtype)
+    : w_(w), N_(N), K_(K), dtype_(dtype) {
+  if (N <= 0 || K <= 0) fail("linear weight with shape [%lld, %lld]", (long long)N, (long long)K);
+  if (dtype == DType::F32) return;
+  auto p = std::make_shared<Packed>();
+  dnnl::stream& s = thread_stream();
+  for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+    const int64_t n = std::min(kPanel, N - n0);
+    // The layout a bf16 matmul prefers for this panel (independent of M).
+    dnnl::memory::desc src({1, K}, dt::bf16, dims{K, 1}), dst({1, n}, dt::f32, dims{n, 1});
+    dnnl::memory::desc any({K, n}, dt::bf16, dnnl::memory::format_tag::any);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, any, dst), engine());
+    dnnl::memory packed(pd.weights_desc(), engine());
+    dnnl::memory user(weight_desc_plain(K, n), engine(), const_cast<float*>(w + n0 * K));
+    dnnl::reorder(user, packed).execute(s, user, packed);
+    p->bytes += static_cast<int64_t>(pd.weights_desc().get_size());
+    p->descs.push_back(pd.weights_desc());
+    p->panels.push_back(packed);
+  }
+  s.wait();
+  packed_ = std::move(p);
+}
+
+int64_t LinearWeight::bytes() const {
+  return packed_ ? packed_->bytes : N_ * K_ * static_cast<int64_t>(sizeof(float));
+}
+
+void linear(const float* x, const LinearWeight& w, const float* bias, float* y, int64_t M,
+            bool accumulate) {
+  if (M <= 0) return;
+  const int64_t N = w.N(), K = w.K();
+  const bool bf16 = w.dtype() == DType::BF16;
+  // bf16 source rows, converted once per call (the panels share them).
+  thread_local std::vector<uint16_t> xb;
+  const void* src = x;
+  if (bf16) {
+    xb.resize(static_cast<size_t>(M * K));
+    uint16_t* xbd = xb.data();
+    parallel_for(M * K, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) xbd[i] = to_bf16(x[i]);
+    }, 1 << 14);
+    src = xbd;
+  }
+  // Column ranges: the bf16 panels as packed; fp32 split evenly over the pool
+  // in multiples of 16 columns (small products stay on one thread).
+  const int64_t threads = num_threads();
+  int64_t parts, step;
+  if (bf16) {
+    step = kPanel;
+    parts = (N + kPanel - 1) / kPanel;
+  } else {
+    const bool split = threads > 1 && double(M) * N * K >= double(1 << 21);
+    parts = split ? std::min<int64_t>(threads, (N + 15) / 16) : 1;
+    step = (N + parts * 16 - 1) / (parts * 16) * 16;
+    parts = (N + step - 1) / step;
+  }
+  auto run = [&](int64_t p) {
+    const int64_t n0 = p * step, n = std::min(step, N - n0);
+    const Key key{M, n, K, N, bf16, bias != nullptr, accumulate};
+    const Prim& pr = primitive(key, bf16 ? &w.packed_->descs[p] : nullptr);
+    dnnl::stream& s = thread_stream();
+    // Memory objects and the argument map are reused per thread and primitive
+    // (only their data pointers change), so steady-state calls do not allocate.
+    struct Bound {
+      dnnl::memory src, wei, dst, bias;
+      std::unordered_map<int, dnnl::memory> args;
+    };
+    thread_local std::map<const Prim*, Bound> bound;
+    auto it = bound.find(&pr);
+    if (it == bound.end()) {
+      Bound b;
+      b.src = dnnl::memory(pr.src, engine(), nullptr);
+      b.dst = dnnl::memory(pr.dst, engine(), nullptr);
+      if (!bf16) b.wei = dnnl::memory(pr.wei, engine(), nullptr);
+      if (bias) b.bias = dnnl::memory(pr.bias, engine(), nullptr);
+      it = bound.emplace(&pr, std::move(b)).first;
+    }
+    Bound& b = it->second;
+    b.src.set_data_handle(const_cast<void*>(src));
+    b.dst.set_data_handle(y + n0);
+    b.args[DNNL_ARG_SRC] = b.src;
+    b.args[DNNL_ARG_DST] = b.dst;
+    if (bf16) {
+      b.args[DNNL_ARG_WEIGHTS] = w.packed_->panels[p];
+    } else {
+      b.wei.set_data_handle(const_cast<float*>(w.data() + n0 * K));
+      b.args[DNNL_ARG_WEIGHTS] = b.wei;
+    }
+    if (bias) {
+      b.bias.set_data_handle(const_cast<float*>(bias + n0));
+      b.args[DNNL_ARG_BIAS] = b.bias;
+    }
+    pr.mm.execute(s, b.args);
+    s.wait();
+  };
+  if (parts == 1) {
+    run(0);
+    return;
+  }
+  parallel_for(parts, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) run(p);
+  });
+}
+
+void linear(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N,
+            int64_t K, bool accumulate) {
+  linear(x, LinearWeight(w, N, K, DType::F32), bias, y, M, accumulate);
+}
+
+}  // namespace fastvar::cpu
