@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include "io/tensor_file.h"
+#include "backend/cpu/ops.h"
 #include "test_util.h"
 
 namespace fastvar {
@@ -54,6 +55,19 @@ TEST(Cli, SameSeedSameBytesWhateverTheThreadCount) {
   EXPECT_EQ(read_file(d / "t1.png"), read_file(d / "t2.png"));
   EXPECT_NE(read_file(d / "t1.png"), read_file(d / "s6.png"));
   EXPECT_NE(read_file(d / "t1.png"), read_file(d / "full.png"));  // FastVAR is on by default
+}
+
+TEST(Cli, Bf16IsDeterministicAcrossThreadCounts) {
+  test::TempDir d;
+  auto r = run_cli(gen("--class 2 -s 3 -t 2 -q --dtype bf16 -o " + d / "b2.png"));
+  if (!cpu::bf16_supported()) {  // a clean error where the CPU lacks it
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.out.find("bf16"), std::string::npos) << r.out;
+    return;
+  }
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(run_cli(gen("--class 2 -s 3 -t 1 -q --dtype bf16 -o " + d / "b1.png")).code, 0);
+  EXPECT_TRUE(read_file(d / "b1.png") == read_file(d / "b2.png"));  // thread count does not matter
 }
 
 TEST(Cli, BatchWritesAGridOrNumberedFiles) {
@@ -148,6 +162,7 @@ TEST(CliErrors, OutOfRangeAndMalformedOptions) {
   expect_clean_error(run_cli(gen("--class 1 --skip-last 10" + o)), "--skip-last");
   expect_clean_error(run_cli(gen("--class 1 --prune-layers 3-1" + o)), "--prune-layers");
   expect_clean_error(run_cli(gen("--class 1 --score median" + o)), "score");
+  expect_clean_error(run_cli(gen("--class 1 --dtype fp8" + o)), "dtype");
   expect_clean_error(run_cli(gen("--class 1 --no-fastvar --prune 8:0.5" + o)), "--no-fastvar");
   expect_clean_error(run_cli("generate --vae " + vae() + " --class 1" + o), "model");
   expect_clean_error(run_cli("frobnicate"), "frobnicate");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -77,6 +78,44 @@ TEST(KernelsVision, Conv2dMatchesDirectLoop) {
     auto ref = conv_ref(x, c.Cin, c.H, c.W, w, c.bias ? b.data() : nullptr, c.Cout, c.k, c.pad);
     EXPECT_LT(max_rel_err(y, ref), 1e-5) << "Cin=" << c.Cin << " Cout=" << c.Cout << " " << c.H
                                          << "x" << c.W << " k=" << c.k << " pad=" << c.pad;
+  }
+}
+
+TEST(KernelsVision, Conv2dBf16MatchesBf16RoundedReference) {
+  // bf16 rounds input and weights (round to nearest even) and accumulates in
+  // float32: against a double reference on the same rounded operands the error
+  // is float32-sized (1e-5 relative); against the unrounded operands it is
+  // bf16-sized: each of the Kc = Cin*k*k terms carries ~2^-8 relative error, so
+  // the sum's error grows like 2^-8 * sqrt(Kc) * |x||w| (bound with 4x margin).
+  if (!cpu::bf16_supported()) GTEST_SKIP() << "this CPU has no bf16 GEMM (tested where it has)";
+  const ConvCase cases[] = {{5, 7, 9, 11, 3, 1, true}, {8, 4, 6, 5, 1, 0, true},
+                            {37, 13, 17, 23, 3, 1, true}, {64, 8, 120, 90, 3, 1, true}};
+  auto round_bf16 = [](std::vector<float> v) {
+    std::vector<uint16_t> b(v.size());
+    cpu::to_bf16(v.data(), b.data(), int64_t(v.size()));
+    for (size_t i = 0; i < v.size(); ++i) {
+      uint32_t u = uint32_t(b[i]) << 16;
+      std::memcpy(&v[i], &u, 4);
+    }
+    return v;
+  };
+  uint32_t seed = 50;
+  for (const auto& c : cases) {
+    auto x = randn(size_t(c.Cin) * c.H * c.W, seed++);
+    auto w = randn(size_t(c.Cout) * c.Cin * c.k * c.k, seed++, 0.3f);
+    auto b = randn(c.Cout, seed++);
+    const int Ho = c.H + 2 * c.pad - c.k + 1, Wo = c.W + 2 * c.pad - c.k + 1;
+    std::vector<float> y(size_t(c.Cout) * Ho * Wo, 123.f);
+    cpu::conv2d(x.data(), c.Cin, c.H, c.W, w.data(), c.bias ? b.data() : nullptr, c.Cout, c.k, c.pad,
+                y.data(), cpu::DType::BF16);
+    auto ref_r = conv_ref(round_bf16(x), c.Cin, c.H, c.W, round_bf16(w), c.bias ? b.data() : nullptr,
+                          c.Cout, c.k, c.pad);
+    auto ref = conv_ref(x, c.Cin, c.H, c.W, w, c.bias ? b.data() : nullptr, c.Cout, c.k, c.pad);
+    EXPECT_LT(max_rel_err(y, ref_r), 1e-5) << "Cin=" << c.Cin << " k=" << c.k;
+    const double e = max_rel_err(y, ref);
+    const double Kc = double(c.Cin) * c.k * c.k;
+    EXPECT_LT(e, 4 * std::pow(2.0, -8) * std::sqrt(Kc) * 0.3) << "Cin=" << c.Cin << " k=" << c.k;
+    EXPECT_GT(e, 1e-6) << "bf16 rounding must be visible";
   }
 }
 

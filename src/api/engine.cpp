@@ -1,5 +1,7 @@
 #include "api/engine.h"
 
+#include "backend/cpu/ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -149,6 +151,9 @@ void check_common(const fastvar_engine* e, const fastvar_params* q) {
   if (q->num_images < 1 || q->num_images > 4096)
     fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
   if (q->threads < 0) fastvar::fail("threads must be >= 0");
+  const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
+  if (dt != fastvar::cpu::DType::F32 && e->inf)
+    fastvar::fail("dtype %s is implemented for VAR models only; use fp32 for Infinity", q->dtype);
 }
 
 // Validates the public params and turns them into VAR pipeline params.
@@ -302,6 +307,9 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
       };
     if (e->var) {
       fastvar::VarGenParams p = to_var_params(e, q);
+      const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
+      if (e->var->model->dtype() != dt) e->var->model->set_dtype(dt);
+      e->var->vae->set_dtype(dt);
       num_scales = e->var->model->config().SN();
       p.on_scale = on_scale;
       to_rgb8(fastvar::generate_var(*e->var->model, *e->var->vae, p).images, q->num_images, rgb);

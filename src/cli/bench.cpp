@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/engine.h"
+#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "models/infinity/random_weights.h"
@@ -33,6 +35,29 @@ double peak_rss_mib() {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return ru.ru_maxrss / 1024.0;
+}
+
+// Streaming read bandwidth of this machine in GB/s (1 GiB, all threads,
+// median of 5 passes): the floor for scales bound by reading the weights.
+double stream_read_gbs() {
+  const int64_t n = int64_t(1) << 27;  // uint64 words = 1 GiB
+  std::vector<uint64_t> buf(size_t(n), 1);
+  std::vector<double> gbs;
+  for (int pass = 0; pass < 5; ++pass) {
+    std::vector<uint64_t> part(size_t(num_threads()) * 8, 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(n, [&](int64_t b, int64_t e) {
+      uint64_t x = 0;
+      for (int64_t i = b; i < e; ++i) x ^= buf[i];
+      part[size_t(b * num_threads() / n) * 8] = x;
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    uint64_t x = 0;
+    for (uint64_t v : part) x ^= v;
+    if (x == 42) std::printf(" ");  // keeps the reduction
+    gbs.push_back(double(n) * 8 / s * 1e-9);
+  }
+  return median(gbs);
 }
 
 // Timings of one mode over the runs.
@@ -61,20 +86,31 @@ struct ModeRuns {
 };
 
 // Prints the side-by-side table and returns the JSON record of one model.
+// weight_bytes: what the transformer's GEMMs read per computed scale (0 =
+// unknown); gbs: the measured streaming bandwidth.
 nlohmann::json report(const std::string& name, const std::string& config, const std::vector<std::pair<int, int>>& sides,
-                      const std::vector<std::string>& modes, std::map<std::string, ModeRuns>& r, const BenchArgs& a) {
+                      const std::vector<std::string>& modes, std::map<std::string, ModeRuns>& r, const BenchArgs& a,
+                      int64_t weight_bytes = 0, double gbs = 0) {
   const int S = static_cast<int>(sides.size());
   std::printf("\n   %-6s %-9s", "scale", "map");
   for (const auto& m : modes) std::printf(" %12s", (m + " ms").c_str());
-  std::printf("   tokens forwarded per mode\n");
+  std::printf("   tokens forwarded per mode");
+  if (weight_bytes) std::printf("   weights read: GB/s (%s), floor ms", modes.front().c_str());
+  std::printf("\n");
   for (int si = 0; si <= S; ++si) {
     if (si < S) std::printf("   %-6d %4dx%-4d", si, sides[si].first, sides[si].second);
     else std::printf("   %-16s", "decode");
     for (const auto& m : modes) std::printf(" %12.1f", median(r[m].scale_ms[si]));
     if (si < S)
       for (const auto& m : modes) std::printf("  %9lld", (long long)r[m].forwarded[si]);
+    const double ms0 = median(r[modes.front()].scale_ms[si]);
+    if (si < S && weight_bytes && ms0 > 0)
+      std::printf("   %8.1f %8.1f", weight_bytes / ms0 * 1e-6, weight_bytes / gbs * 1e-6);
     std::printf("\n");
   }
+  if (weight_bytes)
+    std::printf("   each computed scale reads %.2f GB of GEMM weights (%s); streaming reads measured at %.1f GB/s\n",
+                weight_bytes * 1e-9, a.dtype.c_str(), gbs);
   const std::string& base = modes.front();
   std::printf("   %-16s", "total (median)");
   for (const auto& m : modes) std::printf(" %12.1f", median(r[m].total_ms));
@@ -104,8 +140,13 @@ nlohmann::json report(const std::string& name, const std::string& config, const 
              {"total_ms_runs", r[m].total_ms},
              {"speedup_vs_" + base, median(r[base].total_ms) / median(r[m].total_ms)}};
   }
-  return {{"model", name}, {"config", config}, {"batch", a.count}, {"threads", num_threads()}, {"runs", a.runs},
-          {"peak_rss_mib", peak_rss_mib()}, {"modes", jm}};
+  nlohmann::json out = {{"model", name}, {"config", config}, {"batch", a.count}, {"threads", num_threads()},
+                        {"runs", a.runs}, {"dtype", a.dtype}, {"peak_rss_mib", peak_rss_mib()}, {"modes", jm}};
+  if (weight_bytes) {
+    out["gemm_weight_bytes_per_scale"] = weight_bytes;
+    out["stream_read_gbs"] = gbs;
+  }
+  return out;
 }
 
 // One model's engine: random weights of a release shape, or files.
@@ -138,6 +179,8 @@ PrunePlan plan_for_mode(const std::string& mode, PrunePlan base, int S, int dept
 
 nlohmann::json bench_var(const std::string& shape, const BenchArgs& a) {
   auto e = load_var(shape, a);
+  e->model->set_dtype(cpu::parse_dtype(a.dtype));
+  e->vae->set_dtype(cpu::parse_dtype(a.dtype));
   const var::VarConfig& c = e->model->config();
   const int SN = c.SN();
   const std::string name = shape.empty() ? e->var_weights->label() : shape;
@@ -161,10 +204,11 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& a) {
     }
   std::vector<std::pair<int, int>> sides;
   for (int p : c.patch_nums) sides.push_back({p, p});
-  return report(name, c.describe(), sides, a.modes, r, a);
+  return report(name, c.describe(), sides, a.modes, r, a, e->model->gemm_weight_bytes(), stream_read_gbs());
 }
 
 nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& a) {
+  if (cpu::parse_dtype(a.dtype) != cpu::DType::F32) fail("bench: --dtype %s is implemented for VAR shapes only", a.dtype.c_str());
   infinity::RandomInfinitySpec is = infinity::infinity_preset(shape);
   Weights w(infinity::random_infinity_checkpoint(is, 1));
   infinity::InfinityModel model(w);

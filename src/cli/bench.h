@@ -13,7 +13,7 @@ struct BenchArgs {
   std::vector<std::string> modes = {"full", "fastvar", "skip"};
   int runs = 3, count = 1, threads = 0;
   std::string json;                 // write results here too
-  std::string prune, score = "mean";
+  std::string prune, score = "mean", dtype = "fp32";
   int skip_last = -1, cache_scale = -1;
 };
 

@@ -49,7 +49,7 @@ struct GenerateArgs {
   float top_p = -1.f;
   int threads = 0;
   bool no_grid = false, no_fastvar = false, quiet = false, profile = false;
-  std::string prune, prune_layers, score = "mean";
+  std::string prune, prune_layers, score = "mean", dtype = "fp32";
   int skip_last = -1, cache_scale = -1;
 };
 
@@ -194,6 +194,7 @@ int run_generate(const GenerateArgs& a) {
   p.skip_last = a.skip_last;
   p.cache_scale = a.cache_scale;
   p.score = a.score.c_str();
+  p.dtype = a.dtype.c_str();
   if (!a.prune_layers.empty()) parse_layer_range(a.prune_layers, &p.prune_layer_begin, &p.prune_layer_end);
   if (a.no_fastvar && (!a.prune.empty() || a.skip_last >= 0 || a.cache_scale >= 0 || !a.prune_layers.empty()))
     fail("--no-fastvar cannot be combined with --prune, --skip-last, --cache-scale or --prune-layers");
@@ -312,6 +313,7 @@ int main(int argc, char** argv) {
   gen->add_option("--cache-scale", g.cache_scale, "FastVAR: scale index whose branch outputs are cached")->check(CLI::Range(0, 64));
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
+  gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation; VAR)")->check(CLI::IsMember({"fp32", "bf16"}));
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
   gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
 
@@ -347,6 +349,7 @@ int main(int argc, char** argv) {
   bench->add_option("--cache-scale", b.cache_scale, "FastVAR cache scale override")->check(CLI::Range(0, 64));
   bench->add_option("--skip-last", b.skip_last, "Scales skipped in the 'skip' mode (default 1)")->check(CLI::Range(0, 64));
   bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
+  bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
 
   cli::EvalArgs ev;
   CLI::App* eval = app.add_subcommand("eval", "FID, class accuracy and speed of the full model and FastVAR plans (paired seeds)");

@@ -9,8 +9,9 @@
 // to the GEMM). Each pixel's row is then k runs of k*Cin contiguous floats.
 // The column matrix is built for a band of output rows at a time so that its
 // size stays bounded (a full im2col of a 160-channel 512x512 map is 1.5 GB).
-// Threading: the copies use parallel_for; the GEMM is threaded by BLAS itself,
-// so the two are never nested.
+// Threading: the copies use parallel_for; cpu::gemm splits the product over
+// the same pool. In bf16 the weights and the column matrix are built directly
+// as bfloat16 (half the bytes) and the product runs on oneDNN (AMX/AVX512_BF16).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -38,14 +39,81 @@ void init_bias(float* y, const float* bias, int64_t Cout, int64_t HWo, int64_t o
       16);
 }
 
+// The bf16 variant of conv2d's im2col path (same layouts, uint16 storage).
+void conv2d_bf16(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w,
+                 const float* bias, int64_t Cout, int k, int pad, float* y, int64_t Ho, int64_t Wo) {
+  const int64_t HWo = Ho * Wo, kk = int64_t(k) * k, Kc = Cin * kk, Wp = W + 2 * pad, run = k * Cin;
+  int64_t rows = std::clamp<int64_t>(2 * kColBudget / std::max<int64_t>(Kc * Wo, 1), 1, Ho);
+  const int64_t nbands = (Ho + rows - 1) / rows;
+  rows = (Ho + nbands - 1) / nbands;
+  const int64_t band_in = rows + k - 1;
+  thread_local std::vector<float> wt_f;
+  thread_local std::vector<uint16_t> wt_buf, xp_buf, col_buf;
+  wt_f.resize(size_t(Cout * Kc));
+  wt_buf.resize(size_t(Cout * Kc));
+  xp_buf.resize(size_t(band_in * Wp * Cin));
+  col_buf.resize(size_t(rows * Wo * Kc));
+  float* wtf = wt_f.data();
+  uint16_t *wt = wt_buf.data(), *xp = xp_buf.data(), *col = col_buf.data();
+  parallel_for(
+      Cout,
+      [&](int64_t c0, int64_t c1) {
+        for (int64_t co = c0; co < c1; ++co)
+          for (int64_t ci = 0; ci < Cin; ++ci)
+            for (int64_t t = 0; t < kk; ++t)
+              wtf[(co * kk + t) * Cin + ci] = w[(co * Cin + ci) * kk + t];
+      },
+      8);
+  to_bf16(wtf, wt, Cout * Kc);
+  for (int64_t oh0 = 0; oh0 < Ho; oh0 += rows) {
+    const int64_t oh1 = std::min(Ho, oh0 + rows), n = (oh1 - oh0) * Wo;
+    parallel_for(oh1 - oh0 + k - 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        uint16_t* dst = xp + r * Wp * Cin;
+        const int64_t ih = oh0 + r - pad;
+        if (ih < 0 || ih >= H) {
+          std::fill(dst, dst + Wp * Cin, uint16_t(0));
+          continue;
+        }
+        std::fill(dst, dst + pad * Cin, uint16_t(0));
+        std::fill(dst + (pad + W) * Cin, dst + Wp * Cin, uint16_t(0));
+        for (int64_t ci = 0; ci < Cin; ++ci) {
+          uint16_t b[64];
+          const float* src = x + (ci * H + ih) * W;
+          uint16_t* d = dst + pad * Cin + ci;
+          for (int64_t j0 = 0; j0 < W; j0 += 64) {
+            const int64_t m = std::min<int64_t>(64, W - j0);
+            to_bf16(src + j0, b, m);  // short: runs inline
+            for (int64_t j = 0; j < m; ++j) d[(j0 + j) * Cin] = b[j];
+          }
+        }
+      }
+    });
+    parallel_for(
+        n,
+        [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t r = p / Wo, ow = p % Wo;
+            for (int kh = 0; kh < k; ++kh)
+              std::memcpy(col + p * Kc + kh * run, xp + ((r + kh) * Wp + ow) * Cin,
+                          sizeof(uint16_t) * run);
+          }
+        },
+        64);
+    init_bias(y, bias, Cout, HWo, oh0 * Wo, n);
+    gemm_nt_bf16(wt, col, y + oh0 * Wo, Cout, n, Kc, HWo, /*accumulate=*/true);
+  }
+}
+
 }  // namespace
 
 void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
-            int64_t Cout, int k, int pad, float* y) {
+            int64_t Cout, int k, int pad, float* y, DType dtype) {
   if (k < 1 || pad < 0) fail("conv2d: bad kernel %d / padding %d", k, pad);
   const int64_t Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
   if (Ho <= 0 || Wo <= 0)
     fail("conv2d: %lldx%lld input too small for k=%d pad=%d", (long long)H, (long long)W, k, pad);
+  if (dtype == DType::BF16) return conv2d_bf16(x, Cin, H, W, w, bias, Cout, k, pad, y, Ho, Wo);
   const int64_t HWo = Ho * Wo;
   if (k == 1 && pad == 0) {  // pointwise: the input already is the column matrix
     init_bias(y, bias, Cout, HWo, 0, HWo);

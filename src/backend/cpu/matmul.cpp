@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -50,7 +51,7 @@ dnnl::stream& thread_stream() {
 }
 
 // Rounds to nearest even (as torch's float -> bfloat16); NaN stays NaN.
-inline uint16_t to_bf16(float f) {
+inline uint16_t bf16_round(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
@@ -63,17 +64,26 @@ dnnl::memory::desc weight_desc_plain(int64_t K, int64_t n) {
   return dnnl::memory::desc(dims{K, n}, dt::f32, dims{1, K});
 }
 
+// How the weights operand is given.
+enum WeiKind { kPlainF32 = 0, kPackedBF16 = 1, kPlainBF16 = 2 };
+
 struct Key {
   int64_t M, n, K, ldy;
   bool bf16, bias, acc;
+  int wei = kPlainF32;
   bool operator<(const Key& o) const {
-    return std::tie(M, n, K, ldy, bf16, bias, acc) < std::tie(o.M, o.n, o.K, o.ldy, o.bf16, o.bias, o.acc);
+    return std::tie(M, n, K, ldy, bf16, bias, acc, wei) <
+           std::tie(o.M, o.n, o.K, o.ldy, o.bf16, o.bias, o.acc, o.wei);
   }
 };
 
 struct Prim {
   dnnl::matmul mm;
   dnnl::memory::desc src, wei, bias, dst;
+  // The kernels write a panel with a row stride other than its width only in
+  // some configurations (not bf16 in oneDNN 2.6): otherwise the panel goes to a
+  // dense buffer and is copied (or added, for accumulate) into y.
+  bool staged = false;
 };
 
 // Primitives by shape (a handful per model: M changes per scale).
@@ -85,20 +95,34 @@ const Prim& primitive(const Key& k, const dnnl::memory::desc* packed_wei) {
   if (it != cache.end()) return it->second;
   Prim p;
   p.src = dnnl::memory::desc(dims{k.M, k.K}, k.bf16 ? dt::bf16 : dt::f32, dims{k.K, 1});
-  p.wei = k.bf16 ? *packed_wei : weight_desc_plain(k.K, k.n);
-  p.dst = dnnl::memory::desc(dims{k.M, k.n}, dt::f32, dims{k.ldy, 1});
+  p.wei = k.wei == kPackedBF16 ? *packed_wei
+          : k.wei == kPlainBF16 ? dnnl::memory::desc(dims{k.K, k.n}, dt::bf16, dims{1, k.K})
+                                : weight_desc_plain(k.K, k.n);
   if (k.bias) p.bias = dnnl::memory::desc(dims{1, k.n}, dt::f32, dims{k.n, 1});
-  dnnl::primitive_attr attr;
-  if (k.acc) {
-    dnnl::post_ops po;
-    po.append_sum(1.f);
-    attr.set_post_ops(po);
-  }
-  try {
+  auto make = [&](bool staged) {
+    p.staged = staged;
+    p.dst = dnnl::memory::desc(dims{k.M, k.n}, dt::f32, dims{staged ? k.n : k.ldy, 1});
+    dnnl::primitive_attr attr;
+    if (k.acc && !staged) {
+      dnnl::post_ops po;
+      po.append_sum(1.f);
+      attr.set_post_ops(po);
+    }
     auto d = k.bias ? dnnl::matmul::desc(p.src, p.wei, p.bias, p.dst)
                     : dnnl::matmul::desc(p.src, p.wei, p.dst);
-    p.mm = dnnl::matmul(dnnl::matmul::primitive_desc(d, attr, engine()));
+    return dnnl::matmul::primitive_desc(d, attr, engine());
+  };
+  try {
+    dnnl::matmul::primitive_desc pd = make(false);
+    // A reference (unvectorised) kernel would be orders of magnitude slower.
+    if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0 && k.ldy != k.n) pd = make(true);
+    if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0)
+      fail("no optimised kernel for this product on this CPU (%s)", pd.impl_info_str());
+    p.mm = dnnl::matmul(pd);
   } catch (const dnnl::error& e) {
+    fail("oneDNN matmul %lldx%lldx%lld (%s): %s", (long long)k.M, (long long)k.n, (long long)k.K,
+         k.bf16 ? "bf16" : "f32", e.what());
+  } catch (const Error& e) {
     fail("oneDNN matmul %lldx%lldx%lld (%s): %s", (long long)k.M, (long long)k.n, (long long)k.K,
          k.bf16 ? "bf16" : "f32", e.what());
   }
@@ -170,26 +194,18 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
     xb.resize(static_cast<size_t>(M * K));
     uint16_t* xbd = xb.data();
     parallel_for(M * K, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) xbd[i] = to_bf16(x[i]);
+      for (int64_t i = b; i < e; ++i) xbd[i] = bf16_round(x[i]);
     }, 1 << 14);
     src = xbd;
   }
-  // Column ranges: the bf16 panels as packed; fp32 split evenly over the pool
-  // in multiples of 16 columns (small products stay on one thread).
-  const int64_t threads = num_threads();
-  int64_t parts, step;
-  if (bf16) {
-    step = kPanel;
-    parts = (N + kPanel - 1) / kPanel;
-  } else {
-    const bool split = threads > 1 && double(M) * N * K >= double(1 << 21);
-    parts = split ? std::min<int64_t>(threads, (N + 15) / 16) : 1;
-    step = (N + parts * 16 - 1) / (parts * 16) * 16;
-    parts = (N + step - 1) / step;
-  }
+  // Column panels of kPanel (the bf16 packing unit): the same panels whatever
+  // the thread count, so every output element sees the same kernel and
+  // blocking (results do not depend on threads). Small fp32 products are one call.
+  const bool small = !bf16 && double(M) * N * K < double(1 << 21);
+  const int64_t step = small ? N : kPanel, parts = (N + step - 1) / step;
   auto run = [&](int64_t p) {
     const int64_t n0 = p * step, n = std::min(step, N - n0);
-    const Key key{M, n, K, N, bf16, bias != nullptr, accumulate};
+    const Key key{M, n, K, N, bf16, bias != nullptr, accumulate, bf16 ? kPackedBF16 : kPlainF32};
     const Prim& pr = primitive(key, bf16 ? &w.packed_->descs[p] : nullptr);
     dnnl::stream& s = thread_stream();
     // Memory objects and the argument map are reused per thread and primitive
@@ -209,8 +225,10 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
       it = bound.emplace(&pr, std::move(b)).first;
     }
     Bound& b = it->second;
+    thread_local std::vector<float> stage;
+    if (pr.staged) stage.resize(static_cast<size_t>(M * n));
     b.src.set_data_handle(const_cast<void*>(src));
-    b.dst.set_data_handle(y + n0);
+    b.dst.set_data_handle(pr.staged ? stage.data() : y + n0);
     b.args[DNNL_ARG_SRC] = b.src;
     b.args[DNNL_ARG_DST] = b.dst;
     if (bf16) {
@@ -225,6 +243,57 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
     }
     pr.mm.execute(s, b.args);
     s.wait();
+    if (pr.staged)
+      for (int64_t m = 0; m < M; ++m) {
+        float* yr = y + m * N + n0;
+        const float* t = stage.data() + m * n;
+        if (accumulate)
+          for (int64_t j = 0; j < n; ++j) yr[j] += t[j];
+        else
+          std::copy_n(t, n, yr);
+      }
+  };
+  if (parts == 1) {
+    run(0);
+    return;
+  }
+  parallel_for(parts, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) run(p);
+  });
+}
+
+void to_bf16(const float* x, uint16_t* y, int64_t n) {
+  parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] = bf16_round(x[i]);
+  }, 1 << 14);
+}
+
+void gemm_nt_bf16(const uint16_t* A, const uint16_t* B, float* C, int64_t M, int64_t N, int64_t K,
+                  int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  // Fixed-width panels, whatever the thread count: the bf16 kernels' blocking
+  // depends on the panel width, and results must not depend on threads.
+  const int64_t step = kPanel, parts = (N + step - 1) / step;
+  auto run = [&](int64_t p) {
+    const int64_t n0 = p * step, n = std::min(step, N - n0);
+    const Prim& pr = primitive(Key{M, n, K, ldc, true, false, accumulate, kPlainBF16}, nullptr);
+    dnnl::stream& s = thread_stream();
+    thread_local std::vector<float> stage;
+    if (pr.staged) stage.resize(static_cast<size_t>(M * n));
+    dnnl::memory ms(pr.src, engine(), const_cast<uint16_t*>(A));
+    dnnl::memory mw(pr.wei, engine(), const_cast<uint16_t*>(B + n0 * K));
+    dnnl::memory md(pr.dst, engine(), pr.staged ? stage.data() : C + n0);
+    pr.mm.execute(s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md}});
+    s.wait();
+    if (pr.staged)
+      for (int64_t m = 0; m < M; ++m) {
+        float* cr = C + m * ldc + n0;
+        const float* t = stage.data() + m * n;
+        if (accumulate)
+          for (int64_t j = 0; j < n; ++j) cr[j] += t[j];
+        else
+          std::copy_n(t, n, cr);
+      }
   };
   if (parts == 1) {
     run(0);

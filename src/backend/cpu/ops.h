@@ -46,6 +46,12 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
 // The same with a float32 weight pointer [N, K] (no preparation).
 void linear(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N,
             int64_t K, bool accumulate = false);
+// float32 -> bfloat16 (round to nearest even), as raw uint16 bit patterns.
+void to_bf16(const float* x, uint16_t* y, int64_t n);
+// C[M,N] (row stride ldc) (+)= A[M,K] @ B[N,K]^T on bfloat16 operands with
+// float32 accumulation (AMX / AVX512_BF16; check bf16_supported()).
+void gemm_nt_bf16(const uint16_t* A, const uint16_t* B, float* C, int64_t M, int64_t N, int64_t K,
+                  int64_t ldc, bool accumulate);
 // C[M,N] = alpha * op(A) @ op(B) + beta * C with explicit leading dimensions.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
@@ -65,8 +71,9 @@ void group_norm(const float* x, float* y, int64_t C, int64_t HW, int groups, flo
 // ---- convolution and resampling (one image, NCHW without N) --------------
 // 2-D convolution, stride 1, square kernel k (1 or 3), zero padding pad.
 // w: (Cout, Cin, k, k), bias: (Cout) or null. Output H x W (same size for pad=(k-1)/2).
+// dtype BF16 rounds input and weights to bfloat16 (float32 accumulation).
 void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
-            int64_t Cout, int k, int pad, float* y);
+            int64_t Cout, int k, int pad, float* y, DType dtype = DType::F32);
 // Nearest-neighbour x2 upsampling: (C, H, W) -> (C, 2H, 2W).
 void upsample_nearest2x(const float* x, int64_t C, int64_t H, int64_t W, float* y);
 // F.interpolate(mode='area') = adaptive average pooling (C, hi, wi) -> (C, ho, wo),

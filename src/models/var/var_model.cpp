@@ -160,6 +160,25 @@ VarModel::VarModel(Weights& w, std::vector<int> patch_nums) {
     for (int h = 0; h < c.heads; ++h)
       B.head_scale.push_back(std::exp(std::min(B.scale_mul.data()[h], max_scale_mul)));
   }
+  set_dtype(cpu::DType::F32);
+}
+
+void VarModel::set_dtype(cpu::DType dt) {
+  const int64_t C = cfg_.C, F = cfg_.ffn;
+  for (Block& B : blocks_) {
+    B.qkv = cpu::LinearWeight(B.qkv_w.data(), 3 * C, C, dt);
+    B.proj = cpu::LinearWeight(B.proj_w.data(), C, C, dt);
+    B.fc1 = cpu::LinearWeight(B.fc1_w.data(), F, C, dt);
+    B.fc2 = cpu::LinearWeight(B.fc2_w.data(), C, F, dt);
+  }
+  head_lin_ = cpu::LinearWeight(head_w_.data(), cfg_.V, C, dt);
+  dtype_ = dt;
+}
+
+int64_t VarModel::gemm_weight_bytes() const {
+  int64_t b = head_lin_.bytes();
+  for (const Block& B : blocks_) b += B.qkv.bytes() + B.proj.bytes() + B.fc1.bytes() + B.fc2.bytes();
+  return b;
 }
 
 VarModel::Conditioning VarModel::condition(const std::vector<int>& labels, const Tap& tap) const {
@@ -281,7 +300,7 @@ void VarModel::attn_branch(int b, const Tensor& xs, const float* scale, const fl
                             scale + r * 6 * C, shift + r * 6 * C);
   if (tap) tap(tap_prefix + "attn_in", h);
   Tensor qkv = scratch(arena, {R, n, 3 * C});
-  cpu::linear(h.data(), B.qkv_w.data(), B.qkv_bias.data(), qkv.data(), R * n, 3 * C, C);
+  cpu::linear(h.data(), B.qkv, B.qkv_bias.data(), qkv.data(), R * n);
   const int len0 = st.len[b];
   if (len0 + n > st.cap) fail("KV cache overflow in block %d", b);
   auto l2norm = [&](float* v, float mul) {
@@ -314,7 +333,7 @@ void VarModel::attn_branch(int b, const Tensor& xs, const float* scale, const fl
     cpu::attention(qkv.data() + r * n * 3 * C, 3 * C, st.k[b].data() + r * H * st.cap * hd,
                    st.v[b].data() + r * H * st.cap * hd, st.cap * hd, o.data() + r * n * C, n,
                    st.len[b], H, hd, sm_scale);
-  cpu::linear(o.data(), B.proj_w.data(), B.proj_b.data(), out.data(), R * n, C, C);
+  cpu::linear(o.data(), B.proj, B.proj_b.data(), out.data(), R * n);
   if (tap) tap(tap_prefix + "attn_out", out);
 }
 
@@ -328,9 +347,9 @@ void VarModel::ffn_branch(int b, const Tensor& xs, const float* scale, const flo
     cpu::layernorm_modulate(xs.data() + r * n * C, h.data() + r * n * C, n, C, cfg_.eps,
                             scale + r * 6 * C, shift + r * 6 * C);
   Tensor mid = scratch(arena, {R, n, F});
-  cpu::linear(h.data(), B.fc1_w.data(), B.fc1_b.data(), mid.data(), R * n, F, C);
+  cpu::linear(h.data(), B.fc1, B.fc1_b.data(), mid.data(), R * n);
   cpu::gelu_tanh(mid.data(), R * n * F);
-  cpu::linear(mid.data(), B.fc2_w.data(), B.fc2_b.data(), out.data(), R * n, C, F);
+  cpu::linear(mid.data(), B.fc2, B.fc2_b.data(), out.data(), R * n);
 }
 
 void VarModel::run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning& cd, State& st,
@@ -390,7 +409,7 @@ Tensor VarModel::head(const Tensor& x, const Conditioning& cd, Arena* arena) con
   for (int r = 0; r < R; ++r)
     cpu::layernorm_modulate(x.data() + r * l * C, h.data() + r * l * C, l, C, cfg_.eps,
                             cd.ada_head.data() + r * 2 * C, cd.ada_head.data() + r * 2 * C + C);
-  cpu::linear(h.data(), head_w_.data(), head_b_.data(), logits.data(), R * l, V, C);
+  cpu::linear(h.data(), head_lin_, head_b_.data(), logits.data(), R * l);
   return logits;
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "core/arena.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
@@ -39,6 +40,15 @@ class VarModel {
   // inferred from the lvl_1L buffer or from the known release lists.
   explicit VarModel(Weights& w, std::vector<int> patch_nums = {});
   const VarConfig& config() const { return cfg_; }
+
+  // Compute dtype of the transformer's GEMMs (qkv, proj, FFN, head). BF16
+  // prepacks bfloat16 copies of those weights (once; about half the fp32 bytes);
+  // AdaLN, attention, norms and sampling stay float32. Not thread-safe with a
+  // running generation.
+  void set_dtype(cpu::DType dt);
+  cpu::DType dtype() const { return dtype_; }
+  // Bytes of weights one forward of a scale reads (the GEMM operands).
+  int64_t gemm_weight_bytes() const;
 
   // Per-image constants: rows 0..B-1 use `labels`, rows B..2B-1 the null class.
   struct Conditioning {
@@ -84,6 +94,7 @@ class VarModel {
     Tensor ada_gss;  // shared AdaLN only: (6, C)
     Tensor ada_w, ada_b;  // non-shared: (6C, C), (6C)
     Tensor scale_mul, q_bias, v_bias, qkv_w, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b;
+    cpu::LinearWeight qkv, proj, fc1, fc2;  // the GEMM operands, in the compute dtype
     std::vector<float> qkv_bias;  // [q_bias, 0, v_bias]
     std::vector<float> head_scale;  // exp(min(scale_mul, ln 100)) per head
   };
@@ -96,6 +107,8 @@ class VarModel {
   VarConfig cfg_;
   Tensor pos_start_, pos_, word_w_, word_b_, class_emb_, lvl_embed_;
   Tensor shared_w_, shared_b_, head_ada_w_, head_ada_b_, head_w_, head_b_;
+  cpu::LinearWeight head_lin_;
+  cpu::DType dtype_ = cpu::DType::F32;
   std::vector<Block> blocks_;
 };
 

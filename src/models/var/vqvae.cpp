@@ -226,12 +226,13 @@ void VQVAE::embed(const int64_t* idx, int B, int ph, int pw, float* h) const {
 }
 
 void VQVAE::conv(const Conv& c, const float* x, int H, int W, float* y) const {
-  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y);
+  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y, dtype_);
 }
 
 void VQVAE::phi(int k, const float* x, int H, int W, float* y) const {
   if (k < 0 || k >= cfg_.n_phi) fail("phi index %d out of range [0, %d)", k, cfg_.n_phi);
-  conv(phis_[k], x, H, W, y);
+  const Conv& c = phis_[k];
+  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y);
   // Upstream: h.mul(1 - q) + conv(h).mul_(q), each product rounded separately.
   const float q = cfg_.quant_resi, omq = float(1.0 - double(cfg_.quant_resi));
   const int64_t n = int64_t(cfg_.Cvae) * H * W;

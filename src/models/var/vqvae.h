@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "core/arena.h"
 #include "core/tensor.h"
 #include "models/weights.h"
@@ -70,6 +71,10 @@ class VQVAE {
 
   // f_hat (B, Cvae, PH, PW) -> image (B, 3, PH*f, PW*f) in [0, 1], f = downsample.
   Tensor decode(const Tensor& f_hat) const;
+  // Compute dtype of the decoder's convolutions (the quantiser's phi convs in
+  // the scale loop stay float32).
+  void set_dtype(cpu::DType dt) { dtype_ = dt; }
+  cpu::DType dtype() const { return dtype_; }
 
   struct Conv {
     Tensor w, b;
@@ -97,6 +102,7 @@ class VQVAE {
   void resblock(const ResBlock& rb, int C, int H, int W, float* bufs[3]) const;
   void attn(const Attn& a, int C, int H, int W, float* bufs[3]) const;
   void conv(const Conv& c, const float* x, int H, int W, float* y) const;
+  cpu::DType dtype_ = cpu::DType::F32;
 
   VQVAEConfig cfg_;
   Tensor codebook_;         // (V, Cvae)
