@@ -27,7 +27,7 @@ constexpr int64_t kKBlock = 128;
 // One (head, query block) task. q rows are q_stride apart; k, v are (Lk, hd).
 void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, float* out,
               int64_t out_stride, int64_t ni, int64_t Lk, int64_t hd, float scale, float* kt,
-              float* s, float* acc, float* m, float* l) {
+              float* s, float* acc, float* m, float* l, float* corr) {
   const hn::ScalableTag<float> d;
   const int64_t N = hn::Lanes(d);
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -41,78 +41,108 @@ void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, 
       for (int64_t c = 0; c < hd; ++c) kt[c * kKBlock + j] = k[(j0 + j) * hd + c];
     for (int64_t c = 0; c < hd; ++c)
       for (int64_t j = nj; j < njr; ++j) kt[c * kKBlock + j] = 0.f;
-    for (int64_t i = 0; i < ni; ++i) {
-      const float* qi = q + i * q_stride;
-      float* si = s + i * kKBlock;
-      int64_t j = 0;
-      for (; j + 4 * N <= njr; j += 4 * N) {
-        auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    // Scores, four query rows at a time: each K vector loaded feeds four rows.
+    const auto sc = hn::Set(d, scale);
+    for (int64_t i0 = 0; i0 < ni; i0 += 4) {
+      const int64_t nr = std::min<int64_t>(4, ni - i0);
+      const float* q0 = q + i0 * q_stride;
+      const float* q1 = q0 + (nr > 1 ? q_stride : 0);
+      const float* q2 = q0 + (nr > 2 ? 2 * q_stride : 0);
+      const float* q3 = q0 + (nr > 3 ? 3 * q_stride : 0);
+      float* s0 = s + i0 * kKBlock;
+      for (int64_t j = 0; j < njr; j += 2 * N) {
+        const bool two = j + N < njr;
+        auto a00 = hn::Zero(d), a01 = hn::Zero(d), a10 = hn::Zero(d), a11 = hn::Zero(d);
+        auto a20 = hn::Zero(d), a21 = hn::Zero(d), a30 = hn::Zero(d), a31 = hn::Zero(d);
         for (int64_t c = 0; c < hd; ++c) {
-          const auto qc = hn::Set(d, qi[c]);
           const float* kr = kt + c * kKBlock + j;
-          a0 = hn::MulAdd(qc, hn::Load(d, kr), a0);
-          a1 = hn::MulAdd(qc, hn::Load(d, kr + N), a1);
-          a2 = hn::MulAdd(qc, hn::Load(d, kr + 2 * N), a2);
-          a3 = hn::MulAdd(qc, hn::Load(d, kr + 3 * N), a3);
+          const auto k0 = hn::Load(d, kr), k1 = two ? hn::Load(d, kr + N) : hn::Zero(d);
+          const auto b0 = hn::Set(d, q0[c]), b1 = hn::Set(d, q1[c]);
+          const auto b2 = hn::Set(d, q2[c]), b3 = hn::Set(d, q3[c]);
+          a00 = hn::MulAdd(b0, k0, a00), a01 = hn::MulAdd(b0, k1, a01);
+          a10 = hn::MulAdd(b1, k0, a10), a11 = hn::MulAdd(b1, k1, a11);
+          a20 = hn::MulAdd(b2, k0, a20), a21 = hn::MulAdd(b2, k1, a21);
+          a30 = hn::MulAdd(b3, k0, a30), a31 = hn::MulAdd(b3, k1, a31);
         }
-        const auto sc = hn::Set(d, scale);
-        hn::Store(hn::Mul(a0, sc), d, si + j);
-        hn::Store(hn::Mul(a1, sc), d, si + j + N);
-        hn::Store(hn::Mul(a2, sc), d, si + j + 2 * N);
-        hn::Store(hn::Mul(a3, sc), d, si + j + 3 * N);
+        // Rows past nr repeat row 0 into unused rows of s (s holds kQBlock).
+        hn::Store(hn::Mul(a00, sc), d, s0 + j);
+        hn::Store(hn::Mul(a10, sc), d, s0 + kKBlock + j);
+        hn::Store(hn::Mul(a20, sc), d, s0 + 2 * kKBlock + j);
+        hn::Store(hn::Mul(a30, sc), d, s0 + 3 * kKBlock + j);
+        if (two) {
+          hn::Store(hn::Mul(a01, sc), d, s0 + j + N);
+          hn::Store(hn::Mul(a11, sc), d, s0 + kKBlock + j + N);
+          hn::Store(hn::Mul(a21, sc), d, s0 + 2 * kKBlock + j + N);
+          hn::Store(hn::Mul(a31, sc), d, s0 + 3 * kKBlock + j + N);
+        }
       }
-      for (; j < njr; j += N) {
-        auto a0 = hn::Zero(d);
-        for (int64_t c = 0; c < hd; ++c)
-          a0 = hn::MulAdd(hn::Set(d, qi[c]), hn::Load(d, kt + c * kKBlock + j), a0);
-        hn::Store(hn::Mul(a0, hn::Set(d, scale)), d, si + j);
-      }
+    }
+    // Online softmax per row: running max m, sum l, rescale factor corr.
+    for (int64_t i = 0; i < ni; ++i) {
+      float* si = s + i * kKBlock;
       for (int64_t jj = nj; jj < njr; ++jj) si[jj] = ninf;
       auto vmax = hn::Set(d, m[i]);
-      for (j = 0; j < njr; j += N) vmax = hn::Max(vmax, hn::Load(d, si + j));
+      for (int64_t j = 0; j < njr; j += N) vmax = hn::Max(vmax, hn::Load(d, si + j));
       const float mx = hn::GetLane(hn::MaxOfLanes(d, vmax));
-      const float corr = std::exp(m[i] - mx);  // 0 on the first block
+      corr[i] = std::exp(m[i] - mx);  // 0 on the first block
       const auto vmx = hn::Set(d, mx);
       auto vsum = hn::Zero(d);
-      for (j = 0; j < njr; j += N) {
+      for (int64_t j = 0; j < njr; j += N) {
         const auto p = hn::Exp(d, hn::Sub(hn::Load(d, si + j), vmx));
         hn::Store(p, d, si + j);
         vsum = hn::Add(vsum, p);
       }
-      l[i] = l[i] * corr + hn::GetLane(hn::SumOfLanes(d, vsum));
+      l[i] = l[i] * corr[i] + hn::GetLane(hn::SumOfLanes(d, vsum));
       m[i] = mx;
-      float* ai = acc + i * hd;
-      // acc = acc * corr + P V, four vectors of the head dim at a time kept in
-      // registers across the key loop.
-      const auto vc = hn::Set(d, corr);
+    }
+    // acc = acc * corr + P V, four rows x two vectors of the head dim in
+    // registers across the key loop: each V vector loaded feeds four rows.
+    for (int64_t i0 = 0; i0 < ni; i0 += 4) {
+      const int64_t nr = std::min<int64_t>(4, ni - i0);
+      // Rows past nr duplicate row nr - 1 (same inputs, same result).
+      const float* pr[4];
+      float* ac[4];
+      float cr[4];
+      for (int r = 0; r < 4; ++r) {
+        const int64_t ir = i0 + std::min<int64_t>(r, nr - 1);
+        pr[r] = s + ir * kKBlock;
+        ac[r] = acc + ir * hd;
+        cr[r] = corr[ir];
+      }
+      const float *p0 = pr[0], *p1 = pr[1], *p2 = pr[2], *p3 = pr[3];
       int64_t c0 = 0;
-      for (; c0 + 4 * N <= hd; c0 += 4 * N) {
-        auto a0 = hn::Mul(hn::LoadU(d, ai + c0), vc), a1 = hn::Mul(hn::LoadU(d, ai + c0 + N), vc);
-        auto a2 = hn::Mul(hn::LoadU(d, ai + c0 + 2 * N), vc);
-        auto a3 = hn::Mul(hn::LoadU(d, ai + c0 + 3 * N), vc);
-        for (j = 0; j < nj; ++j) {
-          const auto vp = hn::Set(d, si[j]);
+      for (; c0 + 2 * N <= hd; c0 += 2 * N) {
+        auto a00 = hn::Mul(hn::LoadU(d, ac[0] + c0), hn::Set(d, cr[0]));
+        auto a01 = hn::Mul(hn::LoadU(d, ac[0] + c0 + N), hn::Set(d, cr[0]));
+        auto a10 = hn::Mul(hn::LoadU(d, ac[1] + c0), hn::Set(d, cr[1]));
+        auto a11 = hn::Mul(hn::LoadU(d, ac[1] + c0 + N), hn::Set(d, cr[1]));
+        auto a20 = hn::Mul(hn::LoadU(d, ac[2] + c0), hn::Set(d, cr[2]));
+        auto a21 = hn::Mul(hn::LoadU(d, ac[2] + c0 + N), hn::Set(d, cr[2]));
+        auto a30 = hn::Mul(hn::LoadU(d, ac[3] + c0), hn::Set(d, cr[3]));
+        auto a31 = hn::Mul(hn::LoadU(d, ac[3] + c0 + N), hn::Set(d, cr[3]));
+        for (int64_t j = 0; j < nj; ++j) {
           const float* vj = v + (j0 + j) * hd + c0;
-          a0 = hn::MulAdd(vp, hn::LoadU(d, vj), a0);
-          a1 = hn::MulAdd(vp, hn::LoadU(d, vj + N), a1);
-          a2 = hn::MulAdd(vp, hn::LoadU(d, vj + 2 * N), a2);
-          a3 = hn::MulAdd(vp, hn::LoadU(d, vj + 3 * N), a3);
+          const auto v0 = hn::LoadU(d, vj), v1 = hn::LoadU(d, vj + N);
+          const auto b0 = hn::Set(d, p0[j]), b1 = hn::Set(d, p1[j]);
+          const auto b2 = hn::Set(d, p2[j]), b3 = hn::Set(d, p3[j]);
+          a00 = hn::MulAdd(b0, v0, a00), a01 = hn::MulAdd(b0, v1, a01);
+          a10 = hn::MulAdd(b1, v0, a10), a11 = hn::MulAdd(b1, v1, a11);
+          a20 = hn::MulAdd(b2, v0, a20), a21 = hn::MulAdd(b2, v1, a21);
+          a30 = hn::MulAdd(b3, v0, a30), a31 = hn::MulAdd(b3, v1, a31);
         }
-        hn::StoreU(a0, d, ai + c0);
-        hn::StoreU(a1, d, ai + c0 + N);
-        hn::StoreU(a2, d, ai + c0 + 2 * N);
-        hn::StoreU(a3, d, ai + c0 + 3 * N);
+        hn::StoreU(a30, d, ac[3] + c0), hn::StoreU(a31, d, ac[3] + c0 + N);
+        hn::StoreU(a20, d, ac[2] + c0), hn::StoreU(a21, d, ac[2] + c0 + N);
+        hn::StoreU(a10, d, ac[1] + c0), hn::StoreU(a11, d, ac[1] + c0 + N);
+        hn::StoreU(a00, d, ac[0] + c0), hn::StoreU(a01, d, ac[0] + c0 + N);
       }
-      for (; c0 + N <= hd; c0 += N) {
-        auto a0 = hn::Mul(hn::LoadU(d, ai + c0), vc);
-        for (j = 0; j < nj; ++j)
-          a0 = hn::MulAdd(hn::Set(d, si[j]), hn::LoadU(d, v + (j0 + j) * hd + c0), a0);
-        hn::StoreU(a0, d, ai + c0);
-      }
-      for (; c0 < hd; ++c0) {
-        float a = ai[c0] * corr;
-        for (j = 0; j < nj; ++j) a += si[j] * v[(j0 + j) * hd + c0];
-        ai[c0] = a;
+      for (int64_t r = 0; r < nr; ++r) {  // head-dim tail, scalar
+        const float* prow = s + (i0 + r) * kKBlock;
+        float* ar = acc + (i0 + r) * hd;
+        for (int64_t c = c0; c < hd; ++c) {
+          float a = ar[c] * corr[i0 + r];
+          for (int64_t j = 0; j < nj; ++j) a += prow[j] * v[(j0 + j) * hd + c];
+          ar[c] = a;
+        }
       }
     }
   }
@@ -139,12 +169,13 @@ void attention(const float* q, int64_t q_stride, const float* k, const float* v,
     auto kt = hwy::AllocateAligned<float>(hd * KB + 64);
     auto s = hwy::AllocateAligned<float>(QB * KB);
     auto acc = hwy::AllocateAligned<float>(QB * hd);
-    std::vector<float> m(QB), l(QB);
+    std::vector<float> m(QB), l(QB), corr(QB);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / nqb, i0 = (t % nqb) * QB, ni = std::min(QB, Lq - i0);
       HWY_DYNAMIC_DISPATCH(AttnTile)(q + i0 * q_stride + h * hd, q_stride, k + h * kv_head_stride,
                                      v + h * kv_head_stride, out + i0 * H * hd + h * hd, H * hd, ni,
-                                     Lk, hd, scale, kt.get(), s.get(), acc.get(), m.data(), l.data());
+                                     Lk, hd, scale, kt.get(), s.get(), acc.get(), m.data(), l.data(),
+                                     corr.data());
     }
   });
 }

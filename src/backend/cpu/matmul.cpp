@@ -9,6 +9,7 @@
 #include <dnnl.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -50,15 +51,6 @@ dnnl::stream& thread_stream() {
   return s;
 }
 
-// Rounds to nearest even (as torch's float -> bfloat16); NaN stays NaN.
-inline uint16_t bf16_round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 dnnl::memory::desc weight_desc_plain(int64_t K, int64_t n) {
   // Rows [n0, n0 + n) of W[N, K] row-major, seen as a K x n matrix.
   return dnnl::memory::desc(dims{K, n}, dt::f32, dims{1, K});
@@ -79,10 +71,10 @@ struct Key {
 
 struct Prim {
   dnnl::matmul mm;
-  dnnl::memory::desc src, wei, bias, dst;
+  dnnl::memory::desc src, wei, bias, dst, scratch;
   // The kernels write a panel with a row stride other than its width only in
-  // some configurations (not bf16 in oneDNN 2.6): otherwise the panel goes to a
-  // dense buffer and is copied (or added, for accumulate) into y.
+  // some configurations (fp32): otherwise the panel goes to a dense buffer and
+  // is copied (or added, for accumulate) into y.
   bool staged = false;
 };
 
@@ -103,6 +95,9 @@ const Prim& primitive(const Key& k, const dnnl::memory::desc* packed_wei) {
     p.staged = staged;
     p.dst = dnnl::memory::desc(dims{k.M, k.n}, dt::f32, dims{staged ? k.n : k.ldy, 1});
     dnnl::primitive_attr attr;
+    // oneDNN's default scratchpad is one global buffer, unsafe when pool
+    // workers execute primitives at the same time: each thread brings its own.
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (k.acc && !staged) {
       dnnl::post_ops po;
       po.append_sum(1.f);
@@ -113,12 +108,15 @@ const Prim& primitive(const Key& k, const dnnl::memory::desc* packed_wei) {
     return dnnl::matmul::primitive_desc(d, attr, engine());
   };
   try {
-    dnnl::matmul::primitive_desc pd = make(false);
+    // bf16 kernels get a dense output panel: oneDNN 2.6 falls back to its
+    // reference kernel for a strided destination of a bf16 product.
+    dnnl::matmul::primitive_desc pd = make(k.bf16 && k.ldy != k.n);
     // A reference (unvectorised) kernel would be orders of magnitude slower.
     if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0 && k.ldy != k.n) pd = make(true);
     if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0)
       fail("no optimised kernel for this product on this CPU (%s)", pd.impl_info_str());
     p.mm = dnnl::matmul(pd);
+    p.scratch = pd.scratchpad_desc();
   } catch (const dnnl::error& e) {
     fail("oneDNN matmul %lldx%lldx%lld (%s): %s", (long long)k.M, (long long)k.n, (long long)k.K,
          k.bf16 ? "bf16" : "f32", e.what());
@@ -127,6 +125,14 @@ const Prim& primitive(const Key& k, const dnnl::memory::desc* packed_wei) {
          k.bf16 ? "bf16" : "f32", e.what());
   }
   return cache.emplace(k, std::move(p)).first->second;
+}
+
+// This thread's scratchpad for a primitive (grown as needed, never shrunk).
+void* thread_scratch(const Prim& p) {
+  thread_local std::vector<uint8_t> buf;
+  const size_t need = p.scratch.get_size();
+  if (buf.size() < need) buf.resize(need);
+  return buf.data();
 }
 
 }  // namespace
@@ -192,11 +198,8 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
   const void* src = x;
   if (bf16) {
     xb.resize(static_cast<size_t>(M * K));
-    uint16_t* xbd = xb.data();
-    parallel_for(M * K, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) xbd[i] = bf16_round(x[i]);
-    }, 1 << 14);
-    src = xbd;
+    to_bf16(x, xb.data(), M * K);
+    src = xb.data();
   }
   // Column panels of kPanel (the bf16 packing unit): the same panels whatever
   // the thread count, so every output element sees the same kernel and
@@ -211,7 +214,7 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
     // Memory objects and the argument map are reused per thread and primitive
     // (only their data pointers change), so steady-state calls do not allocate.
     struct Bound {
-      dnnl::memory src, wei, dst, bias;
+      dnnl::memory src, wei, dst, bias, scratch;
       std::unordered_map<int, dnnl::memory> args;
     };
     thread_local std::map<const Prim*, Bound> bound;
@@ -222,6 +225,7 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
       b.dst = dnnl::memory(pr.dst, engine(), nullptr);
       if (!bf16) b.wei = dnnl::memory(pr.wei, engine(), nullptr);
       if (bias) b.bias = dnnl::memory(pr.bias, engine(), nullptr);
+      b.scratch = dnnl::memory(pr.scratch, engine(), nullptr);
       it = bound.emplace(&pr, std::move(b)).first;
     }
     Bound& b = it->second;
@@ -229,8 +233,10 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
     if (pr.staged) stage.resize(static_cast<size_t>(M * n));
     b.src.set_data_handle(const_cast<void*>(src));
     b.dst.set_data_handle(pr.staged ? stage.data() : y + n0);
+    b.scratch.set_data_handle(thread_scratch(pr));
     b.args[DNNL_ARG_SRC] = b.src;
     b.args[DNNL_ARG_DST] = b.dst;
+    b.args[DNNL_ARG_SCRATCHPAD] = b.scratch;
     if (bf16) {
       b.args[DNNL_ARG_WEIGHTS] = w.packed_->panels[p];
     } else {
@@ -262,12 +268,6 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
   });
 }
 
-void to_bf16(const float* x, uint16_t* y, int64_t n) {
-  parallel_for(n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) y[i] = bf16_round(x[i]);
-  }, 1 << 14);
-}
-
 void gemm_nt_bf16(const uint16_t* A, const uint16_t* B, float* C, int64_t M, int64_t N, int64_t K,
                   int64_t ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
@@ -283,7 +283,9 @@ void gemm_nt_bf16(const uint16_t* A, const uint16_t* B, float* C, int64_t M, int
     dnnl::memory ms(pr.src, engine(), const_cast<uint16_t*>(A));
     dnnl::memory mw(pr.wei, engine(), const_cast<uint16_t*>(B + n0 * K));
     dnnl::memory md(pr.dst, engine(), pr.staged ? stage.data() : C + n0);
-    pr.mm.execute(s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md}});
+    dnnl::memory msc(pr.scratch, engine(), thread_scratch(pr));
+    pr.mm.execute(s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md},
+                      {DNNL_ARG_SCRATCHPAD, msc}});
     s.wait();
     if (pr.staged)
       for (int64_t m = 0; m < M; ++m) {
