@@ -35,6 +35,91 @@ BENCHMARK(BM_Linear)->Args({512, 3072, 1024})->Args({512, 1024, 1024})->Args({51
 // d30 (C=1920) last scale.
 BENCHMARK(BM_Linear)->Args({512, 5760, 1920})->Args({512, 7680, 1920})->UseRealTime();
 
+// The same with the weight prepared once in a compute dtype; args: M, N, K, dtype
+// (0 = fp32 in place, 1 = bf16 prepacked, fp32 accumulation).
+void BM_LinearDtype(benchmark::State& st) {
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  const auto dt = st.range(3) ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
+  if (dt == fastvar::cpu::DType::BF16 && !fastvar::cpu::bf16_supported()) {
+    st.SkipWithError("no bf16 GEMM on this CPU");
+    return;
+  }
+  auto x = randn(M * K, 1), w = randn(N * K, 2), b = randn(N, 3);
+  fastvar::cpu::LinearWeight lw(w.data(), N, K, dt);
+  std::vector<float> y(M * N);
+  for (auto _ : st) fastvar::cpu::linear(x.data(), lw, b.data(), y.data(), M);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+// The machine's GEMM peak per dtype (a large square product), then the d16
+// shapes of the last scale and of scale 0 in both dtypes.
+BENCHMARK(BM_LinearDtype)->Args({2048, 2048, 2048, 0})->Args({2048, 2048, 2048, 1})
+    ->Args({512, 3072, 1024, 0})->Args({512, 3072, 1024, 1})->Args({512, 4096, 1024, 0})
+    ->Args({512, 4096, 1024, 1})->Args({2, 3072, 1024, 0})->Args({2, 3072, 1024, 1})->UseRealTime();
+
+// OpenBLAS sgemm peak (what the im2col convolution uses in fp32).
+void BM_Sgemm(benchmark::State& st) {
+  const int64_t n = st.range(0);
+  auto a = randn(n * n, 1), b = randn(n * n, 2);
+  std::vector<float> c(n * n);
+  for (auto _ : st) fastvar::cpu::gemm(false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Sgemm)->Arg(2048)->UseRealTime();
+
+// LayerNorm + AdaLN modulation of the last d16 scale (2 x 256 tokens, C 1024).
+void BM_LayerNorm(benchmark::State& st) {
+  const int64_t rows = st.range(0), C = st.range(1);
+  auto x = randn(rows * C, 1), sc = randn(C, 2), sh = randn(C, 3);
+  std::vector<float> y(rows * C);
+  for (auto _ : st) fastvar::cpu::layernorm_modulate(x.data(), y.data(), rows, C, 1e-6f, sc.data(), sh.data());
+  st.counters["GB/s"] = benchmark::Counter(8.0 * rows * C, benchmark::Counter::kIsIterationInvariantRate,
+                                           benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_LayerNorm)->Args({512, 1024})->Args({2048, 2304})->UseRealTime();
+
+// tanh-GELU over the FFN hidden of the last d16 scale (512 x 4096).
+void BM_Gelu(benchmark::State& st) {
+  auto x = randn(st.range(0), 1);
+  for (auto _ : st) {
+    auto y = x;
+    fastvar::cpu::gelu_tanh(y.data(), int64_t(y.size()));
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["Gelem/s"] = benchmark::Counter(double(st.range(0)), benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Gelu)->Arg(512 * 4096)->UseRealTime();
+
+// GroupNorm (+SiLU) of the VQVAE decoder: 32 groups; args: C, H (= W).
+void BM_GroupNorm(benchmark::State& st) {
+  const int64_t C = st.range(0), HW = st.range(1) * st.range(1);
+  auto x = randn(C * HW, 1), g = randn(C, 2), b = randn(C, 3);
+  std::vector<float> y(C * HW);
+  for (auto _ : st) fastvar::cpu::group_norm(x.data(), y.data(), C, HW, 32, 1e-6f, g.data(), b.data(), true);
+  st.counters["GB/s"] = benchmark::Counter(8.0 * C * HW, benchmark::Counter::kIsIterationInvariantRate,
+                                           benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_GroupNorm)->Args({160, 256})->Args({640, 16})->UseRealTime();
+
+// 3x3 convolution of the VQVAE decoder (ch 160): args: Cin, Cout, H (= W), dtype.
+void BM_Conv3x3(benchmark::State& st) {
+  const int64_t Cin = st.range(0), Cout = st.range(1), H = st.range(2);
+  const auto dt = st.range(3) ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
+  if (dt == fastvar::cpu::DType::BF16 && !fastvar::cpu::bf16_supported()) {
+    st.SkipWithError("no bf16 GEMM on this CPU");
+    return;
+  }
+  auto x = randn(Cin * H * H, 1), w = randn(Cout * Cin * 9, 2), b = randn(Cout, 3);
+  std::vector<float> y(Cout * H * H);
+  for (auto _ : st) fastvar::cpu::conv2d(x.data(), Cin, H, H, w.data(), b.data(), Cout, 3, 1, y.data(), dt);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * Cout * Cin * 9 * H * H, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Conv3x3)->Args({160, 160, 256, 0})->Args({160, 160, 256, 1})->Args({320, 320, 64, 0})
+    ->Args({320, 320, 64, 1})->Args({640, 640, 16, 0})->Args({640, 640, 16, 1})->UseRealTime();
+
 // Attention of one row: Lq queries over Lk cached keys, H heads of 64.
 void BM_Attention(benchmark::State& st) {
   const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = 64;

@@ -152,6 +152,7 @@ nlohmann::json report(const std::string& name, const std::string& config, const 
 // One model's engine: random weights of a release shape, or files.
 std::unique_ptr<VarEngine> load_var(const std::string& shape, const BenchArgs& a) {
   if (shape.empty()) return VarEngine::load(a.model, a.vae);
+  if (shape == "embedded") return VarEngine::load_embedded();
   auto e = std::make_unique<VarEngine>();
   var::RandomVarSpec vs = var::var_preset(shape);
   e->var_weights = std::make_unique<Weights>(var::random_var_checkpoint(vs, 1));

@@ -86,6 +86,16 @@ TensorFile::~TensorFile() {
   if (map_) munmap(map_, map_size_);
 }
 
+void TensorFile::release_pages(const void* p, size_t bytes) const {
+  if (!map_ || !p) return;
+  const auto b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
+  const auto mb = reinterpret_cast<uintptr_t>(map_), me = mb + map_size_;
+  if (b < mb || e > me) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (b + page - 1) / page * page, hi = e / page * page;  // inner pages only
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 namespace {
 
 // Owns the fd and mapping until the parsed file takes over the mapping, so every

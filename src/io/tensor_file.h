@@ -48,6 +48,11 @@ class TensorFile {
   const TensorEntry& at(const std::string& name) const;    // throws if absent
   size_t total_bytes() const;  // sum of nbytes
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Drops the pages of [p, p + bytes) from this process's memory when they lie
+  // in this file's read-only mapping (they are re-read from the file if touched
+  // again); does nothing for memory the file does not map. For weights that
+  // were converted into another dtype and are no longer read.
+  void release_pages(const void* p, size_t bytes) const;
   // Keeps `buf` alive as long as this file (for files parsed from memory).
   void adopt(std::unique_ptr<uint8_t[]> buf) { owned_.push_back(std::move(buf)); }
 

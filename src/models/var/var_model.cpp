@@ -67,7 +67,7 @@ std::string VarConfig::describe() const {
                    pn.c_str(), L);
 }
 
-VarModel::VarModel(Weights& w, std::vector<int> patch_nums) {
+VarModel::VarModel(Weights& w, std::vector<int> patch_nums) : file_(&w.file()) {
   const std::string& lb = w.label();
   const io::TensorFile& f = w.file();
   auto dim = [&](const std::string& name, int i) -> int {
@@ -173,6 +173,12 @@ void VarModel::set_dtype(cpu::DType dt) {
   }
   head_lin_ = cpu::LinearWeight(head_w_.data(), cfg_.V, C, dt);
   dtype_ = dt;
+  if (dt != cpu::DType::F32 && file_) {
+    auto drop = [&](const Tensor& t) { file_->release_pages(t.data(), size_t(t.numel()) * sizeof(float)); };
+    for (const Block& B : blocks_)
+      for (const Tensor* t : {&B.qkv_w, &B.proj_w, &B.fc1_w, &B.fc2_w}) drop(*t);
+    drop(head_w_);
+  }
 }
 
 int64_t VarModel::gemm_weight_bytes() const {

@@ -42,9 +42,10 @@ class VarModel {
   const VarConfig& config() const { return cfg_; }
 
   // Compute dtype of the transformer's GEMMs (qkv, proj, FFN, head). BF16
-  // prepacks bfloat16 copies of those weights (once; about half the fp32 bytes);
-  // AdaLN, attention, norms and sampling stay float32. Not thread-safe with a
-  // running generation.
+  // prepacks bfloat16 copies of those weights (about half the fp32 bytes) and
+  // drops the float32 pages of a mapped checkpoint from memory (they are read
+  // again from the file if fp32 is chosen later); AdaLN, attention, norms and
+  // sampling stay float32. Not thread-safe with a running generation.
   void set_dtype(cpu::DType dt);
   cpu::DType dtype() const { return dtype_; }
   // Bytes of weights one forward of a scale reads (the GEMM operands).
@@ -109,6 +110,7 @@ class VarModel {
   Tensor shared_w_, shared_b_, head_ada_w_, head_ada_b_, head_w_, head_b_;
   cpu::LinearWeight head_lin_;
   cpu::DType dtype_ = cpu::DType::F32;
+  const io::TensorFile* file_ = nullptr;  // the checkpoint mapping the tensors view
   std::vector<Block> blocks_;
 };
 
