@@ -48,13 +48,14 @@ void conv2d_bf16(const float* x, int64_t Cin, int64_t H, int64_t W, const float*
   rows = (Ho + nbands - 1) / nbands;
   const int64_t band_in = rows + k - 1;
   thread_local std::vector<float> wt_f;
-  thread_local std::vector<uint16_t> wt_buf, xp_buf, col_buf;
+  thread_local std::vector<uint16_t> wt_buf, x_buf, xp_buf, col_buf;
   wt_f.resize(size_t(Cout * Kc));
   wt_buf.resize(size_t(Cout * Kc));
+  x_buf.resize(size_t(Cin * H * W));
   xp_buf.resize(size_t(band_in * Wp * Cin));
   col_buf.resize(size_t(rows * Wo * Kc));
   float* wtf = wt_f.data();
-  uint16_t *wt = wt_buf.data(), *xp = xp_buf.data(), *col = col_buf.data();
+  uint16_t *wt = wt_buf.data(), *xb = x_buf.data(), *xp = xp_buf.data(), *col = col_buf.data();
   parallel_for(
       Cout,
       [&](int64_t c0, int64_t c1) {
@@ -65,6 +66,7 @@ void conv2d_bf16(const float* x, int64_t Cin, int64_t H, int64_t W, const float*
       },
       8);
   to_bf16(wtf, wt, Cout * Kc);
+  to_bf16(x, xb, Cin * H * W);  // the whole input once, then only 16-bit copies
   for (int64_t oh0 = 0; oh0 < Ho; oh0 += rows) {
     const int64_t oh1 = std::min(Ho, oh0 + rows), n = (oh1 - oh0) * Wo;
     parallel_for(oh1 - oh0 + k - 1, [&](int64_t r0, int64_t r1) {
@@ -78,14 +80,9 @@ void conv2d_bf16(const float* x, int64_t Cin, int64_t H, int64_t W, const float*
         std::fill(dst, dst + pad * Cin, uint16_t(0));
         std::fill(dst + (pad + W) * Cin, dst + Wp * Cin, uint16_t(0));
         for (int64_t ci = 0; ci < Cin; ++ci) {
-          uint16_t b[64];
-          const float* src = x + (ci * H + ih) * W;
+          const uint16_t* src = xb + (ci * H + ih) * W;
           uint16_t* d = dst + pad * Cin + ci;
-          for (int64_t j0 = 0; j0 < W; j0 += 64) {
-            const int64_t m = std::min<int64_t>(64, W - j0);
-            to_bf16(src + j0, b, m);  // short: runs inline
-            for (int64_t j = 0; j < m; ++j) d[(j0 + j) * Cin] = b[j];
-          }
+          for (int64_t j = 0; j < W; ++j) d[j * Cin] = src[j];
         }
       }
     });
