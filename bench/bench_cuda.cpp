@@ -1,0 +1,132 @@
+// CUDA kernel benchmarks (Google Benchmark): the linear and attention shapes
+// of VAR-d16 (256 px) and VAR-d36 (512 px) at their last scale. Each iteration
+// times `kReps` calls on the engine stream between two CUDA events (manual
+// time), so launch overhead is included the way a model run pays it. Run:
+//   build-cuda/bench/fastvar_bench --benchmark_filter=Cuda
+#ifdef FASTVAR_HAS_CUDA
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/cuda_ops.h"
+
+namespace {
+
+namespace cuda = fastvar::cuda;
+
+constexpr int kReps = 20;
+
+std::vector<float> rand_uniform(size_t n, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+cuda::DeviceBuffer dev_rand(size_t n, uint32_t seed) {
+  auto v = rand_uniform(n, seed);
+  return cuda::DeviceBuffer::from_host(v.data(), v.size());
+}
+
+bool have_device(benchmark::State& st) {
+  if (cuda::device_count() > 0) return true;
+  st.SkipWithError("no CUDA device");
+  return false;
+}
+
+// Times body over the benchmark's iterations; reports TFLOP/s for `flop` per call.
+template <class F>
+void run_timed(benchmark::State& st, double flop, const F& body) {
+  body();  // warm-up: algorithm selection, shared-memory opt-in, clocks
+  cuda::synchronize();
+  double total_ms = 0;
+  for (auto _ : st) {
+    const double ms = cuda::time_ms(body, kReps);
+    total_ms += ms;
+    st.SetIterationTime(ms * 1e-3);
+  }
+  const double mean_s = total_ms * 1e-3 / double(st.iterations());
+  st.counters["TFLOP/s"] = flop / mean_s * 1e-12;
+  st.counters["us/call"] = mean_s * 1e6;
+}
+
+// y[M,N] = x[M,K] W[N,K]^T + b, W bf16 on the device, x converted on the device.
+void BM_CudaLinearBf16(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  auto w = rand_uniform(N * K, 2);
+  std::vector<uint16_t> wb(w.size());
+  fastvar::cpu::to_bf16(w.data(), wb.data(), int64_t(w.size()));
+  auto wd = cuda::DeviceBuffer::from_host(wb.data(), wb.size());
+  auto xd = dev_rand(M * K, 1), bd = dev_rand(N, 3);
+  cuda::DeviceBuffer yd(M * N * sizeof(float));
+  run_timed(st, 2.0 * M * N * K,
+            [&] { cuda::linear_bf16(xd.f32(), wd.u16(), bd.f32(), yd.f32(), M, N, K); });
+}
+// d16 (C 1024, FFN 4096), last scale with CFG (2 x 256 tokens): qkv, proj, fc1, fc2; scale 0.
+BENCHMARK(BM_CudaLinearBf16)->Args({512, 3072, 1024})->Args({512, 1024, 1024})
+    ->Args({512, 4096, 1024})->Args({512, 1024, 4096})->Args({2, 3072, 1024})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+// d36 (C 2304, FFN 9216), 512 px last scale with CFG (2 x 1024 tokens); a square peak.
+BENCHMARK(BM_CudaLinearBf16)->Args({2048, 6912, 2304})->Args({2048, 2304, 2304})
+    ->Args({2048, 9216, 2304})->Args({2048, 2304, 9216})->Args({8192, 8192, 8192})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// The same products in fp32 (no TF32), for the dtype comparison.
+void BM_CudaLinearF32(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
+  auto xd = dev_rand(M * K, 1), wd = dev_rand(N * K, 2), bd = dev_rand(N, 3);
+  cuda::DeviceBuffer yd(M * N * sizeof(float));
+  run_timed(st, 2.0 * M * N * K,
+            [&] { cuda::linear_f32(xd.f32(), wd.f32(), bd.f32(), yd.f32(), M, N, K); });
+}
+BENCHMARK(BM_CudaLinearF32)->Args({512, 3072, 1024})->Args({2048, 9216, 2304})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// Attention of Lq queries over Lk cached keys, H heads of hd (one CFG row).
+void BM_CudaAttention(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = st.range(3);
+  auto qd = dev_rand(Lq * H * hd, 1), kd = dev_rand(H * Lk * hd, 2), vd = dev_rand(H * Lk * hd, 3);
+  cuda::DeviceBuffer od(Lq * H * hd * sizeof(float));
+  const float scale = 1.f / std::sqrt(float(hd));
+  // Q K^T and P V: 2 * 2 * Lq * Lk * hd flop per head.
+  run_timed(st, 4.0 * Lq * Lk * hd * H, [&] {
+    cuda::attention(qd.f32(), H * hd, kd.f32(), vd.f32(), Lk * hd, od.f32(), Lq, Lk, H, hd, scale);
+  });
+}
+// d16 last scale (16x16 over L 680), d36 last scale (32x32 over L 2240), and
+// head dim 128 (Infinity-2B's heads) on the d36 lengths.
+BENCHMARK(BM_CudaAttention)->Args({256, 680, 16, 64})->Args({1024, 2240, 36, 64})
+    ->Args({1024, 2240, 16, 128})->Args({1, 1, 16, 64})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// LayerNorm + modulation and GELU at the d16 last scale (memory-bound: GB/s).
+void BM_CudaLayerNormGelu(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t rows = st.range(0), C = st.range(1);
+  auto xd = dev_rand(rows * C, 1), sd = dev_rand(C, 2), td = dev_rand(C, 3);
+  cuda::DeviceBuffer yd(rows * C * sizeof(float)), hd(rows * 4 * C * sizeof(float));
+  hd.zero();
+  run_timed(st, 0.0, [&] {
+    cuda::layernorm_modulate(xd.f32(), yd.f32(), rows, C, 1e-6f, sd.f32(), td.f32());
+    cuda::gelu_tanh(hd.f32(), rows * 4 * C);
+  });
+  // bytes: LN reads x (L1/L2 serve its second and third pass) and writes y;
+  // GELU reads and writes 4C per row.
+  const double bytes = double(rows) * C * 4 * (2 + 8);
+  st.counters["GB/s"] = bytes / (st.counters["us/call"] * 1e-6) * 1e-9;
+  st.counters.erase("TFLOP/s");
+}
+BENCHMARK(BM_CudaLayerNormGelu)->Args({512, 1024})->Args({2048, 2304})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+#endif  // FASTVAR_HAS_CUDA

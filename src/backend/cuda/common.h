@@ -1,0 +1,52 @@
+// Internal to the CUDA backend: error checks, the per-device engine stream and
+// scratch memory. Included by the .cpp files
+// (host compiler) and the .cu files (nvcc).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/error.h"
+
+#define FASTVAR_CUDA_CHECK(expr)                                                          \
+  do {                                                                                    \
+    const cudaError_t fv_err_ = (expr);                                                   \
+    if (fv_err_ != cudaSuccess)                                                           \
+      ::fastvar::fail("cuda: %s failed: %s (%s)", #expr, cudaGetErrorString(fv_err_),     \
+                      cudaGetErrorName(fv_err_));                                         \
+  } while (0)
+
+// After a kernel launch: a bad configuration shows up here (faults show up at
+// the next synchronising call).
+#define FASTVAR_CUDA_CHECK_LAUNCH(what)                                                   \
+  do {                                                                                    \
+    const cudaError_t fv_err_ = cudaGetLastError();                                       \
+    if (fv_err_ != cudaSuccess)                                                           \
+      ::fastvar::fail("cuda: launching %s failed: %s", what, cudaGetErrorString(fv_err_)); \
+  } while (0)
+
+namespace fastvar::cuda::detail {
+
+// The calling thread's current device (cudaGetDevice).
+int current_device();
+// The engine stream of the current device, created on first use.
+cudaStream_t stream();
+
+// A grow-only device scratch area of the current device (bytes), for op
+// temporaries; valid until the next call with the same slot. Ordered by the
+// engine stream, so consecutive ops may reuse it.
+void* scratch(int slot, size_t bytes);
+
+// Kernel launchers (the .cu files), on stream s.
+void launch_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
+// y[M,N] += bias[N] (row broadcast).
+void launch_add_bias(float* y, const float* bias, int64_t M, int64_t N, cudaStream_t s);
+// y[M,N] = x[M,K] W[N,K]^T (+ bias) (+ y if accumulate) with a plain tiled
+// kernel (operands float32, or bfloat16 bits when bf16): linear's fallback
+// where cuBLASLt has no algorithm.
+void launch_gemm_nt_fallback(const void* x, const void* w, bool bf16, const float* bias, float* y,
+                             int64_t M, int64_t N, int64_t K, bool accumulate, cudaStream_t s);
+
+}  // namespace fastvar::cuda::detail

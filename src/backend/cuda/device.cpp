@@ -1,0 +1,203 @@
+// CUDA device management, the per-device engine stream and scratch memory,
+// DeviceBuffer and event timing. Host code only (compiled by the C++ compiler).
+#include <algorithm>
+#include <map>
+#include <mutex>
+
+#include "backend/cuda/common.h"
+#include "backend/cuda/cuda_ops.h"
+
+namespace fastvar::cuda {
+namespace detail {
+namespace {
+
+constexpr int kScratchSlots = 4;
+
+struct DeviceState {
+  cudaStream_t stream = nullptr;
+  void* scratch[kScratchSlots] = {};
+  size_t scratch_bytes[kScratchSlots] = {};
+};
+
+std::mutex g_mu;
+// Never destroyed: releasing streams and memory during static destruction can
+// run after the CUDA runtime has been torn down; the process exit frees them.
+std::map<int, DeviceState*>* g_states = new std::map<int, DeviceState*>;
+
+DeviceState& state() {
+  const int dev = current_device();
+  std::lock_guard<std::mutex> lock(g_mu);
+  DeviceState*& s = (*g_states)[dev];
+  if (!s) {
+    auto* n = new DeviceState;
+    const cudaError_t e = cudaStreamCreateWithFlags(&n->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+      delete n;
+      fail("cuda: cannot create a stream on device %d: %s", dev, cudaGetErrorString(e));
+    }
+    s = n;
+  }
+  return *s;
+}
+
+}  // namespace
+
+int current_device() {
+  int dev = 0;
+  FASTVAR_CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
+cudaStream_t stream() { return state().stream; }
+
+void* scratch(int slot, size_t bytes) {
+  if (slot < 0 || slot >= kScratchSlots) fail("cuda: scratch slot %d out of range", slot);
+  DeviceState& st = state();
+  if (st.scratch_bytes[slot] < bytes) {
+    if (st.scratch[slot]) {
+      // Work already enqueued may still read the old area.
+      FASTVAR_CUDA_CHECK(cudaStreamSynchronize(st.stream));
+      FASTVAR_CUDA_CHECK(cudaFree(st.scratch[slot]));
+      st.scratch[slot] = nullptr;
+      st.scratch_bytes[slot] = 0;
+    }
+    const size_t n = (std::max(bytes, st.scratch_bytes[slot] * 2) + 255) / 256 * 256;
+    const cudaError_t e = cudaMalloc(&st.scratch[slot], n);
+    if (e != cudaSuccess)
+      fail("cuda: cannot allocate %zu bytes of scratch: %s", n, cudaGetErrorString(e));
+    st.scratch_bytes[slot] = n;
+  }
+  return st.scratch[slot];
+}
+
+}  // namespace detail
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver / no device: clear it, report none
+    return 0;
+  }
+  return n;
+}
+
+std::string device_name(int dev) {
+  const int n = device_count();
+  if (dev < 0 || dev >= n) fail("cuda: no device %d (%d found)", dev, n);
+  cudaDeviceProp prop{};
+  FASTVAR_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  return prop.name;
+}
+
+void set_device(int dev) {
+  const int n = device_count();
+  if (dev < 0 || dev >= n) fail("cuda: no device %d (%d found)", dev, n);
+  FASTVAR_CUDA_CHECK(cudaSetDevice(dev));
+}
+
+void synchronize() { FASTVAR_CUDA_CHECK(cudaStreamSynchronize(detail::stream())); }
+
+double time_ms(const std::function<void()>& body, int reps) {
+  if (reps <= 0) fail("cuda: time_ms needs reps > 0");
+  const cudaStream_t s = detail::stream();
+  struct Events {
+    cudaEvent_t a = nullptr, b = nullptr;
+    ~Events() {
+      if (a) cudaEventDestroy(a);
+      if (b) cudaEventDestroy(b);
+    }
+  } ev;
+  FASTVAR_CUDA_CHECK(cudaEventCreate(&ev.a));
+  FASTVAR_CUDA_CHECK(cudaEventCreate(&ev.b));
+  FASTVAR_CUDA_CHECK(cudaEventRecord(ev.a, s));
+  for (int i = 0; i < reps; ++i) body();
+  FASTVAR_CUDA_CHECK(cudaEventRecord(ev.b, s));
+  FASTVAR_CUDA_CHECK(cudaEventSynchronize(ev.b));
+  float ms = 0.f;
+  FASTVAR_CUDA_CHECK(cudaEventElapsedTime(&ms, ev.a, ev.b));
+  return double(ms) / reps;
+}
+
+// ---- DeviceBuffer ------------------------------------------------------------
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes == 0) return;
+  const cudaError_t e = cudaMalloc(&ptr_, bytes);
+  if (e != cudaSuccess) {
+    ptr_ = nullptr;
+    bytes_ = 0;
+    (void)cudaGetLastError();
+    fail("cuda: cannot allocate %zu bytes on the device: %s", bytes, cudaGetErrorString(e));
+  }
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_) cudaFree(ptr_);  // implicitly waits for work that uses it
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+  o.ptr_ = nullptr;
+  o.bytes_ = 0;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = o.ptr_;
+    bytes_ = o.bytes_;
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+DeviceBuffer DeviceBuffer::from_host(const float* x, size_t n) {
+  DeviceBuffer b(n * sizeof(float));
+  b.upload(x, n);
+  return b;
+}
+
+DeviceBuffer DeviceBuffer::from_host(const uint16_t* x, size_t n) {
+  DeviceBuffer b(n * sizeof(uint16_t));
+  b.upload(x, n);
+  return b;
+}
+
+void DeviceBuffer::copy_in(const void* src, size_t bytes, size_t at) {
+  if (bytes == 0) return;
+  if (at > bytes_ || bytes > bytes_ - at)
+    fail("cuda: upload of %zu bytes at %zu overflows a %zu-byte buffer", bytes, at, bytes_);
+  const cudaStream_t s = detail::stream();
+  FASTVAR_CUDA_CHECK(
+      cudaMemcpyAsync(static_cast<char*>(ptr_) + at, src, bytes, cudaMemcpyHostToDevice, s));
+  FASTVAR_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void DeviceBuffer::copy_out(void* dst, size_t bytes, size_t at) const {
+  if (bytes == 0) return;
+  if (at > bytes_ || bytes > bytes_ - at)
+    fail("cuda: download of %zu bytes at %zu overflows a %zu-byte buffer", bytes, at, bytes_);
+  const cudaStream_t s = detail::stream();
+  FASTVAR_CUDA_CHECK(
+      cudaMemcpyAsync(dst, static_cast<const char*>(ptr_) + at, bytes, cudaMemcpyDeviceToHost, s));
+  FASTVAR_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void DeviceBuffer::upload(const float* src, size_t n, size_t at) {
+  copy_in(src, n * sizeof(float), at * sizeof(float));
+}
+void DeviceBuffer::upload(const uint16_t* src, size_t n, size_t at) {
+  copy_in(src, n * sizeof(uint16_t), at * sizeof(uint16_t));
+}
+void DeviceBuffer::download(float* dst, size_t n, size_t at) const {
+  copy_out(dst, n * sizeof(float), at * sizeof(float));
+}
+void DeviceBuffer::download(uint16_t* dst, size_t n, size_t at) const {
+  copy_out(dst, n * sizeof(uint16_t), at * sizeof(uint16_t));
+}
+
+void DeviceBuffer::zero() {
+  if (bytes_) FASTVAR_CUDA_CHECK(cudaMemsetAsync(ptr_, 0, bytes_, detail::stream()));
+}
+
+}  // namespace fastvar::cuda
