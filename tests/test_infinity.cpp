@@ -11,6 +11,7 @@
 #include "models/infinity/infinity_model.h"
 #include "models/infinity/schedule.h"
 #include "pipeline/infinity_pipeline.h"
+#include "backend/cpu/ops.h"
 #include "test_util.h"
 
 namespace fastvar {
@@ -108,6 +109,18 @@ TEST(InfinityCli, TextToImageIsDeterministicAcrossThreads) {
   auto w = test::run_cli(t2i("-p one -p \"two words here\" -n 2 --ar 16:9 --pn 0.06M --no-fastvar -q -o " +
                              d / "w.png"));
   EXPECT_EQ(w.code, 0) << w.out;
+}
+
+TEST(InfinityCli, Bf16RunsAndIsDeterministicAcrossThreads) {
+  test::TempDir d;
+  auto r = test::run_cli(t2i("-p \"a red fox\" --pn 0.25M -s 3 -t 1 -q --dtype bf16 -o " + d / "a.png"));
+  if (!cpu::bf16_supported()) {
+    EXPECT_NE(r.code, 0);
+    return;
+  }
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(test::run_cli(t2i("-p \"a red fox\" --pn 0.25M -s 3 -t 2 -q --dtype bf16 -o " + d / "b.png")).code, 0);
+  EXPECT_TRUE(slurp(d / "a.png") == slurp(d / "b.png"));
 }
 
 TEST(InfinityCli, BadTextToImageInput) {

@@ -43,7 +43,7 @@ typedef struct {
   int prune_layer_end;     /* -1 = default */
   const char* score;       /* "mean" (reference) or "box", NULL = "mean" */
   /* Compute dtype of the transformer GEMMs: "fp32" (NULL) or "bf16" (bfloat16
-   * operands, float32 accumulation; needs AVX512_BF16 or AMX; VAR models). The
+   * operands, float32 accumulation; needs AVX512_BF16 or AMX). The
    * engine prepacks bf16 weights on the first call that asks for them. */
   const char* dtype;
 } fastvar_params;

@@ -157,9 +157,7 @@ void check_common(const fastvar_engine* e, const fastvar_params* q) {
   if (q->num_images < 1 || q->num_images > 4096)
     fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
   if (q->threads < 0) fastvar::fail("threads must be >= 0");
-  const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
-  if (dt != fastvar::cpu::DType::F32 && e->inf)
-    fastvar::fail("dtype %s is implemented for VAR models only; use fp32 for Infinity", q->dtype);
+  fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");  // throws for unknown / unsupported
 }
 
 // Validates the public params and turns them into VAR pipeline params.
@@ -320,6 +318,9 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
       p.on_scale = on_scale;
       to_rgb8(fastvar::generate_var(*e->var->model, *e->var->vae, p).images, q->num_images, rgb);
     } else {
+      const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
+      if (e->inf->model->dtype() != dt) e->inf->model->set_dtype(dt);
+      e->inf->vae->set_dtype(dt);
       fastvar::InfinityGenParams p = to_inf_params(e, q, true);
       num_scales = static_cast<int>(p.schedule.scales.size());
       p.on_scale = on_scale;

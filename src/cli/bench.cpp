@@ -209,14 +209,15 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& a) {
 }
 
 nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& a) {
-  if (cpu::parse_dtype(a.dtype) != cpu::DType::F32) fail("bench: --dtype %s is implemented for VAR shapes only", a.dtype.c_str());
   infinity::RandomInfinitySpec is = infinity::infinity_preset(shape);
   Weights w(infinity::random_infinity_checkpoint(is, 1));
   infinity::InfinityModel model(w);
   w.check_all_used();
+  model.set_dtype(cpu::parse_dtype(a.dtype));
   Weights vw(infinity::random_bsq_checkpoint(infinity::RandomBsqSpec{}, 2));
   infinity::BSQDecoder vae(vw);
   vw.check_all_used();
+  vae.set_dtype(cpu::parse_dtype(a.dtype));
   const infinity::InfinityConfig& c = model.config();
   const std::string pn = a.resolution.empty() ? "1M" : a.resolution;
   const infinity::Schedule sched = infinity::make_schedule(1.0, pn);

@@ -313,7 +313,7 @@ int main(int argc, char** argv) {
   gen->add_option("--cache-scale", g.cache_scale, "FastVAR: scale index whose branch outputs are cached")->check(CLI::Range(0, 64));
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
-  gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation; VAR)")->check(CLI::IsMember({"fp32", "bf16"}));
+  gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation)")->check(CLI::IsMember({"fp32", "bf16"}));
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
   gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
 

@@ -79,8 +79,8 @@ BSQDecoder::ResBlock load_resblock(Weights& w, const std::string& p, int cin, in
   return r;
 }
 
-void conv(const Conv& c, const float* x, int H, int W, float* y) {
-  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y);
+void conv(const Conv& c, const float* x, int H, int W, float* y, cpu::DType dt) {
+  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y, dt);
 }
 
 void add_inplace(float* y, const float* x, int64_t n) {
@@ -185,12 +185,12 @@ void BSQDecoder::resblock(const ResBlock& rb, int H, int W, float* bufs[3]) cons
   float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
   cpu::group_norm(x, t1, Cin, HW, rb.norm1.groups, kGnEps, rb.norm1.g.data(), rb.norm1.b.data(),
                   true);
-  conv(rb.conv1, t1, H, W, t2);
+  conv(rb.conv1, t1, H, W, t2, dtype_);
   cpu::group_norm(t2, t2, Cout, HW, rb.norm2.groups, kGnEps, rb.norm2.g.data(), rb.norm2.b.data(),
                   true);
-  conv(rb.conv2, t2, H, W, t1);
+  conv(rb.conv2, t2, H, W, t1, dtype_);
   if (!rb.nin.w.empty()) {
-    conv(rb.nin, x, H, W, t2);
+    conv(rb.nin, x, H, W, t2, dtype_);
     add_inplace(t1, t2, Cout * HW);  // upstream: shortcut(x) + h
   } else {
     add_inplace(t1, x, Cout * HW);
@@ -213,7 +213,7 @@ int64_t BSQDecoder::max_map(int H, int W) const {
 }
 
 void BSQDecoder::decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const {
-  conv(conv_in_, z, H, W, bufs[0]);
+  conv(conv_in_, z, H, W, bufs[0], dtype_);
   resblock(mid_block1_, H, W, bufs);
   resblock(mid_block2_, H, W, bufs);
   int C = conv_in_.cout;
@@ -226,14 +226,14 @@ void BSQDecoder::decode_one(const float* z, int H, int W, float* img, float* buf
     if (!lv.upsample.w.empty()) {
       cpu::upsample_nearest2x(bufs[0], C, H, W, bufs[1]);
       H *= 2, W *= 2;
-      conv(lv.upsample, bufs[1], H, W, bufs[2]);
+      conv(lv.upsample, bufs[1], H, W, bufs[2], dtype_);
       std::swap(bufs[0], bufs[2]);
     }
   }
   const int64_t HW = int64_t(H) * W;
   cpu::group_norm(bufs[0], bufs[1], C, HW, norm_out_.groups, kGnEps, norm_out_.g.data(),
                   norm_out_.b.data(), true);
-  conv(conv_out_, bufs[1], H, W, bufs[2]);
+  conv(conv_out_, bufs[1], H, W, bufs[2], dtype_);
   for (int64_t i = 0; i < 3 * HW; ++i) img[i] = std::clamp(bufs[2][i], -1.f, 1.f);
 }
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "core/tensor.h"
 #include "models/weights.h"
 
@@ -49,6 +50,9 @@ class BSQDecoder {
   // summed (B, d, Hf, Wf) (or upstream's (B, d, 1, Hf, Wf)) -> (B, 3, Hf*s, Wf*s),
   // clamped to [-1, 1]; the caller maps to [0, 1] / u8. Each image is independent.
   Tensor decode(const Tensor& summed) const;
+  // Compute dtype of the decoder's convolutions (bf16: bfloat16 operands,
+  // float32 accumulation).
+  void set_dtype(cpu::DType dt) { dtype_ = dt; }
 
   struct Conv {
     Tensor w, b;
@@ -68,6 +72,7 @@ class BSQDecoder {
   };
 
  private:
+  cpu::DType dtype_ = cpu::DType::F32;
   void decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const;
   void resblock(const ResBlock& rb, int H, int W, float* bufs[3]) const;
   int64_t max_map(int H, int W) const;  // largest activation (floats) of one decode

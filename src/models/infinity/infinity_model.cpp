@@ -63,7 +63,7 @@ Rope make_rope(int head_dim, int h, int w, int Hf, int Wf) {
   return r;
 }
 
-InfinityModel::InfinityModel(Weights& w) {
+InfinityModel::InfinityModel(Weights& w) : file_(&w.file()) {
   const std::string& lb = w.label();
   if (!w.has("cfg_uncond") || !w.has("text_proj_for_sos.ca.mat_q"))
     fail("%s: not an Infinity transformer checkpoint (no 'cfg_uncond' / 'text_proj_for_sos')", lb.c_str());
@@ -152,6 +152,27 @@ InfinityModel::InfinityModel(Weights& w) {
     B.fc2_b = w.get(p + "ffn.fc2.bias", {C});
     B.ca_norm_w1.resize(C);
     for (int64_t k = 0; k < C; ++k) B.ca_norm_w1[k] = B.ca_norm_w.data()[k] - 1.f;
+  }
+  set_dtype(cpu::DType::F32);
+}
+
+void InfinityModel::set_dtype(cpu::DType dt) {
+  const int64_t C = cfg_.C, F = cfg_.ffn;
+  for (Block& B : blocks_) {
+    B.qkv = cpu::LinearWeight(B.qkv_w.data(), 3 * C, C, dt);
+    B.proj = cpu::LinearWeight(B.proj_w.data(), C, C, dt);
+    B.ca_q = cpu::LinearWeight(B.ca_q_w.data(), C, C, dt);
+    B.ca_proj = cpu::LinearWeight(B.ca_proj_w.data(), C, C, dt);
+    B.fc1 = cpu::LinearWeight(B.fc1_w.data(), F, C, dt);
+    B.fc2 = cpu::LinearWeight(B.fc2_w.data(), C, F, dt);
+  }
+  head_lin_ = cpu::LinearWeight(head_w_.data(), cfg_.V, C, dt);
+  dtype_ = dt;
+  if (dt != cpu::DType::F32 && file_) {  // the fp32 copies are not read again
+    auto drop = [&](const Tensor& t) { file_->release_pages(t.data(), size_t(t.numel()) * sizeof(float)); };
+    for (const Block& B : blocks_)
+      for (const Tensor* t : {&B.qkv_w, &B.proj_w, &B.ca_q_w, &B.ca_proj_w, &B.fc1_w, &B.fc2_w}) drop(*t);
+    drop(head_w_);
   }
 }
 
@@ -302,7 +323,7 @@ void InfinityModel::self_attn(int b, const Tensor& xs, const int32_t* keep, cons
     cpu::layernorm_modulate(xs.data() + r * n * C, hbuf.data() + r * n * C, n, C, cfg_.eps,
                             ada + (r * 6 + 2) * C, ada + (r * 6 + 4) * C);
   Tensor qkv({R, n, 3 * C});
-  cpu::linear(hbuf.data(), Bk.qkv_w.data(), Bk.qkv_bias.data(), qkv.data(), R * n, 3 * C, C);
+  cpu::linear(hbuf.data(), Bk.qkv, Bk.qkv_bias.data(), qkv.data(), R * n);
   const int len0 = st.len[b];
   if (len0 + n > st.cap) fail("KV cache overflow in block %d", b);
   parallel_for(R * n, [&](int64_t i0, int64_t i1) {
@@ -338,7 +359,7 @@ void InfinityModel::self_attn(int b, const Tensor& xs, const int32_t* keep, cons
     cpu::attention(qkv.data() + r * n * 3 * C, 3 * C, st.k[b].data() + r * H * st.cap * hd,
                    st.v[b].data() + r * H * st.cap * hd, st.cap * hd, o.data() + r * n * C, n, st.len[b], H,
                    hd, 1.f);
-  cpu::linear(o.data(), Bk.proj_w.data(), Bk.proj_b.data(), y.data(), R * n, C, C);
+  cpu::linear(o.data(), Bk.proj, Bk.proj_b.data(), y.data(), R * n);
 }
 
 void InfinityModel::cross_attn(int b, const Tensor& xs, const Text& t, Tensor& y) const {
@@ -347,13 +368,13 @@ void InfinityModel::cross_attn(int b, const Tensor& xs, const Text& t, Tensor& y
   const int64_t n = xs.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
   Tensor hbuf({R, n, C}), q({R, n, C}), o({R, n, C});
   cpu::layernorm_modulate(xs.data(), hbuf.data(), R * n, C, cfg_.eps, Bk.ca_norm_w1.data(), Bk.ca_norm_b.data());
-  cpu::linear(hbuf.data(), Bk.ca_q_w.data(), Bk.ca_q_b.data(), q.data(), R * n, C, C);
+  cpu::linear(hbuf.data(), Bk.ca_q, Bk.ca_q_b.data(), q.data(), R * n);
   for (int r = 0; r < R; ++r) {
     const int64_t nt = t.cu[r + 1] - t.cu[r];
     cpu::attention(q.data() + r * n * C, C, t.ca_k[b].data() + t.kv_off[r], t.ca_v[b].data() + t.kv_off[r],
                    nt * hd, o.data() + r * n * C, n, nt, H, hd, 1.f / std::sqrt(static_cast<float>(hd)));
   }
-  cpu::linear(o.data(), Bk.ca_proj_w.data(), Bk.ca_proj_b.data(), y.data(), R * n, C, C);
+  cpu::linear(o.data(), Bk.ca_proj, Bk.ca_proj_b.data(), y.data(), R * n);
 }
 
 void InfinityModel::ffn(int b, const Tensor& xs, const float* ada, Tensor& y) const {
@@ -364,9 +385,9 @@ void InfinityModel::ffn(int b, const Tensor& xs, const float* ada, Tensor& y) co
   for (int r = 0; r < R; ++r)
     cpu::layernorm_modulate(xs.data() + r * n * C, hbuf.data() + r * n * C, n, C, cfg_.eps,
                             ada + (r * 6 + 3) * C, ada + (r * 6 + 5) * C);
-  cpu::linear(hbuf.data(), Bk.fc1_w.data(), Bk.fc1_b.data(), mid.data(), R * n, F, C);
+  cpu::linear(hbuf.data(), Bk.fc1, Bk.fc1_b.data(), mid.data(), R * n);
   cpu::gelu_tanh(mid.data(), R * n * F);
-  cpu::linear(mid.data(), Bk.fc2_w.data(), Bk.fc2_b.data(), y.data(), R * n, C, F);
+  cpu::linear(mid.data(), Bk.fc2, Bk.fc2_b.data(), y.data(), R * n);
 }
 
 void InfinityModel::run_blocks(int si, int h, int w, Tensor& x, const Text& t, State& st, const Rope& rope,
@@ -429,7 +450,7 @@ Tensor InfinityModel::head(const Tensor& x, const Text& t) const {
   for (int r = 0; r < R; ++r)
     cpu::layernorm_modulate(x.data() + r * L * C, hbuf.data() + r * L * C, L, C, cfg_.eps,
                             t.ada_head.data() + r * 2 * C, t.ada_head.data() + r * 2 * C + C);
-  cpu::linear(hbuf.data(), head_w_.data(), head_b_.data(), logits.data(), R * L, cfg_.V, C);
+  cpu::linear(hbuf.data(), head_lin_, head_b_.data(), logits.data(), R * L);
   return logits;
 }
 

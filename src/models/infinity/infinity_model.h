@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/ops.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 #include "models/var/var_model.h"  // Tap
@@ -42,6 +43,11 @@ class InfinityModel {
  public:
   explicit InfinityModel(Weights& w);
   const InfinityConfig& config() const { return cfg_; }
+  // Compute dtype of the per-token GEMMs (self-attention qkv/proj, cross-
+  // attention q/proj, FFN, head), as VarModel::set_dtype. The text-side
+  // products (pooling, cross-attention K/V once per prompt) stay float32.
+  void set_dtype(cpu::DType dt);
+  cpu::DType dtype() const { return dtype_; }
 
   // Text side of one CFG batch: rows 0..B-1 the prompts, B..2B-1 their
   // unconditional copies (cfg_uncond rows, same lengths).
@@ -84,6 +90,8 @@ class InfinityModel {
     std::vector<float> ca_norm_w1;  // ca_norm weight - 1 (for the modulated LN kernel)
     Tensor ca_norm_w, ca_norm_b, ca_q_w, ca_q_b, ca_kv_w, ca_v_b, ca_proj_w, ca_proj_b;
     Tensor fc1_w, fc1_b, fc2_w, fc2_b;
+    // The per-token GEMM operands, in the compute dtype.
+    cpu::LinearWeight qkv, proj, ca_q, ca_proj, fc1, fc2;
   };
   void self_attn(int b, const Tensor& xs, const int32_t* keep, const float* ada, State& st,
                  const Rope& rope, Tensor& y) const;
@@ -95,6 +103,9 @@ class InfinityModel {
   Tensor tca0_w_, tca0_b_, tca2_w_, tca2_b_, pos_start_, lvl_embed_, word_w_, word_b_;
   Tensor shared_w_, shared_b_, head_ada_w_, head_ada_b_, head_w_, head_b_;
   std::vector<Block> blocks_;
+  cpu::LinearWeight head_lin_;
+  cpu::DType dtype_ = cpu::DType::F32;
+  const io::TensorFile* file_ = nullptr;  // the checkpoint mapping the tensors view
 };
 
 }  // namespace fastvar::infinity
