@@ -39,99 +39,8 @@ void init_bias(float* y, const float* bias, int64_t Cout, int64_t HWo, int64_t o
       16);
 }
 
-// The bf16 variant of conv2d's im2col path (same layouts, uint16 storage).
-void conv2d_bf16(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w,
-                 const float* bias, int64_t Cout, int k, int pad, float* y, int64_t Ho, int64_t Wo) {
-  const int64_t HWo = Ho * Wo, kk = int64_t(k) * k, Kc = Cin * kk, Wp = W + 2 * pad, run = k * Cin;
-  int64_t rows = std::clamp<int64_t>(2 * kColBudget / std::max<int64_t>(Kc * Wo, 1), 1, Ho);
-  const int64_t nbands = (Ho + rows - 1) / rows;
-  rows = (Ho + nbands - 1) / nbands;
-  const int64_t band_in = rows + k - 1;
-  thread_local std::vector<float> wt_f;
-  thread_local std::vector<uint16_t> wt_buf, x_buf, xp_buf, col_buf;
-  wt_f.resize(size_t(Cout * Kc));
-  wt_buf.resize(size_t(Cout * Kc));
-  x_buf.resize(size_t(Cin * H * W));
-  xp_buf.resize(size_t(band_in * Wp * Cin));
-  col_buf.resize(size_t(rows * Wo * Kc));
-  float* wtf = wt_f.data();
-  uint16_t *wt = wt_buf.data(), *xb = x_buf.data(), *xp = xp_buf.data(), *col = col_buf.data();
-  parallel_for(
-      Cout,
-      [&](int64_t c0, int64_t c1) {
-        for (int64_t co = c0; co < c1; ++co)
-          for (int64_t ci = 0; ci < Cin; ++ci)
-            for (int64_t t = 0; t < kk; ++t)
-              wtf[(co * kk + t) * Cin + ci] = w[(co * Cin + ci) * kk + t];
-      },
-      8);
-  to_bf16(wtf, wt, Cout * Kc);
-  to_bf16(x, xb, Cin * H * W);  // the whole input once, then only 16-bit copies
-  for (int64_t oh0 = 0; oh0 < Ho; oh0 += rows) {
-    const int64_t oh1 = std::min(Ho, oh0 + rows), n = (oh1 - oh0) * Wo;
-    parallel_for(oh1 - oh0 + k - 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        uint16_t* dst = xp + r * Wp * Cin;
-        const int64_t ih = oh0 + r - pad;
-        if (ih < 0 || ih >= H) {
-          std::fill(dst, dst + Wp * Cin, uint16_t(0));
-          continue;
-        }
-        std::fill(dst, dst + pad * Cin, uint16_t(0));
-        std::fill(dst + (pad + W) * Cin, dst + Wp * Cin, uint16_t(0));
-        for (int64_t ci = 0; ci < Cin; ++ci) {
-          const uint16_t* src = xb + (ci * H + ih) * W;
-          uint16_t* d = dst + pad * Cin + ci;
-          for (int64_t j = 0; j < W; ++j) d[j * Cin] = src[j];
-        }
-      }
-    });
-    parallel_for(
-        n,
-        [&](int64_t p0, int64_t p1) {
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t r = p / Wo, ow = p % Wo;
-            for (int kh = 0; kh < k; ++kh)
-              std::memcpy(col + p * Kc + kh * run, xp + ((r + kh) * Wp + ow) * Cin,
-                          sizeof(uint16_t) * run);
-          }
-        },
-        64);
-    init_bias(y, bias, Cout, HWo, oh0 * Wo, n);
-    gemm_nt_bf16(wt, col, y + oh0 * Wo, Cout, n, Kc, HWo, /*accumulate=*/true);
-  }
-}
-
-}  // namespace
-
-void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
-            int64_t Cout, int k, int pad, float* y, DType dtype) {
-  if (k < 1 || pad < 0) fail("conv2d: bad kernel %d / padding %d", k, pad);
-  const int64_t Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
-  if (Ho <= 0 || Wo <= 0)
-    fail("conv2d: %lldx%lld input too small for k=%d pad=%d", (long long)H, (long long)W, k, pad);
-  if (dtype == DType::BF16) return conv2d_bf16(x, Cin, H, W, w, bias, Cout, k, pad, y, Ho, Wo);
-  const int64_t HWo = Ho * Wo;
-  if (k == 1 && pad == 0) {  // pointwise: the input already is the column matrix
-    init_bias(y, bias, Cout, HWo, 0, HWo);
-    gemm(false, false, Cout, HWo, Cin, 1.f, w, Cin, x, HWo, 1.f, y, HWo);
-    return;
-  }
-  const int64_t kk = int64_t(k) * k, Kc = Cin * kk, Wp = W + 2 * pad, run = k * Cin;
-  // Band height: as many output rows as fit the budget, then evened out so the
-  // last band is not a sliver.
-  int64_t rows = std::clamp<int64_t>(kColBudget / std::max<int64_t>(Kc * Wo, 1), 1, Ho);
-  const int64_t nbands = (Ho + rows - 1) / rows;
-  rows = (Ho + nbands - 1) / nbands;
-  const int64_t band_in = rows + k - 1;  // padded input rows a band reads
-  // Reused across calls (per calling thread); bounded by the budget. The lambdas
-  // below must use the raw pointers: naming a thread_local inside them would
-  // refer to the worker thread's own (empty) instance.
-  thread_local std::vector<float> wt_buf, xp_buf, col_buf;
-  wt_buf.resize(size_t(Cout * Kc));
-  xp_buf.resize(size_t(band_in * Wp * Cin));
-  col_buf.resize(size_t(rows * Wo * Kc));
-  float *wt = wt_buf.data(), *xp = xp_buf.data(), *col = col_buf.data();
+// torch's (Cout, Cin, kh, kw) weights to (Cout, kh, kw, Cin).
+void transpose_weights(const float* w, int64_t Cout, int64_t Cin, int64_t kk, float* wt) {
   parallel_for(
       Cout,
       [&](int64_t c0, int64_t c1) {
@@ -141,22 +50,45 @@ void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, c
               wt[(co * kk + t) * Cin + ci] = w[(co * Cin + ci) * kk + t];
       },
       8);
+}
+
+// The band loop of both dtypes. T is the storage of the input and the column
+// matrix (float, or bfloat16 bits as uint16_t); product(col, n, y_band)
+// accumulates one band's GEMM onto y, which already holds the bias.
+template <typename T, typename Product>
+void im2col_bands(const T* x, int64_t Cin, int64_t H, int64_t W, int k, int pad, int64_t Ho,
+                  int64_t Wo, const float* bias, int64_t Cout, float* y, const Product& product) {
+  const int64_t Kc = Cin * k * k, Wp = W + 2 * pad, run = k * Cin, HWo = Ho * Wo;
+  // Band height: as many output rows as fit the budget (in bytes), then evened
+  // out so the last band is not a sliver.
+  const int64_t budget = kColBudget * int64_t(sizeof(float) / sizeof(T));
+  int64_t rows = std::clamp<int64_t>(budget / std::max<int64_t>(Kc * Wo, 1), 1, Ho);
+  const int64_t nbands = (Ho + rows - 1) / rows;
+  rows = (Ho + nbands - 1) / nbands;
+  const int64_t band_in = rows + k - 1;  // padded input rows a band reads
+  // Reused across calls (per calling thread); bounded by the budget. The lambdas
+  // below must use the raw pointers: naming a thread_local inside them would
+  // refer to the worker thread's own (empty) instance.
+  thread_local std::vector<T> xp_buf, col_buf;
+  xp_buf.resize(size_t(band_in * Wp * Cin));
+  col_buf.resize(size_t(rows * Wo * Kc));
+  T *xp = xp_buf.data(), *col = col_buf.data();
   for (int64_t oh0 = 0; oh0 < Ho; oh0 += rows) {
     const int64_t oh1 = std::min(Ho, oh0 + rows), n = (oh1 - oh0) * Wo;
     // xp[r][j][ci] = x[ci][oh0 + r - pad][j - pad], zero outside the image.
     parallel_for(oh1 - oh0 + k - 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        float* dst = xp + r * Wp * Cin;
+        T* dst = xp + r * Wp * Cin;
         const int64_t ih = oh0 + r - pad;
         if (ih < 0 || ih >= H) {
-          std::fill(dst, dst + Wp * Cin, 0.f);
+          std::fill(dst, dst + Wp * Cin, T(0));
           continue;
         }
-        std::fill(dst, dst + pad * Cin, 0.f);
-        std::fill(dst + (pad + W) * Cin, dst + Wp * Cin, 0.f);
+        std::fill(dst, dst + pad * Cin, T(0));
+        std::fill(dst + (pad + W) * Cin, dst + Wp * Cin, T(0));
         for (int64_t ci = 0; ci < Cin; ++ci) {
-          const float* src = x + (ci * H + ih) * W;
-          float* d = dst + pad * Cin + ci;
+          const T* src = x + (ci * H + ih) * W;
+          T* d = dst + pad * Cin + ci;
           for (int64_t j = 0; j < W; ++j) d[j * Cin] = src[j];
         }
       }
@@ -169,13 +101,52 @@ void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, c
             const int64_t r = p / Wo, ow = p % Wo;
             for (int kh = 0; kh < k; ++kh)
               std::memcpy(col + p * Kc + kh * run, xp + ((r + kh) * Wp + ow) * Cin,
-                          sizeof(float) * run);
+                          sizeof(T) * run);
           }
         },
         64);
     init_bias(y, bias, Cout, HWo, oh0 * Wo, n);
-    gemm(false, true, Cout, n, Kc, 1.f, wt, Kc, col, Kc, 1.f, y + oh0 * Wo, HWo);
+    product(col, n, y + oh0 * Wo);
   }
+}
+
+}  // namespace
+
+void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
+            int64_t Cout, int k, int pad, float* y, DType dtype) {
+  if (k < 1 || pad < 0) fail("conv2d: bad kernel %d / padding %d", k, pad);
+  const int64_t Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
+  if (Ho <= 0 || Wo <= 0)
+    fail("conv2d: %lldx%lld input too small for k=%d pad=%d", (long long)H, (long long)W, k, pad);
+  const int64_t HWo = Ho * Wo, kk = int64_t(k) * k, Kc = Cin * kk;
+  thread_local std::vector<float> wt_buf;
+  wt_buf.resize(size_t(Cout * Kc));
+  float* wt = wt_buf.data();
+  if (dtype == DType::BF16) {
+    // Weights and the whole input converted once; the bands copy 16-bit values.
+    thread_local std::vector<uint16_t> wb_buf, xb_buf;
+    wb_buf.resize(size_t(Cout * Kc));
+    xb_buf.resize(size_t(Cin * H * W));
+    uint16_t *wb = wb_buf.data(), *xb = xb_buf.data();
+    transpose_weights(w, Cout, Cin, kk, wt);
+    to_bf16(wt, wb, Cout * Kc);
+    to_bf16(x, xb, Cin * H * W);
+    im2col_bands(xb, Cin, H, W, k, pad, Ho, Wo, bias, Cout, y,
+                 [&](const uint16_t* col, int64_t n, float* yb) {
+                   gemm_nt_bf16(wb, col, yb, Cout, n, Kc, HWo, /*accumulate=*/true);
+                 });
+    return;
+  }
+  if (k == 1 && pad == 0) {  // pointwise: the input already is the column matrix
+    init_bias(y, bias, Cout, HWo, 0, HWo);
+    gemm(false, false, Cout, HWo, Cin, 1.f, w, Cin, x, HWo, 1.f, y, HWo);
+    return;
+  }
+  transpose_weights(w, Cout, Cin, kk, wt);
+  im2col_bands(x, Cin, H, W, k, pad, Ho, Wo, bias, Cout, y,
+               [&](const float* col, int64_t n, float* yb) {
+                 gemm(false, true, Cout, n, Kc, 1.f, wt, Kc, col, Kc, 1.f, yb, HWo);
+               });
 }
 
 void upsample_nearest2x(const float* x, int64_t C, int64_t H, int64_t W, float* y) {

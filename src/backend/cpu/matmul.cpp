@@ -135,6 +135,16 @@ void* thread_scratch(const Prim& p) {
   return buf.data();
 }
 
+// Copies (or adds) a dense M x n staged panel into rows of stride ld.
+void unstage(const float* t, int64_t M, int64_t n, float* y, int64_t ld, bool accumulate) {
+  for (int64_t m = 0; m < M; ++m, t += n, y += ld) {
+    if (accumulate)
+      for (int64_t j = 0; j < n; ++j) y[j] += t[j];
+    else
+      std::copy_n(t, n, y);
+  }
+}
+
 }  // namespace
 
 struct LinearWeight::Packed {
@@ -249,15 +259,7 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
     }
     pr.mm.execute(s, b.args);
     s.wait();
-    if (pr.staged)
-      for (int64_t m = 0; m < M; ++m) {
-        float* yr = y + m * N + n0;
-        const float* t = stage.data() + m * n;
-        if (accumulate)
-          for (int64_t j = 0; j < n; ++j) yr[j] += t[j];
-        else
-          std::copy_n(t, n, yr);
-      }
+    if (pr.staged) unstage(stage.data(), M, n, y + n0, N, accumulate);
   };
   if (parts == 1) {
     run(0);
@@ -287,15 +289,7 @@ void gemm_nt_bf16(const uint16_t* A, const uint16_t* B, float* C, int64_t M, int
     pr.mm.execute(s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md},
                       {DNNL_ARG_SCRATCHPAD, msc}});
     s.wait();
-    if (pr.staged)
-      for (int64_t m = 0; m < M; ++m) {
-        float* cr = C + m * ldc + n0;
-        const float* t = stage.data() + m * n;
-        if (accumulate)
-          for (int64_t j = 0; j < n; ++j) cr[j] += t[j];
-        else
-          std::copy_n(t, n, cr);
-      }
+    if (pr.staged) unstage(stage.data(), M, n, C + n0, ldc, accumulate);
   };
   if (parts == 1) {
     run(0);
