@@ -103,6 +103,22 @@ Tensor Weights::get(const std::string& name, const Shape& expect) {
 
 void Weights::ignore(const std::string& name) { used_.insert(name); }
 
+int Weights::dim(const std::string& name, int i) {
+  const Shape& s = shape(name);
+  if (i < 0 || i >= static_cast<int>(s.size()))
+    fail("%s: tensor '%s' has shape %s, too few dimensions", label_.c_str(), name.c_str(),
+         shape_str(s).c_str());
+  return static_cast<int>(s[i]);
+}
+
+void Weights::check_buffer(const std::string& name, const Shape& expect) {
+  if (!has(name)) return;
+  if (shape(name) != expect)
+    fail("%s: tensor '%s' has shape %s, expected %s", label_.c_str(), name.c_str(),
+         shape_str(shape(name)).c_str(), shape_str(expect).c_str());
+  ignore(name);
+}
+
 void Weights::ignore_prefix(const std::string& prefix) {
   for (const auto& e : file_->tensors())
     if (e.name.compare(0, prefix.size(), prefix) == 0) used_.insert(e.name);

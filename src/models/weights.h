@@ -26,8 +26,13 @@ class Weights {
   // float32 view of `name`; throws if missing or if its shape differs from
   // `expect` ("<file>: tensor 'x' has shape [..], expected [..]").
   Tensor get(const std::string& name, const Shape& expect);
+  // Size of dimension i of `name`; throws if the tensor has too few dimensions.
+  int dim(const std::string& name, int i);
   // Marks a tensor as recognised but unused (derived buffers, encoder weights).
   void ignore(const std::string& name);
+  // A derived buffer the model recomputes (e.g. 'lvl_1L'): optional, but when
+  // present it must have shape `expect`; then ignored.
+  void check_buffer(const std::string& name, const Shape& expect);
   void ignore_prefix(const std::string& prefix);
   // Throws "<file>: unexpected tensor 'x' (...)" for the first tensor neither
   // fetched nor ignored.

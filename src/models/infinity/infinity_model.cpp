@@ -67,20 +67,15 @@ InfinityModel::InfinityModel(Weights& w) : file_(&w.file()) {
   const std::string& lb = w.label();
   if (!w.has("cfg_uncond") || !w.has("text_proj_for_sos.ca.mat_q"))
     fail("%s: not an Infinity transformer checkpoint (no 'cfg_uncond' / 'text_proj_for_sos')", lb.c_str());
-  auto dim = [&](const std::string& name, int i) {
-    const Shape& s = w.shape(name);
-    if (i >= static_cast<int>(s.size())) fail("%s: tensor '%s' has too few dimensions", lb.c_str(), name.c_str());
-    return static_cast<int>(s[i]);
-  };
   InfinityConfig& c = cfg_;
-  c.C = dim("pos_start", 2);
-  c.Ct5 = dim("text_norm.weight", 0);
-  c.text_rows = dim("cfg_uncond", 0);
-  c.pool_heads = dim("text_proj_for_sos.ca.mat_q", 1);
-  c.pool_head_dim = dim("text_proj_for_sos.ca.mat_q", 2);
-  c.bits = dim("word_embed.weight", 1);
-  c.V = dim("head.weight", 0);
-  c.levels = dim("lvl_embed.weight", 0);
+  c.C = w.dim("pos_start", 2);
+  c.Ct5 = w.dim("text_norm.weight", 0);
+  c.text_rows = w.dim("cfg_uncond", 0);
+  c.pool_heads = w.dim("text_proj_for_sos.ca.mat_q", 1);
+  c.pool_head_dim = w.dim("text_proj_for_sos.ca.mat_q", 2);
+  c.bits = w.dim("word_embed.weight", 1);
+  c.V = w.dim("head.weight", 0);
+  c.levels = w.dim("lvl_embed.weight", 0);
   c.chunks = count(w, "block_chunks.%d.module.0.sa.mat_qkv.weight");
   const int per = c.chunks ? count(w, "block_chunks.%d.module.%d.sa.mat_qkv.weight", 0) : 0;
   if (c.chunks == 0 || per == 0) fail("%s: no 'block_chunks.{c}.module.{j}' blocks found", lb.c_str());
@@ -88,11 +83,11 @@ InfinityModel::InfinityModel(Weights& w) : file_(&w.file()) {
     if (count(w, "block_chunks.%d.module.%d.sa.mat_qkv.weight", k) != per)
       fail("%s: block chunk %d does not hold %d blocks like chunk 0", lb.c_str(), k, per);
   c.depth = c.chunks * per;
-  c.heads = dim("block_chunks.0.module.0.sa.scale_mul_1H11", 1);
+  c.heads = w.dim("block_chunks.0.module.0.sa.scale_mul_1H11", 1);
   if (c.heads <= 0 || c.C % c.heads) fail("%s: width %d not divisible by %d heads", lb.c_str(), c.C, c.heads);
   c.head_dim = c.C / c.heads;
   if (c.head_dim % 4) fail("%s: head dim %d must be a multiple of 4 for the 2-D RoPE", lb.c_str(), c.head_dim);
-  c.ffn = dim("block_chunks.0.module.0.ffn.fc1.weight", 0);
+  c.ffn = w.dim("block_chunks.0.module.0.ffn.fc1.weight", 0);
   if (c.V != 2 * c.bits) fail("%s: head has %d outputs for %d bits per token", lb.c_str(), c.V, c.bits);
   if (c.pool_heads * c.pool_head_dim != c.C)
     fail("%s: pooling query %d x %d does not match width %d", lb.c_str(), c.pool_heads, c.pool_head_dim, c.C);

@@ -70,29 +70,22 @@ std::string VarConfig::describe() const {
 VarModel::VarModel(Weights& w, std::vector<int> patch_nums) : file_(&w.file()) {
   const std::string& lb = w.label();
   const io::TensorFile& f = w.file();
-  auto dim = [&](const std::string& name, int i) -> int {
-    const Shape& s = w.shape(name);
-    if (i >= static_cast<int>(s.size()))
-      fail("%s: tensor '%s' has shape %s, too few dimensions", lb.c_str(), name.c_str(),
-           shape_str(s).c_str());
-    return static_cast<int>(s[i]);
-  };
   if (!f.find("pos_1LC") || !f.find("class_emb.weight"))
     fail("%s: not a VAR transformer checkpoint (no 'pos_1LC' / 'class_emb.weight')", lb.c_str());
   VarConfig& c = cfg_;
-  c.C = dim("pos_1LC", 2);
-  c.L = dim("pos_1LC", 1);
-  c.num_classes = dim("class_emb.weight", 0) - 1;
-  c.Cvae = dim("word_embed.weight", 1);
-  c.V = dim("head.weight", 0);
+  c.C = w.dim("pos_1LC", 2);
+  c.L = w.dim("pos_1LC", 1);
+  c.num_classes = w.dim("class_emb.weight", 0) - 1;
+  c.Cvae = w.dim("word_embed.weight", 1);
+  c.V = w.dim("head.weight", 0);
   c.depth = count_blocks(f);
   c.shared_aln = f.find("shared_ada_lin.1.weight") != nullptr;
   if (c.depth == 0) fail("%s: no transformer blocks found", lb.c_str());
-  c.heads = dim("blocks.0.attn.scale_mul_1H11", 1);
+  c.heads = w.dim("blocks.0.attn.scale_mul_1H11", 1);
   if (c.heads <= 0 || c.C % c.heads) fail("%s: width %d not divisible by %d heads", lb.c_str(), c.C, c.heads);
   c.head_dim = c.C / c.heads;
-  c.ffn = dim("blocks.0.ffn.fc1.weight", 0);
-  const int SN = dim("lvl_embed.weight", 0);
+  c.ffn = w.dim("blocks.0.ffn.fc1.weight", 0);
+  const int SN = w.dim("lvl_embed.weight", 0);
   if (c.num_classes < 1 || SN < 1) fail("%s: invalid class or level embedding", lb.c_str());
   c.patch_nums = patch_nums.empty() ? infer_patch_nums(f, lb, c.L, SN) : patch_nums;
   if (static_cast<int>(c.patch_nums.size()) != SN)
@@ -122,15 +115,8 @@ VarModel::VarModel(Weights& w, std::vector<int> patch_nums) : file_(&w.file()) {
   head_w_ = w.get("head.weight", {c.V, C});
   head_b_ = w.get("head.bias", {c.V});
   // Derived buffers: recognised and shape-checked, recomputed at run time.
-  auto check_buffer = [&](const std::string& name, const Shape& s) {
-    if (!f.find(name)) return;
-    if (w.shape(name) != s)
-      fail("%s: tensor '%s' has shape %s, expected %s", lb.c_str(), name.c_str(),
-           shape_str(w.shape(name)).c_str(), shape_str(s).c_str());
-    w.ignore(name);
-  };
-  check_buffer("lvl_1L", {1, c.L});
-  check_buffer("attn_bias_for_masking", {1, 1, c.L, c.L});
+  w.check_buffer("lvl_1L", {1, c.L});
+  w.check_buffer("attn_bias_for_masking", {1, 1, c.L, c.L});
 
   const float max_scale_mul = std::log(100.f);
   blocks_.resize(c.depth);
@@ -146,7 +132,7 @@ VarModel::VarModel(Weights& w, std::vector<int> patch_nums) : file_(&w.file()) {
     B.scale_mul = w.get(p + "attn.scale_mul_1H11", {1, c.heads, 1, 1});
     B.q_bias = w.get(p + "attn.q_bias", {C});
     B.v_bias = w.get(p + "attn.v_bias", {C});
-    check_buffer(p + "attn.zero_k_bias", {C});
+    w.check_buffer(p + "attn.zero_k_bias", {C});
     B.qkv_w = w.get(p + "attn.mat_qkv.weight", {3 * C, C});
     B.proj_w = w.get(p + "attn.proj.weight", {C, C});
     B.proj_b = w.get(p + "attn.proj.bias", {C});
