@@ -10,9 +10,13 @@
 
 #include "backend/cpu/ops.h"
 #include "io/tensor_file.h"
+#include "models/infinity/bsq_vae.h"
+#include "models/infinity/infinity_model.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 #include "models/weights.h"
+#include "pipeline/golden_check.h"
+#include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_pipeline.h"
 #include "test_util.h"
 
@@ -96,6 +100,59 @@ TEST(Bf16, GoldenModelCloseToFp32) {
   EXPECT_LT(worst_mean, 0.02);  // typically ~1%
   EXPECT_LT(img_max, 0.05);    // < 13 levels of 255 anywhere
   EXPECT_LT(img_mean, 0.005);  // ~1 level of 255 on average
+}
+
+// The same for Infinity on its golden folder (teacher forced with the
+// reference bits): logits of every scale and the decoded image.
+TEST(Bf16, InfinityGoldenModelCloseToFp32) {
+  if (!cpu::bf16_supported()) GTEST_SKIP() << "this CPU has no bf16 GEMM (tested where it has)";
+  const std::string dir = std::string(FASTVAR_TEST_DATA) + "/golden/infinity_tiny_a";
+  Weights iw = Weights::open(dir + "/weights_infinity.safetensors");
+  infinity::InfinityModel model(iw);
+  Weights vw = Weights::open(dir + "/weights_vae.safetensors");
+  infinity::BSQDecoder vae(vw);
+  InfinityGenParams p = golden_infinity_params(dir);
+  auto run = [&] {
+    Outputs o;
+    p.tap = [&](const std::string& name, const Tensor& t) {
+      if (name.find("logits") != std::string::npos) o.logits[name].assign(t.data(), t.data() + t.numel());
+    };
+    InfinityGenResult r = generate_infinity(model, vae, p);
+    o.image.assign(r.images.data(), r.images.data() + r.images.numel());
+    return o;
+  };
+  Outputs f32 = run();
+  model.set_dtype(cpu::DType::BF16);
+  vae.set_dtype(cpu::DType::BF16);
+  Outputs b16 = run();
+  ASSERT_FALSE(f32.logits.empty());
+  double worst = 0, worst_mean = 0;
+  for (const auto& [name, a] : f32.logits) {
+    const auto& b = b16.logits.at(name);
+    double rms = 0, d = 0, dm = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      rms += double(a[i]) * a[i];
+      d = std::max(d, std::fabs(double(a[i]) - b[i]));
+      dm += std::fabs(double(a[i]) - b[i]);
+    }
+    rms = std::sqrt(rms / a.size());
+    worst = std::max(worst, d / rms);
+    worst_mean = std::max(worst_mean, dm / a.size() / rms);
+  }
+  double img_max = 0, img_mean = 0;
+  for (size_t i = 0; i < f32.image.size(); ++i) {
+    const double d = std::fabs(double(f32.image[i]) - b16.image[i]);
+    img_max = std::max(img_max, d);
+    img_mean += d;
+  }
+  img_mean /= f32.image.size();
+  std::printf("[ bf16 ] Infinity logits |bf16 - fp32| / rms: max %.4f, mean %.4f (worst scale); image: "
+              "max %.4f, mean %.5f\n", worst, worst_mean, img_max, img_mean);
+  EXPECT_GT(worst, 0.0);
+  EXPECT_LT(worst, 0.1);
+  EXPECT_LT(worst_mean, 0.02);
+  EXPECT_LT(img_max, 0.05);
+  EXPECT_LT(img_mean, 0.005);
 }
 
 }  // namespace

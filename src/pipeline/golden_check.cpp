@@ -289,41 +289,7 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
   infinity::BSQDecoder vae(vw);
   vw.check_all_used();
   std::fprintf(out, "model: %s\nvae:   %s\n", model.config().describe().c_str(), vae.config().describe().c_str());
-  auto inputs = io::TensorFile::open((dir / "inputs.safetensors").string());
-  InfinityGenParams p;
-  // Prompts: compact T5 features split by cu_seqlens.
-  const io::TensorEntry& tf = inputs->at("text.t5_features");
-  std::vector<double> feats = to_double(tf);
-  std::vector<int64_t> cu = read_ints(*inputs, "text.cu_seqlens");
-  const int64_t Ct5 = tf.shape.back();
-  for (size_t b = 0; b + 1 < cu.size(); ++b) {
-    Tensor t({cu[b + 1] - cu[b], Ct5});
-    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(feats[cu[b] * Ct5 + i]);
-    p.text.push_back(t);
-  }
-  std::vector<int64_t> sched = read_ints(*inputs, "scale_schedule");  // rows (t, h, w)
-  for (size_t i = 0; i + 2 < sched.size(); i += 3)
-    p.schedule.scales.push_back({static_cast<int>(sched[i + 1]), static_cast<int>(sched[i + 2])});
-  const json& tiny = cfg.at("tiny");
-  std::vector<int> norm_hw;
-  if (cfg.contains("rope") && cfg.at("rope").contains("normalizer_hw")) {
-    norm_hw = cfg.at("rope").at("normalizer_hw").get<std::vector<int>>();
-  } else {
-    infinity::Schedule s1m = infinity::make_schedule(tiny.value("h_div_w", 1.0), "1M");
-    norm_hw = {s1m.rope_h, s1m.rope_w};
-  }
-  p.schedule.rope_h = norm_hw.at(0);
-  p.schedule.rope_w = norm_hw.at(1);
-  for (double v : to_double(inputs->at("cfg_list"))) p.cfg.push_back(static_cast<float>(v));
-  for (double v : to_double(inputs->at("tau_list"))) p.tau.push_back(static_cast<float>(v));
-  p.top_k = tiny.value("top_k", 900);
-  p.top_p = tiny.value("top_p", 0.97);
-  p.teacher = [&](int si, int B, int h, int w, int d, uint8_t* bits) {
-    std::vector<int64_t> v = read_ints(*inputs, strprintf("labels.s%02d", si));
-    if (static_cast<int64_t>(v.size()) != int64_t(B) * h * w * d)
-      fail("golden labels.s%02d has %zu entries, expected %lld", si, v.size(), (long long)B * h * w * d);
-    for (size_t i = 0; i < v.size(); ++i) bits[i] = v[i] != 0;
-  };
+  InfinityGenParams p = golden_infinity_params(dir.string());
   GoldenSummary total;
   auto run = [&](const char* file, const char* what) {
     auto golden = io::TensorFile::open((dir / file).string());
@@ -376,6 +342,53 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
 }
 
 }  // namespace
+
+// The inputs of an Infinity golden folder as generation params: prompts (T5
+// features), schedule, RoPE normaliser, cfg / tau lists, top-k/p and the
+// reference bits as teacher.
+InfinityGenParams golden_infinity_params(const std::string& dir_s) {
+  fs::path dir(dir_s);
+  std::ifstream f(dir / "config.json");
+  if (!f) fail("%s: cannot read config.json (not a golden folder?)", dir_s.c_str());
+  json cfg = json::parse(f, nullptr, false);
+  if (cfg.is_discarded() || !cfg.contains("tiny")) fail("%s: not an Infinity golden folder", dir_s.c_str());
+  std::shared_ptr<io::TensorFile> inputs = io::TensorFile::open((dir / "inputs.safetensors").string());
+  InfinityGenParams p;
+  // Prompts: compact T5 features split by cu_seqlens.
+  const io::TensorEntry& tf = inputs->at("text.t5_features");
+  std::vector<double> feats = to_double(tf);
+  std::vector<int64_t> cu = read_ints(*inputs, "text.cu_seqlens");
+  const int64_t Ct5 = tf.shape.back();
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {
+    Tensor t({cu[b + 1] - cu[b], Ct5});
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(feats[cu[b] * Ct5 + i]);
+    p.text.push_back(t);
+  }
+  std::vector<int64_t> sched = read_ints(*inputs, "scale_schedule");  // rows (t, h, w)
+  for (size_t i = 0; i + 2 < sched.size(); i += 3)
+    p.schedule.scales.push_back({static_cast<int>(sched[i + 1]), static_cast<int>(sched[i + 2])});
+  const json& tiny = cfg.at("tiny");
+  std::vector<int> norm_hw;
+  if (cfg.contains("rope") && cfg.at("rope").contains("normalizer_hw")) {
+    norm_hw = cfg.at("rope").at("normalizer_hw").get<std::vector<int>>();
+  } else {
+    infinity::Schedule s1m = infinity::make_schedule(tiny.value("h_div_w", 1.0), "1M");
+    norm_hw = {s1m.rope_h, s1m.rope_w};
+  }
+  p.schedule.rope_h = norm_hw.at(0);
+  p.schedule.rope_w = norm_hw.at(1);
+  for (double v : to_double(inputs->at("cfg_list"))) p.cfg.push_back(static_cast<float>(v));
+  for (double v : to_double(inputs->at("tau_list"))) p.tau.push_back(static_cast<float>(v));
+  p.top_k = tiny.value("top_k", 900);
+  p.top_p = tiny.value("top_p", 0.97);
+  p.teacher = [inputs](int si, int B, int h, int w, int d, uint8_t* bits) {
+    std::vector<int64_t> v = read_ints(*inputs, strprintf("labels.s%02d", si));
+    if (static_cast<int64_t>(v.size()) != int64_t(B) * h * w * d)
+      fail("golden labels.s%02d has %zu entries, expected %lld", si, v.size(), (long long)B * h * w * d);
+    for (size_t i = 0; i < v.size(); ++i) bits[i] = v[i] != 0;
+  };
+  return p;
+}
 
 GoldenSummary check_golden(const std::string& dir_s, std::FILE* out) {
   fs::path dir(dir_s);

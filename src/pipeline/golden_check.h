@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <string>
 
+#include "pipeline/infinity_pipeline.h"
+
 namespace fastvar {
 
 struct GoldenSummary {
@@ -15,5 +17,9 @@ struct GoldenSummary {
 // Prints one line per comparison to `out` and returns the counts. Throws
 // fastvar::Error if the folder cannot be read.
 GoldenSummary check_golden(const std::string& dir, std::FILE* out);
+
+// The inputs of an Infinity golden folder (format of
+// tests/data/golden/infinity_tiny_a) as teacher-forced generation params.
+InfinityGenParams golden_infinity_params(const std::string& dir);
 
 }  // namespace fastvar
