@@ -1,6 +1,7 @@
 // Linear layers on oneDNN's matmul (brgemm kernels: AVX-512 in float32, AMX or
 // AVX512_BF16 in bfloat16 with float32 accumulation). Chosen by measurement
-// over OpenBLAS (bench/bench_kernels.cpp BM_Linear; DEVELOPERS.md has the table).
+// over OpenBLAS (bench/bench_kernels.cpp BM_Linear / BM_LinearDtype; figures in
+// the README's Performance section).
 //
 // One pool owns the cores: oneDNN runs single-threaded inside each pool worker
 // (its OpenMP runtime is told to use one thread), and a product is cut into
@@ -259,6 +260,7 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
     }
     pr.mm.execute(s, b.args);
     s.wait();
+    if (bf16) b.args[DNNL_ARG_WEIGHTS] = dnnl::memory();  // do not keep the panel alive
     if (pr.staged) unstage(stage.data(), M, n, y + n0, N, accumulate);
   };
   if (parts == 1) {
