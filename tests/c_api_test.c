@@ -63,6 +63,23 @@ int main(int argc, char** argv) {
   p.prune = "8:2.0";
   CHECK(fastvar_generate(e, &p, b, NULL, NULL) == FASTVAR_ERROR);
   CHECK(strstr(fastvar_last_error(), "--prune") != NULL);
+  p.prune = NULL;
+
+  /* The GEMM dtype: an unknown one is refused; bf16 works where the CPU has it
+   * (or is refused with a message naming it), and fp32 afterwards gives the
+   * first images back exactly (the engine repacks, nothing is left over). */
+  p.dtype = "fp8";
+  CHECK(fastvar_check_params(e, &p) == FASTVAR_ERROR);
+  CHECK(strstr(fastvar_last_error(), "fp8") != NULL);
+  p.dtype = "bf16";
+  if (fastvar_generate(e, &p, b, NULL, NULL) == FASTVAR_OK) {
+    CHECK(memcmp(a, b, bytes) != 0); /* rounding shows somewhere */
+  } else {
+    CHECK(strstr(fastvar_last_error(), "bf16") != NULL);
+  }
+  p.dtype = "fp32";
+  CHECK(fastvar_generate(e, &p, b, NULL, NULL) == FASTVAR_OK);
+  CHECK(memcmp(a, b, bytes) == 0);
 
   free(a);
   free(b);
