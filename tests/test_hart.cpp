@@ -1,12 +1,20 @@
-// HART transformer against the official golden tensors (hart_tiny_a,
-// ref_hart = more_smooth off): teacher forced over all scales from the
-// golden's text context and its per-scale next-scale inputs (the forced
-// indices' codebook accumulation, sNN.next_in), comparing the text side, the
-// level embeddings, the RoPE tables, every block output and the logits with
-// the README's default tolerance (max-abs <= 1e-4 x max|ref|). Plus strict
-// loading: a missing or an extra tensor is a one-line fastvar::Error.
+// HART transformer and tokenizer against the official golden tensors
+// (hart_tiny_a, ref_hart = more_smooth off), teacher forced over all scales
+// from the golden's text context and forced indices idx.sNN:
+// * tokenizer (var::VQVAE on weights_tokenizer): codebook rows sNN.h (exact),
+//   the residual accumulation sNN.f_hat and next-scale inputs sNN.next_in for
+//   si = 0..S-2, the last-scale sum final.f_hat (from the golden's
+//   final.discrete_embed + final.diff_out), and the decoder image
+//   final.image / final.image01 (from final.f_hat), image_u8_rgb +-1 LSB;
+// * transformer, fed the next_in computed by that accumulation (end to end
+//   from the indices): text side, level embeddings, RoPE tables, every block
+//   output and the logits.
+// Float tolerance: the README's default, max-abs <= 1e-4 x max|ref| per tensor.
+// Plus strict loading: a missing or an extra tensor is a one-line fastvar::Error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +22,7 @@
 #include "core/error.h"
 #include "io/tensor_file.h"
 #include "models/hart/hart_model.h"
+#include "models/hart/hart_tokenizer.h"
 #include "models/weights.h"
 #include "test_util.h"
 
@@ -44,6 +53,122 @@ std::vector<int64_t> read_i64(const io::TensorFile& f, const std::string& name) 
   std::vector<int64_t> v(e.numel());
   std::memcpy(v.data(), e.data, v.size() * 8);
   return v;
+}
+
+// Transposes (B, C, n) channel-major to (B, n, C) token-major.
+std::vector<float> to_tokens(const float* x, int64_t B, int64_t C, int64_t n) {
+  std::vector<float> y(size_t(B * C * n));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < n; ++p) y[(b * n + p) * C + c] = x[(b * C + c) * n + p];
+  return y;
+}
+
+// Weights + tokenizer together (the tokenizer views the weights' mapping).
+struct LoadedTokenizer {
+  Weights w;
+  hart::Tokenizer vae;
+  LoadedTokenizer() : w(Weights::open(hart_dir() + "/weights_tokenizer.safetensors")), vae(w) {}
+};
+
+// Section 9 from the forced indices: next_in[si] (1, pn[si]^2, Cvae) for
+// si = 1..S-1 (next_in[0] empty), comparing h, f_hat and next_in of every
+// scale si <= S-2 with the golden when `ref` is given. Returns f_hat after S-2.
+std::vector<float> forced_accumulation(const hart::Tokenizer& vae, const std::vector<int>& pn, Weights& in,
+                                       Weights* ref, std::vector<std::vector<float>>* next_in) {
+  const int S = static_cast<int>(pn.size()), P = pn.back(), C = vae.config().Cvae;
+  std::vector<float> f_hat(size_t(C) * P * P, 0.f);
+  next_in->assign(S, {});
+  for (int si = 0; si + 1 < S; ++si) {
+    const std::string sp = strprintf("s%02d.", si);
+    const std::vector<int64_t> idx = read_i64(in.file(), strprintf("idx.s%02d", si));
+    EXPECT_EQ(idx.size(), size_t(pn[si]) * pn[si]) << sp;
+    std::vector<float> h(size_t(C) * pn[si] * pn[si]);
+    vae.embed(idx.data(), 1, pn[si], pn[si], h.data());
+    vae.accumulate(h.data(), 1, pn[si], pn[si], si, S, f_hat.data(), P, P);
+    std::vector<float>& nx = (*next_in)[si + 1];
+    nx.resize(size_t(pn[si + 1]) * pn[si + 1] * C);
+    hart::next_input_tokens(vae, f_hat.data(), 1, P, pn[si + 1], nx.data());
+    if (ref) {
+      Tensor rh = ref->get(sp + "h", {1, C, pn[si], pn[si]});
+      EXPECT_TRUE(std::equal(h.begin(), h.end(), rh.data())) << sp << "h (codebook rows) differs";
+      expect_close(sp + "f_hat", f_hat.data(), ref->get(sp + "f_hat", {1, C, P, P}).data(), f_hat.size());
+      expect_close(sp + "next_in", nx.data(),
+                   ref->get(sp + "next_in", {1, pn[si + 1] * pn[si + 1], C}).data(), nx.size());
+    }
+  }
+  return f_hat;
+}
+
+TEST(HartTokenizer, LoadsAsVarVQVAE) {
+  LoadedTokenizer t;
+  EXPECT_NO_THROW(t.w.check_all_used());
+  const var::VQVAEConfig& c = t.vae.config();
+  EXPECT_EQ(c.vocab_size, 1024);
+  EXPECT_EQ(c.Cvae, 16);
+  EXPECT_EQ(c.ch, 32);
+  EXPECT_EQ(c.ch_mult, (std::vector<int>{1, 1, 2}));
+  EXPECT_EQ(c.attn_level, (std::vector<bool>{false, false, true}));
+  EXPECT_TRUE(c.mid_attn);
+  EXPECT_EQ(c.n_phi, 4);
+  EXPECT_EQ(c.phi_share, var::PhiShare::PartiallyShared);
+  EXPECT_FLOAT_EQ(c.quant_resi, 0.5f);
+  EXPECT_EQ(c.downsample, 4);
+  // Spec section 9: tiny S = 6 uses [0, 0, 1, 2, 3, 3], the release's S = 14 the table below.
+  std::vector<int> t6, t14;
+  for (int si = 0; si < 6; ++si) t6.push_back(t.vae.phi_index(si, 6));
+  for (int si = 0; si < 14; ++si) t14.push_back(t.vae.phi_index(si, 14));
+  EXPECT_EQ(t6, (std::vector<int>{0, 0, 1, 2, 3, 3}));
+  EXPECT_EQ(t14, (std::vector<int>{0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3}));
+}
+
+TEST(HartTokenizer, GoldenAccumulationFromForcedIndices) {
+  LoadedTokenizer t;
+  Weights in = Weights::open(hart_dir() + "/inputs.safetensors");
+  Weights ref = Weights::open(hart_dir() + "/ref_hart.safetensors");
+  const std::vector<int> pn{1, 2, 3, 4, 6, 8};
+  const int S = 6, P = 8, C = 16, n = P * P;
+  std::vector<std::vector<float>> next_in;
+  std::vector<float> f_hat = forced_accumulation(t.vae, pn, in, &ref, &next_in);
+
+  // Last scale (section 10.5): the codebook rows of idx.s05 are
+  // final.discrete_embed; f_hat += discrete_embed + diff_out (conditional rows
+  // 0..n-1, already x 0.6) with no phi and no resize gives final.f_hat.
+  const std::vector<int64_t> idx = read_i64(in.file(), strprintf("idx.s%02d", S - 1));
+  std::vector<float> h(size_t(C) * n);
+  t.vae.embed(idx.data(), 1, P, P, h.data());
+  std::vector<float> tokens = to_tokens(h.data(), 1, C, n);
+  Tensor de = ref.get("final.discrete_embed", {1, n, C});
+  EXPECT_TRUE(std::equal(tokens.begin(), tokens.end(), de.data())) << "final.discrete_embed differs";
+  Tensor diff = ref.get("final.diff_out", {2 * n, C});
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] += diff.data()[i];
+  hart::add_last_scale(tokens.data(), 1, C, P, f_hat.data());
+  expect_close("final.f_hat", f_hat.data(), ref.get("final.f_hat", {1, C, P, P}).data(), f_hat.size());
+}
+
+TEST(HartTokenizer, GoldenDecode) {
+  LoadedTokenizer t;
+  Weights ref = Weights::open(hart_dir() + "/ref_hart.safetensors");
+  Tensor f_hat = ref.get("final.f_hat", {1, 16, 8, 8});
+  Tensor img01 = t.vae.decode(f_hat);  // (img + 1) / 2 of the clamped decoder output
+  ASSERT_EQ(img01.shape(), (Shape{1, 3, 32, 32}));
+  expect_close("final.image01", img01, ref);
+  Tensor img({1, 3, 32, 32});
+  for (int64_t i = 0; i < img.numel(); ++i) img.data()[i] = img01.data()[i] * 2.f - 1.f;
+  expect_close("final.image", img, ref);
+  // sample.py: uint8(trunc(image01 * 255)), HWC RGB; +-1 LSB.
+  const io::TensorEntry& e = ref.file().at("final.image_u8_rgb");
+  ASSERT_EQ(e.dtype, io::DType::U8);
+  ASSERT_EQ(e.numel(), 32 * 32 * 3);
+  int worst = 0;
+  for (int y = 0; y < 32; ++y)
+    for (int x = 0; x < 32; ++x)
+      for (int c = 0; c < 3; ++c) {
+        const int got = static_cast<int>(img01.data()[(c * 32 + y) * 32 + x] * 255.f);
+        worst = std::max(worst, std::abs(got - int(e.data[(y * 32 + x) * 3 + c])));
+      }
+  EXPECT_LE(worst, 1) << "final.image_u8_rgb";
+  if (std::getenv("FASTVAR_HART_VERBOSE")) std::printf("%-24s max |diff| %d LSB\n", "final.image_u8_rgb", worst);
 }
 
 TEST(HartGolden, TeacherForcedTransformerMatchesOfficial) {
@@ -81,6 +206,12 @@ TEST(HartGolden, TeacherForcedTransformerMatchesOfficial) {
     expect_close("lvl_pos", lvl, ref);
   }
 
+  // Next-scale inputs from the forced indices through the tokenizer (section 9),
+  // not the golden's sNN.next_in: checks the chain end to end.
+  LoadedTokenizer tok;
+  std::vector<std::vector<float>> next_in;
+  forced_accumulation(tok.vae, c.patch_nums, in, nullptr, &next_in);
+
   hart::HartModel::State st = m.new_state(text.rows);
   const int S = c.SN();
   for (int si = 0; si < S; ++si) {
@@ -90,9 +221,8 @@ TEST(HartGolden, TeacherForcedTransformerMatchesOfficial) {
                  ref.get(strprintf("rope.s%02d.cos", si), {2, rope.L, c.head_dim}).data(), rope.cos.size());
     expect_close(strprintf("rope.s%02d.sin", si), rope.sin.data(),
                  ref.get(strprintf("rope.s%02d.sin", si), {2, rope.L, c.head_dim}).data(), rope.sin.size());
-    Tensor next_in;
-    if (si > 0) next_in = ref.get(strprintf("s%02d.next_in", si - 1), {1, c.tokens(si), c.Cvae});
-    Tensor x = m.scale_input(si, text, si > 0 ? next_in.data() : nullptr);
+    ASSERT_EQ(next_in[si].size(), si > 0 ? size_t(c.tokens(si)) * c.Cvae : 0u);
+    Tensor x = m.scale_input(si, text, si > 0 ? next_in[si].data() : nullptr);
     expect_close(sp + "x_in", x, ref);
     m.run_blocks(si, x, st, rope, [&](const std::string& n, const Tensor& t) { expect_close(n, t, ref); });
     Tensor logits = m.head(x, text);
