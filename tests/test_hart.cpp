@@ -24,36 +24,15 @@
 #include "models/hart/hart_model.h"
 #include "models/hart/hart_tokenizer.h"
 #include "models/weights.h"
+#include "hart_test_util.h"
 #include "test_util.h"
 
 namespace fastvar {
 namespace {
 
-std::string hart_dir() { return std::string(FASTVAR_TEST_DATA) + "/golden/hart_tiny_a"; }
-
-// max-abs error of got vs ref, and the README tolerance 1e-4 * max|ref|.
-void expect_close(const std::string& name, const float* got, const float* ref, size_t n, double rel = 1e-4) {
-  double mref = 0;
-  for (size_t i = 0; i < n; ++i) mref = std::max(mref, std::fabs(double(ref[i])));
-  const double err = test::max_abs_diff(got, ref, n);
-  EXPECT_LE(err, rel * mref) << name << ": max-abs " << err << " vs tolerance " << rel * mref;
-  if (std::getenv("FASTVAR_HART_VERBOSE"))
-    std::printf("%-24s max-abs %.3g  max|ref| %.3g  rel %.3g\n", name.c_str(), err, mref, mref > 0 ? err / mref : err);
-}
-
-void expect_close(const std::string& name, const Tensor& got, Weights& ref) {
-  Tensor r = ref.get(name, ref.shape(name));
-  ASSERT_EQ(got.numel(), r.numel()) << name;
-  expect_close(name, got.data(), r.data(), size_t(r.numel()));
-}
-
-std::vector<int64_t> read_i64(const io::TensorFile& f, const std::string& name) {
-  const io::TensorEntry& e = f.at(name);
-  EXPECT_EQ(e.dtype, io::DType::I64) << name;
-  std::vector<int64_t> v(e.numel());
-  std::memcpy(v.data(), e.data, v.size() * 8);
-  return v;
-}
+using test::expect_close;
+using test::hart_dir;
+using test::read_i64;
 
 // Transposes (B, C, n) channel-major to (B, n, C) token-major.
 std::vector<float> to_tokens(const float* x, int64_t B, int64_t C, int64_t n) {

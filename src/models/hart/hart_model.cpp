@@ -7,6 +7,7 @@
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "fastvar/branch.h"
 
 namespace fastvar::hart {
 namespace {
@@ -350,7 +351,7 @@ HartModel::Text HartModel::encode_text(const Tensor& ctx, const std::vector<int6
   return t;
 }
 
-HartModel::State HartModel::new_state(int rows) const {
+HartModel::State HartModel::new_state(int rows, const PrunePlan* plan) const {
   State st;
   st.rows = rows;
   st.cap = cfg_.total_tokens();
@@ -359,6 +360,15 @@ HartModel::State HartModel::new_state(int rows) const {
     st.v.emplace_back(Shape{rows, cfg_.heads, st.cap, cfg_.head_dim});
   }
   st.len.assign(cfg_.depth, 0);
+  st.ctr_attn.resize(cfg_.depth);
+  st.ctr_ffn.resize(cfg_.depth);
+  if (plan && plan->enabled && plan->cache_scale >= 1 && plan->cache_scale < cfg_.SN()) {
+    const int64_t pc = cfg_.patch_nums[plan->cache_scale];
+    for (int b = std::max(plan->layer_begin, 0); b < cfg_.depth && b <= plan->layer_end; ++b) {
+      st.ctr_attn[b] = Tensor({rows, pc * pc, int64_t(cfg_.C)});
+      st.ctr_ffn[b] = Tensor({rows, pc * pc, int64_t(cfg_.C)});
+    }
+  }
   return st;
 }
 
@@ -385,11 +395,13 @@ Tensor HartModel::scale_input(int si, const Text& t, const float* next_in) const
   return x;
 }
 
-void HartModel::attn(int b, const Tensor& h, State& st, const Rope& rope, Tensor& y) const {
+void HartModel::attn(int b, const Tensor& h, const int32_t* keep, State& st, const Rope& rope,
+                     Tensor& y) const {
   const Block& Bk = blocks_[b];
   const int R = static_cast<int>(h.dim(0));
   const int64_t n = h.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
-  if (rope.rows != R || rope.L != n || rope.hd != hd) fail("RoPE table does not match the scale in block %d", b);
+  if (rope.rows != R || (keep ? rope.L < n : rope.L != n) || rope.hd != hd)
+    fail("RoPE table does not match the scale in block %d", b);
   Tensor qkv({R, n, 3 * C});
   cpu::linear(h.data(), Bk.qkv_w.data(), Bk.qkv_bias.data(), qkv.data(), R * n, 3 * C, C);
   const int len0 = st.len[b];
@@ -397,8 +409,10 @@ void HartModel::attn(int b, const Tensor& h, State& st, const Rope& rope, Tensor
   const bool l2 = cfg_.attn_l2_norm;
   parallel_for(R * n, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const float* cs = rope.cos.data() + i * hd;
-      const float* sn = rope.sin.data() + i * hd;
+      // Kept tokens use the angles of their own positions (per row).
+      const int64_t r = i / n, pos = keep ? keep[i] : i % n;
+      const float* cs = rope.cos.data() + (r * rope.L + pos) * hd;
+      const float* sn = rope.sin.data() + (r * rope.L + pos) * hd;
       float* row = qkv.data() + i * 3 * C;
       for (int64_t hh = 0; hh < H; ++hh) {
         float* q = row + hh * hd;
@@ -448,20 +462,55 @@ void HartModel::ffn(int b, const Tensor& h, Tensor& y) const {
   }
 }
 
-void HartModel::run_blocks(int si, Tensor& x, State& st, const Rope& rope, const Tap& tap) const {
+void HartModel::run_blocks(int si, Tensor& x, State& st, const Rope& rope, const ScalePlan& plan,
+                           const Tap& tap) const {
   const int64_t R = x.dim(0), n = x.dim(1), C = cfg_.C;
   if (R != st.rows || x.dim(2) != C)
     fail("block input has shape %s for %d rows", shape_str(x.shape()).c_str(), st.rows);
-  Tensor h({R, n, C}), y({R, n, C});
+  if (si < 0 || si >= cfg_.SN() || n != cfg_.tokens(si))
+    fail("block input of scale %d has %lld tokens", si, (long long)n);
+  if (si == 0 && (plan.ratio > 0.f || plan.store_cache))
+    fail("FastVAR: the text prefix (scale 0) can be neither pruned nor cached");
+  // Token map of the scale (the prefix as one row; never pruned).
+  const int mh = si == 0 ? 1 : cfg_.patch_nums[si], mw = si == 0 ? static_cast<int>(n) : mh;
+  if (plan.store_cache) {
+    if (int64_t(st.ctr_attn.size()) < cfg_.depth) {
+      st.ctr_attn.resize(cfg_.depth);
+      st.ctr_ffn.resize(cfg_.depth);
+    }
+    st.ctr_h = mh;
+    st.ctr_w = mw;
+  }
+  const std::string sp = strprintf("s%02d.", si);
   for (int b = 0; b < cfg_.depth; ++b) {
     const float* nw = blocks_[b].norm_w.data();
-    rms_norm(x.data(), h.data(), R * n, C, cfg_.eps, nw);
-    attn(b, h, st, rope, y);
-    for (int64_t i = 0; i < R * n * C; ++i) x.data()[i] += y.data()[i];
-    rms_norm(x.data(), h.data(), R * n, C, cfg_.eps, nw);
-    ffn(b, h, y);
-    for (int64_t i = 0; i < R * n * C; ++i) x.data()[i] += y.data()[i];
-    if (tap) tap(strprintf("s%02d.block%d.out", si, b), x);
+    for (int which = 0; which < 2; ++which) {  // attention, then FFN (spec 12.2)
+      BranchSpec bs;
+      bs.h = mh;
+      bs.w = mw;
+      bs.prune = plan.prunes(b);
+      bs.keep = plan.keep(static_cast<int>(n));
+      bs.score = plan.score;
+      bs.store = plan.caches(b);
+      if (b < static_cast<int>(st.ctr_attn.size())) bs.cache = which ? &st.ctr_ffn[b] : &st.ctr_attn[b];
+      bs.cache_h = st.ctr_h;
+      bs.cache_w = st.ctr_w;
+      BranchTap btap;
+      const std::string name = sp + strprintf("block%d.%s.kept_idx", b, which ? "ffn" : "attn");
+      if (tap) btap = [&](const char* what, const Tensor& t) {
+        if (std::strcmp(what, "keep") == 0) tap(name, t);
+      };
+      run_branch(x, bs, [&](const Tensor& xs, const int32_t* keep, Tensor& y) {
+        // The block's one RMSNorm on the computed tokens, then the branch.
+        Tensor h(xs.shape());
+        rms_norm(xs.data(), h.data(), xs.dim(0) * xs.dim(1), C, cfg_.eps, nw);
+        if (which == 0)
+          attn(b, h, keep, st, rope, y);
+        else
+          ffn(b, h, y);
+      }, btap);
+    }
+    if (tap) tap(sp + strprintf("block%d.out", b), x);
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "backend/cpu/ops.h"
 #include "core/tensor.h"
+#include "fastvar/plan.h"
 #include "models/var/var_model.h"  // Tap
 #include "models/weights.h"
 
@@ -77,21 +78,35 @@ class HartModel {
   // ctx: (B, T, context_dim) text features; pos: (B, T) context_position_ids.
   Text encode_text(const Tensor& ctx, const std::vector<int64_t>& pos, const Tap& tap = nullptr) const;
 
+  // Per-block KV cache and the FastVAR branch-output caches of the cache
+  // scale (CTR, spec section 12.2).
   struct State {
     int rows = 0, cap = 0;
     std::vector<Tensor> k, v;  // per block (R, H, cap, hd)
-    std::vector<int> len;
+    std::vector<int> len;      // cached keys per block (only kept tokens when pruned)
+    std::vector<Tensor> ctr_attn, ctr_ffn;  // per block (R, h_c*w_c, C) or empty
+    int ctr_h = 0, ctr_w = 0;  // map of the stored caches (0 until the cache scale ran)
   };
-  State new_state(int rows) const;  // capacity total_tokens()
+  // Capacity total_tokens(); `plan` (may be null) sizes the FastVAR caches up front.
+  State new_state(int rows, const PrunePlan* plan = nullptr) const;
 
   // The rotary table of scale si for the rows of `t`.
   Rope rope(int si, const Text& t) const;
   // Block-0 input of scale si: sos (si = 0) or word_embed(next_in) repeated for
   // both CFG halves (next_in: (B, pn^2, Cvae)), plus the level embedding.
   Tensor scale_input(int si, const Text& t, const float* next_in) const;
-  // All blocks over x (R, L, C) in place, appending to the KV cache. Taps
-  // "sNN.blockJ.out".
-  void run_blocks(int si, Tensor& x, State& st, const Rope& rope, const Tap& tap = nullptr) const;
+  // All blocks over x (R, L, C) in place, appending to the KV cache, with the
+  // FastVAR plan of scale si (spec section 12: PTS per branch, attention and
+  // FFN; RoPE of the kept tokens' own positions; only kept keys/values enter
+  // the KV cache; CTR from the cache scale's branch outputs). Taps
+  // "sNN.blockJ.out" and, on pruned branches, "sNN.blockJ.{attn,ffn}.kept_idx"
+  // (R, K) (as floats, descending score).
+  void run_blocks(int si, Tensor& x, State& st, const Rope& rope, const ScalePlan& plan,
+                  const Tap& tap = nullptr) const;
+  // Without FastVAR (all tokens).
+  void run_blocks(int si, Tensor& x, State& st, const Rope& rope, const Tap& tap = nullptr) const {
+    run_blocks(si, x, st, rope, ScalePlan{}, tap);
+  }
   Tensor head(const Tensor& x, const Text& t) const;  // (R, L, V)
   // Level embedding of level s (C).
   const float* level(int s) const { return lvl_.data() + int64_t(s) * cfg_.C; }
@@ -113,7 +128,9 @@ class HartModel {
     Tensor fc1_w, fc1_b, fc2_w, fc2_b;  // gpt2 MLP
     std::vector<float> qkv_bias, head_scale;
   };
-  void attn(int b, const Tensor& h, State& st, const Rope& rope, Tensor& y) const;
+  // h (R, n, C); keep (R, n) the tokens' positions in the scale's map (null:
+  // all L tokens in order) for the RoPE angles.
+  void attn(int b, const Tensor& h, const int32_t* keep, State& st, const Rope& rope, Tensor& y) const;
   void ffn(int b, const Tensor& h, Tensor& y) const;
 
   HartConfig cfg_;

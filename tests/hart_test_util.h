@@ -1,0 +1,49 @@
+// Helpers shared by the HART golden tests (tests/data/golden/hart_tiny_a).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "io/tensor_file.h"
+#include "models/weights.h"
+#include "test_util.h"
+
+namespace fastvar::test {
+
+inline std::string hart_dir() { return std::string(FASTVAR_TEST_DATA) + "/golden/hart_tiny_a"; }
+
+// max-abs error of got vs ref against the README tolerance rel * max|ref|
+// (1e-4 unless stated); FASTVAR_HART_VERBOSE=1 prints every comparison.
+inline void expect_close(const std::string& name, const float* got, const float* ref, size_t n,
+                         double rel = 1e-4) {
+  double mref = 0;
+  for (size_t i = 0; i < n; ++i) mref = std::max(mref, std::fabs(double(ref[i])));
+  const double err = max_abs_diff(got, ref, n);
+  EXPECT_LE(err, rel * mref) << name << ": max-abs " << err << " vs tolerance " << rel * mref;
+  if (std::getenv("FASTVAR_HART_VERBOSE"))
+    std::printf("%-28s max-abs %.3g  max|ref| %.3g  rel %.3g\n", name.c_str(), err, mref,
+                mref > 0 ? err / mref : err);
+}
+
+inline void expect_close(const std::string& name, const Tensor& got, Weights& ref) {
+  Tensor r = ref.get(name, ref.shape(name));
+  ASSERT_EQ(got.numel(), r.numel()) << name;
+  expect_close(name, got.data(), r.data(), size_t(r.numel()));
+}
+
+inline std::vector<int64_t> read_i64(const io::TensorFile& f, const std::string& name) {
+  const io::TensorEntry& e = f.at(name);
+  EXPECT_EQ(e.dtype, io::DType::I64) << name;
+  std::vector<int64_t> v(e.numel());
+  std::memcpy(v.data(), e.data, v.size() * 8);
+  return v;
+}
+
+}  // namespace fastvar::test
