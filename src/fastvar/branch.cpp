@@ -7,6 +7,15 @@
 
 namespace fastvar {
 
+std::vector<Tensor> ctr_caches(const PrunePlan& plan, int depth, int rows, int64_t cache_tokens,
+                               int64_t C) {
+  std::vector<Tensor> caches(depth);
+  if (!plan.enabled) return caches;
+  for (int b = std::max(plan.layer_begin, 0); b < depth && b <= plan.layer_end; ++b)
+    caches[b] = Tensor({rows, cache_tokens, C});
+  return caches;
+}
+
 void run_branch(Tensor& x, const BranchSpec& s, const BranchFn& fn, const BranchTap& tap) {
   const int R = static_cast<int>(x.dim(0)), L = s.h * s.w, C = static_cast<int>(x.dim(2));
   if (x.dim(1) != L) fail("run_branch: %lld tokens for a %dx%d map", (long long)x.dim(1), s.h, s.w);

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/arena.h"
 #include "core/tensor.h"
@@ -30,6 +31,12 @@ struct BranchSpec {
                            // (copied into *cache when it already has the size)
   Arena* arena = nullptr;  // scratch for the branch's temporaries (null: heap)
 };
+
+// The CTR caches of one branch kind for a model of `depth` blocks: (rows,
+// cache_tokens, C) for every block `plan` prunes, empty for the others.
+// Allocated before the scale loop, so the cache scale only copies into them.
+std::vector<Tensor> ctr_caches(const PrunePlan& plan, int depth, int rows, int64_t cache_tokens,
+                               int64_t C);
 
 // x (R, h*w, C) += branch(x) with the FastVAR plan of `s`.
 void run_branch(Tensor& x, const BranchSpec& s, const BranchFn& fn, const BranchTap& tap = nullptr);

@@ -364,10 +364,8 @@ HartModel::State HartModel::new_state(int rows, const PrunePlan* plan) const {
   st.ctr_ffn.resize(cfg_.depth);
   if (plan && plan->enabled && plan->cache_scale >= 1 && plan->cache_scale < cfg_.SN()) {
     const int64_t pc = cfg_.patch_nums[plan->cache_scale];
-    for (int b = std::max(plan->layer_begin, 0); b < cfg_.depth && b <= plan->layer_end; ++b) {
-      st.ctr_attn[b] = Tensor({rows, pc * pc, int64_t(cfg_.C)});
-      st.ctr_ffn[b] = Tensor({rows, pc * pc, int64_t(cfg_.C)});
-    }
+    st.ctr_attn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, int64_t(cfg_.C));
+    st.ctr_ffn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, int64_t(cfg_.C));
   }
   return st;
 }

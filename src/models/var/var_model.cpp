@@ -226,10 +226,8 @@ VarModel::State VarModel::new_state(int rows, const fastvar::PrunePlan* plan) co
   st.ctr_ffn.resize(cfg_.depth);
   if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
     const int64_t pc = cfg_.patch_nums[plan->cache_scale];
-    for (int b = std::max(plan->layer_begin, 0); b < cfg_.depth && b <= plan->layer_end; ++b) {
-      st.ctr_attn[b] = Tensor({rows, pc * pc, cfg_.C});
-      st.ctr_ffn[b] = Tensor({rows, pc * pc, cfg_.C});
-    }
+    st.ctr_attn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, cfg_.C);
+    st.ctr_ffn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, cfg_.C);
   }
   st.arena.reserve(workspace_floats(rows));
   return st;
