@@ -46,4 +46,18 @@ inline std::vector<int64_t> read_i64(const io::TensorFile& f, const std::string&
   return v;
 }
 
+// HART's CFG on the raw logits (2, L, V) of scale si of S (spec section 8):
+// t = cfg * si / (S-1), the last scale reusing S-2; scale 0 keeps only the last
+// prefix position. Returns (1, l, V).
+inline Tensor hart_guided_logits(const Tensor& logits, int si, int S, double cfg = 4.5) {
+  const double t = cfg * std::min(si, S - 2) / (S - 1);
+  const int64_t L = logits.dim(1), V = logits.dim(2), first = si == 0 ? L - 1 : 0, l = L - first;
+  Tensor guided({1, l, V});
+  for (int64_t i = 0; i < l; ++i)
+    for (int64_t v = 0; v < V; ++v)
+      guided.data()[i * V + v] = static_cast<float>((1 + t) * logits.data()[(first + i) * V + v] -
+                                                    t * logits.data()[(L + first + i) * V + v]);
+  return guided;
+}
+
 }  // namespace fastvar::test

@@ -52,27 +52,12 @@ Outputs teacher_forced(const var::VarModel& m, const var::VQVAE& vae, const io::
   return r;
 }
 
-TEST(Bf16, GoldenModelCloseToFp32) {
-  if (!cpu::bf16_supported()) GTEST_SKIP() << "this CPU has no bf16 GEMM (tested where it has)";
-  const std::string dir = test::golden_dir();
-  Weights vw = Weights::open(dir + "/var_weights.safetensors");
-  var::VarModel model(vw);
-  Weights aw = Weights::open(dir + "/vae_weights.safetensors");
-  var::VQVAE vae(aw);
-  auto golden = io::TensorFile::open(dir + "/golden.safetensors");
-
-  Outputs f32 = teacher_forced(model, vae, *golden);
-  const int64_t f32_bytes = model.gemm_weight_bytes();
-  model.set_dtype(cpu::DType::BF16);
-  EXPECT_LE(model.gemm_weight_bytes() * 2, f32_bytes + 4096);  // bf16 copies are half the size
-  vae.set_dtype(cpu::DType::BF16);
-
-  Outputs b16 = teacher_forced(model, vae, *golden);
-  model.set_dtype(cpu::DType::F32);
-  vae.set_dtype(cpu::DType::F32);
-
-  // Logits: max |diff| relative to the scale's logit RMS. Image: max and mean
-  // |diff| in [0, 1] units.
+// Logits: max |diff| relative to each scale's logit RMS (worst scale), and
+// its mean; image: max and mean |diff| in [0, 1] units. Bounds: no logit off
+// by more than 10 % of the RMS (typically ~1 % on average), < 13 levels of 255
+// anywhere in the image and ~1 level on average.
+void expect_bf16_close(const char* model, const Outputs& f32, const Outputs& b16) {
+  ASSERT_FALSE(f32.logits.empty());
   double worst = 0, worst_mean = 0;
   for (const auto& [name, a] : f32.logits) {
     const auto& b = b16.logits.at(name);
@@ -93,13 +78,35 @@ TEST(Bf16, GoldenModelCloseToFp32) {
     img_mean += d;
   }
   img_mean /= f32.image.size();
-  std::printf("[ bf16 ] logits |bf16 - fp32| / rms: max %.4f, mean %.4f (worst scale); image: max %.4f, "
-              "mean %.5f\n", worst, worst_mean, img_max, img_mean);
-  EXPECT_GT(worst, 0.0);        // bf16 really ran
-  EXPECT_LT(worst, 0.1);        // no logit off by more than 10% of the scale's RMS
-  EXPECT_LT(worst_mean, 0.02);  // typically ~1%
-  EXPECT_LT(img_max, 0.05);    // < 13 levels of 255 anywhere
-  EXPECT_LT(img_mean, 0.005);  // ~1 level of 255 on average
+  std::printf("[ bf16 ] %s logits |bf16 - fp32| / rms: max %.4f, mean %.4f (worst scale); image: "
+              "max %.4f, mean %.5f\n", model, worst, worst_mean, img_max, img_mean);
+  EXPECT_GT(worst, 0.0);  // bf16 really ran
+  EXPECT_LT(worst, 0.1);
+  EXPECT_LT(worst_mean, 0.02);
+  EXPECT_LT(img_max, 0.05);
+  EXPECT_LT(img_mean, 0.005);
+}
+
+TEST(Bf16, GoldenModelCloseToFp32) {
+  if (!cpu::bf16_supported()) GTEST_SKIP() << "this CPU has no bf16 GEMM (tested where it has)";
+  const std::string dir = test::golden_dir();
+  Weights vw = Weights::open(dir + "/var_weights.safetensors");
+  var::VarModel model(vw);
+  Weights aw = Weights::open(dir + "/vae_weights.safetensors");
+  var::VQVAE vae(aw);
+  auto golden = io::TensorFile::open(dir + "/golden.safetensors");
+
+  Outputs f32 = teacher_forced(model, vae, *golden);
+  const int64_t f32_bytes = model.gemm_weight_bytes();
+  model.set_dtype(cpu::DType::BF16);
+  EXPECT_LE(model.gemm_weight_bytes() * 2, f32_bytes + 4096);  // bf16 copies are half the size
+  vae.set_dtype(cpu::DType::BF16);
+
+  Outputs b16 = teacher_forced(model, vae, *golden);
+  model.set_dtype(cpu::DType::F32);
+  vae.set_dtype(cpu::DType::F32);
+
+  expect_bf16_close("VAR", f32, b16);
 }
 
 // The same for Infinity on its golden folder (teacher forced with the
@@ -126,33 +133,7 @@ TEST(Bf16, InfinityGoldenModelCloseToFp32) {
   vae.set_dtype(cpu::DType::BF16);
   Outputs b16 = run();
   ASSERT_FALSE(f32.logits.empty());
-  double worst = 0, worst_mean = 0;
-  for (const auto& [name, a] : f32.logits) {
-    const auto& b = b16.logits.at(name);
-    double rms = 0, d = 0, dm = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      rms += double(a[i]) * a[i];
-      d = std::max(d, std::fabs(double(a[i]) - b[i]));
-      dm += std::fabs(double(a[i]) - b[i]);
-    }
-    rms = std::sqrt(rms / a.size());
-    worst = std::max(worst, d / rms);
-    worst_mean = std::max(worst_mean, dm / a.size() / rms);
-  }
-  double img_max = 0, img_mean = 0;
-  for (size_t i = 0; i < f32.image.size(); ++i) {
-    const double d = std::fabs(double(f32.image[i]) - b16.image[i]);
-    img_max = std::max(img_max, d);
-    img_mean += d;
-  }
-  img_mean /= f32.image.size();
-  std::printf("[ bf16 ] Infinity logits |bf16 - fp32| / rms: max %.4f, mean %.4f (worst scale); image: "
-              "max %.4f, mean %.5f\n", worst, worst_mean, img_max, img_mean);
-  EXPECT_GT(worst, 0.0);
-  EXPECT_LT(worst, 0.1);
-  EXPECT_LT(worst_mean, 0.02);
-  EXPECT_LT(img_max, 0.05);
-  EXPECT_LT(img_mean, 0.005);
+  expect_bf16_close("Infinity", f32, b16);
 }
 
 }  // namespace

@@ -207,16 +207,7 @@ TEST(HartGolden, TeacherForcedTransformerMatchesOfficial) {
     Tensor logits = m.head(x, text);
     expect_close(sp + "logits_raw", logits, ref);
 
-    // CFG (section 8): t = cfg * si / (S-1), the last scale reuses S-2; scale 0
-    // keeps only the last prefix position.
-    const double t = 4.5 * std::min(si, S - 2) / (S - 1);
-    const int64_t L = logits.dim(1), V = c.V, first = si == 0 ? L - 1 : 0, l = L - first;
-    Tensor guided({1, l, V});
-    for (int64_t i = 0; i < l; ++i)
-      for (int64_t v = 0; v < V; ++v)
-        guided.data()[i * V + v] = static_cast<float>((1 + t) * logits.data()[(first + i) * V + v] -
-                                                      t * logits.data()[(L + first + i) * V + v]);
-    expect_close(sp + "logits_guided", guided, ref);
+    expect_close(sp + "logits_guided", test::hart_guided_logits(logits, si, S), ref);
   }
   EXPECT_EQ(st.len[0], c.total_tokens());
 }

@@ -140,14 +140,7 @@ TEST(HartFastVAR, TeacherForcedTransformerMatchesFastVARReference) {
       }
     Tensor logits = m.head(x, text);
     expect_close(sp + "logits_raw", logits, ref);
-    const double t = 4.5 * std::min(si, S - 2) / (S - 1);
-    const int64_t L = logits.dim(1), V = c.V, first = si == 0 ? L - 1 : 0, l = L - first;
-    Tensor guided({1, l, V});
-    for (int64_t i = 0; i < l; ++i)
-      for (int64_t v = 0; v < V; ++v)
-        guided.data()[i * V + v] = static_cast<float>((1 + t) * logits.data()[(first + i) * V + v] -
-                                                      t * logits.data()[(L + first + i) * V + v]);
-    expect_close(sp + "logits_guided", guided, ref);
+    expect_close(sp + "logits_guided", test::hart_guided_logits(logits, si, S), ref);
   }
   EXPECT_EQ(kept_checked, 2 * 2 * c.depth);  // 2 pruned scales x 2 branches x blocks
   EXPECT_EQ(st.len[0], 10 + 4 + 9 + 16 + 18 + 16);
