@@ -107,6 +107,25 @@ BENCHMARK(BM_CudaAttention)->Args({256, 680, 16, 64})->Args({1024, 2240, 36, 64}
     ->Args({1024, 2240, 16, 128})->Args({1, 1, 16, 64})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
 
+// The same on tensor cores over a bf16 KV cache (the bf16 engine's kernel).
+void BM_CudaAttentionBf16Kv(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = st.range(3);
+  auto qd = dev_rand(Lq * H * hd, 1), kf = dev_rand(H * Lk * hd, 2), vf = dev_rand(H * Lk * hd, 3);
+  cuda::DeviceBuffer kd(H * Lk * hd * 2), vd(H * Lk * hd * 2);
+  cuda::to_bf16(kf.f32(), kd.u16(), H * Lk * hd);
+  cuda::to_bf16(vf.f32(), vd.u16(), H * Lk * hd);
+  cuda::DeviceBuffer od(Lq * H * hd * sizeof(float));
+  const float scale = 1.f / std::sqrt(float(hd));
+  run_timed(st, 4.0 * Lq * Lk * hd * H, [&] {
+    cuda::attention_bf16kv(qd.f32(), H * hd, kd.u16(), vd.u16(), Lk * hd, od.f32(), Lq, Lk, H, hd,
+                           scale, 1, 0, 0, 0);
+  });
+}
+BENCHMARK(BM_CudaAttentionBf16Kv)->Args({256, 680, 16, 64})->Args({1024, 2240, 36, 64})
+    ->Args({1024, 2240, 16, 128})->Args({1, 1, 16, 64})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
 // LayerNorm + modulation and GELU at the d16 last scale (memory-bound: GB/s).
 void BM_CudaLayerNormGelu(benchmark::State& st) {
   if (!have_device(st)) return;

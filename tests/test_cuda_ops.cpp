@@ -17,6 +17,7 @@
 #include "backend/cuda/common.h"  // cuda_runtime.h, detail::launch_gemm_nt_fallback
 #include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
+#include "cuda_test_util.h"
 #include "test_util.h"
 
 namespace fastvar {
@@ -24,36 +25,10 @@ namespace {
 
 using test::max_abs_diff;
 using test::randn;
-
-#define FASTVAR_REQUIRE_CUDA()                                          \
-  do {                                                                  \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";    \
-  } while (0)
-
-cuda::DeviceBuffer to_dev(const std::vector<float>& v) {
-  return cuda::DeviceBuffer::from_host(v.data(), v.size());
-}
-std::vector<float> to_host(const cuda::DeviceBuffer& b, size_t n) {
-  std::vector<float> v(n);
-  b.download(v.data(), n);  // synchronises: asynchronous errors surface here
-  return v;
-}
-double max_abs(const std::vector<float>& v) {
-  double m = 0;
-  for (float x : v) m = std::max(m, double(std::fabs(x)));
-  return m;
-}
-// Float32 -> bfloat16 -> float32 on the CPU (the operands a bf16 product sees).
-std::vector<float> round_bf16(const std::vector<float>& x) {
-  std::vector<uint16_t> b(x.size());
-  cpu::to_bf16(x.data(), b.data(), int64_t(x.size()));
-  std::vector<float> r(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const uint32_t u = uint32_t(b[i]) << 16;
-    std::memcpy(&r[i], &u, 4);
-  }
-  return r;
-}
+using test::cuda_util::max_abs;
+using test::cuda_util::round_bf16;
+using test::cuda_util::to_dev;
+using test::cuda_util::to_host;
 
 // ---- devices ---------------------------------------------------------------
 
@@ -361,6 +336,188 @@ TEST(CudaOps, AttentionLargeLogitsStayFinite) {
   // the running max.
   check_attention({64, 680, 2, 64, 0, 0, 0, 10.f});
   check_attention({4, 300, 1, 16, 0, 0, 0, 900.f});
+}
+
+TEST(CudaOps, AttentionBatchedMatchesPerRow) {
+  FASTVAR_REQUIRE_CUDA();
+  // R rows of the KV-cache layout (R, H, cap, hd) with q inside qkv rows: one
+  // launch against R single-row CPU attentions.
+  const int64_t R = 3, Lq = 37, Lk = 100, cap = 130, H = 4, hd = 64, C = H * hd;
+  auto qkv = randn(R * Lq * 3 * C, 31), kc = randn(R * H * cap * hd, 32),
+       vc = randn(R * H * cap * hd, 33);
+  std::vector<float> ref(R * Lq * C);
+  for (int64_t r = 0; r < R; ++r)
+    cpu::attention(qkv.data() + r * Lq * 3 * C, 3 * C, kc.data() + r * H * cap * hd,
+                   vc.data() + r * H * cap * hd, cap * hd, ref.data() + r * Lq * C, Lq, Lk, H, hd,
+                   0.125f);
+  auto qd = to_dev(qkv), kd = to_dev(kc), vd = to_dev(vc);
+  cuda::DeviceBuffer od(ref.size() * 4);
+  cuda::attention_batched(qd.f32(), 3 * C, kd.f32(), vd.f32(), cap * hd, od.f32(), Lq, Lk, H, hd,
+                          0.125f, R, Lq * 3 * C, H * cap * hd, Lq * C);
+  auto out = to_host(od, ref.size());
+  EXPECT_LT(max_abs_diff(out.data(), ref.data(), out.size()), 1e-4 * std::max(1.0, max_abs(ref)));
+}
+
+// ---- transformer glue --------------------------------------------------------
+
+TEST(CudaOps, LayerNormModulateGroupsMatchesCpu) {
+  FASTVAR_REQUIRE_CUDA();
+  const int R = 3;
+  const int64_t n = 17, C = 96, stride = 6 * C;
+  auto x = randn(R * n * C, 41, 2.f), ada = randn(R * stride, 42, 0.5f);
+  std::vector<float> ref(x.size());
+  for (int r = 0; r < R; ++r)
+    cpu::layernorm_modulate(x.data() + r * n * C, ref.data() + r * n * C, n, C, 1e-6f,
+                            ada.data() + r * stride + 2 * C, ada.data() + r * stride + 4 * C);
+  auto xd = to_dev(x), ad = to_dev(ada);
+  cuda::DeviceBuffer yd(x.size() * 4);
+  cuda::layernorm_modulate_groups(xd.f32(), yd.f32(), R, n, C, 1e-6f, ad.f32() + 2 * C,
+                                  ad.f32() + 4 * C, stride);
+  auto y = to_host(yd, x.size());
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-4 * (1 + std::fabs(ref[i]))) << i;
+}
+
+TEST(CudaOps, QkvToCacheMatchesCpu) {
+  FASTVAR_REQUIRE_CUDA();
+  // VarModel's CPU loop: q, k L2-normalised per head (q times the head scale),
+  // k and v appended to the (R, H, cap, hd) cache at len0.
+  const int R = 2;
+  const int64_t n = 9, H = 3, hd = 40, C = H * hd, cap = 30, len0 = 5;
+  auto qkv = randn(R * n * 3 * C, 51), hs = randn(H, 52, 1.f);
+  for (float& v : hs) v = std::exp(v);
+  for (bool l2 : {true, false}) {
+    std::vector<float> q_ref = qkv, k_ref(R * H * cap * hd, 7.f), v_ref(R * H * cap * hd, 7.f);
+    for (int r = 0; r < R; ++r)
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+          float* row = q_ref.data() + (r * n + t) * 3 * C;
+          float *q = row + h * hd, *k = row + C + h * hd, *v = row + 2 * C + h * hd;
+          if (l2) {
+            for (float* u : {q, k}) {
+              float ss = 0.f;
+              for (int64_t c = 0; c < hd; ++c) ss += u[c] * u[c];
+              const float inv = 1.f / std::max(std::sqrt(ss), 1e-12f);
+              for (int64_t c = 0; c < hd; ++c) u[c] *= inv;
+            }
+            for (int64_t c = 0; c < hd; ++c) q[c] *= hs[h];
+          }
+          const int64_t off = ((r * H + h) * cap + len0 + t) * hd;
+          std::copy_n(k, hd, k_ref.data() + off);
+          std::copy_n(v, hd, v_ref.data() + off);
+        }
+    auto qd = to_dev(qkv), hd_ = to_dev(hs), kd = to_dev(std::vector<float>(k_ref.size(), 7.f)),
+         vd = to_dev(std::vector<float>(v_ref.size(), 7.f));
+    cuda::qkv_to_cache(qd.f32(), R, n, H, hd, l2, hd_.f32(), kd.f32(), vd.f32(), cap, len0);
+    auto q = to_host(qd, qkv.size()), k = to_host(kd, k_ref.size()), v = to_host(vd, v_ref.size());
+    EXPECT_LT(max_abs_diff(q.data(), q_ref.data(), q.size()), 1e-5 * std::max(1.0, max_abs(q_ref))) << l2;
+    EXPECT_LT(max_abs_diff(k.data(), k_ref.data(), k.size()), 1e-5) << l2;
+    EXPECT_EQ(v, v_ref) << l2;
+  }
+  EXPECT_THROW(cuda::qkv_to_cache(nullptr, 1, 10, 2, 8, false, nullptr, nullptr, nullptr, 12, 3), Error);
+}
+
+TEST(CudaOps, ResidualScaleBroadcastTransposeMatchCpu) {
+  FASTVAR_REQUIRE_CUDA();
+  const int R = 3;
+  const int64_t n = 11, C = 20, stride = 6 * C;
+  auto x = randn(R * n * C, 61), y = randn(R * n * C, 62), ada = randn(R * stride, 63),
+       add = randn(n * C, 64);
+  auto xd = to_dev(x), yd = to_dev(y), ad = to_dev(ada), addd = to_dev(add);
+  // x += y * gamma (gamma = ada row r, offset C)
+  std::vector<float> ref = x;
+  for (int r = 0; r < R; ++r)
+    for (int64_t i = 0; i < n * C; ++i) ref[r * n * C + i] += y[r * n * C + i] * ada[r * stride + C + i % C];
+  cuda::residual_add(xd.f32(), yd.f32(), R, n, C, ad.f32() + C, stride);
+  auto got = to_host(xd, x.size());
+  EXPECT_LT(max_abs_diff(got.data(), ref.data(), got.size()), 1e-6);
+  // plain add, then the broadcast of (n, C)
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] += y[i] + add[i % (n * C)];
+  cuda::residual_add(xd.f32(), yd.f32(), R, n, C, nullptr, 0);
+  cuda::add_broadcast(xd.f32(), addd.f32(), R, n, C);
+  got = to_host(xd, x.size());
+  EXPECT_LT(max_abs_diff(got.data(), ref.data(), got.size()), 1e-5);
+  // y *= gamma
+  std::vector<float> yref = y;
+  for (int r = 0; r < R; ++r)
+    for (int64_t i = 0; i < n * C; ++i) yref[r * n * C + i] *= ada[r * stride + i % C];
+  cuda::scale_groups(yd.f32(), R, n, C, ad.f32(), stride);
+  EXPECT_EQ(to_host(yd, y.size()), yref);
+  // (B, C, n) -> (B, n, C), silu, copy
+  std::vector<float> tref(x.size());
+  for (int b = 0; b < R; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < n; ++t) tref[(b * n + t) * C + c] = x[(b * C + c) * n + t];
+  auto xs = to_dev(x);
+  cuda::DeviceBuffer td(x.size() * 4), sd(x.size() * 4);
+  cuda::transpose_cn(xs.f32(), td.f32(), R, C, n);
+  EXPECT_EQ(to_host(td, x.size()), tref);
+  std::vector<float> sref(x.size());
+  cpu::silu(x.data(), sref.data(), int64_t(x.size()));
+  cuda::silu(xs.f32(), sd.f32(), int64_t(x.size()));
+  got = to_host(sd, x.size());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], sref[i], 1e-5 * (1 + std::fabs(sref[i])));
+  cuda::copy(td.f32(), sd.f32(), int64_t(x.size()));
+  EXPECT_EQ(to_host(td, x.size()), got);
+}
+
+TEST(CudaOps, AttentionBf16KvMatchesCpuOnRoundedInputs) {
+  FASTVAR_REQUIRE_CUDA();
+  // Tensor-core attention over a bf16 cache: against the CPU attention on the
+  // bf16-rounded q, k, v. P is rounded to bf16 on the device as well, so the
+  // bound is 1e-2 of max|out| (flash-attention precision); cases cover one
+  // query, partial tiles, head dims 64 and 128, and the VAR scale (R rows).
+  struct Case { int64_t R, Lq, Lk, cap, H, hd; };
+  for (const Case& c : {Case{2, 1, 1, 5, 4, 64}, Case{2, 37, 100, 130, 4, 64},
+                        Case{1, 256, 680, 680, 2, 64}, Case{3, 70, 200, 230, 2, 128},
+                        Case{1, 5, 77, 80, 2, 40}}) {
+    const int64_t C = c.H * c.hd;
+    auto qkv = randn(c.R * c.Lq * 3 * C, 71), kc = randn(c.R * c.H * c.cap * c.hd, 72),
+         vc = randn(c.R * c.H * c.cap * c.hd, 73);
+    auto qr = round_bf16(qkv), kr = round_bf16(kc), vr = round_bf16(vc);
+    const float scale = 1.f / std::sqrt(float(c.hd));
+    std::vector<float> ref(c.R * c.Lq * C);
+    for (int64_t r = 0; r < c.R; ++r)
+      cpu::attention(qr.data() + r * c.Lq * 3 * C, 3 * C, kr.data() + r * c.H * c.cap * c.hd,
+                     vr.data() + r * c.H * c.cap * c.hd, c.cap * c.hd, ref.data() + r * c.Lq * C,
+                     c.Lq, c.Lk, c.H, c.hd, scale);
+    std::vector<uint16_t> kb(kc.size()), vb(vc.size());
+    cpu::to_bf16(kc.data(), kb.data(), int64_t(kc.size()));
+    cpu::to_bf16(vc.data(), vb.data(), int64_t(vc.size()));
+    auto qd = to_dev(qkv);
+    auto kd = cuda::DeviceBuffer::from_host(kb.data(), kb.size());
+    auto vd = cuda::DeviceBuffer::from_host(vb.data(), vb.size());
+    cuda::DeviceBuffer od(ref.size() * 4);
+    cuda::attention_bf16kv(qd.f32(), 3 * C, kd.u16(), vd.u16(), c.cap * c.hd, od.f32(), c.Lq, c.Lk,
+                           c.H, c.hd, scale, c.R, c.Lq * 3 * C, c.H * c.cap * c.hd, c.Lq * C);
+    auto out = to_host(od, ref.size());
+    EXPECT_LT(max_abs_diff(out.data(), ref.data(), out.size()), 1e-2 * std::max(1.0, max_abs(ref)))
+        << "R " << c.R << " Lq " << c.Lq << " Lk " << c.Lk << " hd " << c.hd;
+  }
+}
+
+TEST(CudaOps, QkvToCacheBf16RoundsTheFloatCache) {
+  FASTVAR_REQUIRE_CUDA();
+  const int R = 2;
+  const int64_t n = 7, H = 2, hd = 64, C = H * hd, cap = 16, len0 = 3;
+  auto qkv = randn(R * n * 3 * C, 81);
+  std::vector<float> hs = {2.f, 3.f};
+  auto q1 = to_dev(qkv), q2 = to_dev(qkv), hsd = to_dev(hs);
+  cuda::DeviceBuffer kf(R * H * cap * hd * 4), vf(R * H * cap * hd * 4), kb(R * H * cap * hd * 2),
+      vb(R * H * cap * hd * 2);
+  kf.zero();
+  vf.zero();
+  kb.zero();
+  vb.zero();
+  cuda::qkv_to_cache(q1.f32(), R, n, H, hd, true, hsd.f32(), kf.f32(), vf.f32(), cap, len0);
+  cuda::qkv_to_cache_bf16(q2.f32(), R, n, H, hd, true, hsd.f32(), kb.u16(), vb.u16(), cap, len0);
+  for (auto* pair : {&kf, &vf}) {
+    auto f = to_host(*pair, R * H * cap * hd);
+    std::vector<uint16_t> want(f.size()), got(f.size());
+    cpu::to_bf16(f.data(), want.data(), int64_t(f.size()));
+    (pair == &kf ? kb : vb).download(got.data(), got.size());
+    EXPECT_EQ(got, want);
+  }
+  EXPECT_EQ(to_host(q1, qkv.size()), to_host(q2, qkv.size()));
 }
 
 }  // namespace

@@ -81,7 +81,13 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(const float* __restrict__ q, int64_t q_stride, const float* __restrict__ k,
                      const float* __restrict__ v, int64_t kv_head_stride, float* __restrict__ out,
-                     int Lq, int Lk, int H, int hd, float scale_log2, bool vec) {
+                     int Lq, int Lk, int H, int hd, float scale_log2, bool vec, int64_t q_bstride,
+                     int64_t kv_bstride, int64_t out_bstride) {
+  // Batch entry blockIdx.z: its own queries, cache and output.
+  q += int64_t(blockIdx.z) * q_bstride;
+  k += int64_t(blockIdx.z) * kv_bstride;
+  v += int64_t(blockIdx.z) * kv_bstride;
+  out += int64_t(blockIdx.z) * out_bstride;
   constexpr int LD = Smem<HD>::kLd, NG = HD / 64;
   extern __shared__ float4 smem_raw[];
   float* Qs = reinterpret_cast<float*>(smem_raw);
@@ -235,7 +241,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int HD>
 void launch(const float* q, int64_t q_stride, const float* k, const float* v,
             int64_t kv_head_stride, float* out, int Lq, int Lk, int H, int hd, float scale,
-            bool vec, cudaStream_t s) {
+            bool vec, int R, int64_t q_bstride, int64_t kv_bstride, int64_t out_bstride,
+            cudaStream_t s) {
   // More than the default 48 KB of dynamic shared memory: opt in once per
   // device and instantiation.
   static bool configured[64] = {};
@@ -250,9 +257,10 @@ void launch(const float* q, int64_t q_stride, const float* k, const float* v,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             int(Smem<HD>::kBytes)));
   }
-  const dim3 grid((Lq + kBQ - 1) / kBQ, H);
+  const dim3 grid((Lq + kBQ - 1) / kBQ, H, R);
   attention_kernel<HD><<<grid, kThreads, Smem<HD>::kBytes, s>>>(
-      q, q_stride, k, v, kv_head_stride, out, Lq, Lk, H, hd, scale * 1.4426950408889634f, vec);
+      q, q_stride, k, v, kv_head_stride, out, Lq, Lk, H, hd, scale * 1.4426950408889634f, vec,
+      q_bstride, kv_bstride, out_bstride);
   FASTVAR_CUDA_CHECK_LAUNCH("attention");
 }
 
@@ -263,22 +271,31 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 void attention(const float* q, int64_t q_stride, const float* k, const float* v,
                int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H, int64_t hd,
                float scale) {
-  if (Lq <= 0 || H <= 0) return;
+  attention_batched(q, q_stride, k, v, kv_head_stride, out, Lq, Lk, H, hd, scale, 1, 0, 0, 0);
+}
+
+void attention_batched(const float* q, int64_t q_stride, const float* k, const float* v,
+                       int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
+                       int64_t hd, float scale, int64_t R, int64_t q_bstride, int64_t kv_bstride,
+                       int64_t out_bstride) {
+  if (Lq <= 0 || H <= 0 || R <= 0) return;
   if (hd <= 0 || hd > 128) fail("cuda::attention: head dim %lld is not in 1..128", (long long)hd);
   if (Lk <= 0) fail("cuda::attention: no keys (Lk = %lld)", (long long)Lk);
   if (H > 65535) fail("cuda::attention: %lld heads are too many", (long long)H);
+  if (R > 65535) fail("cuda::attention: a batch of %lld is too large", (long long)R);
   if (Lq > (int64_t(1) << 31) - kBQ || Lk > 0x7fffffff)
     fail("cuda::attention: Lq=%lld Lk=%lld too large", (long long)Lq, (long long)Lk);
-  // float4 paths: every row start 16-byte aligned.
-  const bool vec = hd % 4 == 0 && q_stride % 4 == 0 && kv_head_stride % 4 == 0 && aligned16(q) &&
-                   aligned16(k) && aligned16(v) && aligned16(out);
+  // float4 paths: every row start 16-byte aligned (batch strides included).
+  const bool vec = hd % 4 == 0 && q_stride % 4 == 0 && kv_head_stride % 4 == 0 &&
+                   q_bstride % 4 == 0 && kv_bstride % 4 == 0 && out_bstride % 4 == 0 &&
+                   aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
   const cudaStream_t s = detail::stream();
   if (hd <= 64)
     launch<64>(q, q_stride, k, v, kv_head_stride, out, int(Lq), int(Lk), int(H), int(hd), scale,
-               vec, s);
+               vec, int(R), q_bstride, kv_bstride, out_bstride, s);
   else
     launch<128>(q, q_stride, k, v, kv_head_stride, out, int(Lq), int(Lk), int(H), int(hd), scale,
-                vec, s);
+                vec, int(R), q_bstride, kv_bstride, out_bstride, s);
 }
 
 }  // namespace fastvar::cuda

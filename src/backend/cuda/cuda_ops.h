@@ -21,6 +21,8 @@
 #include <functional>
 #include <string>
 
+#include "fastvar/plan.h"  // ScoreMode
+
 namespace fastvar::cuda {
 
 // ---- devices -------------------------------------------------------------
@@ -28,6 +30,8 @@ namespace fastvar::cuda {
 int device_count();
 // Name of device `dev` (e.g. "NVIDIA H100 80GB HBM3").
 std::string device_name(int dev);
+// "NAME, 139.8 GiB, compute capability 9.0, 132 SMs" for device `dev`.
+std::string device_info(int dev);
 // Makes `dev` the current device of the calling thread (ops then use its stream).
 void set_device(int dev);
 // Blocks until every op enqueued on the current device's engine stream is done.
@@ -35,6 +39,28 @@ void synchronize();
 // Runs body() reps times on the engine stream between two CUDA events and
 // returns the mean milliseconds per call (for benchmarks; synchronises).
 double time_ms(const std::function<void()>& body, int reps);
+
+// Bytes of device memory in use on the current device (cudaMemGetInfo: total -
+// free, every process and the context included).
+int64_t memory_used_bytes();
+
+// CUDA events on the engine stream, for timing without synchronising inside a
+// loop: record(i) enqueues event i; elapsed_ms(i, j) waits for event j and
+// returns the milliseconds between i and j.
+class EventTimer {
+ public:
+  explicit EventTimer(int n);
+  ~EventTimer();
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  void record(int i);
+  double elapsed_ms(int i, int j) const;
+  int size() const { return n_; }
+
+ private:
+  int n_ = 0;
+  void** ev_ = nullptr;  // cudaEvent_t
+};
 
 // ---- memory ----------------------------------------------------------------
 // A device allocation (cudaMalloc / cudaFree), move-only. Copies are synchronous
@@ -53,10 +79,12 @@ class DeviceBuffer {
   // A buffer holding a copy of n host values.
   static DeviceBuffer from_host(const float* x, size_t n);
   static DeviceBuffer from_host(const uint16_t* x, size_t n);
+  static DeviceBuffer from_host(const int32_t* x, size_t n);
 
   void* data() const { return ptr_; }
   float* f32() const { return static_cast<float*>(ptr_); }
   uint16_t* u16() const { return static_cast<uint16_t*>(ptr_); }
+  int32_t* i32() const { return static_cast<int32_t*>(ptr_); }
   size_t bytes() const { return bytes_; }
 
   // Host -> device / device -> host copies of n elements at element offset `at`
@@ -65,6 +93,8 @@ class DeviceBuffer {
   void upload(const uint16_t* src, size_t n, size_t at = 0);
   void download(float* dst, size_t n, size_t at = 0) const;
   void download(uint16_t* dst, size_t n, size_t at = 0) const;
+  void upload(const int32_t* src, size_t n, size_t at = 0);
+  void download(int32_t* dst, size_t n, size_t at = 0) const;
   void zero();  // memset to 0 (asynchronous, on the engine stream)
 
  private:
@@ -73,6 +103,11 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// Synchronous copies between a host pointer and a device pointer (ordered after
+// the work already enqueued on the engine stream).
+void memcpy_h2d(void* dst_dev, const void* src_host, size_t bytes);
+void memcpy_d2h(void* dst_host, const void* src_dev, size_t bytes);
 
 // ---- ops (device pointers, enqueued on the engine stream) -------------------
 // y[M,N] = x[M,K] @ W[N,K]^T (+ bias[N] if non-null) (+ y if accumulate), W in
@@ -102,5 +137,81 @@ void gelu_tanh(float* x, int64_t n);
 void attention(const float* q, int64_t q_stride, const float* k, const float* v,
                int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H, int64_t hd,
                float scale);
+// R independent attentions in one launch: entry r reads q + r*q_bstride,
+// k/v + r*kv_bstride and writes out + r*out_bstride (strides in floats).
+void attention_batched(const float* q, int64_t q_stride, const float* k, const float* v,
+                       int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
+                       int64_t hd, float scale, int64_t R, int64_t q_bstride, int64_t kv_bstride,
+                       int64_t out_bstride);
+
+// The same with a bfloat16 K/V cache (raw bits, (H, Lk, hd) per entry) on
+// tensor cores (sm_80+): q is rounded to bf16, the probabilities P as well,
+// with float32 accumulation, softmax and output (flash-attention precision,
+// about 1e-2 relative). For the bf16 engine.
+void attention_bf16kv(const float* q, int64_t q_stride, const uint16_t* k, const uint16_t* v,
+                      int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
+                      int64_t hd, float scale, int64_t R, int64_t q_bstride, int64_t kv_bstride,
+                      int64_t out_bstride);
+
+// ---- transformer glue (the VAR-family block) ---------------------------------
+// dst[0..n) = src[0..n) (device to device, on the engine stream).
+void copy(float* dst, const float* src, int64_t n);
+// y = x * sigmoid(x) (x may equal y).
+void silu(const float* x, float* y, int64_t n);
+// LayerNorm + modulation for R groups of n rows each: group r uses
+// scale + r*ada_stride and shift + r*ada_stride (C-vectors; null = 0). x may equal y.
+void layernorm_modulate_groups(const float* x, float* y, int R, int64_t n, int64_t C, float eps,
+                               const float* scale, const float* shift, int64_t ada_stride);
+// After the qkv GEMM: qkv (R, n, 3C) with C = H*hd. If l2norm, q of head h is
+// L2-normalised (eps 1e-12) and multiplied by head_scale[h], k is L2-normalised
+// (both in place); then k and v of token t are copied into the caches
+// (R, H, cap, hd) at position len0 + t.
+void qkv_to_cache(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm,
+                  const float* head_scale, float* k_cache, float* v_cache, int64_t cap,
+                  int64_t len0);
+// The same into a bfloat16 cache (round to nearest even).
+void qkv_to_cache_bf16(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm,
+                       const float* head_scale, uint16_t* k_cache, uint16_t* v_cache,
+                       int64_t cap, int64_t len0);
+// y (R, n, C) *= gamma of its group: gamma + r*gamma_stride (a C-vector).
+void scale_groups(float* y, int R, int64_t n, int64_t C, const float* gamma, int64_t gamma_stride);
+// x (R, n, C) += y (R, n, C) * gamma (per group as in scale_groups; null = 1).
+void residual_add(float* x, const float* y, int R, int64_t n, int64_t C, const float* gamma,
+                  int64_t gamma_stride);
+// x (R, n, C) += add (n, C) for every group (positions + level embedding).
+void add_broadcast(float* x, const float* add, int R, int64_t n, int64_t C);
+// (B, C, n) channel-major -> (B, n, C) token-major.
+void transpose_cn(const float* x, float* y, int B, int64_t C, int64_t n);
+
+// ---- sampling ----------------------------------------------------------------
+// The CPU pipeline's sampling (pipeline/sampler.h) for every token of a scale,
+// on the device: out = (1+w)*cond - w*uncond from logits (2B, n, V) (rows
+// 0..B-1 conditional), then filter_top_k_top_p (top_k <= 0 or >= V, top_p <= 0
+// disable), softmax, and the inverse-CDF draw with the counter-based uniform
+// philox_uniform(seed, t, si, b, 0x5A3B) of token t of image b (core/rng.h).
+// idx (B, n) receives the token ids. No host synchronisation. One thread block
+// per token; the filters, sums and the draw follow the CPU's order of operations
+// (exp aside: computed in double and rounded), so the ids match the CPU's but for
+// draws within a rounding error of a CDF boundary. V up to 16384 with a filter
+// on (a sort in shared memory), larger without; beyond that fastvar::Error.
+void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int top_k,
+                double top_p, uint64_t seed, uint32_t si, int32_t* idx);
+// For tests: words (n, 4) = philox4x32(ctr[i], seed) and u[i] = philox_uniform(
+// seed, ctr[i]) for the counters ctr (n, 4), on the device (either output may be null).
+void philox(const uint32_t* ctr, int64_t n, uint64_t seed, uint32_t* words, float* u);
+
+// ---- FastVAR (fastvar/plan.h, on device pointers) -----------------------------
+// Bit-identical to the CPU functions (same order of operations, no FMA).
+// PTS: scores (R, h*w) (may be null) and keep (R, K): the K best positions per
+// row in descending score order, ties by lower index, exactly as fastvar::pts_select.
+// K outside [0, h*w] throws fastvar::Error. Ranking is O((h*w)^2) per row.
+void pts_select(const float* x, int R, int h, int w, int C, int K, ScoreMode mode, int32_t* keep,
+                float* scores);
+// out (R, K, C) = x (R, L, C) gathered at keep.
+void gather_tokens(const float* x, int R, int L, int C, const int32_t* keep, int K, float* out);
+// CTR: out (R, h*w, C) = area resize of cache (R, hc*wc, C) to h x w with y
+// (R, K, C) scattered in at keep (fastvar::restore_tokens).
+void restore_tokens(const float* cache, int hc, int wc, const float* y, const int32_t* keep,
+                    int R, int K, int h, int w, int C, float* out);
 
 }  // namespace fastvar::cuda

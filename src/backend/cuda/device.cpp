@@ -1,6 +1,7 @@
 // CUDA device management, the per-device engine stream and scratch memory,
 // DeviceBuffer and event timing. Host code only (compiled by the C++ compiler).
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <mutex>
 
@@ -89,6 +90,18 @@ std::string device_name(int dev) {
   return prop.name;
 }
 
+std::string device_info(int dev) {
+  const int n = device_count();
+  if (dev < 0 || dev >= n) fail("cuda: no device %d (%d found)", dev, n);
+  cudaDeviceProp prop{};
+  FASTVAR_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  char buf[512];
+  std::snprintf(buf, sizeof(buf), "%s, %.1f GiB, compute capability %d.%d, %d SMs", prop.name,
+                double(prop.totalGlobalMem) / double(1ull << 30), prop.major, prop.minor,
+                prop.multiProcessorCount);
+  return buf;
+}
+
 void set_device(int dev) {
   const int n = device_count();
   if (dev < 0 || dev >= n) fail("cuda: no device %d (%d found)", dev, n);
@@ -116,6 +129,62 @@ double time_ms(const std::function<void()>& body, int reps) {
   float ms = 0.f;
   FASTVAR_CUDA_CHECK(cudaEventElapsedTime(&ms, ev.a, ev.b));
   return double(ms) / reps;
+}
+
+void memcpy_h2d(void* dst_dev, const void* src_host, size_t bytes) {
+  if (bytes == 0) return;
+  const cudaStream_t s = detail::stream();
+  FASTVAR_CUDA_CHECK(cudaMemcpyAsync(dst_dev, src_host, bytes, cudaMemcpyHostToDevice, s));
+  FASTVAR_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void memcpy_d2h(void* dst_host, const void* src_dev, size_t bytes) {
+  if (bytes == 0) return;
+  const cudaStream_t s = detail::stream();
+  FASTVAR_CUDA_CHECK(cudaMemcpyAsync(dst_host, src_dev, bytes, cudaMemcpyDeviceToHost, s));
+  FASTVAR_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+int64_t memory_used_bytes() {
+  size_t free_b = 0, total_b = 0;
+  FASTVAR_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return int64_t(total_b) - int64_t(free_b);
+}
+
+EventTimer::EventTimer(int n) : n_(n) {
+  if (n <= 0) fail("cuda: EventTimer needs at least one event");
+  ev_ = new void*[n]();
+  for (int i = 0; i < n; ++i) {
+    cudaEvent_t e = nullptr;
+    const cudaError_t err = cudaEventCreate(&e);
+    if (err != cudaSuccess) {
+      for (int j = 0; j < i; ++j) cudaEventDestroy(static_cast<cudaEvent_t>(ev_[j]));
+      delete[] ev_;
+      ev_ = nullptr;
+      fail("cuda: cannot create an event: %s", cudaGetErrorString(err));
+    }
+    ev_[i] = e;
+  }
+}
+
+EventTimer::~EventTimer() {
+  if (!ev_) return;
+  for (int i = 0; i < n_; ++i) cudaEventDestroy(static_cast<cudaEvent_t>(ev_[i]));
+  delete[] ev_;
+}
+
+void EventTimer::record(int i) {
+  if (i < 0 || i >= n_) fail("cuda: event %d out of range [0, %d)", i, n_);
+  FASTVAR_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ev_[i]), detail::stream()));
+}
+
+double EventTimer::elapsed_ms(int i, int j) const {
+  if (i < 0 || i >= n_ || j < 0 || j >= n_) fail("cuda: event pair (%d, %d) out of range", i, j);
+  FASTVAR_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(ev_[j])));
+  float ms = 0.f;
+  FASTVAR_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(ev_[i]),
+                                          static_cast<cudaEvent_t>(ev_[j])));
+  return double(ms);
 }
 
 // ---- DeviceBuffer ------------------------------------------------------------
@@ -163,6 +232,12 @@ DeviceBuffer DeviceBuffer::from_host(const uint16_t* x, size_t n) {
   return b;
 }
 
+DeviceBuffer DeviceBuffer::from_host(const int32_t* x, size_t n) {
+  DeviceBuffer b(n * sizeof(int32_t));
+  b.upload(x, n);
+  return b;
+}
+
 void DeviceBuffer::copy_in(const void* src, size_t bytes, size_t at) {
   if (bytes == 0) return;
   if (at > bytes_ || bytes > bytes_ - at)
@@ -194,6 +269,13 @@ void DeviceBuffer::download(float* dst, size_t n, size_t at) const {
 }
 void DeviceBuffer::download(uint16_t* dst, size_t n, size_t at) const {
   copy_out(dst, n * sizeof(uint16_t), at * sizeof(uint16_t));
+}
+
+void DeviceBuffer::upload(const int32_t* src, size_t n, size_t at) {
+  copy_in(src, n * sizeof(int32_t), at * sizeof(int32_t));
+}
+void DeviceBuffer::download(int32_t* dst, size_t n, size_t at) const {
+  copy_out(dst, n * sizeof(int32_t), at * sizeof(int32_t));
 }
 
 void DeviceBuffer::zero() {

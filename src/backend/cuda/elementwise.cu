@@ -74,14 +74,19 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 }
 
 // One block per row: mean, then the variance about it (two passes, float32),
-// then the normalised and modulated output. x may equal y: each element is read
-// by the thread that writes it, after both reductions.
+// then the normalised and modulated output. Rows come in groups of `group` rows
+// that share scale/shift (advanced by ada_stride per group). x may equal y: each
+// element is read by the thread that writes it, after both reductions.
 __global__ void __launch_bounds__(kThreads)
     layernorm_modulate_kernel(const float* __restrict__ x, float* y, int64_t C, float eps,
-                              const float* __restrict__ scale, const float* __restrict__ shift) {
+                              const float* __restrict__ scale, const float* __restrict__ shift,
+                              int64_t group, int64_t ada_stride) {
   __shared__ float red[kThreads / 32];
   const float* xr = x + int64_t(blockIdx.x) * C;
   float* yr = y + int64_t(blockIdx.x) * C;
+  const int64_t g = int64_t(blockIdx.x) / group;
+  if (scale) scale += g * ada_stride;
+  if (shift) shift += g * ada_stride;
   float s = 0.f;
   for (int64_t c = threadIdx.x; c < C; c += kThreads) s += xr[c];
   const float mean = block_sum(s, red) / float(C);
@@ -140,8 +145,20 @@ void layernorm_modulate(const float* x, float* y, int64_t rows, int64_t C, float
   if (C <= 0) fail("cuda::layernorm_modulate: C must be positive (got %lld)", (long long)C);
   if (rows > 0x7fffffff) fail("cuda::layernorm_modulate: %lld rows are too many", (long long)rows);
   layernorm_modulate_kernel<<<static_cast<unsigned>(rows), kThreads, 0, detail::stream()>>>(
-      x, y, C, eps, scale, shift);
+      x, y, C, eps, scale, shift, rows, 0);
   FASTVAR_CUDA_CHECK_LAUNCH("layernorm_modulate");
+}
+
+void layernorm_modulate_groups(const float* x, float* y, int R, int64_t n, int64_t C, float eps,
+                               const float* scale, const float* shift, int64_t ada_stride) {
+  if (R < 0 || n < 0) fail("cuda::layernorm_modulate_groups: negative shape (%d, %lld)", R, (long long)n);
+  if (C <= 0) fail("cuda::layernorm_modulate_groups: C must be positive (got %lld)", (long long)C);
+  const int64_t rows = int64_t(R) * n;
+  if (rows == 0) return;
+  if (rows > 0x7fffffff) fail("cuda::layernorm_modulate_groups: %lld rows are too many", (long long)rows);
+  layernorm_modulate_kernel<<<static_cast<unsigned>(rows), kThreads, 0, detail::stream()>>>(
+      x, y, C, eps, scale, shift, n, ada_stride);
+  FASTVAR_CUDA_CHECK_LAUNCH("layernorm_modulate_groups");
 }
 
 }  // namespace fastvar::cuda
