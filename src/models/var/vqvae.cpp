@@ -182,10 +182,10 @@ VQVAE::VQVAE(Weights& w) {
   w.ignore("quantize.ema_vocab_hit_SV");
 }
 
-int VQVAE::phi_index(int si, int SN) const {
+int phi_index(const VQVAEConfig& cfg, int si, int SN) {
   if (SN <= 0 || si < 0 || si >= SN) fail("phi_index: scale %d of %d out of range", si, SN);
-  const int K = cfg_.n_phi;
-  switch (cfg_.phi_share) {
+  const int K = cfg.n_phi;
+  switch (cfg.phi_share) {
     case PhiShare::Shared:
       return 0;
     case PhiShare::PerScale:

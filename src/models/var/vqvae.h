@@ -44,6 +44,9 @@ struct VQVAEConfig {
   std::string describe() const;  // one line for logs
 };
 
+// VQVAE::phi_index for a configuration (also used by the CUDA twin, VQVAECuda).
+int phi_index(const VQVAEConfig& cfg, int si, int SN);
+
 class VQVAE {
  public:
   // Fetches (and shape-checks) every decoder and quantiser tensor, and marks the
@@ -56,7 +59,7 @@ class VQVAE {
 
   // Which phi conv scale si of SN uses (upstream: argmin over numpy-linspace
   // ticks of |tick - si/(SN-1)|, first minimum, in double precision).
-  int phi_index(int si, int SN) const;
+  int phi_index(int si, int SN) const { return var::phi_index(cfg_, si, SN); }
 
   // Codebook lookup: idx (B, ph*pw) row-major -> h (B, Cvae, ph, pw).
   void embed(const int64_t* idx, int B, int ph, int pw, float* h) const;
@@ -98,6 +101,7 @@ class VQVAE {
   };
 
  private:
+  friend class VQVAECuda;  // uploads the weights (models/var/vqvae_cuda.h)
   void decode_one(const float* z, int PH, int PW, float* img, float* bufs[3]) const;
   void resblock(const ResBlock& rb, int C, int H, int W, float* bufs[3]) const;
   void attn(const Attn& a, int C, int H, int W, float* bufs[3]) const;
