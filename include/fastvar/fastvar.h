@@ -46,6 +46,10 @@ typedef struct {
    * operands, float32 accumulation; needs AVX512_BF16 or AMX). The
    * engine prepacks bf16 weights on the first call that asks for them. */
   const char* dtype;
+  /* Where to run: "cpu" (NULL) or "cuda" / "cuda:N" (builds with the CUDA
+   * backend; VAR models). On CUDA, dtype NULL means "bf16"; the device copy of
+   * the weights is made on the first call and kept for the next ones. */
+  const char* device;
 } fastvar_params;
 
 /* Progress: called after each scale, and once more for the tokenizer decoder

@@ -32,6 +32,25 @@ PrunePlan default_var_plan(const var::VarConfig& cfg) {
   return p;
 }
 
+cpu::DType params_dtype(const fastvar_params* q, const DeviceSpec& d) {
+  if (!d.cuda) return cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
+  const std::string s = q->dtype ? q->dtype : "bf16";
+  if (s == "fp32") return cpu::DType::F32;
+  if (s == "bf16") return cpu::DType::BF16;
+  fail("unknown dtype '%s' (expected fp32 or bf16)", s.c_str());
+}
+
+#ifdef FASTVAR_HAS_CUDA
+VarCudaEngine& VarEngine::cuda_engine(int device, cpu::DType dtype) {
+  if (!cuda || cuda->device() != device || cuda->dtype() != dtype) {
+    cuda.reset();  // free the old device copy first
+    if (model->dtype() != cpu::DType::F32) model->set_dtype(cpu::DType::F32);
+    cuda = std::make_unique<VarCudaEngine>(*model, *vae, device, dtype);
+  }
+  return *cuda;
+}
+#endif
+
 PrunePlan plan_from_params(PrunePlan p, int num_scales, int depth, const fastvar_params& q) {
   if (!q.fastvar) return PrunePlan{};
   p.enabled = true;
@@ -157,7 +176,9 @@ void check_common(const fastvar_engine* e, const fastvar_params* q) {
   if (q->num_images < 1 || q->num_images > 4096)
     fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
   if (q->threads < 0) fastvar::fail("threads must be >= 0");
-  fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");  // throws for unknown / unsupported
+  const fastvar::DeviceSpec d = fastvar::parse_device(q->device);
+  fastvar::params_dtype(q, d);  // throws for unknown / unsupported
+  if (d.cuda && e->inf) fastvar::fail("the CUDA backend runs VAR models; this text-to-image model runs on the CPU");
 }
 
 // Validates the public params and turns them into VAR pipeline params.
@@ -309,7 +330,16 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
                                 s.tokens, s.forwarded, s.kv_bytes, s.flops * 1e-9};
         progress(&info, user);
       };
-    if (e->var) {
+    const fastvar::DeviceSpec dev = fastvar::parse_device(q->device);
+    if (e->var && dev.cuda) {
+#ifdef FASTVAR_HAS_CUDA
+      fastvar::VarGenParams p = to_var_params(e, q);
+      fastvar::VarCudaEngine& ce = e->var->cuda_engine(dev.index, fastvar::params_dtype(q, dev));
+      num_scales = e->var->model->config().SN();
+      p.on_scale = on_scale;
+      to_rgb8(ce.generate(p).images, q->num_images, rgb);
+#endif
+    } else if (e->var) {
       fastvar::VarGenParams p = to_var_params(e, q);
       const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
       if (e->var->model->dtype() != dt) e->var->model->set_dtype(dt);

@@ -14,7 +14,9 @@
 #include "models/t5/tokenizer.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
+#include "pipeline/device.h"
 #include "pipeline/infinity_pipeline.h"
+#include "pipeline/var_cuda_pipeline.h"
 #include "pipeline/var_pipeline.h"
 
 namespace fastvar {
@@ -34,6 +36,11 @@ struct VarEngine {
   std::unique_ptr<var::VQVAE> vae;
   std::string description;
   std::vector<std::string> class_names;  // from the model's "class_names" metadata; may be empty
+#ifdef FASTVAR_HAS_CUDA
+  std::unique_ptr<VarCudaEngine> cuda;  // the device copy, made by the first CUDA generation
+  // The device engine for (device, dtype), (re)built when either changes.
+  VarCudaEngine& cuda_engine(int device, cpu::DType dtype);
+#endif
 
   // Builds the engine from two opened files, validating every key and shape.
   static std::unique_ptr<VarEngine> from_files(std::unique_ptr<io::TensorFile> model,
@@ -58,6 +65,11 @@ struct InfinityEngine {
   static std::unique_ptr<InfinityEngine> load(const std::string& model_path, const std::string& vae_path,
                                               const std::string& t5_dir);
 };
+
+// The compute dtype of params q on device d: q->dtype, or by default fp32 on
+// the CPU and bf16 on CUDA. Throws for an unknown name, and for bf16 on a CPU
+// without AVX512_BF16 / AMX.
+cpu::DType params_dtype(const fastvar_params* q, const DeviceSpec& d);
 
 // "1M" etc. from a requested pixel size: the key whose nominal square side
 // (256, 512, 768, 1024, 2048) is nearest to sqrt(width * height).

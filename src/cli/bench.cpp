@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -20,6 +21,9 @@
 #include "models/var/random_weights.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_pipeline.h"
+#ifdef FASTVAR_HAS_CUDA
+#include "backend/cuda/cuda_ops.h"
+#endif
 
 namespace fastvar::cli {
 namespace {
@@ -179,20 +183,44 @@ PrunePlan plan_for_mode(const std::string& mode, PrunePlan base, int S, int dept
 }
 
 // gbs: the streaming bandwidth measured before any model was loaded.
-nlohmann::json bench_var(const std::string& shape, const BenchArgs& a, double gbs) {
-  auto e = load_var(shape, a);
-  e->model->set_dtype(cpu::parse_dtype(a.dtype));
-  e->vae->set_dtype(cpu::parse_dtype(a.dtype));
+nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double gbs) {
+  auto e = load_var(shape, args);
+  const DeviceSpec dev = parse_device(args.device.c_str());
+  fastvar_params q = fastvar_params_default();
+  q.dtype = args.dtype.empty() ? nullptr : args.dtype.c_str();
+  const cpu::DType dt = params_dtype(&q, dev);
+  BenchArgs a = args;
+  a.dtype = cpu::dtype_name(dt);
+  std::function<VarGenResult(const VarGenParams&)> gen;
+#ifdef FASTVAR_HAS_CUDA
+  std::unique_ptr<VarCudaEngine> ce;
+  if (dev.cuda) {
+    ce = std::make_unique<VarCudaEngine>(*e->model, *e->vae, dev.index, dt);
+    gen = [&](const VarGenParams& p) { return ce->generate(p); };
+  }
+#endif
+  if (!dev.cuda) {
+    e->model->set_dtype(dt);
+    e->vae->set_dtype(dt);
+    gen = [&](const VarGenParams& p) { return generate_var(*e->model, *e->vae, p); };
+  }
   const var::VarConfig& c = e->model->config();
   const int SN = c.SN();
   const std::string name = shape.empty() ? e->var_weights->label() : shape;
-  std::printf("\n== %s: %s\n   batch %d, %d thread(s), %d run(s) per mode, interleaved\n", name.c_str(),
-              c.describe().c_str(), a.count, num_threads(), a.runs);
+  std::printf("\n== %s: %s\n   batch %d, %s, %s, %d thread(s), %d run(s) per mode, interleaved\n", name.c_str(),
+              c.describe().c_str(), a.count, dev.name().c_str(), a.dtype.c_str(), num_threads(), a.runs);
   std::map<std::string, ModeRuns> r;
   for (const auto& m : a.modes) {
     r[m].plan = plan_for_mode(m, default_var_plan(c), SN, c.depth, a);
     std::printf("   %-8s %s\n", m.c_str(), r[m].plan.describe(c.patch_nums).c_str());
   }
+  if (dev.cuda)  // one untimed run per mode: lazy module loading, GEMM heuristics, buffers
+    for (const auto& m : a.modes) {
+      VarGenParams p;
+      p.labels.assign(a.count, 207 % c.num_classes);
+      p.plan = r[m].plan;
+      gen(p);
+    }
   for (int run = 0; run < a.runs; ++run)
     for (const auto& m : a.modes) {
       VarGenParams p;
@@ -200,16 +228,41 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& a, double gb
       p.seed = static_cast<uint64_t>(run);
       p.plan = r[m].plan;
       p.on_scale = r[m].recorder(SN);
-      VarGenResult res = generate_var(*e->model, *e->vae, p);
+      VarGenResult res = gen(p);
       r[m].total_ms.push_back(res.total_ms);
       std::fprintf(stderr, "   run %d/%d %-8s %10.1f ms\n", run + 1, a.runs, m.c_str(), res.total_ms);
     }
   std::vector<std::pair<int, int>> sides;
   for (int p : c.patch_nums) sides.push_back({p, p});
-  return report(name, c.describe(), sides, a.modes, r, a, e->model->gemm_weight_bytes(), gbs);
+  nlohmann::json out = report(name, c.describe(), sides, a.modes, r, a,
+                              dev.cuda ? 0 : e->model->gemm_weight_bytes(), gbs);
+  out["device"] = dev.name();
+  for (const auto& m : a.modes)
+    out["modes"][m]["images_per_s"] = a.count / (median(r[m].total_ms) * 1e-3);
+#ifdef FASTVAR_HAS_CUDA
+  if (ce) {
+    const double mib = 1.0 / 1048576.0;
+    out["device_name"] = cuda::device_info(dev.index);
+    out["device_weight_mib"] = ce->weight_bytes() * mib;
+    out["device_peak_mib"] = (ce->peak_bytes() - ce->baseline_bytes()) * mib;
+    out["device_context_mib"] = ce->baseline_bytes() * mib;
+    std::printf("   %s: weights %.0f MiB, peak in use %.0f MiB above the %.0f MiB before loading "
+                "(cudaMemGetInfo; all modes)\n",
+                dev.name().c_str(), ce->weight_bytes() * mib, (ce->peak_bytes() - ce->baseline_bytes()) * mib,
+                ce->baseline_bytes() * mib);
+  }
+#endif
+  std::printf("   images/s");
+  for (const auto& m : a.modes) std::printf("  %s %.2f", m.c_str(), a.count / (median(r[m].total_ms) * 1e-3));
+  std::printf("\n");
+  return out;
 }
 
-nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& a) {
+nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
+  if (parse_device(args.device.c_str()).cuda)
+    fail("bench %s: the CUDA backend runs VAR shapes; Infinity runs on the CPU", shape.c_str());
+  BenchArgs a = args;
+  if (a.dtype.empty()) a.dtype = "fp32";
   infinity::RandomInfinitySpec is = infinity::infinity_preset(shape);
   Weights w(infinity::random_infinity_checkpoint(is, 1));
   infinity::InfinityModel model(w);
@@ -273,7 +326,7 @@ int run_bench(const BenchArgs& a) {
   nlohmann::json out = nlohmann::json::array();
   if (!a.json.empty() && !std::ofstream(a.json)) fail("cannot write %s", a.json.c_str());
   // Measured before any model, so that its 1 GiB buffer never adds to a peak RSS.
-  const double gbs = stream_read_gbs();
+  const double gbs = parse_device(a.device.c_str()).cuda ? 0.0 : stream_read_gbs();
   for (const std::string& shape : shapes) {
     out.push_back(shape.rfind("infinity", 0) == 0 ? bench_infinity(shape, a) : bench_var(shape, a, gbs));
     std::fflush(stdout);

@@ -13,7 +13,9 @@ struct BenchArgs {
   std::vector<std::string> modes = {"full", "fastvar", "skip"};
   int runs = 3, count = 1, threads = 0;
   std::string json;                 // write results here too
-  std::string prune, score = "mean", dtype = "fp32";
+  std::string prune, score = "mean";
+  std::string dtype;                // fp32 / bf16; empty: fp32 on the CPU, bf16 on CUDA
+  std::string device = "cpu";       // cpu, cuda, cuda:N (VAR shapes)
   int skip_last = -1, cache_scale = -1;
 };
 

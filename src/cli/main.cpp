@@ -49,7 +49,7 @@ struct GenerateArgs {
   float top_p = -1.f;
   int threads = 0;
   bool no_grid = false, no_fastvar = false, quiet = false, profile = false;
-  std::string prune, prune_layers, score = "mean", dtype = "fp32";
+  std::string prune, prune_layers, score = "mean", dtype, device = "cpu";
   int skip_last = -1, cache_scale = -1;
 };
 
@@ -194,7 +194,8 @@ int run_generate(const GenerateArgs& a) {
   p.skip_last = a.skip_last;
   p.cache_scale = a.cache_scale;
   p.score = a.score.c_str();
-  p.dtype = a.dtype.c_str();
+  p.dtype = a.dtype.empty() ? nullptr : a.dtype.c_str();
+  p.device = a.device.c_str();
   if (!a.prune_layers.empty()) parse_layer_range(a.prune_layers, &p.prune_layer_begin, &p.prune_layer_end);
   if (a.no_fastvar && (!a.prune.empty() || a.skip_last >= 0 || a.cache_scale >= 0 || !a.prune_layers.empty()))
     fail("--no-fastvar cannot be combined with --prune, --skip-last, --cache-scale or --prune-layers");
@@ -236,6 +237,10 @@ int run_generate(const GenerateArgs& a) {
 }
 
 int run_info(const std::string& path) {
+  if (path.empty()) {  // no file: the devices this build can use
+    for (const std::string& d : list_devices()) std::printf("%s\n", d.c_str());
+    return 0;
+  }
   // Everything is validated before anything is printed, so a bad file gives
   // exactly one error line.
   auto f = io::TensorFile::open(path);
@@ -271,10 +276,16 @@ int run_info(const std::string& path) {
   return 0;
 }
 
-int run_check_golden(const std::string& dir, int threads) {
+int run_check_golden(const std::string& dir, int threads, const std::string& device,
+                     const std::string& dtype) {
   set_num_threads(threads);
+  GoldenOptions opt;
+  opt.device = parse_device(device.c_str());
+  fastvar_params q = fastvar_params_default();
+  q.dtype = dtype.empty() ? nullptr : dtype.c_str();
+  opt.dtype = opt.device.cuda ? params_dtype(&q, opt.device) : cpu::parse_dtype(dtype.empty() ? "fp32" : dtype);
   std::printf("check-golden %s\n", dir.c_str());
-  GoldenSummary s = check_golden(dir, stdout);
+  GoldenSummary s = check_golden(dir, stdout, opt);
   std::printf("check-golden: %d passed, %d failed, %d not compared\n", s.passed, s.failed, s.not_compared);
   return s.failed == 0 && s.passed > 0 ? 0 : 1;
 }
@@ -313,19 +324,23 @@ int main(int argc, char** argv) {
   gen->add_option("--cache-scale", g.cache_scale, "FastVAR: scale index whose branch outputs are cached")->check(CLI::Range(0, 64));
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
-  gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation)")->check(CLI::IsMember({"fp32", "bf16"}));
+  gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation); default fp32 on the CPU, bf16 on CUDA")->check(CLI::IsMember({"fp32", "bf16"}));
+  gen->add_option("--device", g.device, "cpu (default), cuda or cuda:N (VAR models; `fastvar info` lists the devices)");
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
   gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
 
   std::string info_path;
-  CLI::App* info = app.add_subcommand("info", "Print what a checkpoint holds and the inferred config");
-  info->add_option("file", info_path, "Checkpoint (.pth or .safetensors)")->required();
+  CLI::App* info = app.add_subcommand("info", "Print what a checkpoint holds and the inferred config; without a file, the devices");
+  info->add_option("file", info_path, "Checkpoint (.pth or .safetensors)");
 
   std::string golden_dir;
   int golden_threads = 0;
   CLI::App* golden = app.add_subcommand("check-golden", "Compare the engine with reference tensors of the official code");
   golden->add_option("dir", golden_dir, "Golden folder (config.json + safetensors)")->required();
   golden->add_option("-t,--threads", golden_threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  std::string golden_device = "cpu", golden_dtype;
+  golden->add_option("--device", golden_device, "cpu (default), cuda or cuda:N (VAR folders)");
+  golden->add_option("--dtype", golden_dtype, "fp32 (default on the CPU) or bf16 (default on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
 
   const std::string verb = argc > 1 ? argv[1] : "";
   if (!verb.empty() && verb[0] != '-' && verb != "generate" && verb != "info" && verb != "check-golden" &&
@@ -349,7 +364,8 @@ int main(int argc, char** argv) {
   bench->add_option("--cache-scale", b.cache_scale, "FastVAR cache scale override")->check(CLI::Range(0, 64));
   bench->add_option("--skip-last", b.skip_last, "Scales skipped in the 'skip' mode (default 1)")->check(CLI::Range(0, 64));
   bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
-  bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32 or bf16 (default fp32 on the CPU, bf16 on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
+  bench->add_option("--device", b.device, "cpu (default), cuda or cuda:N (VAR shapes)");
 
   cli::EvalArgs ev;
   CLI::App* eval = app.add_subcommand("eval", "FID, class accuracy and speed of the full model and FastVAR plans (paired seeds)");
@@ -387,7 +403,7 @@ int main(int argc, char** argv) {
   try {
     if (*gen) return run_generate(g);
     if (*info) return run_info(info_path);
-    if (*golden) return run_check_golden(golden_dir, golden_threads);
+    if (*golden) return run_check_golden(golden_dir, golden_threads, golden_device, golden_dtype);
     if (*bench) return cli::run_bench(b);
     if (*eval) return cli::run_eval(ev);
   } catch (const std::bad_alloc&) {

@@ -5,7 +5,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -21,7 +23,11 @@
 #include "models/infinity/schedule.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/sampler.h"
+#include "pipeline/var_cuda_pipeline.h"
 #include "pipeline/var_pipeline.h"
+#ifdef FASTVAR_HAS_CUDA
+#include "backend/cuda/cuda_ops.h"
+#endif
 
 namespace fastvar {
 namespace {
@@ -35,6 +41,7 @@ struct Tolerance {
   double atol = 0, rtol = 0;
   bool set_per_row = false;
   double max_rel = 0;  // adds max_rel * max|ref| to every element's bound
+  double set_max_mismatch = 0;  // sets: fraction of kept tokens allowed outside the reference set
 };
 
 bool ends_with(const std::string& s, const std::string& suf) {
@@ -55,6 +62,29 @@ Tolerance var_tolerance(const std::string& name) {
       ends_with(name, "img"))
     return {1e-5, 0, false};
   return {2e-4, 0, false};  // block outputs, x_in, attention tensors, AdaLN, KV cache
+}
+
+// The CUDA backend in float32: the same quantities summed in other orders
+// (cuBLASLt, flash attention): 4x the CPU tolerances. In bfloat16 (GEMM
+// operands rounded to 8 bits of mantissa, float32 accumulation): hidden
+// states and logits within 10 % of the tensor's largest magnitude, the
+// teacher-forced latents (float32 quantiser) tight, the image through the
+// bf16 decoder within 5 %; the scores within 10 %, and the kept sets may
+// differ in up to 25 % of their tokens (bf16 hidden states reorder near-ties;
+// a random choice of the same size would differ in 50-75 %).
+Tolerance var_tolerance_cuda_f32(const std::string& name) {
+  Tolerance t = var_tolerance(name);
+  t.atol *= 4;
+  t.rtol *= 4;
+  return t;
+}
+Tolerance var_tolerance_cuda_bf16(const std::string& name) {
+  if (ends_with(name, "_keep")) return {0, 0, true, 0, 0.25};
+  if (ends_with(name, "kv_len")) return {0, 0, false};
+  if (ends_with(name, "f_hat") || ends_with(name, "next_in") || ends_with(name, ".h"))
+    return {1e-4, 0, false};
+  if (ends_with(name, "img")) return {0, 0, false, 0.05};
+  return {1e-4, 0, false, 0.1};
 }
 
 // Infinity tolerances from its golden README: hidden states and logits
@@ -126,9 +156,12 @@ class Checker {
         std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(diff));
         mismatched += static_cast<int64_t>(diff.size()) / 2;
       }
-      report(ref_name, mismatched == 0,
-             strprintf("kept-set mismatches %lld of %lld   tol: sets equal", (long long)mismatched,
-                       (long long)got.numel()));
+      const bool ok = mismatched <= static_cast<int64_t>(tol.set_max_mismatch * double(got.numel()));
+      report(ref_name, ok,
+             strprintf("kept-set mismatches %lld of %lld   tol: %s", (long long)mismatched,
+                       (long long)got.numel(),
+                       tol.set_max_mismatch > 0 ? strprintf("<= %.0f%% of the kept tokens", 100 * tol.set_max_mismatch).c_str()
+                                                : "sets equal"));
       return;
     }
     double max_abs = 0, max_ref = 0, worst_excess = -1;
@@ -193,7 +226,7 @@ std::vector<int64_t> read_ints(const io::TensorFile& f, const std::string& name)
 }
 
 void check_var(const fs::path& dir, const json& cfg, std::FILE* out, Checker& ck,
-               const io::TensorFile& golden) {
+               const io::TensorFile& golden, const GoldenOptions& opt) {
   std::vector<int> pn = cfg.at("var").at("patch_nums").get<std::vector<int>>();
   Weights vw(io::TensorFile::open(find_file(dir, "var_weights")));
   var::VarModel model(vw, pn);
@@ -202,6 +235,23 @@ void check_var(const fs::path& dir, const json& cfg, std::FILE* out, Checker& ck
   var::VQVAE vae(aw);
   aw.check_all_used();
   std::fprintf(out, "model: %s\nvae:   %s\n", model.config().describe().c_str(), vae.config().describe().c_str());
+  // The engine on the chosen device: the CPU pipeline, or the CUDA one.
+  std::function<void(const VarGenParams&)> run_engine = [&](const VarGenParams& q) {
+    generate_var(model, vae, q);
+  };
+#ifdef FASTVAR_HAS_CUDA
+  std::unique_ptr<VarCudaEngine> cuda;
+  if (opt.device.cuda) {
+    cuda = std::make_unique<VarCudaEngine>(model, vae, opt.device.index, opt.dtype);
+    std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(),
+                 cuda::device_name(opt.device.index).c_str(), cpu::dtype_name(opt.dtype));
+    run_engine = [&](const VarGenParams& q) { cuda->generate(q); };
+  }
+#endif
+  if (!opt.device.cuda && opt.dtype != cpu::DType::F32) {
+    model.set_dtype(opt.dtype);
+    vae.set_dtype(opt.dtype);
+  }
   const json& run = cfg.at("run");
   VarGenParams p;
   for (int64_t l : read_ints(golden, "inputs.label")) p.labels.push_back(static_cast<int>(l));
@@ -215,7 +265,7 @@ void check_var(const fs::path& dir, const json& cfg, std::FILE* out, Checker& ck
 
   std::fprintf(out, "reference run (full model, teacher forced):\n");
   p.tap = [&](const std::string& name, const Tensor& t) { ck.compare("ref." + name, t); };
-  generate_var(model, vae, p);
+  run_engine(p);
 
   if (cfg.contains("fastvar") && golden.find("fastvar.kv_len")) {
     const json& fj = cfg.at("fastvar");
@@ -246,7 +296,7 @@ void check_var(const fs::path& dir, const json& cfg, std::FILE* out, Checker& ck
         return;
       ck.compare("fastvar." + name, t);
     };
-    generate_var(model, vae, p);
+    run_engine(p);
   } else {
     ck.not_compared("fastvar.*", "no FastVAR tensors in this folder");
   }
@@ -390,7 +440,7 @@ InfinityGenParams golden_infinity_params(const std::string& dir_s) {
   return p;
 }
 
-GoldenSummary check_golden(const std::string& dir_s, std::FILE* out) {
+GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const GoldenOptions& opt) {
   fs::path dir(dir_s);
   fs::path cfg_path = dir / "config.json";
   std::ifstream f(cfg_path);
@@ -402,11 +452,17 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out) {
     fail("%s: invalid JSON: %s", cfg_path.string().c_str(), e.what());
   }
   try {
-    if (cfg.contains("tiny") && fs::exists(dir / "ref_infinity.safetensors")) return check_infinity(dir, cfg, out);
+    const bool infinity = cfg.contains("tiny") && fs::exists(dir / "ref_infinity.safetensors");
+    if ((infinity || !cfg.contains("var")) && (opt.device.cuda || opt.dtype != cpu::DType::F32))
+      fail("%s: only VAR golden folders run with --device cuda or --dtype bf16", dir_s.c_str());
+    if (infinity) return check_infinity(dir, cfg, out);
     if (cfg.contains("var")) {
       auto golden = io::TensorFile::open((dir / "golden.safetensors").string());
-      Checker ck(*golden, out, var_tolerance);
-      check_var(dir, cfg, out, ck, *golden);
+      Checker::TolFn tol = var_tolerance;
+      if (opt.device.cuda) tol = opt.dtype == cpu::DType::BF16 ? var_tolerance_cuda_bf16 : var_tolerance_cuda_f32;
+      else if (opt.dtype == cpu::DType::BF16) tol = var_tolerance_cuda_bf16;
+      Checker ck(*golden, out, tol);
+      check_var(dir, cfg, out, ck, *golden, opt);
       ck.report_unseen();
       return ck.summary();
     }

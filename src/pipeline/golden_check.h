@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <string>
 
+#include "backend/cpu/ops.h"
+#include "pipeline/device.h"
 #include "pipeline/infinity_pipeline.h"
 
 namespace fastvar {
@@ -14,9 +16,18 @@ struct GoldenSummary {
   int passed = 0, failed = 0, not_compared = 0;
 };
 
+// Where the engine runs for the check. CUDA (VAR folders) compares with the
+// device tolerances: float32 ones a few times the CPU's (other summation
+// orders), bfloat16 ones relative to each tensor's largest value.
+struct GoldenOptions {
+  DeviceSpec device;
+  cpu::DType dtype = cpu::DType::F32;
+};
+
 // Prints one line per comparison to `out` and returns the counts. Throws
 // fastvar::Error if the folder cannot be read.
-GoldenSummary check_golden(const std::string& dir, std::FILE* out);
+GoldenSummary check_golden(const std::string& dir, std::FILE* out,
+                           const GoldenOptions& opt = GoldenOptions());
 
 // The inputs of an Infinity golden folder (format of
 // tests/data/golden/infinity_tiny_a) as teacher-forced generation params.

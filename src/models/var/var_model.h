@@ -91,6 +91,7 @@ class VarModel {
   Tensor head(const Tensor& x, const Conditioning& c, Arena* arena = nullptr) const;
 
  private:
+  friend class VarCuda;  // copies the weights to a CUDA device (var_cuda.h)
   struct Block {
     Tensor ada_gss;  // shared AdaLN only: (6, C)
     Tensor ada_w, ada_b;  // non-shared: (6C, C), (6C)

@@ -1,0 +1,290 @@
+// The VAR transformer on a CUDA device (see var_cuda.h). Mirrors VarModel's
+// CPU forward op for op; the FastVAR branch follows fastvar::run_branch.
+#ifdef FASTVAR_HAS_CUDA
+
+#include "models/var/var_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace fastvar::var {
+
+VarCuda::Lin VarCuda::upload(const float* w, const float* b, int64_t N, int64_t K, bool bf16,
+                             cuda::DeviceBuffer& staging) const {
+  Lin l;
+  l.N = N;
+  l.K = K;
+  l.bf16 = bf16;
+  const size_t n = size_t(N) * size_t(K);
+  if (bf16) {
+    // float32 through a staging buffer, rounded to bfloat16 on the device.
+    if (staging.bytes() < n * sizeof(float)) staging = cuda::DeviceBuffer(n * sizeof(float));
+    staging.upload(w, n);
+    l.w = cuda::DeviceBuffer(n * sizeof(uint16_t));
+    cuda::to_bf16(staging.f32(), l.w.u16(), int64_t(n));
+  } else {
+    l.w = cuda::DeviceBuffer::from_host(w, n);
+  }
+  if (b) l.b = cuda::DeviceBuffer::from_host(b, size_t(N));
+  return l;
+}
+
+void VarCuda::linear(const float* x, const Lin& l, float* y, int64_t M) const {
+  if (l.bf16)
+    cuda::linear_bf16(x, l.w.u16(), l.b.f32(), y, M, l.N, l.K);
+  else
+    cuda::linear_f32(x, l.w.f32(), l.b.f32(), y, M, l.N, l.K);
+}
+
+VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_(dtype) {
+  if (m.dtype() != cpu::DType::F32)
+    fail("VarCuda: the CPU model must stay float32 (it was prepared as %s)", cpu::dtype_name(m.dtype()));
+  const int64_t C = cfg_.C, F = cfg_.ffn, H = cfg_.heads, L = cfg_.L;
+  const bool bf16 = dtype == cpu::DType::BF16;
+  cuda::DeviceBuffer staging;
+  blocks_.resize(cfg_.depth);
+  for (int b = 0; b < cfg_.depth; ++b) {
+    const VarModel::Block& src = m.blocks_[b];
+    Block& d = blocks_[b];
+    if (cfg_.shared_aln)
+      d.ada_gss = cuda::DeviceBuffer::from_host(src.ada_gss.data(), size_t(6 * C));
+    else
+      d.ada = upload(src.ada_w.data(), src.ada_b.data(), 6 * C, C, false, staging);
+    d.qkv = upload(src.qkv_w.data(), src.qkv_bias.data(), 3 * C, C, bf16, staging);
+    d.proj = upload(src.proj_w.data(), src.proj_b.data(), C, C, bf16, staging);
+    d.fc1 = upload(src.fc1_w.data(), src.fc1_b.data(), F, C, bf16, staging);
+    d.fc2 = upload(src.fc2_w.data(), src.fc2_b.data(), C, F, bf16, staging);
+    d.head_scale = cuda::DeviceBuffer::from_host(src.head_scale.data(), size_t(H));
+    weight_bytes_ += int64_t(d.ada_gss.bytes() + d.ada.w.bytes() + d.ada.b.bytes() + d.qkv.w.bytes() +
+                             d.qkv.b.bytes() + d.proj.w.bytes() + d.proj.b.bytes() +
+                             d.fc1.w.bytes() + d.fc1.b.bytes() + d.fc2.w.bytes() +
+                             d.fc2.b.bytes() + d.head_scale.bytes());
+  }
+  if (cfg_.shared_aln) shared_ada_ = upload(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, false, staging);
+  word_ = upload(m.word_w_.data(), m.word_b_.data(), C, cfg_.Cvae, false, staging);
+  head_ = upload(m.head_w_.data(), m.head_b_.data(), cfg_.V, C, bf16, staging);
+  head_ada_ = upload(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, false, staging);
+  // Positions plus level embeddings per token, and the SOS rows' constant part.
+  std::vector<float> lp(size_t(L * C));
+  for (int si = 0; si < cfg_.SN(); ++si)
+    for (int64_t t = cfg_.scale_begin[si]; t < cfg_.scale_begin[si + 1]; ++t)
+      for (int64_t c = 0; c < C; ++c)
+        lp[t * C + c] = m.lvl_embed_.data()[si * C + c] + m.pos_.data()[t * C + c];
+  lvl_pos_ = cuda::DeviceBuffer::from_host(lp.data(), lp.size());
+  const int64_t first_l = int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0];
+  sos_.resize(size_t(first_l * C));
+  for (int64_t i = 0; i < first_l * C; ++i) sos_[i] = m.pos_start_.data()[i] + lp[i];
+  class_emb_.assign(m.class_emb_.data(), m.class_emb_.data() + (cfg_.num_classes + 1) * C);
+  weight_bytes_ += int64_t(shared_ada_.w.bytes() + shared_ada_.b.bytes() + word_.w.bytes() +
+                           word_.b.bytes() + head_.w.bytes() + head_.b.bytes() +
+                           head_ada_.w.bytes() + head_ada_.b.bytes() + lvl_pos_.bytes());
+  cuda::synchronize();
+}
+
+int64_t VarCuda::State::bytes() const {
+  int64_t b = 0;
+  for (const cuda::DeviceBuffer* d : {&k, &v, &ctr_attn, &ctr_ffn, &cond, &act, &ada, &ada_head, &x,
+                                      &xs, &y, &full, &h, &big, &o, &keep, &tok, &logits})
+    b += int64_t(d->bytes());
+  return b;
+}
+
+VarCuda::State VarCuda::new_state(int rows, const fastvar::PrunePlan* plan) const {
+  const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
+  const int64_t P = cfg_.patch_nums.back(), l = P * P;
+  State st;
+  st.rows = rows;
+  st.cap = cfg_.L;
+  st.lmax = l;
+  const size_t f = sizeof(float);
+  st.kv_bf16 = dtype_ == cpu::DType::BF16;
+  const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+  st.k = cuda::DeviceBuffer(size_t(D * R * H * st.cap * hd) * kv_elem);
+  st.v = cuda::DeviceBuffer(size_t(D * R * H * st.cap * hd) * kv_elem);
+  st.len.assign(cfg_.depth, 0);
+  if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
+    const int64_t pc = cfg_.patch_nums[plan->cache_scale];
+    st.ctr_tokens = pc * pc;
+    st.ctr_attn = cuda::DeviceBuffer(size_t(D * R * st.ctr_tokens * C) * f);
+    st.ctr_ffn = cuda::DeviceBuffer(size_t(D * R * st.ctr_tokens * C) * f);
+  }
+  st.cond = cuda::DeviceBuffer(size_t(R * C) * f);
+  st.act = cuda::DeviceBuffer(size_t(R * C) * f);
+  st.ada = cuda::DeviceBuffer(size_t(D * R * 6 * C) * f);
+  st.ada_head = cuda::DeviceBuffer(size_t(R * 2 * C) * f);
+  for (cuda::DeviceBuffer* d : {&st.x, &st.xs, &st.y, &st.full, &st.h, &st.o})
+    *d = cuda::DeviceBuffer(size_t(R * l * C) * f);
+  st.big = cuda::DeviceBuffer(size_t(R * l * std::max<int64_t>(3 * C, cfg_.ffn)) * f);
+  st.keep = cuda::DeviceBuffer(size_t(R * l) * sizeof(int32_t));
+  st.tok = cuda::DeviceBuffer(size_t(R * l * cfg_.Cvae) * f);
+  st.logits = cuda::DeviceBuffer(size_t(R * l * cfg_.V) * f);
+  return st;
+}
+
+void VarCuda::condition(const std::vector<int>& labels, State& st) const {
+  const int B = static_cast<int>(labels.size()), R = 2 * B;
+  if (R != st.rows) fail("VarCuda: %d labels for a state of %d rows", B, st.rows);
+  const int64_t C = cfg_.C;
+  std::vector<float> cond(size_t(R * C));
+  for (int r = 0; r < R; ++r) {
+    const int label = r < B ? labels[r] : cfg_.num_classes;
+    if (label < 0 || label > cfg_.num_classes)
+      fail("class %d out of range [0, %d)", label, cfg_.num_classes);
+    std::copy_n(class_emb_.data() + label * C, C, cond.data() + r * C);
+  }
+  st.cond.upload(cond.data(), cond.size());
+  cuda::silu(st.cond.f32(), st.act.f32(), R * C);
+  for (int b = 0; b < cfg_.depth; ++b) {
+    float* a = st.ada.f32() + int64_t(b) * R * 6 * C;
+    if (cfg_.shared_aln) {
+      linear(st.act.f32(), shared_ada_, a, R);
+      cuda::add_broadcast(a, blocks_[b].ada_gss.f32(), R, 1, 6 * C);
+    } else {
+      linear(st.act.f32(), blocks_[b].ada, a, R);
+    }
+  }
+  linear(st.act.f32(), head_ada_, st.ada_head.f32(), R);
+}
+
+void VarCuda::scale_input(int si, const float* next_in, State& st) const {
+  const int R = st.rows, B = R / 2;
+  const int64_t C = cfg_.C, pn = cfg_.patch_nums[si], l = pn * pn, t0 = cfg_.scale_begin[si];
+  float* x = st.x.f32();
+  if (si == 0) {
+    // x[r, t] = cond[r] + pos_start[t] + lvl[0] + pos[t]
+    std::vector<float> sos(size_t(R * l * C));
+    for (int r = 0; r < R; ++r)
+      for (int64_t t = 0; t < l; ++t) std::copy_n(sos_.data() + t * C, C, sos.data() + (r * l + t) * C);
+    st.x.upload(sos.data(), sos.size());
+    for (int r = 0; r < R; ++r)
+      for (int64_t t = 0; t < l; ++t) {
+        // += cond[r]: a broadcast of one row over one token
+        cuda::add_broadcast(x + (r * l + t) * C, st.cond.f32() + r * C, 1, 1, C);
+      }
+    return;
+  }
+  if (!next_in) fail("VarCuda: scale %d needs the next-scale input", si);
+  cuda::transpose_cn(next_in, st.tok.f32(), B, cfg_.Cvae, l);
+  linear(st.tok.f32(), word_, x, B * l);
+  cuda::add_broadcast(x, lvl_pos_.f32() + t0 * C, B, l, C);
+  cuda::copy(x + B * l * C, x, B * l * C);
+}
+
+void VarCuda::branch(int b, int which, int si, int ph, int pw, State& st,
+                     const fastvar::ScalePlan& plan, const DeviceTap& tap) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, l = int64_t(ph) * pw;
+  const Block& blk = blocks_[b];
+  const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
+  const int64_t ada_stride = 6 * C;
+  const bool prune = plan.prunes(b);
+  const int64_t K = prune ? plan.keep(static_cast<int>(l)) : l;
+  const std::string lp = "s" + std::to_string(si) + ".l" + std::to_string(b) + (which ? ".ffn_" : ".attn_");
+  float* cache = nullptr;
+  if (st.ctr_tokens > 0)
+    cache = (which ? st.ctr_ffn.f32() : st.ctr_attn.f32()) + int64_t(b) * R * st.ctr_tokens * C;
+  const float* xs = st.x.f32();
+  int32_t* keep = st.keep.i32();
+  if (prune) {
+    if (!cache || st.ctr_h <= 0)
+      fail("FastVAR: a pruned scale runs before its cache scale (check --cache-scale)");
+    float* scores = tap ? st.full.f32() : nullptr;  // full is free until the restore
+    cuda::pts_select(st.x.f32(), R, ph, pw, static_cast<int>(C), static_cast<int>(K), plan.score,
+                     keep, scores);
+    if (tap) {
+      std::vector<int32_t> kh(size_t(R * K));
+      cuda::memcpy_d2h(kh.data(), keep, kh.size() * sizeof(int32_t));
+      std::vector<float> kf(kh.begin(), kh.end());
+      cuda::DeviceBuffer kd = cuda::DeviceBuffer::from_host(kf.data(), kf.size());
+      tap(lp + "keep", kd.f32(), {R, K});
+      tap(lp + "score", scores, {R, l});
+    }
+    cuda::gather_tokens(st.x.f32(), R, static_cast<int>(l), static_cast<int>(C), keep,
+                        static_cast<int>(K), st.xs.f32());
+    xs = st.xs.f32();
+  }
+  float* y = st.y.f32();
+  float* h = st.h.f32();
+  if (which == 0) {
+    cuda::layernorm_modulate_groups(xs, h, R, K, C, cfg_.eps, ada + 2 * C, ada + 4 * C, ada_stride);
+    if (tap && b == 0) tap("s" + std::to_string(si) + ".l0.attn_in", h, {R, K, C});
+    float* qkv = st.big.f32();
+    linear(h, blk.qkv, qkv, R * K);
+    const int len0 = st.len[b];
+    if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
+    const int64_t kv_row = H * st.cap * hd;
+    const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
+    if (st.kv_bf16) {
+      uint16_t* kc = st.k.u16() + int64_t(b) * R * kv_row;
+      uint16_t* vc = st.v.u16() + int64_t(b) * R * kv_row;
+      cuda::qkv_to_cache_bf16(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc,
+                              st.cap, len0);
+      st.len[b] = len0 + static_cast<int>(K);
+      cuda::attention_bf16kv(qkv, 3 * C, kc, vc, st.cap * hd, st.o.f32(), K, st.len[b], H, hd,
+                             sm_scale, R, K * 3 * C, kv_row, K * C);
+    } else {
+      float* kc = st.k.f32() + int64_t(b) * R * kv_row;
+      float* vc = st.v.f32() + int64_t(b) * R * kv_row;
+      cuda::qkv_to_cache(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc,
+                         st.cap, len0);
+      st.len[b] = len0 + static_cast<int>(K);
+      cuda::attention_batched(qkv, 3 * C, kc, vc, st.cap * hd, st.o.f32(), K, st.len[b], H, hd,
+                              sm_scale, R, K * 3 * C, kv_row, K * C);
+    }
+    linear(st.o.f32(), blk.proj, y, R * K);
+    if (tap && b == 0) tap("s" + std::to_string(si) + ".l0.attn_out", y, {R, K, C});
+  } else {
+    cuda::layernorm_modulate_groups(xs, h, R, K, C, cfg_.eps, ada + 3 * C, ada + 5 * C, ada_stride);
+    float* mid = st.big.f32();
+    linear(h, blk.fc1, mid, R * K);
+    cuda::gelu_tanh(mid, R * K * cfg_.ffn);
+    linear(mid, blk.fc2, y, R * K);
+  }
+  const float* gamma = ada + which * C;  // gamma1 or gamma2
+  const bool store = plan.caches(b) && cache;
+  if (!prune && !store) {
+    cuda::residual_add(st.x.f32(), y, R, l, C, gamma, ada_stride);
+    return;
+  }
+  cuda::scale_groups(y, R, K, C, gamma, ada_stride);
+  const float* full = y;
+  if (prune) {
+    cuda::restore_tokens(cache, st.ctr_h, st.ctr_w, y, keep, R, static_cast<int>(K), ph, pw,
+                         static_cast<int>(C), st.full.f32());
+    full = st.full.f32();
+  }
+  if (store) {
+    if (l != st.ctr_tokens) fail("FastVAR: cache scale map %dx%d does not match the cache", ph, pw);
+    cuda::copy(cache, full, R * l * C);
+  }
+  cuda::residual_add(st.x.f32(), full, R, l, C, nullptr, 0);
+}
+
+void VarCuda::run_blocks(int si, int ph, int pw, State& st, const fastvar::ScalePlan& plan,
+                         const DeviceTap& tap) const {
+  if (plan.store_cache) {
+    st.ctr_h = ph;
+    st.ctr_w = pw;
+  }
+  const int64_t l = int64_t(ph) * pw;
+  for (int b = 0; b < cfg_.depth; ++b) {
+    branch(b, 0, si, ph, pw, st, plan, tap);
+    branch(b, 1, si, ph, pw, st, plan, tap);
+    if (tap)
+      tap("s" + std::to_string(si) + ".block" + std::to_string(b), st.x.f32(), {st.rows, l, cfg_.C});
+  }
+}
+
+void VarCuda::head(int64_t l, State& st) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C;
+  cuda::layernorm_modulate_groups(st.x.f32(), st.h.f32(), R, l, C, cfg_.eps, st.ada_head.f32(),
+                                  st.ada_head.f32() + C, 2 * C);
+  linear(st.h.f32(), head_, st.logits.f32(), R * l);
+}
+
+}  // namespace fastvar::var
+
+#endif  // FASTVAR_HAS_CUDA
