@@ -1,75 +1,140 @@
 #!/usr/bin/env bash
 # The device check of the CUDA backend, for a machine with an NVIDIA GPU (one
-# is enough; a few minutes in all): builds with -DFASTVAR_CUDA=ON into
-# build-cuda, runs the Cuda* tests (CUDA ops vs CPU ops; a skipped test means
-# that no device was usable and counts as a failure), then the Cuda* kernel
-# benchmarks into bench/results/cuda_ops_<gpu>.json.
-#   bash scripts/gpu-check.sh                 # everything
-#   GPU_CHECK_BENCH=0 bash scripts/gpu-check.sh   # tests only
-set -euo pipefail
+# is enough; about five minutes in all). The benchmark JSON goes to
+# bench/results/*_<gpu>.json.
+# The logs go to out-gpu/ (packed into $OUT/gpu_check_logs.tgz as well when
+# $OUT is set, with the result JSON beside it).
+#   1. the engine: the bundle of scripts/gpu-bundle.sh when .devbundle/ holds
+#      one (a GPU machine without our Debian packages), else a build with
+#      -DFASTVAR_CUDA=ON into build-cuda;
+#   2. the Cuda* tests: every CUDA op against the CPU op, the CUDA VAR engine
+#      against the golden tensors and the CPU engine (a skipped test means no
+#      usable device and counts as a failure);
+#   3. check-golden --device cuda, fp32 and bf16, on every VAR golden folder
+#      (tests/data/golden/*, ../shared/golden/* when present);
+#   4. benchmarks, side by side in one run: the Cuda* kernel benchmarks;
+#      VAR-d30 256 px and VAR-d36 512 px, batch 1 and 8, full and FastVAR
+#      (fastvar bench --device cuda, bf16, random weights); and the PyTorch
+#      baseline on the same GPU (tools/bench/torch_var.py, bf16 + SDPA).
+#   GPU_CHECK_BENCH=0 bash scripts/gpu-check.sh   # steps 1-3 only
+set -uo pipefail
 cd "$(dirname "$0")/.."
+out=out-gpu
+mkdir -p "$out" bench/results
+t0=$(date +%s)
+stamp() { echo "== $1 ($(( $(date +%s) - t0 )) s)"; }
+fail=0
 
-echo "== devices"
+stamp devices
 nvidia-smi -L
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
 tag=$(printf '%s' "$gpu" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '_' | sed 's/^_*//; s/_*$//')
 echo "GPU 0: $gpu (results tag: $tag)"
 
-echo "== build (build-cuda, FASTVAR_CUDA=ON)"
-start=$(date +%s)
-cfg_log=$(mktemp)
-cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTVAR_CUDA=ON > "$cfg_log" 2>&1 ||
-  { cat "$cfg_log"; exit 1; }
-grep 'fastvar: CUDA' "$cfg_log" || true
-rm -f "$cfg_log"
-grep -q 'FASTVAR_CUDA:BOOL=ON' build-cuda/CMakeCache.txt || { echo "FASTVAR_CUDA is not ON"; exit 1; }
-timeout 420 cmake --build build-cuda -j "$(nproc)" --target fastvar_tests fastvar_bench
-echo "build: $(( $(date +%s) - start )) s"
+stamp engine
+if [ -f .devbundle/bundle.tar.xz ]; then
+  # Prebuilt: the binaries look for the tests' data and the CLI under the
+  # source folder they were built in; make that path lead here.
+  src=$(cat .devbundle/source_dir)
+  mkdir -p /tmp/fv && tar -C /tmp/fv -xJf .devbundle/bundle.tar.xz || exit 1
+  export LD_LIBRARY_PATH=/tmp/fv/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  if [ "$(pwd)" != "$src" ]; then mkdir -p "$(dirname "$src")" && ln -sfn "$(pwd)" "$src"; fi
+  mkdir -p build-gpu/tests build-gpu/bench
+  cp /tmp/fv/bin/fastvar build-gpu/ && cp /tmp/fv/bin/fastvar_tests build-gpu/tests/ &&
+    cp /tmp/fv/bin/fastvar_bench build-gpu/bench/ || exit 1
+  bin=build-gpu
+else
+  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTVAR_CUDA=ON > /dev/null || exit 1
+  grep -q 'FASTVAR_CUDA:BOOL=ON' build-cuda/CMakeCache.txt || { echo "FASTVAR_CUDA is not ON"; exit 1; }
+  timeout 420 cmake --build build-cuda -j "$(nproc)" --target fastvar fastvar_tests fastvar_bench || exit 1
+  bin=build-cuda
+fi
+$bin/fastvar info
 
-echo "== Cuda* tests"
-log=build-cuda/gpu-check-tests.log
-set +e
-timeout 240 build-cuda/tests/fastvar_tests --gtest_filter='Cuda*' --gtest_color=no 2>&1 | tee "$log"
-rc=${PIPESTATUS[0]}
-set -e
-if [ "$rc" -ne 0 ]; then
-  echo "gpu-check: Cuda tests FAILED (exit $rc)"
-  exit 1
+stamp "Cuda* tests"
+timeout 300 $bin/tests/fastvar_tests --gtest_filter='Cuda*' --gtest_color=no > "$out/cuda_tests.log" 2>&1
+rc=$?
+grep -E '^\[ +(OK|FAILED|SKIPPED) ' "$out/cuda_tests.log" | sed 's/^/   /'
+grep -B2 -A12 'Failure' "$out/cuda_tests.log" | head -120
+passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$out/cuda_tests.log")
+if [ "$rc" -ne 0 ] || grep -q '^\[  SKIPPED \]' "$out/cuda_tests.log" || [ -z "$passed" ]; then
+  echo "gpu-check: Cuda tests FAILED or SKIPPED (exit $rc)"; fail=1
+else
+  echo "gpu-check: $passed Cuda tests passed on $gpu"
 fi
-if grep -q '^\[  SKIPPED \]' "$log"; then
-  echo "gpu-check: some Cuda tests were SKIPPED (no usable CUDA device; see 'no CUDA device:' above;"
-  echo "  a CUDA 13 build needs an r580+ driver)"
-  exit 1
-fi
-passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log")
-if [ -z "$passed" ] || [ "$passed" -lt 5 ]; then
-  echo "gpu-check: expected the Cuda tests to run, got '${passed:-none}' passed"
-  exit 1
-fi
-echo "gpu-check: $passed Cuda tests passed on $gpu"
 
-if [ "${GPU_CHECK_BENCH:-1}" = 0 ]; then exit 0; fi
-echo "== Cuda* benchmarks"
-mkdir -p bench/results
-out="bench/results/cuda_ops_${tag}.json"
-timeout 240 build-cuda/bench/fastvar_bench --benchmark_filter=Cuda --benchmark_format=json \
-  --benchmark_min_time=0.2 > "$out.tmp"
-mv "$out.tmp" "$out"
-if command -v python3 > /dev/null; then
-  python3 - "$out" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-for b in d["benchmarks"]:
-    if b.get("error_occurred"):
-        print(f'{b["name"]:<48} ERROR {b.get("error_message", "")}')
-        continue
-    extra = "  ".join(f"{k} {b[k]:.3g}" for k in ("TFLOP/s", "GB/s") if k in b)
-    print(f'{b["name"]:<48} {b["us/call"]:10.1f} us/call  {extra}')
-EOF
+stamp "check-golden --device cuda"
+for d in tests/data/golden/* ../shared/golden/*; do
+  [ -f "$d/config.json" ] && [ -f "$d/golden.safetensors" ] || continue  # VAR folders
+  if ! ls "$d"/var_weights.* > /dev/null 2>&1 || ! [ -e "$(ls "$d"/var_weights.* | head -n 1)" ]; then
+    echo "   $d: skipped (its weights are not on this machine)"; continue
+  fi
+  for dt in fp32 bf16; do
+    log="$out/golden_$(basename "$d")_$dt.log"
+    timeout 120 $bin/fastvar check-golden --device cuda --dtype $dt "$d" > "$log" 2>&1
+    rc=$?
+    echo "   $d $dt: $(tail -n 1 "$log") (exit $rc)"
+    grep 'FAIL$' "$log" | head -5
+    [ $rc -eq 0 ] || fail=1
+  done
+done
+
+if [ "${GPU_CHECK_BENCH:-1}" = 0 ]; then
+  [ -n "${OUT:-}" ] && tar -czf "$OUT/gpu_check_logs.tgz" "$out"
+  stamp done
+  exit $fail
 fi
-if grep -q '"error_occurred": true' "$out"; then
-  echo "gpu-check: a benchmark reported an error (see $out)"
-  exit 1
+
+stamp "Cuda* kernel benchmarks"
+timeout 120 $bin/bench/fastvar_bench --benchmark_filter=Cuda --benchmark_min_time=0.1 \
+  --benchmark_out="bench/results/cuda_ops_$tag.json" --benchmark_out_format=json > "$out/cuda_ops.txt" 2>&1 ||
+  fail=1
+grep -E 'Cuda' "$out/cuda_ops.txt" | awk '{print "   " $1, $2, $3, $NF}' | head -40
+
+stamp "VAR benchmarks: fastvar.cpp (bf16) and PyTorch (bf16 + SDPA)"
+export PYTHONUNBUFFERED=1
+for cfg in "d30 256 1" "d30 256 8" "d36 512 1" "d36 512 8"; do
+  set -- $cfg
+  timeout 150 $bin/fastvar bench --device cuda --shape "$1" -n "$3" --modes full,fastvar --runs 3 \
+    --json "$out/fastvar_$1_b$3.json" > "$out/fastvar_$1_b$3.txt" 2>&1 || { echo "   fastvar bench $cfg failed"; fail=1; }
+  sed 's/^/   /' "$out/fastvar_$1_b$3.txt" | grep -E '==|total|speedup|images/s|weights|peak' | head -12
+  timeout 120 python3 tools/bench/torch_var.py --device cuda --dtype bf16 --sdpa --depth "${1#d}" --res "$2" \
+    --batch "$3" --runs 3 --json "$out/torch_$1_b$3.json" 2>&1 | tail -n 2 | sed 's/^/   /' ||
+    { echo "   torch $cfg failed"; fail=1; }
+done
+python3 - "$out" "$tag" "$gpu" <<'PY' || fail=1
+import glob, json, os, sys
+out, tag, gpu = sys.argv[1:4]
+rows = []
+for cfg in ("d30_b1", "d30_b8", "d36_b1", "d36_b8"):
+    try:
+        fv = json.load(open(f"{out}/fastvar_{cfg}.json"))[0]
+        tv = json.load(open(f"{out}/torch_{cfg}.json"))
+    except (OSError, ValueError, IndexError) as e:
+        print(f"   {cfg}: missing ({e})"); continue
+    t = tv["median"]["total_s"] * 1e3
+    row = {"config": cfg, "batch": fv["batch"], "torch_bf16_sdpa_ms": t, "torch_peak_gpu_mib": tv["peak_gpu_mib"],
+           "fastvar_device_peak_mib": fv.get("device_peak_mib"), "fastvar_device_weight_mib": fv.get("device_weight_mib")}
+    for m in ("full", "fastvar"):
+        ms = fv["modes"][m]["total_ms_median"]
+        row[f"{m}_ms"] = ms
+        row[f"{m}_images_per_s"] = fv["modes"][m]["images_per_s"]
+        row[f"{m}_speedup_vs_torch"] = t / ms
+    rows.append(row)
+    print(f"   {cfg}: torch {t:8.1f} ms | fastvar.cpp full {row['full_ms']:8.1f} ms ({row['full_speedup_vs_torch']:.2f}x)"
+          f" | FastVAR {row['fastvar_ms']:8.1f} ms ({row['fastvar_speedup_vs_torch']:.2f}x) | peak MiB: torch"
+          f" {row['torch_peak_gpu_mib']:.0f}, ours {row['fastvar_device_peak_mib'] or 0:.0f}")
+res = {"gpu": gpu, "summary": rows,
+       "fastvar": [json.load(open(f)) for f in sorted(glob.glob(f"{out}/fastvar_*.json"))],
+       "torch": [json.load(open(f)) for f in sorted(glob.glob(f"{out}/torch_*.json"))]}
+json.dump(res, open(f"bench/results/var_cuda_vs_torch_{tag}.json", "w"), indent=1)
+print(f"   wrote bench/results/var_cuda_vs_torch_{tag}.json")
+PY
+cp bench/results/*_"$tag".json "$out"/ 2>/dev/null
+if [ -n "${OUT:-}" ]; then
+  tar -czf "$OUT/gpu_check_logs.tgz" "$out"
+  cp bench/results/*_"$tag".json "$OUT"/ 2>/dev/null
 fi
-echo "gpu-check: OK ($out)"
+stamp done
+[ $fail -eq 0 ] && echo "gpu-check: OK" || echo "gpu-check: FAILED (see above)"
+exit $fail

@@ -189,7 +189,7 @@ class VAR(nn.Module):
         lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC
         x = cond_BD.unsqueeze(1).expand(2 * B, self.first_l, -1) + self.pos_start.expand(2 * B, self.first_l, -1) \
             + lvl_pos[:, :self.first_l]
-        f_hat = torch.zeros(B, self.Cvae, P, P)
+        f_hat = torch.zeros(B, self.Cvae, P, P, device=cond_BD.device)
         for b in self.blocks:
             b.attn.kv_caching(True)
         cur = 0
