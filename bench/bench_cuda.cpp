@@ -13,6 +13,7 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/vision_ops.h"
 
 namespace {
 
@@ -125,6 +126,39 @@ void BM_CudaAttentionBf16Kv(benchmark::State& st) {
 BENCHMARK(BM_CudaAttentionBf16Kv)->Args({256, 680, 16, 64})->Args({1024, 2240, 36, 64})
     ->Args({1024, 2240, 16, 128})->Args({1, 1, 16, 64})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// The decoder's 3x3 convolution (im2col + cuBLASLt) and GroupNorm + SiLU at
+// its top level (VAR's VQVAE at 512 px: 160 channels, 512 x 512), per image:
+// where the decoder's time goes.
+void BM_CudaDecoderConv3x3(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t C = st.range(0), H = st.range(1);
+  const bool bf16 = st.range(2) != 0;
+  auto xd = dev_rand(C * H * H, 1), wf = dev_rand(C * C * 9, 2), bd = dev_rand(C, 3);
+  cuda::DeviceBuffer wb(C * C * 9 * 2), yd(C * H * H * sizeof(float));
+  cuda::to_bf16(wf.f32(), wb.u16(), C * C * 9);
+  run_timed(st, 2.0 * C * C * 9 * H * H, [&] {
+    if (bf16)
+      cuda::conv2d_bf16(xd.f32(), 1, C, H, H, wb.u16(), bd.f32(), C, 3, 1, yd.f32());
+    else
+      cuda::conv2d_f32(xd.f32(), 1, C, H, H, wf.f32(), bd.f32(), C, 3, 1, yd.f32());
+  });
+}
+BENCHMARK(BM_CudaDecoderConv3x3)->Args({160, 512, 1})->Args({160, 512, 0})->Args({320, 128, 1})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+void BM_CudaDecoderGroupNormSilu(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t C = st.range(0), HW = st.range(1) * st.range(1);
+  auto xd = dev_rand(C * HW, 1), gd = dev_rand(C, 2), bd = dev_rand(C, 3);
+  cuda::DeviceBuffer yd(C * HW * sizeof(float));
+  run_timed(st, 0.0, [&] {
+    cuda::group_norm(xd.f32(), yd.f32(), 1, C, HW, 32, 1e-6f, gd.f32(), bd.f32(), true);
+  });
+  st.counters["GB/s"] = double(C) * HW * 4 * 3 / (st.counters["us/call"] * 1e-6) * 1e-9;
+  st.counters.erase("TFLOP/s");
+}
+BENCHMARK(BM_CudaDecoderGroupNormSilu)->Args({160, 512})->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // LayerNorm + modulation and GELU at the d16 last scale (memory-bound: GB/s).
 void BM_CudaLayerNormGelu(benchmark::State& st) {

@@ -111,13 +111,7 @@ VarGenResult VarCudaEngine::generate(const VarGenParams& p) {
     if (dtap) dtap(sp + "x_in", st.x.f32(), {R, n, cfg.C});
     const ScalePlan plan = scale_plan(p.plan, si);
     model_->run_blocks(si, pn, pn, st, plan, dtap);
-    const double C = cfg.C;
-    for (int b = 0; b < cfg.depth; ++b) {
-      const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(n)) : n;
-      ss.forwarded += 2 * kept * R;
-      ss.flops += 2.0 * R * kept * (4 * C * C + 2 * C * cfg.ffn) + 4.0 * R * kept * st.len[b] * C;
-    }
-    ss.flops += 2.0 * R * n * C * cfg.V;
+    count_scale_work(cfg, plan, R, n, st.len, ss);
     model_->head(n, st);
     if (dtap) dtap(sp + "logits_raw", st.logits.f32(), {R, n, V});
     const float w = SN > 1 ? p.cfg * static_cast<float>(si) / static_cast<float>(SN - 1) : 0.f;

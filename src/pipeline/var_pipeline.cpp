@@ -15,6 +15,18 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
+void count_scale_work(const var::VarConfig& cfg, const ScalePlan& plan, int R, int64_t n,
+                      const std::vector<int>& kv_len, ScaleStats& ss) {
+  const double C = cfg.C;
+  for (int b = 0; b < cfg.depth; ++b) {
+    const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(n)) : n;
+    ss.forwarded += 2 * kept * R;
+    // qkv + proj + fc1 + fc2 GEMMs, then q.k and p.v over the block's cache
+    ss.flops += 2.0 * R * kept * (4 * C * C + 2 * C * cfg.ffn) + 4.0 * R * kept * kv_len[b] * C;
+  }
+  ss.flops += 2.0 * R * n * C * cfg.V;  // head
+}
+
 void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p) {
   if (p.labels.empty()) fail("need at least one image");
   for (int l : p.labels)
@@ -67,14 +79,7 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
     if (p.tap) p.tap(sp + "x_in", x);
     const ScalePlan plan = scale_plan(p.plan, si);
     model.run_blocks(si, pn, pn, x, cd, st, plan, p.tap);
-    const double C = cfg.C;
-    for (int b = 0; b < cfg.depth; ++b) {
-      const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(n)) : n;
-      ss.forwarded += 2 * kept * R;
-      // qkv + proj + fc1 + fc2 GEMMs, then q.k and p.v over the block's cache
-      ss.flops += 2.0 * R * kept * (4 * C * C + 2 * C * cfg.ffn) + 4.0 * R * kept * st.len[b] * C;
-    }
-    ss.flops += 2.0 * R * n * C * cfg.V;  // head
+    count_scale_work(cfg, plan, R, n, st.len, ss);
     if (p.tap) {
       for (int b = 0; b < cfg.depth; ++b) {
         const int64_t H = cfg.heads, hd = cfg.head_dim, len = st.len[b];

@@ -46,6 +46,11 @@ struct VarGenResult {
   int64_t arena_spills = 0;            // requests that did not fit it (0 = none)
 };
 
+// The work of scale si's transformer pass (R rows, n tokens, plan, the KV
+// lengths after it): token-branch passes and analytic FLOPs, into ss.
+void count_scale_work(const var::VarConfig& cfg, const ScalePlan& plan, int R, int64_t n,
+                      const std::vector<int>& kv_len, ScaleStats& ss);
+
 // Throws fastvar::Error for a class, option or plan the model cannot run.
 void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p);
 

@@ -39,6 +39,15 @@ cudaStream_t stream();
 // engine stream, so consecutive ops may reuse it.
 void* scratch(int slot, size_t bytes);
 
+// Row-major C[M,N] (row stride ldc) = alpha op(A) op(B) + beta C (+ bias[N]
+// added to every row when bias is non-null) on cuBLASLt (gemm_lt.cpp), with
+// A, B float32 or both bfloat16 bits and float32 accumulation (no TF32).
+// Returns false, having done nothing, where cuBLASLt has no algorithm for the
+// shape: the caller then runs a plain kernel.
+bool gemm_lt(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+             int64_t lda, const void* B, int64_t ldb, float beta, float* C, int64_t ldc, bool bf16,
+             const float* bias, cudaStream_t s);
+
 // Kernel launchers (the .cu files), on stream s.
 void launch_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
 // y[M,N] += bias[N] (row broadcast).

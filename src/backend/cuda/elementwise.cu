@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "backend/cuda/common.h"
+#include "backend/cuda/kernel_util.cuh"
 #include "backend/cuda/cuda_ops.h"
 
 namespace fastvar::cuda {
@@ -10,17 +11,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Enough blocks for a grid-stride loop to fill the device several times over.
-int grid_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 4096 ? (b > 0 ? b : 1) : 4096);
-}
-
-__device__ __forceinline__ uint16_t bf16_rne(float f) {
-  const uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u | 0x400000u) >> 16);  // NaN
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+using detail::bf16_rne;
+using detail::grid_for;
 
 __global__ void to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -58,19 +50,8 @@ __global__ void gelu_tanh_kernel(float* __restrict__ x, int64_t n) {
     x[i] = gelu_tanh_1(x[i]);
 }
 
-// Sum over the block (blockDim.x == kThreads); every thread gets the total.
-// `red` holds kThreads / 32 floats; the leading __syncthreads lets it be reused.
 __device__ __forceinline__ float block_sum(float v, float* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float t = 0.f;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) t += red[w];
-  return t;
+  return detail::block_reduce<kThreads>(v, red, detail::SumOp());
 }
 
 // One block per row: mean, then the variance about it (two passes, float32),

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "backend/cuda/common.h"
+#include "backend/cuda/kernel_util.cuh"
 #include "backend/cuda/cuda_ops.h"
 
 namespace fastvar::cuda {
@@ -22,10 +23,7 @@ constexpr int kThreads = 256;
 constexpr int kRankTile = 1024;
 constexpr int kScratchSlot = 3;  // PTS temporaries (slot 0: linear's bf16 copy)
 
-int grid_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 4096 ? (b > 0 ? b : 1) : 4096);
-}
+using detail::grid_for;
 
 // mean (R, C): mean over the L tokens of each row, summed in double in token
 // order and rounded to float, one thread per (row, channel).
@@ -43,11 +41,6 @@ __global__ void channel_mean_kernel(const float* __restrict__ x, int R, int L, i
 
 __device__ __forceinline__ float add_sq(float s, float d) { return __fadd_rn(s, __fmul_rn(d, d)); }
 
-__device__ __forceinline__ float warp_sum32(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // scores (R, L) = sum over c of (x - mean)^2, one warp per token: lane j sums
 // the channels j, j+32, ... in order, then the warp adds the 32 partial sums.
@@ -61,7 +54,7 @@ __global__ void score_mean_warp_kernel(const float* __restrict__ x, const float*
     const float* m = mean + (e / L) * C;
     float s = 0.f;
     for (int c = lane; c < C; c += 32) s = add_sq(s, __fsub_rn(xl[c], m[c]));
-    s = warp_sum32(s);
+    s = detail::warp_reduce(s, detail::SumOp());
     if (lane == 0) scores[e] = s;
   }
 }

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "backend/cuda/common.h"
+#include "backend/cuda/kernel_util.cuh"
 #include "backend/cuda/cuda_ops.h"
 
 namespace fastvar::cuda {
@@ -11,23 +12,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int grid_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 8192 ? (b > 0 ? b : 1) : 8192);
-}
+int grid_for(int64_t n) { return detail::grid_for(n, kThreads, 8192); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return detail::warp_reduce(v, detail::SumOp()); }
 
 __device__ __forceinline__ void store_kv(float* p, float x) { *p = x; }
-__device__ __forceinline__ void store_kv(uint16_t* p, float x) {
-  const uint32_t u = __float_as_uint(x);  // round to nearest even (NaN kept quiet)
-  *p = (u & 0x7fffffffu) > 0x7f800000u ? static_cast<uint16_t>((u | 0x400000u) >> 16)
-                                       : static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+__device__ __forceinline__ void store_kv(uint16_t* p, float x) { *p = detail::bf16_rne(x); }
 
 // One block per token (r, t); one warp per head at a time.
 template <typename T>

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "backend/cuda/common.h"
+#include "backend/cuda/kernel_util.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "core/rng.h"
 
@@ -41,16 +42,7 @@ __device__ __forceinline__ float exp_f(float x) {
 // Max over the block, NaN ignored (as std::max(mx, x) from -inf ignores it).
 // `red` holds kThreads / 32 floats; every thread gets the result.
 __device__ float block_max(float v, float* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float m = red[0];
-#pragma unroll
-  for (int i = 1; i < kThreads / 32; ++i) m = fmaxf(m, red[i]);
-  return m;
+  return detail::block_reduce<kThreads>(v, red, detail::MaxOp());
 }
 
 // Sequential float sum of a[0..n) from 0 in index order (a 16-byte aligned).

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "backend/cuda/common.h"
+#include "backend/cuda/kernel_util.cuh"
 #include "backend/cuda/vision_kernels.h"
 #include "backend/cuda/vision_ops.h"
 
@@ -23,48 +24,20 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 
-// Enough blocks for a grid-stride loop to fill the device several times over.
-unsigned grid_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 4096 ? (b > 0 ? b : 1) : 4096);
-}
+unsigned grid_for(int64_t n) { return static_cast<unsigned>(detail::grid_for(n, kThreads)); }
 
 unsigned grid_y(int64_t n) {
   return static_cast<unsigned>(n < kMaxGridY ? (n > 0 ? n : 1) : kMaxGridY);
 }
 
-__device__ __forceinline__ uint16_t bf16_rne(float f) {
-  const uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u | 0x400000u) >> 16);  // NaN
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+using detail::bf16_rne;
 
-// Sums over the block (blockDim.x == kThreads); every thread gets the total.
-// `red` holds kThreads / 32 values; the leading __syncthreads lets it be reused.
+// Block-wide sum (double) and max (float); every thread gets the result.
 __device__ __forceinline__ double block_sum_d(double v, double* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  double t = 0;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) t += red[w];
-  return t;
+  return detail::block_reduce<kThreads>(v, red, detail::SumOp());
 }
-
 __device__ __forceinline__ float block_max_f(float v, float* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float t = red[0];
-#pragma unroll
-  for (int w = 1; w < kThreads / 32; ++w) t = fmaxf(t, red[w]);
-  return t;
+  return detail::block_reduce<kThreads>(v, red, detail::MaxOp());
 }
 
 // ---- im2col, bias --------------------------------------------------------------
