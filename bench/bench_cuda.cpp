@@ -1,7 +1,8 @@
 // CUDA kernel benchmarks (Google Benchmark): the linear and attention shapes
-// of VAR-d16 (256 px) and VAR-d36 (512 px) at their last scale. Each iteration
-// times `kReps` calls on the engine stream between two CUDA events (manual
-// time), so launch overhead is included the way a model run pays it. Run:
+// of VAR-d16 (256 px) and VAR-d36 (512 px) at their last scale, and whole
+// decoder runs (Infinity-2B's BSQ-VAE at 1024 px). Each iteration times
+// `kReps` calls (a decoder: one) on the engine stream between two CUDA events
+// (manual time), so launch overhead is included the way a model run pays it. Run:
 //   build-cuda/bench/fastvar_bench --benchmark_filter=Cuda
 #ifdef FASTVAR_HAS_CUDA
 
@@ -14,6 +15,10 @@
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/vision_ops.h"
+#include "models/infinity/bsq_vae.h"
+#include "models/infinity/bsq_vae_cuda.h"
+#include "models/infinity/random_weights.h"
+#include "models/weights.h"
 
 namespace {
 
@@ -159,6 +164,38 @@ void BM_CudaDecoderGroupNormSilu(benchmark::State& st) {
   st.counters.erase("TFLOP/s");
 }
 BENCHMARK(BM_CudaDecoderGroupNormSilu)->Args({160, 512})->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// Infinity-2B's BSQ-VAE decoder (d32: ch 128, ch_mult 1,2,4,4,4, 3 res blocks
+// per level; random weights of the released shapes) from a 64 x 64 latent to a
+// 1024 x 1024 image, B = 1, bf16 (arg 1) or fp32 (arg 0) convolutions: one
+// whole decode per timed call (~3.2 GB of activation workspace).
+void BM_CudaBsqDecode1024(benchmark::State& st) {
+  if (!have_device(st)) return;
+  namespace inf = fastvar::infinity;
+  const bool bf16 = st.range(0) != 0;
+  fastvar::Weights w(inf::random_bsq_checkpoint(inf::RandomBsqSpec{}, 5));
+  const inf::BSQDecoder dec(w);
+  const inf::BSQDecoderCuda g(dec, bf16 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32);
+  const int P = 64, s = g.stride();
+  auto zd = dev_rand(size_t(g.code_dim()) * P * P, 1);
+  const int64_t ws = g.workspace_floats(1, P, P);
+  cuda::DeviceBuffer wsd(size_t(ws) * sizeof(float));
+  cuda::DeviceBuffer imgd(size_t(3) * P * s * P * s * sizeof(float));
+  const auto body = [&] { g.decode(zd.f32(), 1, P, P, imgd.f32(), wsd.f32()); };
+  body();  // warm-up: scratch, algorithm selection
+  cuda::synchronize();
+  double total_ms = 0;
+  for (auto _ : st) {
+    const double ms = cuda::time_ms(body, 1);
+    total_ms += ms;
+    st.SetIterationTime(ms * 1e-3);
+  }
+  st.counters["ms/decode"] = total_ms / double(st.iterations());
+  st.counters["weights MB"] = double(g.weight_bytes()) / 1e6;
+  st.counters["workspace GB"] = double(ws) * sizeof(float) / 1e9;
+}
+BENCHMARK(BM_CudaBsqDecode1024)->Arg(1)->Arg(0)->Iterations(5)->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 // LayerNorm + modulation and GELU at the d16 last scale (memory-bound: GB/s).
 void BM_CudaLayerNormGelu(benchmark::State& st) {

@@ -10,12 +10,13 @@
 #   2. the Cuda* tests: every CUDA op against the CPU op, the CUDA VAR engine
 #      against the golden tensors and the CPU engine (a skipped test means no
 #      usable device and counts as a failure);
-#   3. check-golden --device cuda, fp32 and bf16, on every VAR golden folder
-#      (tests/data/golden/*, ../shared/golden/* when present);
+#   3. check-golden --device cuda, fp32 and bf16, on every VAR and Infinity
+#      golden folder (tests/data/golden/*, ../shared/golden/* when present);
 #   4. benchmarks, side by side in one run: the Cuda* kernel benchmarks;
 #      VAR-d30 256 px and VAR-d36 512 px, batch 1 and 8, full and FastVAR
-#      (fastvar bench --device cuda, bf16, random weights); and the PyTorch
-#      baseline on the same GPU (tools/bench/torch_var.py, bf16 + SDPA).
+#      (fastvar bench --device cuda, bf16, random weights); Infinity-2B at
+#      1024 px, batch 1, full and FastVAR; and the PyTorch baselines on the
+#      same GPU (tools/bench/torch_var.py, torch_infinity.py: bf16 + SDPA).
 #   GPU_CHECK_BENCH=0 bash scripts/gpu-check.sh   # steps 1-3 only
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,8 +66,11 @@ fi
 
 stamp "check-golden --device cuda"
 for d in tests/data/golden/* ../shared/golden/*; do
-  [ -f "$d/config.json" ] && [ -f "$d/golden.safetensors" ] || continue  # VAR folders
-  if ! ls "$d"/var_weights.* > /dev/null 2>&1 || ! [ -e "$(ls "$d"/var_weights.* | head -n 1)" ]; then
+  [ -f "$d/config.json" ] || continue
+  if [ -f "$d/golden.safetensors" ]; then w=var_weights      # VAR folders
+  elif [ -f "$d/ref_infinity.safetensors" ]; then w=weights_infinity  # Infinity folders
+  else continue; fi
+  if ! ls "$d"/$w.* > /dev/null 2>&1 || ! [ -e "$(ls "$d"/$w.* | head -n 1)" ]; then
     echo "   $d: skipped (its weights are not on this machine)"; continue
   fi
   for dt in fp32 bf16; do
@@ -129,6 +133,35 @@ res = {"gpu": gpu, "summary": rows,
        "torch": [json.load(open(f)) for f in sorted(glob.glob(f"{out}/torch_*.json"))]}
 json.dump(res, open(f"bench/results/var_cuda_vs_torch_{tag}.json", "w"), indent=1)
 print(f"   wrote bench/results/var_cuda_vs_torch_{tag}.json")
+PY
+stamp "Infinity-2B 1024px: fastvar.cpp (bf16) and PyTorch (bf16 + SDPA)"
+timeout 240 $bin/fastvar bench --device cuda --shape infinity-2b -n 1 --modes full,fastvar --runs 3 \
+  --json "$out/fastvar_infinity2b_b1.json" > "$out/fastvar_infinity2b_b1.txt" 2>&1 ||
+  { echo "   fastvar bench infinity-2b failed"; fail=1; }
+sed 's/^/   /' "$out/fastvar_infinity2b_b1.txt" | grep -E '==|total|speedup|images/s|weights|peak|error' | head -12
+timeout 200 python3 tools/bench/torch_infinity.py --preset 2b --device cuda --dtype bf16 --sdpa --batch 1 \
+  --runs 3 --json "$out/torch_infinity2b_b1.json" 2>&1 | tail -n 2 | sed 's/^/   /' ||
+  { echo "   torch infinity-2b failed"; fail=1; }
+python3 - "$out" "$tag" "$gpu" <<'PY' || fail=1
+import json, sys
+out, tag, gpu = sys.argv[1:4]
+try:
+    fv = json.load(open(f"{out}/fastvar_infinity2b_b1.json"))[0]
+    tv = json.load(open(f"{out}/torch_infinity2b_b1.json"))
+except (OSError, ValueError, IndexError) as e:
+    print(f"   infinity-2b: missing ({e})"); sys.exit(1)
+t = tv["median"]["total_s"] * 1e3
+row = {"config": "infinity-2b 1024px b1", "torch_bf16_sdpa_ms": t, "torch_peak_gpu_mib": tv["peak_gpu_mib"],
+       "fastvar_device_peak_mib": fv.get("device_peak_mib"), "fastvar_device_weight_mib": fv.get("device_weight_mib")}
+for m in ("full", "fastvar"):
+    ms = fv["modes"][m]["total_ms_median"]
+    row[f"{m}_ms"] = ms
+    row[f"{m}_speedup_vs_torch"] = t / ms
+print(f"   infinity-2b: torch {t:8.1f} ms | fastvar.cpp full {row['full_ms']:8.1f} ms ({row['full_speedup_vs_torch']:.2f}x)"
+      f" | FastVAR {row['fastvar_ms']:8.1f} ms ({row['fastvar_speedup_vs_torch']:.2f}x; goal <= 350 ms on an H100)")
+json.dump({"gpu": gpu, "summary": [row], "fastvar": fv, "torch": tv},
+          open(f"bench/results/infinity_cuda_vs_torch_{tag}.json", "w"), indent=1)
+print(f"   wrote bench/results/infinity_cuda_vs_torch_{tag}.json")
 PY
 cp bench/results/*_"$tag".json "$out"/ 2>/dev/null
 if [ -n "${OUT:-}" ]; then

@@ -45,6 +45,16 @@ TEST(Golden, CliCheckGoldenBf16OnTheCpu) {
   EXPECT_NE(r.out.find("fastvar.s9.l2.ffn_keep"), std::string::npos) << r.out;
 }
 
+// Infinity in bf16 on the CPU (tolerances: infinity_tolerance_bf16), with
+// the FastVAR run's kept sets compared.
+TEST(Golden, CliCheckGoldenInfinityBf16OnTheCpu) {
+  if (!cpu::bf16_supported()) GTEST_SKIP() << "no AVX512_BF16 or AMX on this CPU";
+  auto r = test::run_cli("check-golden --dtype bf16 " + std::string(FASTVAR_TEST_DATA) + "/golden/infinity_tiny_a");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find(" 0 failed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("s07.block1.sa.kept_idx"), std::string::npos) << r.out;
+}
+
 TEST(Golden, CliCheckGoldenPassesAndSaysSo) {
   auto r = test::run_cli("check-golden " + test::golden_dir());
   EXPECT_EQ(r.code, 0) << r.out;

@@ -47,8 +47,9 @@ typedef struct {
    * engine prepacks bf16 weights on the first call that asks for them. */
   const char* dtype;
   /* Where to run: "cpu" (NULL) or "cuda" / "cuda:N" (builds with the CUDA
-   * backend; VAR models). On CUDA, dtype NULL means "bf16"; the device copy of
-   * the weights is made on the first call and kept for the next ones. */
+   * backend; VAR and Infinity models, the T5 text encoder stays on the CPU).
+   * On CUDA, dtype NULL means "bf16"; the device copy of the weights is made
+   * on the first call and kept for the next ones. */
   const char* device;
 } fastvar_params;
 

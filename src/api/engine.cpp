@@ -50,6 +50,15 @@ VarCudaEngine& VarEngine::cuda_engine(int device, cpu::DType dtype) {
   }
   return *cuda;
 }
+
+InfinityCudaEngine& InfinityEngine::cuda_engine(int device, cpu::DType dtype) {
+  if (!cuda || cuda->device() != device || cuda->dtype() != dtype) {
+    cuda.reset();  // free the old device copy first
+    if (model->dtype() != cpu::DType::F32) model->set_dtype(cpu::DType::F32);
+    cuda = std::make_unique<InfinityCudaEngine>(*model, *vae, device, dtype);
+  }
+  return *cuda;
+}
 #endif
 
 PrunePlan plan_from_params(PrunePlan p, int num_scales, int depth, const fastvar_params& q) {
@@ -179,7 +188,6 @@ void check_common(const fastvar_engine* e, const fastvar_params* q) {
   if (q->threads < 0) fastvar::fail("threads must be >= 0");
   const fastvar::DeviceSpec d = fastvar::parse_device(q->device);
   fastvar::compute_dtype(q->dtype, d);  // throws for unknown / unsupported
-  if (d.cuda && e->inf) fastvar::fail("the CUDA backend runs VAR models; this text-to-image model runs on the CPU");
 }
 
 // Validates the public params and turns them into VAR pipeline params.
@@ -348,6 +356,14 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
       num_scales = e->var->model->config().SN();
       p.on_scale = on_scale;
       to_rgb8(fastvar::generate_var(*e->var->model, *e->var->vae, p).images, q->num_images, rgb);
+    } else if (dev.cuda) {
+#ifdef FASTVAR_HAS_CUDA
+      fastvar::InfinityGenParams p = to_inf_params(e, q, true);
+      fastvar::InfinityCudaEngine& ce = e->inf->cuda_engine(dev.index, fastvar::compute_dtype(q->dtype, dev));
+      num_scales = static_cast<int>(p.schedule.scales.size());
+      p.on_scale = on_scale;
+      to_rgb8(ce.generate(p).images, q->num_images, rgb);
+#endif
     } else {
       const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
       if (e->inf->model->dtype() != dt) e->inf->model->set_dtype(dt);

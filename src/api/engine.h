@@ -15,6 +15,7 @@
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 #include "pipeline/device.h"
+#include "pipeline/infinity_cuda_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_cuda_pipeline.h"
 #include "pipeline/var_pipeline.h"
@@ -60,6 +61,11 @@ struct InfinityEngine {
   std::unique_ptr<t5::T5Tokenizer> tokenizer;  // null when text features are given directly
   std::unique_ptr<t5::T5Encoder> encoder;
   std::string description;
+#ifdef FASTVAR_HAS_CUDA
+  std::unique_ptr<InfinityCudaEngine> cuda;  // the device copy, made by the first CUDA generation
+  // The device engine for (device, dtype), (re)built when either changes.
+  InfinityCudaEngine& cuda_engine(int device, cpu::DType dtype);
+#endif
 
   // t5_dir may be empty (benchmarks feed features directly).
   static std::unique_ptr<InfinityEngine> load(const std::string& model_path, const std::string& vae_path,

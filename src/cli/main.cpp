@@ -323,7 +323,7 @@ int main(int argc, char** argv) {
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
   gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation); default fp32 on the CPU, bf16 on CUDA")->check(CLI::IsMember({"fp32", "bf16"}));
-  gen->add_option("--device", g.device, "cpu (default), cuda or cuda:N (VAR models; `fastvar info` lists the devices)");
+  gen->add_option("--device", g.device, "cpu (default), cuda or cuda:N (VAR and Infinity; `fastvar info` lists the devices)");
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
   gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
 
@@ -337,7 +337,7 @@ int main(int argc, char** argv) {
   golden->add_option("dir", golden_dir, "Golden folder (config.json + safetensors)")->required();
   golden->add_option("-t,--threads", golden_threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   std::string golden_device = "cpu", golden_dtype;
-  golden->add_option("--device", golden_device, "cpu (default), cuda or cuda:N (VAR folders)");
+  golden->add_option("--device", golden_device, "cpu (default), cuda or cuda:N (VAR and Infinity folders)");
   golden->add_option("--dtype", golden_dtype, "fp32 (default on the CPU) or bf16 (default on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
 
   const std::string verb = argc > 1 ? argv[1] : "";
@@ -363,7 +363,7 @@ int main(int argc, char** argv) {
   bench->add_option("--skip-last", b.skip_last, "Scales skipped in the 'skip' mode (default 1)")->check(CLI::Range(0, 64));
   bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
   bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32 or bf16 (default fp32 on the CPU, bf16 on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
-  bench->add_option("--device", b.device, "cpu (default), cuda or cuda:N (VAR shapes)");
+  bench->add_option("--device", b.device, "cpu (default), cuda or cuda:N (VAR and Infinity shapes)");
 
   cli::EvalArgs ev;
   CLI::App* eval = app.add_subcommand("eval", "FID, class accuracy and speed of the full model and FastVAR plans (paired seeds)");

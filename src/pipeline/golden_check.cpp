@@ -21,6 +21,7 @@
 #include "models/infinity/bsq_vae.h"
 #include "models/infinity/infinity_model.h"
 #include "models/infinity/schedule.h"
+#include "pipeline/infinity_cuda_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/sampler.h"
 #include "pipeline/var_cuda_pipeline.h"
@@ -42,6 +43,7 @@ struct Tolerance {
   bool set_per_row = false;
   double max_rel = 0;  // adds max_rel * max|ref| to every element's bound
   double set_max_mismatch = 0;  // sets: fraction of kept tokens allowed outside the reference set
+  double outlier_frac = 0;      // fraction of elements allowed beyond the bound
 };
 
 bool ends_with(const std::string& s, const std::string& suf) {
@@ -97,6 +99,30 @@ Tolerance infinity_tolerance(const std::string& name) {
   if (contains(name, "rope.")) return {1e-6, 0, false};
   Tolerance t;
   t.max_rel = 1e-4;
+  return t;
+}
+// On CUDA in float32: 4x the hidden-state / logit / image bound (other
+// summation orders); the codes stay exact (teacher-forced bits, bit-identical
+// resampling) and so do the kept sets.
+Tolerance infinity_tolerance_cuda_f32(const std::string& name) {
+  Tolerance t = infinity_tolerance(name);
+  t.max_rel *= 4;
+  return t;
+}
+// In bfloat16 (CPU or CUDA), as var_tolerance_bf16: hidden states and logits
+// within 10% of max|ref|, the image 5% (u8: 13 levels), kept sets may differ
+// by 25% (PTS ranks near-equal scores differently); codes stay exact. A token
+// kept here but restored from the cache there (or the reverse) differs by a
+// whole branch output, and attention spreads some of it, so up to 1% of the
+// values may lie beyond those bounds (the FastVAR run of infinity_tiny_a on
+// the CPU: at most 0.2%).
+Tolerance infinity_tolerance_bf16(const std::string& name) {
+  if (ends_with(name, "kept_idx")) return {0, 0, true, 0, 0.25};
+  if (contains(name, "codes") || contains(name, "rope.")) return infinity_tolerance(name);
+  Tolerance t{0, 0, false, 0.1};
+  if (ends_with(name, "image_u8_bgr")) t = {13, 0, false};
+  else if (contains(name, "image")) t.max_rel = 0.05;
+  t.outlier_frac = 0.01;
   return t;
 }
 
@@ -165,6 +191,7 @@ class Checker {
       return;
     }
     double max_abs = 0, max_ref = 0, worst_excess = -1;
+    int64_t beyond = 0;
     bool inf_mismatch = false;
     for (double r : ref)
       if (std::isfinite(r)) max_ref = std::max(max_ref, std::fabs(r));
@@ -178,12 +205,19 @@ class Checker {
       const double d = std::fabs(x - r);
       if (!(d == d)) { inf_mismatch = true; continue; }  // NaN
       max_abs = std::max(max_abs, d);
-      worst_excess = std::max(worst_excess, d - (floor + tol.atol + tol.rtol * std::fabs(r)));
+      const double excess = d - (floor + tol.atol + tol.rtol * std::fabs(r));
+      worst_excess = std::max(worst_excess, excess);
+      beyond += excess > 0;
     }
-    const bool ok = !inf_mismatch && worst_excess <= 0;
+    const bool ok = !inf_mismatch && (tol.outlier_frac > 0
+                                          ? double(beyond) <= tol.outlier_frac * double(got.numel())
+                                          : worst_excess <= 0);
     std::string tol_s = tol.max_rel > 0 ? strprintf("%.0e x max|ref|", tol.max_rel)
                         : tol.rtol > 0  ? strprintf("atol %.0e + rtol %.0e", tol.atol, tol.rtol)
                                         : strprintf("atol %.0e", tol.atol);
+    if (tol.outlier_frac > 0)
+      tol_s += strprintf(" but for %.0f%% (%lld of %lld beyond)", 100 * tol.outlier_frac, (long long)beyond,
+                         (long long)got.numel());
     report(ref_name, ok,
            strprintf("max abs %.3e  max rel %.3e   tol: %s%s", max_abs,
                      max_ref > 0 ? max_abs / max_ref : 0.0, tol_s.c_str(),
@@ -331,7 +365,7 @@ GoldenSummary& operator+=(GoldenSummary& a, const GoldenSummary& b) {
 
 // An Infinity folder (format of tests/data/golden/infinity_tiny_a): the
 // official run and, if present, the FastVAR run, both teacher forced.
-GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* out) {
+GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* out, const GoldenOptions& opt) {
   Weights iw(io::TensorFile::open(find_file(dir, "weights_infinity")));
   infinity::InfinityModel model(iw);
   iw.check_all_used();
@@ -340,10 +374,30 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
   vw.check_all_used();
   std::fprintf(out, "model: %s\nvae:   %s\n", model.config().describe().c_str(), vae.config().describe().c_str());
   InfinityGenParams p = golden_infinity_params(dir.string());
+  // The engine on the chosen device: the CPU pipeline, or the CUDA one.
+  std::function<void(const InfinityGenParams&)> run_engine = [&](const InfinityGenParams& q) {
+    generate_infinity(model, vae, q);
+  };
+#ifdef FASTVAR_HAS_CUDA
+  std::unique_ptr<InfinityCudaEngine> cuda;
+  if (opt.device.cuda) {
+    cuda = std::make_unique<InfinityCudaEngine>(model, vae, opt.device.index, opt.dtype);
+    std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(),
+                 cuda::device_name(opt.device.index).c_str(), cpu::dtype_name(opt.dtype));
+    run_engine = [&](const InfinityGenParams& q) { cuda->generate(q); };
+  }
+#endif
+  if (!opt.device.cuda && opt.dtype != cpu::DType::F32) {
+    model.set_dtype(opt.dtype);
+    vae.set_dtype(opt.dtype);
+  }
+  Checker::TolFn tol = infinity_tolerance;
+  if (opt.dtype == cpu::DType::BF16) tol = infinity_tolerance_bf16;  // CPU or CUDA
+  else if (opt.device.cuda) tol = infinity_tolerance_cuda_f32;
   GoldenSummary total;
   auto run = [&](const char* file, const char* what) {
     auto golden = io::TensorFile::open((dir / file).string());
-    Checker ck(*golden, out, infinity_tolerance);
+    Checker ck(*golden, out, tol);
     std::fprintf(out, "%s\n", what);
     p.tap = [&](const std::string& name, const Tensor& t) {
       std::string n = name;
@@ -359,7 +413,7 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
         ck.compare("final.image_u8_bgr", u8);
       }
     };
-    generate_infinity(model, vae, p);
+    run_engine(p);
     ck.report_unseen();
     total += ck.summary();
   };
@@ -453,9 +507,9 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const Golde
   }
   try {
     const bool infinity = cfg.contains("tiny") && fs::exists(dir / "ref_infinity.safetensors");
-    if ((infinity || !cfg.contains("var")) && (opt.device.cuda || opt.dtype != cpu::DType::F32))
-      fail("%s: only VAR golden folders run with --device cuda or --dtype bf16", dir_s.c_str());
-    if (infinity) return check_infinity(dir, cfg, out);
+    if (!infinity && !cfg.contains("var") && (opt.device.cuda || opt.dtype != cpu::DType::F32))
+      fail("%s: only VAR and Infinity golden folders run with --device cuda or --dtype bf16", dir_s.c_str());
+    if (infinity) return check_infinity(dir, cfg, out, opt);
     if (cfg.contains("var")) {
       auto golden = io::TensorFile::open((dir / "golden.safetensors").string());
       Checker::TolFn tol = var_tolerance;

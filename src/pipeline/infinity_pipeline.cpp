@@ -58,6 +58,27 @@ PrunePlan default_infinity_plan(int S, int depth, bool extended_2k) {
   return p;
 }
 
+void count_infinity_scale_work(const infinity::InfinityConfig& c, const ScalePlan& plan, int R, int64_t L,
+                               const std::vector<int>& kv_len, ScaleStats& ss) {
+  const double C = c.C;
+  for (int b = 0; b < c.depth; ++b) {
+    const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(L)) : L;
+    ss.forwarded += 3 * kept * R;
+    ss.flops += 2.0 * R * kept * (6 * C * C + 2 * C * c.ffn) + 4.0 * R * kept * kv_len[b] * C;
+  }
+  ss.flops += 2.0 * R * L * C * c.V;
+}
+
+Tensor guide_infinity_logits(const Tensor& logits, int B, float g, float tau) {
+  const int64_t L = logits.dim(1), V = logits.dim(2);
+  Tensor guided({B, L, V});
+  for (int b = 0; b < B; ++b)
+    for (int64_t i = 0; i < L * V; ++i)
+      guided.data()[b * L * V + i] =
+          g * (logits.data()[b * L * V + i] / tau) + (1.f - g) * (logits.data()[(B + b) * L * V + i] / tau);
+  return guided;
+}
+
 void validate_infinity_params(const infinity::InfinityConfig& c, const InfinityGenParams& p) {
   const int S = static_cast<int>(p.schedule.scales.size());
   if (p.text.empty()) fail("need at least one prompt");
@@ -94,19 +115,10 @@ InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const 
   infinity::InfinityModel::Text text = model.encode_text(p.text, p.tap);
   infinity::InfinityModel::State st = model.new_state(R, capacity);
   if (p.tap) {
-    std::vector<infinity::Rope> ropes;
-    int64_t total = 0;
-    for (const auto& [h, w] : sched) ropes.push_back(infinity::make_rope(c.head_dim, h, w, p.schedule.rope_h, p.schedule.rope_w)), total += h * w;
-    const int half = c.head_dim / 2;
-    Tensor cs({total, half}), sn({total, half});
-    int64_t off = 0;
-    for (const auto& r : ropes) {
-      std::copy(r.cos.begin(), r.cos.end(), cs.data() + off);
-      std::copy(r.sin.begin(), r.sin.end(), sn.data() + off);
-      off += static_cast<int64_t>(r.cos.size());
-    }
-    p.tap("rope.cos", cs);
-    p.tap("rope.sin", sn);
+    const infinity::RopeTables rt =
+        infinity::make_rope_tables(c.head_dim, sched, p.schedule.rope_h, p.schedule.rope_w);
+    p.tap("rope.cos", rt.cos);
+    p.tap("rope.sin", rt.sin);
   }
   Tensor summed({B, d, Hf, Wf});
   Tensor tokens;  // next-scale input (B, h*w, d)
@@ -131,22 +143,12 @@ InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const 
     const infinity::Rope rope = infinity::make_rope(c.head_dim, h, w, p.schedule.rope_h, p.schedule.rope_w);
     const ScalePlan plan = scale_plan(p.plan, si);
     model.run_blocks(si, h, w, x, text, st, rope, plan, p.tap);
-    const double C = c.C;
-    for (int b = 0; b < c.depth; ++b) {
-      const int64_t kept = plan.prunes(b) ? plan.keep(static_cast<int>(L)) : L;
-      ss.forwarded += 3 * kept * R;
-      ss.flops += 2.0 * R * kept * (6 * C * C + 2 * C * c.ffn) + 4.0 * R * kept * st.len[b] * C;
-    }
+    count_infinity_scale_work(c, plan, R, L, st.len, ss);
     Tensor logits = model.head(x, text);
-    ss.flops += 2.0 * R * L * C * c.V;
     if (p.tap) p.tap(sp + "logits_raw", logits);
     const float g = per_scale(p.cfg, si), tau = per_scale(p.tau, si);
     const int64_t V = c.V;
-    Tensor guided({B, L, V});
-    for (int b = 0; b < B; ++b)
-      for (int64_t i = 0; i < L * V; ++i)
-        guided.data()[b * L * V + i] =
-            g * (logits.data()[b * L * V + i] / tau) + (1.f - g) * (logits.data()[(B + b) * L * V + i] / tau);
+    Tensor guided = guide_infinity_logits(logits, B, g, tau);
     if (p.tap) p.tap(sp + "logits_guided", guided);
 
     std::vector<uint8_t> bits(size_t(B) * L * d);

@@ -45,6 +45,15 @@ struct InfinityGenResult {
 // schedules the two extra scales are pruned (60%, 75%) instead of skipped.
 PrunePlan default_infinity_plan(int num_scales, int depth, bool extended_2k);
 
+// The work of one scale for its statistics: branch tokens forwarded and FLOPs
+// (the GEMMs, attention over the KV lengths kv_len after the scale, the head).
+void count_infinity_scale_work(const infinity::InfinityConfig& c, const ScalePlan& plan, int R, int64_t L,
+                               const std::vector<int>& kv_len, ScaleStats& ss);
+
+// Guided logits of one scale (the tap sNN.logits_guided): g * (cond / tau) +
+// (1 - g) * (uncond / tau) from logits (2B, L, V).
+Tensor guide_infinity_logits(const Tensor& logits, int B, float g, float tau);
+
 void validate_infinity_params(const infinity::InfinityConfig& cfg, const InfinityGenParams& p);
 
 InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,

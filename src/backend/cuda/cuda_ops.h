@@ -119,6 +119,20 @@ void linear_bf16(const float* x, const uint16_t* w, const float* bias, float* y,
 // The same in float32 throughout (cuBLASLt, TF32 off: CUBLAS_COMPUTE_32F).
 void linear_f32(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N,
                 int64_t K, bool accumulate = false);
+// A linear layer's weights on the device: W (N, K) in bfloat16 bits or float32,
+// bias (N) float32 or empty. The model code's counterpart of cpu::LinearWeight.
+struct LinearWeight {
+  DeviceBuffer w, b;
+  int64_t N = 0, K = 0;
+  bool bf16 = false;
+  // Copies float32 host weights (and bias, may be null) to the device, rounded
+  // to bfloat16 there when bf16 (through `staging`, grown as needed).
+  static LinearWeight upload(const float* w, const float* bias, int64_t N, int64_t K, bool bf16,
+                             DeviceBuffer& staging);
+  int64_t bytes() const { return int64_t(w.bytes() + b.bytes()); }
+};
+// y[M, N] = x[M, K] W^T + bias (+ y if accumulate), with linear_bf16 or linear_f32.
+void linear(const float* x, const LinearWeight& l, float* y, int64_t M, bool accumulate = false);
 // float32 -> bfloat16 (round to nearest even, NaN kept quiet), bit-identical to
 // cpu::to_bf16.
 void to_bf16(const float* x, uint16_t* y, int64_t n);
@@ -173,6 +187,23 @@ void qkv_to_cache(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2no
 void qkv_to_cache_bf16(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm,
                        const float* head_scale, uint16_t* k_cache, uint16_t* v_cache,
                        int64_t cap, int64_t len0);
+// Infinity's self-attention: qkv_to_cache with l2norm, and before the cache
+// write q and k rotated by the 2-D RoPE tables rope_cos/rope_sin (L, hd/2) of
+// the scale: pair (2m, 2m+1) of token t at position p = pos[r*n + t] (the
+// FastVAR kept positions) or t (pos null) -> (c e0 - s e1, s e0 + c e1) with
+// c, s = rope_cos/sin[p, m]. hd even.
+void qkv_rope_to_cache(float* qkv, int R, int64_t n, int64_t H, int64_t hd,
+                       const float* head_scale, const float* rope_cos, const float* rope_sin,
+                       const int32_t* pos, float* k_cache, float* v_cache, int64_t cap,
+                       int64_t len0);
+void qkv_rope_to_cache_bf16(float* qkv, int R, int64_t n, int64_t H, int64_t hd,
+                            const float* head_scale, const float* rope_cos,
+                            const float* rope_sin, const int32_t* pos, uint16_t* k_cache,
+                            uint16_t* v_cache, int64_t cap, int64_t len0);
+// Token-major rows to the head-major attention layout: y (H, n, hd) =
+// x (n, H*hd) with row stride x_stride floats, plus bias (H*hd) when non-null.
+void split_heads(const float* x, int64_t x_stride, const float* bias, int64_t n, int64_t H,
+                 int64_t hd, float* y);
 // y (R, n, C) *= gamma of its group: gamma + r*gamma_stride (a C-vector).
 void scale_groups(float* y, int R, int64_t n, int64_t C, const float* gamma, int64_t gamma_stride);
 // x (R, n, C) += y (R, n, C) * gamma (per group as in scale_groups; null = 1).

@@ -20,11 +20,17 @@ __device__ __forceinline__ void store_kv(float* p, float x) { *p = x; }
 __device__ __forceinline__ void store_kv(uint16_t* p, float x) { *p = detail::bf16_rne(x); }
 
 // One block per token (r, t); one warp per head at a time.
+// With rope_cos/rope_sin (tables (L, hd/2)), q and k of the token at position
+// p = pos[row] (or t without pos) are then rotated pairwise: (e0, e1) of pair m
+// -> (c e0 - s e1, s e0 + c e1) with c, s = cos/sin[p, m] (Infinity's 2-D RoPE;
+// each lane rotates its own pairs).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     qkv_to_cache_kernel(float* __restrict__ qkv, int64_t n, int64_t H, int64_t hd, bool l2norm,
                         const float* __restrict__ head_scale, T* __restrict__ kc,
-                        T* __restrict__ vc, int64_t cap, int64_t len0) {
+                        T* __restrict__ vc, int64_t cap, int64_t len0,
+                        const float* __restrict__ rope_cos, const float* __restrict__ rope_sin,
+                        const int32_t* __restrict__ pos) {
   const int64_t row = blockIdx.x;  // r * n + t
   const int64_t r = row / n, t = row % n, C = H * hd;
   float* q = qkv + row * 3 * C;
@@ -48,6 +54,20 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t c = lane; c < hd; c += 32) {
         qh[c] = qh[c] * iq * hs;
         kh[c] = kh[c] * ik;
+      }
+      __syncwarp();
+    }
+    if (rope_cos) {
+      const int64_t half = hd / 2, p = pos ? pos[row] : t;
+      const float* cs = rope_cos + p * half;
+      const float* sn = rope_sin + p * half;
+      for (int64_t m = lane; m < half; m += 32) {
+        const float c = cs[m], s = sn[m];
+        const float q0 = qh[2 * m], q1 = qh[2 * m + 1], k0 = kh[2 * m], k1 = kh[2 * m + 1];
+        qh[2 * m] = c * q0 - s * q1;
+        qh[2 * m + 1] = s * q0 + c * q1;
+        kh[2 * m] = c * k0 - s * k1;
+        kh[2 * m + 1] = s * k0 + c * k1;
       }
       __syncwarp();
     }
@@ -99,6 +119,18 @@ __global__ void transpose_cn_kernel(const float* __restrict__ x, float* __restri
   }
 }
 
+// y[h, t, e] = x[t * x_stride + h * hd + e] (+ bias[h * hd + e])
+__global__ void split_heads_kernel(const float* __restrict__ x, int64_t x_stride,
+                                   const float* __restrict__ bias, float* __restrict__ y,
+                                   int64_t total, int64_t n, int64_t H, int64_t hd) {
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
+    const int64_t e = i % hd, t = (i / hd) % n, h = i / (hd * n);
+    const float v = x[t * x_stride + h * hd + e];
+    y[i] = bias ? v + bias[h * hd + e] : v;
+  }
+}
+
 }  // namespace
 
 void copy(float* dst, const float* src, int64_t n) {
@@ -118,7 +150,9 @@ void silu(const float* x, float* y, int64_t n) {
 namespace {
 template <typename T>
 void qkv_to_cache_t(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm,
-                    const float* head_scale, T* k_cache, T* v_cache, int64_t cap, int64_t len0) {
+                    const float* head_scale, T* k_cache, T* v_cache, int64_t cap, int64_t len0,
+                    const float* rope_cos = nullptr, const float* rope_sin = nullptr,
+                    const int32_t* pos = nullptr) {
   if (R < 0 || n < 0 || H <= 0 || hd <= 0)
     fail("cuda::qkv_to_cache: bad shape (R %d, n %lld, H %lld, hd %lld)", R, (long long)n,
          (long long)H, (long long)hd);
@@ -130,7 +164,7 @@ void qkv_to_cache_t(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2
   if (rows == 0) return;
   if (rows > 0x7fffffff) fail("cuda::qkv_to_cache: %lld tokens are too many", (long long)rows);
   qkv_to_cache_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, detail::stream()>>>(
-      qkv, n, H, hd, l2norm, head_scale, k_cache, v_cache, cap, len0);
+      qkv, n, H, hd, l2norm, head_scale, k_cache, v_cache, cap, len0, rope_cos, rope_sin, pos);
   FASTVAR_CUDA_CHECK_LAUNCH("qkv_to_cache");
 }
 }  // namespace
@@ -145,6 +179,34 @@ void qkv_to_cache_bf16(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool
                        const float* head_scale, uint16_t* k_cache, uint16_t* v_cache,
                        int64_t cap, int64_t len0) {
   qkv_to_cache_t(qkv, R, n, H, hd, l2norm, head_scale, k_cache, v_cache, cap, len0);
+}
+
+void qkv_rope_to_cache(float* qkv, int R, int64_t n, int64_t H, int64_t hd,
+                       const float* head_scale, const float* rope_cos, const float* rope_sin,
+                       const int32_t* pos, float* k_cache, float* v_cache, int64_t cap,
+                       int64_t len0) {
+  if (hd % 2 || !rope_cos || !rope_sin) fail("cuda::qkv_rope_to_cache: needs an even head dim and both tables");
+  qkv_to_cache_t(qkv, R, n, H, hd, true, head_scale, k_cache, v_cache, cap, len0, rope_cos, rope_sin,
+                 pos);
+}
+
+void qkv_rope_to_cache_bf16(float* qkv, int R, int64_t n, int64_t H, int64_t hd,
+                            const float* head_scale, const float* rope_cos,
+                            const float* rope_sin, const int32_t* pos, uint16_t* k_cache,
+                            uint16_t* v_cache, int64_t cap, int64_t len0) {
+  if (hd % 2 || !rope_cos || !rope_sin) fail("cuda::qkv_rope_to_cache: needs an even head dim and both tables");
+  qkv_to_cache_t(qkv, R, n, H, hd, true, head_scale, k_cache, v_cache, cap, len0, rope_cos, rope_sin,
+                 pos);
+}
+
+void split_heads(const float* x, int64_t x_stride, const float* bias, int64_t n, int64_t H,
+                 int64_t hd, float* y) {
+  if (n < 0 || H <= 0 || hd <= 0 || x_stride < H * hd) fail("cuda::split_heads: bad shape");
+  const int64_t total = n * H * hd;
+  if (total == 0) return;
+  split_heads_kernel<<<grid_for(total), kThreads, 0, detail::stream()>>>(x, x_stride, bias, y,
+                                                                        total, n, H, hd);
+  FASTVAR_CUDA_CHECK_LAUNCH("split_heads");
 }
 
 void scale_groups(float* y, int R, int64_t n, int64_t C, const float* gamma, int64_t gamma_stride) {

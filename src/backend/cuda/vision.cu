@@ -1,12 +1,13 @@
 // Kernels of the image side (vision_ops.h): im2col, bias add, GroupNorm (+SiLU),
-// nearest x2 upsampling, area and bicubic resizing, codebook lookup, the
+// nearest x2 upsampling, area, bicubic and bilinear resizing, codebook lookup, the
 // quantiser's phi mixing, the output map, row softmax and a plain tiled GEMM
 // (the safety net of the cuBLASLt products in vision_gemm.cpp).
 //
-// The resizes follow cpu::resize_area / cpu::resize_bicubic operation by
-// operation with explicitly rounded intrinsics (__fmul_rn, __fadd_rn, ...), so
-// that nvcc's default FMA contraction cannot change a result: they are
-// bit-identical to the CPU ops (which run without FMA on baseline x86-64).
+// The resizes follow cpu::resize_area / cpu::resize_bicubic / resize_bilinear
+// operation by operation with explicitly rounded intrinsics (__fmul_rn,
+// __fadd_rn, __dmul_rn, ...), so that nvcc's default FMA contraction cannot
+// change a result: they are bit-identical to the CPU ops (which run without
+// FMA on baseline x86-64).
 //
 // Large 2-D grids loop over blockIdx.y (gridDim.y is capped at 65535), so no
 // op limits the number of planes.
@@ -281,6 +282,55 @@ __global__ void resize_bicubic_kernel(const float* __restrict__ x, int64_t C, in
   }
 }
 
+// The two taps of output coordinate o when resizing in -> out (cpu bilinear.cpp's
+// linear_taps): src = max(scale * (o + 0.5) - 0.5, 0) in double from the float32
+// ratio scale, i0 = min(floor(src), in - 1), i1 = i0 + 1 but at the last index,
+// l1 = clamp(float(src - i0), 0, 1), l0 = 1 - l1. Every double operation is
+// rounded explicitly: a contracted DFMA would move src and with it the weights.
+struct LinearTap {
+  int64_t i0, i1;
+  float w0, w1;
+};
+
+__device__ __forceinline__ LinearTap linear_tap(int64_t o, int64_t in, int64_t out) {
+  const double scale =
+      static_cast<double>(__fdiv_rn(static_cast<float>(in), static_cast<float>(out)));
+  double src = __dsub_rn(__dmul_rn(scale, __dadd_rn(static_cast<double>(o), 0.5)), 0.5);
+  src = src < 0.0 ? 0.0 : src;  // std::max(src, 0.0)
+  int64_t i0 = static_cast<int64_t>(floor(src));
+  i0 = in - 1 < i0 ? in - 1 : i0;  // std::min(i0, in - 1)
+  float l1 = __double2float_rn(__dsub_rn(src, static_cast<double>(i0)));
+  l1 = l1 < 0.f ? 0.f : (1.f < l1 ? 1.f : l1);  // std::clamp(l1, 0, 1)
+  LinearTap t;
+  t.i0 = i0;
+  t.i1 = i0 < in - 1 ? i0 + 1 : i0;
+  t.w0 = __fsub_rn(1.f, l1);
+  t.w1 = l1;
+  return t;
+}
+
+// a * w0 + b * w1, each product rounded (the CPU's unfused expression).
+__device__ __forceinline__ float lerp2(float a, float b, float w0, float w1) {
+  return __fadd_rn(__fmul_rn(a, w0), __fmul_rn(b, w1));
+}
+
+// Per output: the width pass over the two source rows (the values the CPU
+// keeps in its row buffer), then the height pass. At the last index both
+// weights still apply to the same row (i0 == i1), as on the CPU.
+__global__ void resize_bilinear_kernel(const float* __restrict__ x, int64_t C, int64_t hi,
+                                       int64_t wi, float* __restrict__ y, int64_t ho, int64_t wo) {
+  const int64_t total = C * ho * wo, stride = int64_t(gridDim.x) * kThreads;
+  for (int64_t o = int64_t(blockIdx.x) * kThreads + threadIdx.x; o < total; o += stride) {
+    const int64_t j = o % wo, t = o / wo, i = t % ho, c = t / ho;
+    const LinearTap th = linear_tap(i, hi, ho), tw = linear_tap(j, wi, wo);
+    const float* r0 = x + (c * hi + th.i0) * wi;
+    const float* r1 = x + (c * hi + th.i1) * wi;
+    const float a = lerp2(r0[tw.i0], r0[tw.i1], tw.w0, tw.w1);
+    const float b = lerp2(r1[tw.i0], r1[tw.i1], tw.w0, tw.w1);
+    y[o] = lerp2(a, b, th.w0, th.w1);
+  }
+}
+
 // ---- attention helpers -----------------------------------------------------------------
 
 // One block per row: max, exp(s - max) with the sum in double, then * float(1 / sum)
@@ -496,6 +546,15 @@ void resize_bicubic(const float* x, int64_t C, int64_t hi, int64_t wi, float* y,
   resize_bicubic_kernel<<<grid_for(C * ho * wo), kThreads, 0, detail::stream()>>>(x, C, hi, wi, y,
                                                                                   ho, wo);
   FASTVAR_CUDA_CHECK_LAUNCH("resize_bicubic");
+}
+
+void resize_bilinear(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
+                     int64_t wo) {
+  check_planes("resize_bilinear", C, hi, wi, ho, wo);
+  if (C == 0) return;
+  resize_bilinear_kernel<<<grid_for(C * ho * wo), kThreads, 0, detail::stream()>>>(x, C, hi, wi, y,
+                                                                                   ho, wo);
+  FASTVAR_CUDA_CHECK_LAUNCH("resize_bilinear");
 }
 
 }  // namespace fastvar::cuda

@@ -67,6 +67,13 @@ void resize_area(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, in
 // torch's float32 arithmetic step by step (bit-identical to cpu::resize_bicubic).
 void resize_bicubic(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
                     int64_t wo);
+// Bilinear resize, align_corners=False, no antialias, the same formula for up-
+// and down-sampling (Infinity's code accumulation and next-scale input): the
+// taps of cpu::resize_bilinear (source index in double from the float32 ratio,
+// weights rounded to float) and its float32 products and sums in its order,
+// width first, so the result is bit-identical to cpu::resize_bilinear.
+void resize_bilinear(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
+                     int64_t wo);
 
 // ---- attention -----------------------------------------------------------------
 // The decoder's AttnBlock core for B images: qkv (B, 3C, HW), channel-major q,

@@ -72,6 +72,7 @@ class BSQDecoder {
   };
 
  private:
+  friend class BSQDecoderCuda;  // copies the weights to a CUDA device (bsq_vae_cuda.h)
   cpu::DType dtype_ = cpu::DType::F32;
   void decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const;
   void resblock(const ResBlock& rb, int H, int W, float* bufs[3]) const;

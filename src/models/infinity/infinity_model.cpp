@@ -63,6 +63,21 @@ Rope make_rope(int head_dim, int h, int w, int Hf, int Wf) {
   return r;
 }
 
+RopeTables make_rope_tables(int head_dim, const std::vector<std::pair<int, int>>& scales, int Hf, int Wf) {
+  RopeTables t;
+  int64_t total = 0;
+  for (const auto& [h, w] : scales) t.offset.push_back(total), total += int64_t(h) * w;
+  const int64_t half = head_dim / 2;
+  t.cos = Tensor({total, half});
+  t.sin = Tensor({total, half});
+  for (size_t si = 0; si < scales.size(); ++si) {
+    const Rope r = make_rope(head_dim, scales[si].first, scales[si].second, Hf, Wf);
+    std::copy(r.cos.begin(), r.cos.end(), t.cos.data() + t.offset[si] * half);
+    std::copy(r.sin.begin(), r.sin.end(), t.sin.data() + t.offset[si] * half);
+  }
+  return t;
+}
+
 InfinityModel::InfinityModel(Weights& w) : file_(&w.file()) {
   const std::string& lb = w.label();
   if (!w.has("cfg_uncond") || !w.has("text_proj_for_sos.ca.mat_q"))
@@ -171,14 +186,12 @@ void InfinityModel::set_dtype(cpu::DType dt) {
   }
 }
 
-InfinityModel::Text InfinityModel::encode_text(const std::vector<Tensor>& feats, const Tap& tap) const {
+Tensor InfinityModel::normed_text(const std::vector<Tensor>& feats, std::vector<int>& cu) const {
   const InfinityConfig& c = cfg_;
   const int B = static_cast<int>(feats.size()), R = 2 * B;
-  const int64_t C = c.C, Ct5 = c.Ct5;
+  const int64_t Ct5 = c.Ct5;
   if (B < 1) fail("need at least one prompt");
-  Text t;
-  t.rows = R;
-  t.cu = {0};
+  cu = {0};
   for (int r = 0; r < R; ++r) {
     const Tensor& f = feats[r % B];
     if (f.ndim() != 2 || f.dim(1) != Ct5)
@@ -187,15 +200,15 @@ InfinityModel::Text InfinityModel::encode_text(const std::vector<Tensor>& feats,
     const int n = static_cast<int>(f.dim(0));
     if (n < 1 || n > c.text_rows)
       fail("prompt %d has %d tokens; the model supports 1..%d", r % B, n, c.text_rows);
-    t.cu.push_back(t.cu.back() + n);
+    cu.push_back(cu.back() + n);
   }
-  const int64_t N = t.cu.back();
+  const int64_t N = cu.back();
   // T_all = [prompts; cfg_uncond[:n_b] for each prompt], then RMS norm.
   Tensor normed({N, Ct5});
   for (int r = 0; r < R; ++r) {
-    const int64_t n = t.cu[r + 1] - t.cu[r];
+    const int64_t n = cu[r + 1] - cu[r];
     const float* src = r < B ? feats[r].data() : cfg_uncond_.data();
-    std::copy_n(src, n * Ct5, normed.data() + t.cu[r] * Ct5);
+    std::copy_n(src, n * Ct5, normed.data() + cu[r] * Ct5);
   }
   for (int64_t i = 0; i < N; ++i) {
     float* row = normed.data() + i * Ct5;
@@ -204,6 +217,17 @@ InfinityModel::Text InfinityModel::encode_text(const std::vector<Tensor>& feats,
     const float inv = 1.f / std::sqrt(static_cast<float>(ss / Ct5) + c.eps);
     for (int64_t k = 0; k < Ct5; ++k) row[k] = row[k] * inv * text_norm_w_.data()[k];
   }
+  return normed;
+}
+
+InfinityModel::Text InfinityModel::encode_text(const std::vector<Tensor>& feats, const Tap& tap) const {
+  const InfinityConfig& c = cfg_;
+  const int B = static_cast<int>(feats.size()), R = 2 * B;
+  const int64_t C = c.C, Ct5 = c.Ct5;
+  Text t;
+  t.rows = R;
+  Tensor normed = normed_text(feats, t.cu);
+  const int64_t N = t.cu.back();
   if (tap) tap("text.normed", normed);
 
   // Attention pooling per sequence: one learned query per head.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -38,6 +39,13 @@ struct Rope {
 // Positions are normalised to (Hf, Wf), the last scale of the template's '1M'
 // list: py = round_half_even(y * Hf / h), px likewise (spec 7.3).
 Rope make_rope(int head_dim, int h, int w, int Hf, int Wf);
+// The tables of every scale (h, w) of a schedule, concatenated: cos and sin
+// (sum of h*w, head_dim/2); scale si's rows start at row offset[si].
+struct RopeTables {
+  Tensor cos, sin;
+  std::vector<int64_t> offset;
+};
+RopeTables make_rope_tables(int head_dim, const std::vector<std::pair<int, int>>& scales, int Hf, int Wf);
 
 class InfinityModel {
  public:
@@ -63,6 +71,10 @@ class InfinityModel {
   };
   // features: per prompt (n_b, Ct5) T5 encoder outputs.
   Text encode_text(const std::vector<Tensor>& features, const Tap& tap = nullptr) const;
+  // The first step of encode_text: the 2B sequences (prompts, then their
+  // cfg_uncond copies of the same lengths) stacked (N, Ct5) and RMS-normalised;
+  // cu receives the 2B + 1 sequence offsets. Checks the features' shapes.
+  Tensor normed_text(const std::vector<Tensor>& features, std::vector<int>& cu) const;
 
   struct State {
     int rows = 0, cap = 0;
@@ -93,6 +105,7 @@ class InfinityModel {
     // The per-token GEMM operands, in the compute dtype.
     cpu::LinearWeight qkv, proj, ca_q, ca_proj, fc1, fc2;
   };
+  friend class InfinityCuda;  // copies the weights to a CUDA device (infinity_cuda.h)
   void self_attn(int b, const Tensor& xs, const int32_t* keep, const float* ada, State& st,
                  const Rope& rope, Tensor& y) const;
   void cross_attn(int b, const Tensor& xs, const Text& t, Tensor& y) const;

@@ -11,33 +11,6 @@
 
 namespace fastvar::var {
 
-VarCuda::Lin VarCuda::upload(const float* w, const float* b, int64_t N, int64_t K, bool bf16,
-                             cuda::DeviceBuffer& staging) const {
-  Lin l;
-  l.N = N;
-  l.K = K;
-  l.bf16 = bf16;
-  const size_t n = size_t(N) * size_t(K);
-  if (bf16) {
-    // float32 through a staging buffer, rounded to bfloat16 on the device.
-    if (staging.bytes() < n * sizeof(float)) staging = cuda::DeviceBuffer(n * sizeof(float));
-    staging.upload(w, n);
-    l.w = cuda::DeviceBuffer(n * sizeof(uint16_t));
-    cuda::to_bf16(staging.f32(), l.w.u16(), int64_t(n));
-  } else {
-    l.w = cuda::DeviceBuffer::from_host(w, n);
-  }
-  if (b) l.b = cuda::DeviceBuffer::from_host(b, size_t(N));
-  return l;
-}
-
-void VarCuda::linear(const float* x, const Lin& l, float* y, int64_t M) const {
-  if (l.bf16)
-    cuda::linear_bf16(x, l.w.u16(), l.b.f32(), y, M, l.N, l.K);
-  else
-    cuda::linear_f32(x, l.w.f32(), l.b.f32(), y, M, l.N, l.K);
-}
-
 VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_(dtype) {
   if (m.dtype() != cpu::DType::F32)
     fail("VarCuda: the CPU model must stay float32 (it was prepared as %s)", cpu::dtype_name(m.dtype()));
@@ -51,21 +24,19 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
     if (cfg_.shared_aln)
       d.ada_gss = cuda::DeviceBuffer::from_host(src.ada_gss.data(), size_t(6 * C));
     else
-      d.ada = upload(src.ada_w.data(), src.ada_b.data(), 6 * C, C, false, staging);
-    d.qkv = upload(src.qkv_w.data(), src.qkv_bias.data(), 3 * C, C, bf16, staging);
-    d.proj = upload(src.proj_w.data(), src.proj_b.data(), C, C, bf16, staging);
-    d.fc1 = upload(src.fc1_w.data(), src.fc1_b.data(), F, C, bf16, staging);
-    d.fc2 = upload(src.fc2_w.data(), src.fc2_b.data(), C, F, bf16, staging);
+      d.ada = cuda::LinearWeight::upload(src.ada_w.data(), src.ada_b.data(), 6 * C, C, false, staging);
+    d.qkv = cuda::LinearWeight::upload(src.qkv_w.data(), src.qkv_bias.data(), 3 * C, C, bf16, staging);
+    d.proj = cuda::LinearWeight::upload(src.proj_w.data(), src.proj_b.data(), C, C, bf16, staging);
+    d.fc1 = cuda::LinearWeight::upload(src.fc1_w.data(), src.fc1_b.data(), F, C, bf16, staging);
+    d.fc2 = cuda::LinearWeight::upload(src.fc2_w.data(), src.fc2_b.data(), C, F, bf16, staging);
     d.head_scale = cuda::DeviceBuffer::from_host(src.head_scale.data(), size_t(H));
-    weight_bytes_ += int64_t(d.ada_gss.bytes() + d.ada.w.bytes() + d.ada.b.bytes() + d.qkv.w.bytes() +
-                             d.qkv.b.bytes() + d.proj.w.bytes() + d.proj.b.bytes() +
-                             d.fc1.w.bytes() + d.fc1.b.bytes() + d.fc2.w.bytes() +
-                             d.fc2.b.bytes() + d.head_scale.bytes());
+    weight_bytes_ += int64_t(d.ada_gss.bytes() + d.head_scale.bytes()) + d.ada.bytes() + d.qkv.bytes() +
+                     d.proj.bytes() + d.fc1.bytes() + d.fc2.bytes();
   }
-  if (cfg_.shared_aln) shared_ada_ = upload(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, false, staging);
-  word_ = upload(m.word_w_.data(), m.word_b_.data(), C, cfg_.Cvae, false, staging);
-  head_ = upload(m.head_w_.data(), m.head_b_.data(), cfg_.V, C, bf16, staging);
-  head_ada_ = upload(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, false, staging);
+  if (cfg_.shared_aln) shared_ada_ = cuda::LinearWeight::upload(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, false, staging);
+  word_ = cuda::LinearWeight::upload(m.word_w_.data(), m.word_b_.data(), C, cfg_.Cvae, false, staging);
+  head_ = cuda::LinearWeight::upload(m.head_w_.data(), m.head_b_.data(), cfg_.V, C, bf16, staging);
+  head_ada_ = cuda::LinearWeight::upload(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, false, staging);
   // Positions plus level embeddings per token, and the SOS rows' constant part.
   std::vector<float> lp(size_t(L * C));
   for (int si = 0; si < cfg_.SN(); ++si)
@@ -77,9 +48,8 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
   sos_.resize(size_t(first_l * C));
   for (int64_t i = 0; i < first_l * C; ++i) sos_[i] = m.pos_start_.data()[i] + lp[i];
   class_emb_.assign(m.class_emb_.data(), m.class_emb_.data() + (cfg_.num_classes + 1) * C);
-  weight_bytes_ += int64_t(shared_ada_.w.bytes() + shared_ada_.b.bytes() + word_.w.bytes() +
-                           word_.b.bytes() + head_.w.bytes() + head_.b.bytes() +
-                           head_ada_.w.bytes() + head_ada_.b.bytes() + lvl_pos_.bytes());
+  weight_bytes_ += shared_ada_.bytes() + word_.bytes() + head_.bytes() + head_ada_.bytes() +
+                   int64_t(lvl_pos_.bytes());
   cuda::synchronize();
 }
 
@@ -139,13 +109,13 @@ void VarCuda::condition(const std::vector<int>& labels, State& st) const {
   for (int b = 0; b < cfg_.depth; ++b) {
     float* a = st.ada.f32() + int64_t(b) * R * 6 * C;
     if (cfg_.shared_aln) {
-      linear(st.act.f32(), shared_ada_, a, R);
+      cuda::linear(st.act.f32(), shared_ada_, a, R);
       cuda::add_broadcast(a, blocks_[b].ada_gss.f32(), R, 1, 6 * C);
     } else {
-      linear(st.act.f32(), blocks_[b].ada, a, R);
+      cuda::linear(st.act.f32(), blocks_[b].ada, a, R);
     }
   }
-  linear(st.act.f32(), head_ada_, st.ada_head.f32(), R);
+  cuda::linear(st.act.f32(), head_ada_, st.ada_head.f32(), R);
 }
 
 void VarCuda::scale_input(int si, const float* next_in, State& st) const {
@@ -167,7 +137,7 @@ void VarCuda::scale_input(int si, const float* next_in, State& st) const {
   }
   if (!next_in) fail("VarCuda: scale %d needs the next-scale input", si);
   cuda::transpose_cn(next_in, st.tok.f32(), B, cfg_.Cvae, l);
-  linear(st.tok.f32(), word_, x, B * l);
+  cuda::linear(st.tok.f32(), word_, x, B * l);
   cuda::add_broadcast(x, lvl_pos_.f32() + t0 * C, B, l, C);
   cuda::copy(x + B * l * C, x, B * l * C);
 }
@@ -179,87 +149,65 @@ void VarCuda::branch(int b, int which, int si, int ph, int pw, State& st,
   const Block& blk = blocks_[b];
   const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
   const int64_t ada_stride = 6 * C;
-  const bool prune = plan.prunes(b);
-  const int64_t K = prune ? plan.keep(static_cast<int>(l)) : l;
-  const std::string lp = "s" + std::to_string(si) + ".l" + std::to_string(b) + (which ? ".ffn_" : ".attn_");
-  float* cache = nullptr;
+  CudaBranch s;
+  s.rows = R;
+  s.h = ph;
+  s.w = pw;
+  s.C = static_cast<int>(C);
+  s.prune = plan.prunes(b);
+  s.keep = plan.keep(static_cast<int>(l));
+  s.score = plan.score;
+  s.x = st.x.f32();
+  s.xs = st.xs.f32();
+  s.y = st.y.f32();
+  s.full = st.full.f32();
+  s.keep_idx = st.keep.i32();
   if (st.ctr_tokens > 0)
-    cache = (which ? st.ctr_ffn.f32() : st.ctr_attn.f32()) + int64_t(b) * R * st.ctr_tokens * C;
-  const float* xs = st.x.f32();
-  int32_t* keep = st.keep.i32();
-  if (prune) {
-    if (!cache || st.ctr_h <= 0)
-      fail("FastVAR: a pruned scale runs before its cache scale (check --cache-scale)");
-    float* scores = tap ? st.full.f32() : nullptr;  // full is free until the restore
-    cuda::pts_select(st.x.f32(), R, ph, pw, static_cast<int>(C), static_cast<int>(K), plan.score,
-                     keep, scores);
-    if (tap) {
-      std::vector<int32_t> kh(size_t(R * K));
-      cuda::memcpy_d2h(kh.data(), keep, kh.size() * sizeof(int32_t));
-      std::vector<float> kf(kh.begin(), kh.end());
-      cuda::DeviceBuffer kd = cuda::DeviceBuffer::from_host(kf.data(), kf.size());
-      tap(lp + "keep", kd.f32(), {R, K});
-      tap(lp + "score", scores, {R, l});
-    }
-    cuda::gather_tokens(st.x.f32(), R, static_cast<int>(l), static_cast<int>(C), keep,
-                        static_cast<int>(K), st.xs.f32());
-    xs = st.xs.f32();
-  }
-  float* y = st.y.f32();
+    s.cache = (which ? st.ctr_ffn.f32() : st.ctr_attn.f32()) + int64_t(b) * R * st.ctr_tokens * C;
+  s.cache_h = st.ctr_h;
+  s.cache_w = st.ctr_w;
+  s.store = plan.caches(b);
+  s.gamma = ada + which * C;  // gamma1 or gamma2
+  s.gamma_stride = ada_stride;
+  const std::string sp = "s" + std::to_string(si) + ".";
   float* h = st.h.f32();
-  if (which == 0) {
-    cuda::layernorm_modulate_groups(xs, h, R, K, C, cfg_.eps, ada + 2 * C, ada + 4 * C, ada_stride);
-    if (tap && b == 0) tap("s" + std::to_string(si) + ".l0.attn_in", h, {R, K, C});
-    float* qkv = st.big.f32();
-    linear(h, blk.qkv, qkv, R * K);
-    const int len0 = st.len[b];
-    if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
-    const int64_t kv_row = H * st.cap * hd;
-    const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
-    if (st.kv_bf16) {
-      uint16_t* kc = st.k.u16() + int64_t(b) * R * kv_row;
-      uint16_t* vc = st.v.u16() + int64_t(b) * R * kv_row;
-      cuda::qkv_to_cache_bf16(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc,
-                              st.cap, len0);
-      st.len[b] = len0 + static_cast<int>(K);
-      cuda::attention_bf16kv(qkv, 3 * C, kc, vc, st.cap * hd, st.o.f32(), K, st.len[b], H, hd,
-                             sm_scale, R, K * 3 * C, kv_row, K * C);
+  cuda_run_branch(s, [&](const float* xs, const int32_t*, int64_t K, float* y) {
+    if (which == 0) {
+      cuda::layernorm_modulate_groups(xs, h, R, K, C, cfg_.eps, ada + 2 * C, ada + 4 * C, ada_stride);
+      if (tap && b == 0) tap(sp + "l0.attn_in", h, {R, K, C});
+      float* qkv = st.big.f32();
+      cuda::linear(h, blk.qkv, qkv, R * K);
+      const int len0 = st.len[b];
+      if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
+      const int64_t kv_row = H * st.cap * hd;
+      const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
+      if (st.kv_bf16) {
+        uint16_t* kc = st.k.u16() + int64_t(b) * R * kv_row;
+        uint16_t* vc = st.v.u16() + int64_t(b) * R * kv_row;
+        cuda::qkv_to_cache_bf16(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc,
+                                st.cap, len0);
+        st.len[b] = len0 + static_cast<int>(K);
+        cuda::attention_bf16kv(qkv, 3 * C, kc, vc, st.cap * hd, st.o.f32(), K, st.len[b], H, hd,
+                               sm_scale, R, K * 3 * C, kv_row, K * C);
+      } else {
+        float* kc = st.k.f32() + int64_t(b) * R * kv_row;
+        float* vc = st.v.f32() + int64_t(b) * R * kv_row;
+        cuda::qkv_to_cache(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc,
+                           st.cap, len0);
+        st.len[b] = len0 + static_cast<int>(K);
+        cuda::attention_batched(qkv, 3 * C, kc, vc, st.cap * hd, st.o.f32(), K, st.len[b], H, hd,
+                                sm_scale, R, K * 3 * C, kv_row, K * C);
+      }
+      cuda::linear(st.o.f32(), blk.proj, y, R * K);
+      if (tap && b == 0) tap(sp + "l0.attn_out", y, {R, K, C});
     } else {
-      float* kc = st.k.f32() + int64_t(b) * R * kv_row;
-      float* vc = st.v.f32() + int64_t(b) * R * kv_row;
-      cuda::qkv_to_cache(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc,
-                         st.cap, len0);
-      st.len[b] = len0 + static_cast<int>(K);
-      cuda::attention_batched(qkv, 3 * C, kc, vc, st.cap * hd, st.o.f32(), K, st.len[b], H, hd,
-                              sm_scale, R, K * 3 * C, kv_row, K * C);
+      cuda::layernorm_modulate_groups(xs, h, R, K, C, cfg_.eps, ada + 3 * C, ada + 5 * C, ada_stride);
+      float* mid = st.big.f32();
+      cuda::linear(h, blk.fc1, mid, R * K);
+      cuda::gelu_tanh(mid, R * K * cfg_.ffn);
+      cuda::linear(mid, blk.fc2, y, R * K);
     }
-    linear(st.o.f32(), blk.proj, y, R * K);
-    if (tap && b == 0) tap("s" + std::to_string(si) + ".l0.attn_out", y, {R, K, C});
-  } else {
-    cuda::layernorm_modulate_groups(xs, h, R, K, C, cfg_.eps, ada + 3 * C, ada + 5 * C, ada_stride);
-    float* mid = st.big.f32();
-    linear(h, blk.fc1, mid, R * K);
-    cuda::gelu_tanh(mid, R * K * cfg_.ffn);
-    linear(mid, blk.fc2, y, R * K);
-  }
-  const float* gamma = ada + which * C;  // gamma1 or gamma2
-  const bool store = plan.caches(b) && cache;
-  if (!prune && !store) {
-    cuda::residual_add(st.x.f32(), y, R, l, C, gamma, ada_stride);
-    return;
-  }
-  cuda::scale_groups(y, R, K, C, gamma, ada_stride);
-  const float* full = y;
-  if (prune) {
-    cuda::restore_tokens(cache, st.ctr_h, st.ctr_w, y, keep, R, static_cast<int>(K), ph, pw,
-                         static_cast<int>(C), st.full.f32());
-    full = st.full.f32();
-  }
-  if (store) {
-    if (l != st.ctr_tokens) fail("FastVAR: cache scale map %dx%d does not match the cache", ph, pw);
-    cuda::copy(cache, full, R * l * C);
-  }
-  cuda::residual_add(st.x.f32(), full, R, l, C, nullptr, 0);
+  }, tap, sp + "l" + std::to_string(b) + (which ? ".ffn_" : ".attn_"));
 }
 
 void VarCuda::run_blocks(int si, int ph, int pw, State& st, const fastvar::ScalePlan& plan,
@@ -282,7 +230,7 @@ void VarCuda::head(int64_t l, State& st) const {
   const int64_t C = cfg_.C;
   cuda::layernorm_modulate_groups(st.x.f32(), st.h.f32(), R, l, C, cfg_.eps, st.ada_head.f32(),
                                   st.ada_head.f32() + C, 2 * C);
-  linear(st.h.f32(), head_, st.logits.f32(), R * l);
+  cuda::linear(st.h.f32(), head_, st.logits.f32(), R * l);
 }
 
 }  // namespace fastvar::var

@@ -17,14 +17,13 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "fastvar/branch_cuda.h"
 #include "fastvar/plan.h"
 #include "models/var/var_model.h"
 
 namespace fastvar::var {
 
-// Observer of device tensors (golden checks): name, device pointer, shape.
-// Called only where a tap is set; it may download (which synchronises).
-using DeviceTap = std::function<void(const std::string&, const float*, const Shape&)>;
+using fastvar::DeviceTap;  // fastvar/branch_cuda.h
 
 class VarCuda {
  public:
@@ -66,19 +65,12 @@ class VarCuda {
   void head(int64_t l, State& st) const;
 
  private:
-  struct Lin {
-    cuda::DeviceBuffer w, b;  // w: bf16 bits or float32 (N, K); b: float32 (N) or empty
-    int64_t N = 0, K = 0;
-    bool bf16 = false;
-  };
+  using Lin = cuda::LinearWeight;
   struct Block {
     Lin ada, qkv, proj, fc1, fc2;
     cuda::DeviceBuffer ada_gss;     // shared AdaLN: (6C)
     cuda::DeviceBuffer head_scale;  // (H)
   };
-  Lin upload(const float* w, const float* b, int64_t N, int64_t K, bool bf16,
-             cuda::DeviceBuffer& staging) const;
-  void linear(const float* x, const Lin& l, float* y, int64_t M) const;
   void branch(int b, int which, int si, int ph, int pw, State& st, const fastvar::ScalePlan& plan,
               const DeviceTap& tap) const;
 

@@ -1,0 +1,62 @@
+// FastVAR's branch on a CUDA device (see branch_cuda.h); the order of the steps
+// follows run_branch (branch.cpp).
+#ifdef FASTVAR_HAS_CUDA
+
+#include "fastvar/branch_cuda.h"
+
+#include <vector>
+
+#include "backend/cuda/cuda_ops.h"
+#include "core/error.h"
+
+namespace fastvar {
+
+void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const DeviceTap& tap,
+                     const std::string& tap_prefix) {
+  const int R = s.rows, C = s.C;
+  const int64_t L = int64_t(s.h) * s.w;
+  const int64_t K = s.prune ? s.keep : L;
+  const float* xs = s.x;
+  const int32_t* keep = nullptr;
+  if (s.prune) {
+    if (!s.cache || s.cache_h <= 0)
+      fail("FastVAR: a pruned scale runs before its cache scale (check --cache-scale)");
+    float* scores = tap ? s.full : nullptr;  // full is free until the restore
+    cuda::pts_select(s.x, R, s.h, s.w, C, static_cast<int>(K), s.score, s.keep_idx, scores);
+    if (tap) {
+      std::vector<int32_t> kh(size_t(R * K));
+      cuda::memcpy_d2h(kh.data(), s.keep_idx, kh.size() * sizeof(int32_t));
+      std::vector<float> kf(kh.begin(), kh.end());
+      cuda::DeviceBuffer kd = cuda::DeviceBuffer::from_host(kf.data(), kf.size());
+      tap(tap_prefix + "keep", kd.f32(), {R, K});
+      tap(tap_prefix + "score", scores, {R, L});
+    }
+    cuda::gather_tokens(s.x, R, static_cast<int>(L), C, s.keep_idx, static_cast<int>(K), s.xs);
+    xs = s.xs;
+    keep = s.keep_idx;
+  }
+  body(xs, keep, K, s.y);
+  const bool store = s.store && s.cache;
+  if (!s.prune && !store) {
+    cuda::residual_add(s.x, s.y, R, L, C, s.gamma, s.gamma_stride);
+    return;
+  }
+  if (s.gamma) cuda::scale_groups(s.y, R, K, C, s.gamma, s.gamma_stride);
+  const float* full = s.y;
+  if (s.prune) {
+    cuda::restore_tokens(s.cache, s.cache_h, s.cache_w, s.y, keep, R, static_cast<int>(K), s.h,
+                         s.w, C, s.full);
+    full = s.full;
+  }
+  if (store) {
+    if (s.cache_h != s.h || s.cache_w != s.w)
+      fail("FastVAR: cache scale map %dx%d does not match the cache (%dx%d)", s.h, s.w, s.cache_h,
+           s.cache_w);
+    cuda::copy(s.cache, full, R * L * C);
+  }
+  cuda::residual_add(s.x, full, R, L, C, nullptr, 0);
+}
+
+}  // namespace fastvar
+
+#endif  // FASTVAR_HAS_CUDA

@@ -1,0 +1,53 @@
+// One residual branch of a transformer block under FastVAR on a CUDA device:
+// the device counterpart of run_branch (branch.h), shared by the CUDA
+// backbones. PTS picks the tokens the branch computes, the branch runs on them,
+// CTR fills the others from the cache scale's output, and the (gated) result is
+// added to the residual stream, all on the device. Only with FASTVAR_HAS_CUDA.
+#pragma once
+
+#ifdef FASTVAR_HAS_CUDA
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "core/tensor.h"
+#include "fastvar/plan.h"
+
+namespace fastvar {
+
+// Observer of device tensors (golden checks): name, device pointer, shape.
+// Called only where a tap is set; it may download (which synchronises).
+using DeviceTap = std::function<void(const std::string&, const float*, const Shape&)>;
+
+struct CudaBranch {
+  int rows = 0, h = 0, w = 0, C = 0;  // residual stream x (rows, h*w, C)
+  bool prune = false;                 // run PTS + CTR
+  int keep = 0;                       // tokens kept when pruning
+  ScoreMode score = ScoreMode::GlobalMean;
+  float* x = nullptr;
+  // Scratch, each (rows, h*w, C) floats: xs the gathered tokens, y the branch
+  // output, full the restored map; keep (rows, h*w) int32.
+  float *xs = nullptr, *y = nullptr, *full = nullptr;
+  int32_t* keep_idx = nullptr;
+  // This block's CTR cache of this branch (rows, cache_h*cache_w, C), or null
+  // where the block is never pruned; store: this is the cache scale.
+  float* cache = nullptr;
+  int cache_h = 0, cache_w = 0;
+  bool store = false;
+  // Per-row gate of the branch output: gamma + r*gamma_stride (a C-vector), or null.
+  const float* gamma = nullptr;
+  int64_t gamma_stride = 0;
+};
+
+// body(xs, keep, K, y): writes the ungated branch output y (rows, K, C) for the
+// tokens xs (rows, K, C); keep (rows, K) holds their positions in the map (null
+// when nothing is pruned). With a tap, the pruned branch reports
+// tap_prefix + "keep" (as floats) and tap_prefix + "score".
+using CudaBranchFn = std::function<void(const float* xs, const int32_t* keep, int64_t K, float* y)>;
+void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const DeviceTap& tap = nullptr,
+                     const std::string& tap_prefix = std::string());
+
+}  // namespace fastvar
+
+#endif  // FASTVAR_HAS_CUDA

@@ -1,0 +1,226 @@
+// The Infinity scale loop on a CUDA device (see infinity_cuda_pipeline.h). The
+// order of the steps, the taps and the statistics follow generate_infinity
+// (infinity_pipeline.cpp).
+#ifdef FASTVAR_HAS_CUDA
+
+#include "pipeline/infinity_cuda_pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/infinity_codes.h"
+#include "core/error.h"
+#include "models/infinity/bsq_vae_cuda.h"
+#include "models/infinity/infinity_cuda.h"
+
+namespace fastvar {
+
+struct InfinityCudaEngine::Buffers {
+  // What the buffers were sized for: reused while it matches.
+  struct Key {
+    int rows = 0, capacity = 0, Hf = 0, Wf = 0, layer_begin = 0, layer_end = 0;
+    int64_t lmax = 0, ctr_tokens = 0, rope_rows = 0;
+    bool operator==(const Key& o) const {
+      return rows == o.rows && capacity == o.capacity && Hf == o.Hf && Wf == o.Wf &&
+             layer_begin == o.layer_begin && layer_end == o.layer_end && lmax == o.lmax &&
+             ctr_tokens == o.ctr_tokens && rope_rows == o.rope_rows;
+    }
+  } key;
+  infinity::InfinityCuda::State st;
+  cuda::DeviceBuffer summed, codes, bits, tokens, scratch, rope_cos, rope_sin, img, workspace;
+};
+
+InfinityCudaEngine::InfinityCudaEngine(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
+                                       int device, cpu::DType dtype)
+    : host_(model), device_(device), dtype_(dtype), bits_(model.config().bits) {
+  if (vae.code_dim() != bits_)
+    fail("the VAE decodes %d-bit codes but the transformer predicts %d bits per token", vae.code_dim(), bits_);
+  cuda::set_device(device);
+  cuda::synchronize();  // creates the context and the engine stream
+  baseline_ = cuda::memory_used_bytes();
+  model_ = std::make_unique<infinity::InfinityCuda>(model, dtype);
+  vae_ = std::make_unique<infinity::BSQDecoderCuda>(vae, dtype);
+  cuda::synchronize();
+  peak_ = cuda::memory_used_bytes();
+}
+
+InfinityCudaEngine::~InfinityCudaEngine() = default;
+
+int64_t InfinityCudaEngine::weight_bytes() const { return model_->weight_bytes() + vae_->weight_bytes(); }
+
+InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
+  const infinity::InfinityConfig& c = model_->config();
+  validate_infinity_params(c, p);
+  cuda::set_device(device_);
+  const auto t_start = std::chrono::steady_clock::now();
+  const auto& sched = p.schedule.scales;
+  const int S = static_cast<int>(sched.size()), B = static_cast<int>(p.text.size()), R = 2 * B, d = c.bits;
+  const int Hf = sched.back().first, Wf = sched.back().second;
+  const int last = S - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
+  const int64_t HWf = int64_t(Hf) * Wf;
+  Buffers::Key key;
+  key.rows = R;
+  key.Hf = Hf;
+  key.Wf = Wf;
+  for (int si = 0; si < S; ++si) {
+    const int64_t L = int64_t(sched[si].first) * sched[si].second;
+    if (si <= last) key.capacity += static_cast<int>(L);
+    key.lmax = std::max(key.lmax, L);
+    key.rope_rows += L;
+  }
+  if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < S) {
+    key.ctr_tokens = int64_t(sched[p.plan.cache_scale].first) * sched[p.plan.cache_scale].second;
+    key.layer_begin = p.plan.layer_begin;
+    key.layer_end = p.plan.layer_end;
+  }
+  const int s = vae_->stride();
+  const int64_t img_floats = int64_t(B) * 3 * HWf * s * s;
+  if (!bufs_ || !(bufs_->key == key)) {
+    bufs_.reset();  // free first: the old and new buffers need not fit together
+    bufs_ = std::make_unique<Buffers>();
+    bufs_->key = key;
+    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens);
+    auto floats = [](int64_t n) { return cuda::DeviceBuffer(size_t(n) * sizeof(float)); };
+    bufs_->summed = floats(int64_t(B) * d * HWf);
+    bufs_->codes = floats(int64_t(B) * d * key.lmax);
+    bufs_->bits = cuda::DeviceBuffer(size_t(B) * size_t(key.lmax) * size_t(d));
+    bufs_->tokens = floats(int64_t(B) * key.lmax * d);
+    bufs_->scratch = floats(int64_t(B) * d * std::max(HWf, key.lmax));
+    bufs_->rope_cos = floats(key.rope_rows * (c.head_dim / 2));
+    bufs_->rope_sin = floats(key.rope_rows * (c.head_dim / 2));
+    bufs_->img = floats(img_floats);
+    bufs_->workspace = floats(vae_->workspace_floats(B, Hf, Wf));
+  }
+  infinity::InfinityCuda::State& st = bufs_->st;
+  st.len.assign(c.depth, 0);
+  st.ctr_h = st.ctr_w = 0;
+  Buffers& bf = *bufs_;
+  bf.summed.zero();
+  // The RoPE tables of every scale, uploaded before the loop.
+  const infinity::RopeTables rt = infinity::make_rope_tables(c.head_dim, sched, p.schedule.rope_h, p.schedule.rope_w);
+  const int64_t half = c.head_dim / 2;
+  bf.rope_cos.upload(rt.cos.data(), size_t(rt.cos.numel()));
+  bf.rope_sin.upload(rt.sin.data(), size_t(rt.sin.numel()));
+  DeviceTap dtap;
+  if (p.tap)
+    dtap = [&](const std::string& name, const float* dev, const Shape& shape) {
+      Tensor t(shape);
+      cuda::memcpy_d2h(t.data(), dev, size_t(t.numel()) * sizeof(float));
+      p.tap(name, t);
+    };
+  std::vector<uint8_t> teacher_bits;
+  if (p.teacher) teacher_bits.resize(size_t(B) * size_t(key.lmax) * size_t(d));
+  peak_ = std::max(peak_, cuda::memory_used_bytes());
+
+  InfinityGenResult res;
+  cuda::EventTimer ev(S + 2);
+  ev.record(0);
+  model_->encode_text(host_, p.text, st, dtap);
+  if (p.tap) {
+    p.tap("rope.cos", rt.cos);
+    p.tap("rope.sin", rt.sin);
+  }
+  std::vector<ScaleStats> stats;
+  for (int si = 0; si < S; ++si) {
+    const int h = sched[si].first, w = sched[si].second;
+    const int64_t L = int64_t(h) * w;
+    ScaleStats ss;
+    ss.si = si;
+    ss.ph = h;
+    ss.pw = w;
+    ss.tokens = L;
+    if (si > last) {
+      ss.skipped = true;
+      ev.record(si + 1);
+      stats.push_back(ss);
+      continue;
+    }
+    const std::string sp = strprintf("s%02d.", si);
+    model_->scale_input(si, si == 0 ? nullptr : bf.tokens.f32(), h, w, st);
+    if (dtap) dtap(sp + "x_in", st.x.f32(), {R, L, c.C});
+    const ScalePlan plan = scale_plan(p.plan, si);
+    model_->run_blocks(si, h, w, st, bf.rope_cos.f32() + rt.offset[si] * half,
+                       bf.rope_sin.f32() + rt.offset[si] * half, plan, dtap);
+    count_infinity_scale_work(c, plan, R, L, st.len, ss);
+    model_->head(L, st);
+    const float g = p.cfg.size() == 1 ? p.cfg[0] : p.cfg[si];
+    const float tau = p.tau.size() == 1 ? p.tau[0] : p.tau[si];
+    if (p.tap) {
+      Tensor logits({R, L, c.V});
+      cuda::memcpy_d2h(logits.data(), st.logits.f32(), size_t(logits.numel()) * sizeof(float));
+      p.tap(sp + "logits_raw", logits);
+      p.tap(sp + "logits_guided", guide_infinity_logits(logits, B, g, tau));
+    }
+    uint8_t* bits = static_cast<uint8_t*>(bf.bits.data());
+    if (p.teacher) {
+      p.teacher(si, B, h, w, d, teacher_bits.data());
+      cuda::memcpy_h2d(bits, teacher_bits.data(), size_t(B * L * d));
+    } else {
+      cuda::infinity_sample_bits(st.logits.f32(), B, L, d, g, tau, p.top_k, p.top_p, p.seed,
+                                 static_cast<uint32_t>(si), bits);
+    }
+    cuda::infinity_bits_to_codes(bits, B, h, w, d, bf.codes.f32());
+    if (dtap) dtap(sp + "codes", bf.codes.f32(), {B, d, 1, h, w});
+    cuda::infinity_accumulate(bf.codes.f32(), B, d, h, w, bf.summed.f32(), Hf, Wf, bf.scratch.f32());
+    if (dtap) dtap(sp + "summed_codes", bf.summed.f32(), {B, d, 1, Hf, Wf});
+    if (si + 1 < S) {
+      const int h2 = sched[si + 1].first, w2 = sched[si + 1].second;
+      cuda::infinity_next_input(bf.summed.f32(), B, d, Hf, Wf, h2, w2, bf.tokens.f32(), bf.scratch.f32());
+      if (dtap) dtap(sp + "next_in_codes", bf.tokens.f32(), {B, int64_t(h2) * w2, d});
+    }
+    ev.record(si + 1);
+    const int64_t kv_elem = st.kv_bf16 ? 2 : 4;
+    for (int b = 0; b < c.depth; ++b) ss.kv_bytes += int64_t(st.len[b]) * R * c.C * 2 * kv_elem;
+    res.kv_bytes_peak = std::max(res.kv_bytes_peak, ss.kv_bytes);
+    stats.push_back(ss);
+  }
+  if (dtap) {
+    dtap("final.summed_codes", bf.summed.f32(), {B, d, Hf, Wf});
+    const char* names[3] = {"sa", "ca", "ffn"};
+    for (int b = 0; b < c.depth; ++b) {
+      if (st.ctr_slot[b] < 0 || st.ctr_h <= 0) continue;
+      const int64_t slab = int64_t(R) * st.ctr_tokens * c.C;
+      for (int k = 0; k < 3; ++k)
+        dtap(strprintf("cache.block%d.%s", b, names[k]), st.ctr[k].f32() + st.ctr_slot[b] * slab,
+             {R, st.ctr_tokens, c.C});
+    }
+  }
+  if (p.decode) vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), bf.workspace.f32());
+  ev.record(S + 1);
+  res.summed = Tensor({B, d, Hf, Wf});
+  bf.summed.download(res.summed.data(), size_t(res.summed.numel()));  // synchronises
+  peak_ = std::max(peak_, cuda::memory_used_bytes());
+  for (ScaleStats& ss : stats) {
+    ss.ms = ev.elapsed_ms(ss.si, ss.si + 1);
+    if (!ss.skipped) res.transformer_ms += ss.ms;
+  }
+  // The text conditioning runs between events 0 and 1: it counts in scale 0
+  // and in transformer_ms.
+  res.scales = stats;
+  if (p.on_scale)
+    for (const ScaleStats& ss : res.scales) p.on_scale(ss);
+  if (p.decode) {
+    res.decode_ms = ev.elapsed_ms(S, S + 1);
+    Tensor img({B, 3, int64_t(Hf) * s, int64_t(Wf) * s});  // [-1, 1]
+    bf.img.download(img.data(), size_t(img.numel()));
+    if (p.tap) p.tap("final.image", img);
+    res.images = Tensor(img.shape());
+    for (int64_t i = 0; i < img.numel(); ++i) res.images.data()[i] = (img.data()[i] + 1.f) * 0.5f;
+    if (p.on_scale) {
+      ScaleStats ds;
+      ds.si = S;
+      ds.ph = static_cast<int>(img.dim(2));
+      ds.pw = static_cast<int>(img.dim(3));
+      ds.ms = res.decode_ms;
+      p.on_scale(ds);
+    }
+  }
+  res.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
+  return res;
+}
+
+}  // namespace fastvar
+
+#endif  // FASTVAR_HAS_CUDA
