@@ -132,6 +132,34 @@ BENCHMARK(BM_CudaAttentionBf16Kv)->Args({256, 680, 16, 64})->Args({1024, 2240, 3
     ->Args({1024, 2240, 16, 128})->Args({1, 1, 16, 64})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
 
+// attention_bf16kv's two kernels side by side (arg 4: 0 = the mma.sync one of
+// attention_mma.cu, 1 = the WMMA one, the default): VAR-d36's last scale (36
+// heads of 64, 32x32 queries over L 2240) and Infinity-2B's last scale at 1024
+// px (16 heads of 128, 64x64 queries over L 10521).
+void BM_CudaAttentionBf16KvKernel(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = st.range(3);
+  const bool wmma = st.range(4) != 0;
+  auto qd = dev_rand(Lq * H * hd, 1), kf = dev_rand(H * Lk * hd, 2), vf = dev_rand(H * Lk * hd, 3);
+  cuda::DeviceBuffer kd(H * Lk * hd * 2), vd(H * Lk * hd * 2);
+  cuda::to_bf16(kf.f32(), kd.u16(), H * Lk * hd);
+  cuda::to_bf16(vf.f32(), vd.u16(), H * Lk * hd);
+  cuda::DeviceBuffer od(Lq * H * hd * sizeof(float));
+  const float scale = 1.f / std::sqrt(float(hd));
+  run_timed(st, 4.0 * Lq * Lk * hd * H, [&] {
+    if (wmma)
+      cuda::detail::attention_bf16kv_wmma(qd.f32(), H * hd, kd.u16(), vd.u16(), Lk * hd, od.f32(),
+                                          Lq, Lk, H, hd, scale, 1, 0, 0, 0);
+    else if (!cuda::detail::attention_bf16kv_mma(qd.f32(), H * hd, kd.u16(), vd.u16(), Lk * hd,
+                                                 od.f32(), Lq, Lk, H, hd, scale, 1, 0, 0, 0))
+      st.SkipWithError("the mma kernel does not apply");
+  });
+}
+BENCHMARK(BM_CudaAttentionBf16KvKernel)
+    ->Args({1024, 2240, 36, 64, 0})->Args({1024, 2240, 36, 64, 1})
+    ->Args({4096, 10521, 16, 128, 0})->Args({4096, 10521, 16, 128, 1})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
 // The decoder's 3x3 convolution (im2col + cuBLASLt) and GroupNorm + SiLU at
 // its top level (VAR's VQVAE at 512 px: 160 channels, 512 x 512), per image:
 // where the decoder's time goes.

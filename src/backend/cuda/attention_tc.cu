@@ -9,10 +9,17 @@
 // per row in float32, rescaling its rows of the float32 output tile O in
 // shared memory), writes P in bf16, and adds P V to O with WMMA. Only O(tile) memory, never Lq x Lk.
 // Rows and columns past the ends are zero-filled; masked keys get -inf.
+//
+// attention_bf16kv runs this WMMA kernel, or, with FASTVAR_ATTN_MMA set (to
+// anything but "" or "0"), the mma.sync kernel of attention_mma.cu
+// (register-resident accumulators) where that applies (hd 64 or 128, 16-byte
+// aligned K/V rows). The mma kernel is opt-in until it has run on a GPU.
 #include <cuda_bf16.h>
 #include <mma.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/common.h"
 #include "backend/cuda/cuda_ops.h"
@@ -204,6 +211,13 @@ void launch_tc(const float* q, int64_t q_stride, const uint16_t* k, const uint16
   FASTVAR_CUDA_CHECK_LAUNCH("attention_bf16kv");
 }
 
+// FASTVAR_ATTN_MMA set to anything but "" or "0": the mma.sync kernel where it
+// applies. Read on every call (a getenv), so a test or benchmark may switch it.
+bool mma_enabled() {
+  const char* e = std::getenv("FASTVAR_ATTN_MMA");
+  return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
+}
+
 }  // namespace
 
 void attention_bf16kv(const float* q, int64_t q_stride, const uint16_t* k, const uint16_t* v,
@@ -217,6 +231,20 @@ void attention_bf16kv(const float* q, int64_t q_stride, const uint16_t* k, const
     fail("cuda::attention_bf16kv: %lld heads x %lld rows are too many", (long long)H, (long long)R);
   if (Lq > (int64_t(1) << 31) - kBQ || Lk > 0x7fffffff)
     fail("cuda::attention_bf16kv: Lq=%lld Lk=%lld too large", (long long)Lq, (long long)Lk);
+  if (mma_enabled() &&
+      detail::attention_bf16kv_mma(q, q_stride, k, v, kv_head_stride, out, Lq, Lk, H, hd, scale, R,
+                                   q_bstride, kv_bstride, out_bstride))
+    return;
+  detail::attention_bf16kv_wmma(q, q_stride, k, v, kv_head_stride, out, Lq, Lk, H, hd, scale, R,
+                                q_bstride, kv_bstride, out_bstride);
+}
+
+void detail::attention_bf16kv_wmma(const float* q, int64_t q_stride, const uint16_t* k,
+                                   const uint16_t* v, int64_t kv_head_stride, float* out,
+                                   int64_t Lq, int64_t Lk, int64_t H, int64_t hd, float scale,
+                                   int64_t R, int64_t q_bstride, int64_t kv_bstride,
+                                   int64_t out_bstride) {
+  if (Lq <= 0 || H <= 0 || R <= 0) return;
   const cudaStream_t s = detail::stream();
   if (hd <= 64)
     launch_tc<64>(q, q_stride, k, v, kv_head_stride, out, int(Lq), int(Lk), int(H), int(hd),

@@ -161,11 +161,27 @@ void attention_batched(const float* q, int64_t q_stride, const float* k, const f
 // The same with a bfloat16 K/V cache (raw bits, (H, Lk, hd) per entry) on
 // tensor cores (sm_80+): q is rounded to bf16, the probabilities P as well,
 // with float32 accumulation, softmax and output (flash-attention precision,
-// about 1e-2 relative). For the bf16 engine.
+// about 1e-2 relative). For the bf16 engine. A WMMA kernel (attention_tc.cu);
+// FASTVAR_ATTN_MMA=1 in the environment selects the mma.sync kernel
+// (attention_mma.cu) for hd 64 and 128 with 16-byte aligned K/V rows (opt-in:
+// not yet run on a GPU).
 void attention_bf16kv(const float* q, int64_t q_stride, const uint16_t* k, const uint16_t* v,
                       int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
                       int64_t hd, float scale, int64_t R, int64_t q_bstride, int64_t kv_bstride,
                       int64_t out_bstride);
+namespace detail {
+// The two kernels behind attention_bf16kv (same arguments, not validated; for
+// tests and benchmarks). The mma one returns false, doing nothing, where it does
+// not apply (hd not 64 or 128, or K/V rows not 16-byte aligned).
+bool attention_bf16kv_mma(const float* q, int64_t q_stride, const uint16_t* k, const uint16_t* v,
+                          int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
+                          int64_t hd, float scale, int64_t R, int64_t q_bstride,
+                          int64_t kv_bstride, int64_t out_bstride);
+void attention_bf16kv_wmma(const float* q, int64_t q_stride, const uint16_t* k, const uint16_t* v,
+                           int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
+                           int64_t hd, float scale, int64_t R, int64_t q_bstride,
+                           int64_t kv_bstride, int64_t out_bstride);
+}  // namespace detail
 
 // ---- transformer glue (the VAR-family block) ---------------------------------
 // dst[0..n) = src[0..n) (device to device, on the engine stream).
