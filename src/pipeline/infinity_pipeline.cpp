@@ -18,10 +18,12 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 float per_scale(const std::vector<float>& v, int si) { return v.size() == 1 ? v[0] : v[si]; }
 
+}  // namespace
+
 // One bit from its two logits (value 0, value 1): top-k (k = 1 keeps the
 // larger), top-p on the two-way softmax (the smaller class goes when its
 // probability is <= 1 - top_p), then a draw with the uniform u.
-uint8_t sample_bit(float l0, float l1, int top_k, double top_p, float u) {
+uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u) {
   const float mx = std::max(l0, l1);
   float p0 = std::exp(l0 - mx), p1 = std::exp(l1 - mx);
   const float s = p0 + p1;
@@ -34,8 +36,6 @@ uint8_t sample_bit(float l0, float l1, int top_k, double top_p, float u) {
   }
   return u < p0 ? 0 : 1;
 }
-
-}  // namespace
 
 PrunePlan default_infinity_plan(int S, int depth, bool extended_2k) {
   PrunePlan p;
@@ -161,7 +161,7 @@ InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const 
             const float* lg = guided.data() + i * V + 2 * j;
             const float u = philox_uniform(p.seed, static_cast<uint32_t>(i % L), static_cast<uint32_t>(si),
                                            static_cast<uint32_t>(i / L), 0x10000u + static_cast<uint32_t>(j));
-            bits[i * d + j] = sample_bit(lg[0], lg[1], p.top_k, p.top_p, u);
+            bits[i * d + j] = sample_infinity_bit(lg[0], lg[1], p.top_k, p.top_p, u);
           }
       }, 16);
     }

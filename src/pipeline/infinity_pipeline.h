@@ -50,6 +50,11 @@ PrunePlan default_infinity_plan(int num_scales, int depth, bool extended_2k);
 void count_infinity_scale_work(const infinity::InfinityConfig& c, const ScalePlan& plan, int R, int64_t L,
                                const std::vector<int>& kv_len, ScaleStats& ss);
 
+// One bit from its two (guided) logits for values 0 and 1: top-k 1 keeps the
+// larger; top-p > 0 drops the smaller class when its two-way softmax
+// probability is <= 1 - top_p; otherwise bit = (u < p0 ? 0 : 1).
+uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u);
+
 // Guided logits of one scale (the tap sNN.logits_guided): g * (cond / tau) +
 // (1 - g) * (uncond / tau) from logits (2B, L, V).
 Tensor guide_infinity_logits(const Tensor& logits, int B, float g, float tau);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The CUDA engines (VAR and Infinity transformers, decoders, pipelines, the C
+# API and CLI with --device cuda) on the emulated device of
+# src/backend/cuda_emu/ (host memory, the CPU backend's ops), so that machines
+# without a GPU test everything above the kernels: buffer sizes, strides, op
+# order, FastVAR bookkeeping, against the golden tensors. The kernels
+# themselves are tested on a GPU only (scripts/gpu-check.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTVAR_CUDA_EMU=ON -DFASTVAR_BENCH=OFF > /dev/null
+cmake --build build-emu -j "$(nproc)" --target fastvar fastvar_tests
+# Decode512Timing times a release-size decoder: meaningless (and minutes) here.
+build-emu/tests/fastvar_tests --gtest_filter='Cuda*:-CudaVQVAE.Decode512Timing' --gtest_brief=1
