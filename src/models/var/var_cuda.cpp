@@ -51,7 +51,7 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
     if (cfg_.shared_aln)
       d.ada_gss = cuda::DeviceBuffer::from_host(src.ada_gss.data(), size_t(6 * C));
     else
-      d.ada = upload(src.ada_w.data(), src.ada_b.data(), 6 * C, C, false, staging);
+      d.ada = upload(src.ada_w.data(), src.ada_b.data(), 6 * C, C, bf16, staging);
     d.qkv = upload(src.qkv_w.data(), src.qkv_bias.data(), 3 * C, C, bf16, staging);
     d.proj = upload(src.proj_w.data(), src.proj_b.data(), C, C, bf16, staging);
     d.fc1 = upload(src.fc1_w.data(), src.fc1_b.data(), F, C, bf16, staging);
@@ -62,10 +62,10 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
                              d.fc1.w.bytes() + d.fc1.b.bytes() + d.fc2.w.bytes() +
                              d.fc2.b.bytes() + d.head_scale.bytes());
   }
-  if (cfg_.shared_aln) shared_ada_ = upload(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, false, staging);
+  if (cfg_.shared_aln) shared_ada_ = upload(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, bf16, staging);
   word_ = upload(m.word_w_.data(), m.word_b_.data(), C, cfg_.Cvae, false, staging);
   head_ = upload(m.head_w_.data(), m.head_b_.data(), cfg_.V, C, bf16, staging);
-  head_ada_ = upload(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, false, staging);
+  head_ada_ = upload(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, bf16, staging);
   // Positions plus level embeddings per token, and the SOS rows' constant part.
   std::vector<float> lp(size_t(L * C));
   for (int si = 0; si < cfg_.SN(); ++si)

@@ -2,7 +2,8 @@
 // to the device once (GEMM weights in bfloat16 or float32), and the parts of
 // the scale loop that run there: conditioning (AdaLN of every block), scale
 // inputs, the blocks with the per-block KV cache and FastVAR (PTS, CTR), and
-// the head. Activations are float32; attention, norms and softmax run in
+// the head. The bf16 engine keeps every linear weight (AdaLN and the head
+// included) in bfloat16. Activations are float32; attention, norms and softmax run in
 // float32 (bf16 engine: the KV cache is bfloat16 and attention runs on tensor
 // cores with bf16 operands). Everything the loop touches is allocated by
 // new_state, before it.
