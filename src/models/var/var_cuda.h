@@ -46,6 +46,7 @@ class VarCuda {
     int64_t ctr_tokens = 0;
     int ctr_h = 0, ctr_w = 0;
     cuda::DeviceBuffer cond, act;      // (R, C)
+    cuda::DeviceBuffer x0;             // (R, first_l, C): scale 0's input, made by condition
     cuda::DeviceBuffer ada, ada_head;  // depth x (R, 6C); (R, 2C)
     cuda::DeviceBuffer x, xs, y, full, h, big, o, keep, tok;  // activations
     cuda::DeviceBuffer logits;         // (R, lmax, V)
@@ -54,8 +55,9 @@ class VarCuda {
   // `plan` (may be null) sizes the FastVAR caches.
   State new_state(int rows, const fastvar::PrunePlan* plan) const;
 
-  // Class embeddings and every block's AdaLN parameters for labels (rows
-  // 0..B-1) and the null class (rows B..2B-1).
+  // Class embeddings, every block's AdaLN parameters and scale 0's input for
+  // labels (rows 0..B-1) and the null class (rows B..2B-1): the generation's
+  // only upload from the host.
   void condition(const std::vector<int>& labels, State& st) const;
   // st.x (R, l, C) = input of scale si: the SOS row for si == 0, else
   // word_embed(next_in) + positions, with next_in (B, Cvae, pn, pn) on the device.
