@@ -40,7 +40,7 @@ GoldenSummary run_golden_on(cpu::DType dt, std::string* log) {
 }
 
 // Tolerances: pipeline/golden_check.cpp (var_tolerance_cuda_f32: 4x the CPU's;
-// var_tolerance_cuda_bf16: 10 % of max|ref| for hidden states and logits,
+// var_tolerance_bf16: 10 % of max|ref| for hidden states and logits,
 // 1e-4 for the teacher-forced latents, 5 % for the image).
 TEST(CudaVar, GoldenFloat32) {
   FASTVAR_REQUIRE_CUDA();

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "backend/cpu/ops.h"
 #include "core/threadpool.h"
 #include "pipeline/golden_check.h"
 #include "io/tensor_file.h"
@@ -31,6 +32,17 @@ TEST(Golden, VarTinyAPassesInProcess) {
   // 10 scales x (x_in, 4 blocks, attn in/out, logits raw/cfg, h, f_hat, next_in)
   // + AdaLN + KV + image + 28 FastVAR + 6 sampler tensors
   EXPECT_GE(s.passed, 160);
+}
+
+// --dtype bf16 on the CPU (AMX / AVX512_BF16): the bf16 tolerances of
+// golden_check.cpp (10 % of max|ref| for hidden states and logits, 1e-4 for the
+// teacher-forced latents, kept sets within 25 %).
+TEST(Golden, CliCheckGoldenBf16OnTheCpu) {
+  if (!cpu::bf16_supported()) GTEST_SKIP() << "no AVX512_BF16 or AMX on this CPU";
+  auto r = test::run_cli("check-golden --dtype bf16 " + test::golden_dir());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("0 failed"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("fastvar.s9.l2.ffn_keep"), std::string::npos) << r.out;
 }
 
 TEST(Golden, CliCheckGoldenPassesAndSaysSo) {

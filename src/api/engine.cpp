@@ -32,9 +32,10 @@ PrunePlan default_var_plan(const var::VarConfig& cfg) {
   return p;
 }
 
-cpu::DType params_dtype(const fastvar_params* q, const DeviceSpec& d) {
-  if (!d.cuda) return cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
-  const std::string s = q->dtype ? q->dtype : "bf16";
+cpu::DType compute_dtype(const char* name, const DeviceSpec& d) {
+  const bool given = name && *name;
+  if (!d.cuda) return cpu::parse_dtype(given ? name : "fp32");
+  const std::string s = given ? name : "bf16";
   if (s == "fp32") return cpu::DType::F32;
   if (s == "bf16") return cpu::DType::BF16;
   fail("unknown dtype '%s' (expected fp32 or bf16)", s.c_str());
@@ -177,7 +178,7 @@ void check_common(const fastvar_engine* e, const fastvar_params* q) {
     fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
   if (q->threads < 0) fastvar::fail("threads must be >= 0");
   const fastvar::DeviceSpec d = fastvar::parse_device(q->device);
-  fastvar::params_dtype(q, d);  // throws for unknown / unsupported
+  fastvar::compute_dtype(q->dtype, d);  // throws for unknown / unsupported
   if (d.cuda && e->inf) fastvar::fail("the CUDA backend runs VAR models; this text-to-image model runs on the CPU");
 }
 
@@ -334,7 +335,7 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
     if (e->var && dev.cuda) {
 #ifdef FASTVAR_HAS_CUDA
       fastvar::VarGenParams p = to_var_params(e, q);
-      fastvar::VarCudaEngine& ce = e->var->cuda_engine(dev.index, fastvar::params_dtype(q, dev));
+      fastvar::VarCudaEngine& ce = e->var->cuda_engine(dev.index, fastvar::compute_dtype(q->dtype, dev));
       num_scales = e->var->model->config().SN();
       p.on_scale = on_scale;
       to_rgb8(ce.generate(p).images, q->num_images, rgb);

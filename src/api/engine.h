@@ -66,10 +66,10 @@ struct InfinityEngine {
                                               const std::string& t5_dir);
 };
 
-// The compute dtype of params q on device d: q->dtype, or by default fp32 on
-// the CPU and bf16 on CUDA. Throws for an unknown name, and for bf16 on a CPU
-// without AVX512_BF16 / AMX.
-cpu::DType params_dtype(const fastvar_params* q, const DeviceSpec& d);
+// The compute dtype named `name` on device d ("fp32" or "bf16"; null or "" is
+// fp32 on the CPU and bf16 on CUDA). Throws for an unknown name, and for bf16
+// on a CPU without AVX512_BF16 / AMX.
+cpu::DType compute_dtype(const char* name, const DeviceSpec& d);
 
 // "1M" etc. from a requested pixel size: the key whose nominal square side
 // (256, 512, 768, 1024, 2048) is nearest to sqrt(width * height).

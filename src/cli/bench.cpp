@@ -186,9 +186,7 @@ PrunePlan plan_for_mode(const std::string& mode, PrunePlan base, int S, int dept
 nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double gbs) {
   auto e = load_var(shape, args);
   const DeviceSpec dev = parse_device(args.device.c_str());
-  fastvar_params q = fastvar_params_default();
-  q.dtype = args.dtype.empty() ? nullptr : args.dtype.c_str();
-  const cpu::DType dt = params_dtype(&q, dev);
+  const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
   BenchArgs a = args;
   a.dtype = cpu::dtype_name(dt);
   std::function<VarGenResult(const VarGenParams&)> gen;

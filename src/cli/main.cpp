@@ -281,9 +281,7 @@ int run_check_golden(const std::string& dir, int threads, const std::string& dev
   set_num_threads(threads);
   GoldenOptions opt;
   opt.device = parse_device(device.c_str());
-  fastvar_params q = fastvar_params_default();
-  q.dtype = dtype.empty() ? nullptr : dtype.c_str();
-  opt.dtype = opt.device.cuda ? params_dtype(&q, opt.device) : cpu::parse_dtype(dtype.empty() ? "fp32" : dtype);
+  opt.dtype = compute_dtype(dtype.c_str(), opt.device);
   std::printf("check-golden %s\n", dir.c_str());
   GoldenSummary s = check_golden(dir, stdout, opt);
   std::printf("check-golden: %d passed, %d failed, %d not compared\n", s.passed, s.failed, s.not_compared);
