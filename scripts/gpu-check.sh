@@ -120,7 +120,8 @@ for cfg in ("d30_b1", "d30_b8", "d36_b1", "d36_b8"):
         print(f"   {cfg}: missing ({e})"); continue
     t = tv["median"]["total_s"] * 1e3
     row = {"config": cfg, "batch": fv["batch"], "torch_bf16_sdpa_ms": t, "torch_peak_gpu_mib": tv["peak_gpu_mib"],
-           "fastvar_device_peak_mib": fv.get("device_peak_mib"), "fastvar_device_weight_mib": fv.get("device_weight_mib")}
+           "fastvar_device_peak_mib": fv.get("device_peak_mib"), "fastvar_device_weight_mib": fv.get("device_weight_mib"),
+           "fastvar_peak_allocated_mib": fv.get("device_peak_allocated_mib")}
     for m in ("full", "fastvar"):
         ms = fv["modes"][m]["total_ms_median"]
         row[f"{m}_ms"] = ms
@@ -128,8 +129,9 @@ for cfg in ("d30_b1", "d30_b8", "d36_b1", "d36_b8"):
         row[f"{m}_speedup_vs_torch"] = t / ms
     rows.append(row)
     print(f"   {cfg}: torch {t:8.1f} ms | fastvar.cpp full {row['full_ms']:8.1f} ms ({row['full_speedup_vs_torch']:.2f}x)"
-          f" | FastVAR {row['fastvar_ms']:8.1f} ms ({row['fastvar_speedup_vs_torch']:.2f}x) | peak MiB: torch"
-          f" {row['torch_peak_gpu_mib']:.0f}, ours {row['fastvar_device_peak_mib'] or 0:.0f}")
+          f" | FastVAR {row['fastvar_ms']:8.1f} ms ({row['fastvar_speedup_vs_torch']:.2f}x) | peak allocated MiB:"
+          f" torch {row['torch_peak_gpu_mib']:.0f}, ours {row['fastvar_peak_allocated_mib'] or 0:.0f}"
+          f" (weights {row['fastvar_device_weight_mib'] or 0:.0f})")
 res = {"gpu": gpu, "summary": rows,
        "fastvar": [json.load(open(f)) for f in sorted(glob.glob(f"{out}/fastvar_*.json"))],
        "torch": [json.load(open(f)) for f in sorted(glob.glob(f"{out}/torch_*.json"))]}
@@ -154,13 +156,16 @@ except (OSError, ValueError, IndexError) as e:
     print(f"   infinity-2b: missing ({e})"); sys.exit(1)
 t = tv["median"]["total_s"] * 1e3
 row = {"config": "infinity-2b 1024px b1", "torch_bf16_sdpa_ms": t, "torch_peak_gpu_mib": tv["peak_gpu_mib"],
-       "fastvar_device_peak_mib": fv.get("device_peak_mib"), "fastvar_device_weight_mib": fv.get("device_weight_mib")}
+       "fastvar_device_peak_mib": fv.get("device_peak_mib"), "fastvar_device_weight_mib": fv.get("device_weight_mib"),
+       "fastvar_peak_allocated_mib": fv.get("device_peak_allocated_mib")}
 for m in ("full", "fastvar"):
     ms = fv["modes"][m]["total_ms_median"]
     row[f"{m}_ms"] = ms
     row[f"{m}_speedup_vs_torch"] = t / ms
 print(f"   infinity-2b: torch {t:8.1f} ms | fastvar.cpp full {row['full_ms']:8.1f} ms ({row['full_speedup_vs_torch']:.2f}x)"
-      f" | FastVAR {row['fastvar_ms']:8.1f} ms ({row['fastvar_speedup_vs_torch']:.2f}x; goal <= 350 ms on an H100)")
+      f" | FastVAR {row['fastvar_ms']:8.1f} ms ({row['fastvar_speedup_vs_torch']:.2f}x; goal <= 350 ms on an H100)"
+      f" | peak allocated MiB: torch {row['torch_peak_gpu_mib'] or 0:.0f}, ours {row['fastvar_peak_allocated_mib'] or 0:.0f}"
+      f" (weights {row['fastvar_device_weight_mib'] or 0:.0f})")
 json.dump({"gpu": gpu, "summary": [row], "fastvar": fv, "torch": tv},
           open(f"bench/results/infinity_cuda_vs_torch_{tag}.json", "w"), indent=1)
 print(f"   wrote bench/results/infinity_cuda_vs_torch_{tag}.json")

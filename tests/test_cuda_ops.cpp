@@ -77,6 +77,13 @@ TEST(CudaDevice, BufferRoundTripAndBounds) {
   EXPECT_EQ(u2, u);
   b.zero();
   EXPECT_EQ(to_host(b, 1000), std::vector<float>(1000, 0.f));
+  const int64_t a0 = cuda::allocated_bytes();
+  {
+    cuda::DeviceBuffer extra(1 << 20);
+    EXPECT_EQ(cuda::allocated_bytes() - a0, 1 << 20);
+    EXPECT_GE(cuda::peak_allocated_bytes(), cuda::allocated_bytes());
+  }
+  EXPECT_EQ(cuda::allocated_bytes(), a0);
   cuda::DeviceBuffer moved = std::move(b);
   EXPECT_EQ(b.data(), nullptr);
   EXPECT_EQ(moved.bytes(), 4000u);

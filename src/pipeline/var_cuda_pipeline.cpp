@@ -147,7 +147,8 @@ VarGenResult VarCudaEngine::generate(const VarGenParams& p) {
     p.tap("kv_len", kv);
   }
   res.f_hat = Tensor({B, Cv, P, P});
-  if (p.decode) vae_->decode(f_hat.f32(), B, P, P, img.f32());
+  // The KV cache is idle from here: the decoder's activations go there.
+  if (p.decode) vae_->decode(f_hat.f32(), B, P, P, img.f32(), st.k.data(), st.k.bytes());
   ev.record(SN + 1);
   f_hat.download(res.f_hat.data(), lat);  // synchronises
   if (p.tap) p.tap("f_hat", res.f_hat);

@@ -1,8 +1,8 @@
 // The VAR scale loop on a CUDA device: the same parameters and results as
 // generate_var (var_pipeline.h), with the transformer, FastVAR, CFG and
 // sampling (same counter-based RNG), the residual quantiser and the decoder
-// all on the device. The class embeddings (before the loop) and the SOS rows
-// of scale 0 are uploaded from the host; after that nothing crosses (except
+// all on the device. The class embeddings and scale 0's input are uploaded
+// from the host before the loop; inside it nothing crosses (except
 // teacher-forced indices and taps, which only golden checks use). Per-scale
 // times come from CUDA events and are reported after the loop. Only with
 // FASTVAR_HAS_CUDA.

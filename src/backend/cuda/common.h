@@ -29,6 +29,9 @@
 
 namespace fastvar::cuda::detail {
 
+// Books a cudaMalloc (+bytes) or cudaFree (-bytes) in allocated_bytes().
+void track_allocation(int64_t bytes);
+
 // The calling thread's current device (cudaGetDevice).
 int current_device();
 // The engine stream of the current device, created on first use.

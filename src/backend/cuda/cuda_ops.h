@@ -43,6 +43,13 @@ double time_ms(const std::function<void()>& body, int reps);
 // Bytes of device memory in use on the current device (cudaMemGetInfo: total -
 // free, every process and the context included).
 int64_t memory_used_bytes();
+// Bytes this process holds through the backend's own allocations (DeviceBuffer,
+// scratch, the cuBLASLt workspace) on all devices, and the highest value since
+// the start or the last reset_peak_allocated(): comparable to PyTorch's
+// torch.cuda.max_memory_allocated (no context, no library code).
+int64_t allocated_bytes();
+int64_t peak_allocated_bytes();
+void reset_peak_allocated();
 
 // CUDA events on the engine stream, for timing without synchronising inside a
 // loop: record(i) enqueues event i; elapsed_ms(i, j) waits for event j and

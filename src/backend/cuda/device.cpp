@@ -1,6 +1,7 @@
 // CUDA device management, the per-device engine stream and scratch memory,
 // DeviceBuffer and event timing. Host code only (compiled by the C++ compiler).
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -19,6 +20,8 @@ struct DeviceState {
   void* scratch[kScratchSlots] = {};
   size_t scratch_bytes[kScratchSlots] = {};
 };
+
+std::atomic<int64_t> g_allocated{0}, g_peak{0};
 
 std::mutex g_mu;
 // Never destroyed: releasing streams and memory during static destruction can
@@ -43,6 +46,13 @@ DeviceState& state() {
 
 }  // namespace
 
+void track_allocation(int64_t bytes) {
+  const int64_t now = g_allocated.fetch_add(bytes) + bytes;
+  int64_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+
 int current_device() {
   int dev = 0;
   FASTVAR_CUDA_CHECK(cudaGetDevice(&dev));
@@ -59,6 +69,7 @@ void* scratch(int slot, size_t bytes) {
       // Work already enqueued may still read the old area.
       FASTVAR_CUDA_CHECK(cudaStreamSynchronize(st.stream));
       FASTVAR_CUDA_CHECK(cudaFree(st.scratch[slot]));
+      track_allocation(-int64_t(st.scratch_bytes[slot]));
       st.scratch[slot] = nullptr;
       st.scratch_bytes[slot] = 0;
     }
@@ -66,6 +77,7 @@ void* scratch(int slot, size_t bytes) {
     const cudaError_t e = cudaMalloc(&st.scratch[slot], n);
     if (e != cudaSuccess)
       fail("cuda: cannot allocate %zu bytes of scratch: %s", n, cudaGetErrorString(e));
+    track_allocation(int64_t(n));
     st.scratch_bytes[slot] = n;
   }
   return st.scratch[slot];
@@ -145,6 +157,10 @@ void memcpy_d2h(void* dst_host, const void* src_dev, size_t bytes) {
   FASTVAR_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
+int64_t allocated_bytes() { return detail::g_allocated.load(); }
+int64_t peak_allocated_bytes() { return detail::g_peak.load(); }
+void reset_peak_allocated() { detail::g_peak.store(detail::g_allocated.load()); }
+
 int64_t memory_used_bytes() {
   size_t free_b = 0, total_b = 0;
   FASTVAR_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
@@ -198,10 +214,14 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
     (void)cudaGetLastError();
     fail("cuda: cannot allocate %zu bytes on the device: %s", bytes, cudaGetErrorString(e));
   }
+  detail::track_allocation(int64_t(bytes));
 }
 
 DeviceBuffer::~DeviceBuffer() {
-  if (ptr_) cudaFree(ptr_);  // implicitly waits for work that uses it
+  if (ptr_) {
+    cudaFree(ptr_);  // implicitly waits for work that uses it
+    detail::track_allocation(-int64_t(bytes_));
+  }
 }
 
 DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
@@ -211,7 +231,10 @@ DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.b
 
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   if (this != &o) {
-    if (ptr_) cudaFree(ptr_);
+    if (ptr_) {
+      cudaFree(ptr_);
+      detail::track_allocation(-int64_t(bytes_));
+    }
     ptr_ = o.ptr_;
     bytes_ = o.bytes_;
     o.ptr_ = nullptr;

@@ -1,13 +1,13 @@
 // FastVAR on the device: pivotal token selection (PTS), token gather and
 // cached token restoration (CTR), as fastvar/plan.cpp computes them.
 //
-// The channel means (double, token order), the box scores and the resized
-// values are computed by one thread each in the CPU's order with explicit
-// roundings (no FMA contraction), so they and the restored maps match the CPU
-// bit for bit. The global-mean scores are one warp per token (coalesced over
-// the channels; one thread per token was latency-bound at a few hundred
-// microseconds per call): they match the CPU to float rounding, and so does
-// keep except where two scores tie within that rounding. The PTS ranking
+// The box scores and the resized values are computed by one thread each in
+// the CPU's order with explicit roundings (no FMA contraction), so they and the
+// restored maps match the CPU bit for bit. The channel means (double) and the
+// global-mean scores are summed in parallel (one thread per token or channel
+// was latency-bound at about a tenth of a millisecond per call): they match the
+// CPU to float rounding, and so does keep except where two scores tie within
+// that rounding. The PTS ranking
 // counts, for each token, the tokens that beat it (O(L^2) per row, cheap at
 // VAR's L <= 4096).
 #include <cstdint>
@@ -25,17 +25,31 @@ constexpr int kScratchSlot = 3;  // PTS temporaries (slot 0: linear's bf16 copy)
 
 using detail::grid_for;
 
-// mean (R, C): mean over the L tokens of each row, summed in double in token
-// order and rounded to float, one thread per (row, channel).
-__global__ void channel_mean_kernel(const float* __restrict__ x, int R, int L, int C,
-                                    float* __restrict__ mean) {
-  const int64_t n = int64_t(R) * C, stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride) {
-    const int64_t r = e / C, c = e % C;
-    const float* xr = x + r * L * C + c;
-    double s = 0.0;
-    for (int l = 0; l < L; ++l) s = __dadd_rn(s, xr[int64_t(l) * C]);
-    mean[e] = static_cast<float>(__ddiv_rn(s, double(L)));
+// mean (R, C): mean over the L tokens of each row in double, rounded to float.
+// Block (32 channels, 8 warps) of grid (ceil(C / 32), R): warp w sums tokens
+// w, w + 8, ... for its lane's channel (coalesced, independent loads), then
+// lane sums the 8 partials in warp order. One thread per channel summing all L
+// tokens in order was latency-bound (~0.1 ms per call at L = 1024); the double
+// sums of the two orders round to the same float but in rare ties.
+constexpr int kMeanWarps = 8;
+__global__ void __launch_bounds__(32 * kMeanWarps)
+    channel_mean_kernel(const float* __restrict__ x, int L, int C, float* __restrict__ mean) {
+  __shared__ double part[kMeanWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = blockIdx.y, c = blockIdx.x * 32 + lane;
+  double s = 0.0;
+  if (c < C) {
+    const float* xr = x + int64_t(r) * L * C + c;
+#pragma unroll 4
+    for (int l = warp; l < L; l += kMeanWarps) s = __dadd_rn(s, xr[int64_t(l) * C]);
+  }
+  part[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && c < C) {
+    double t = part[0][lane];
+#pragma unroll
+    for (int w = 1; w < kMeanWarps; ++w) t = __dadd_rn(t, part[w][lane]);
+    mean[int64_t(r) * C + c] = static_cast<float>(__ddiv_rn(t, double(L)));
   }
 }
 
@@ -197,7 +211,7 @@ void pts_select(const float* x, int R, int h, int w, int C, int K, ScoreMode mod
   const bool vec = C % 4 == 0 && aligned16(x);
   if (mode == ScoreMode::GlobalMean) {
     float* mean = tmp + sc_bytes / 4;  // 256-byte aligned
-    channel_mean_kernel<<<grid_for(int64_t(R) * C), kThreads, 0, s>>>(x, R, L, C, mean);
+    channel_mean_kernel<<<dim3((C + 31) / 32, R), 32 * kMeanWarps, 0, s>>>(x, L, C, mean);
     FASTVAR_CUDA_CHECK_LAUNCH("pts_select (mean)");
     score_mean_warp_kernel<<<grid_for(nsc * 32), kThreads, 0, s>>>(x, mean, R, L, C, sc);
     FASTVAR_CUDA_CHECK_LAUNCH("pts_select (scores)");

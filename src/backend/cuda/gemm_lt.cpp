@@ -64,6 +64,7 @@ LtState& lt_state_locked() {
     auto* n = new LtState;
     FASTVAR_LT_CHECK(cublasLtCreate(&n->handle));
     FASTVAR_CUDA_CHECK(cudaMalloc(&n->workspace, kWorkspaceBytes));
+    track_allocation(int64_t(kWorkspaceBytes));
     s = n;
   }
   return *s;

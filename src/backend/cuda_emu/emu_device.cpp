@@ -39,6 +39,7 @@ namespace fastvar::cuda {
 namespace {
 
 int64_t g_live_bytes = 0;  // bytes of the DeviceBuffers alive (memory_used_bytes)
+int64_t g_peak_bytes = 0;  // the most ever alive
 
 float bf16_to_f32(uint16_t b) {
   const uint32_t u = uint32_t(b) << 16;
@@ -81,6 +82,9 @@ double time_ms(const std::function<void()>& body, int reps) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 int64_t memory_used_bytes() { return g_live_bytes; }
+int64_t allocated_bytes() { return g_live_bytes; }
+int64_t peak_allocated_bytes() { return g_peak_bytes; }
+void reset_peak_allocated() { g_peak_bytes = g_live_bytes; }
 
 EventTimer::EventTimer(int n) : n_(n) {
   if (n < 1) fail("cuda::EventTimer: need at least one event");
@@ -109,6 +113,7 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   if (!ptr_) fail("cuda: out of device memory allocating %zu bytes (emulated)", bytes);
   std::memset(ptr_, 0xFF, bytes);  // NaN: reading unwritten memory shows
   g_live_bytes += int64_t(bytes);
+  g_peak_bytes = std::max(g_peak_bytes, g_live_bytes);
 }
 DeviceBuffer::~DeviceBuffer() {
   if (ptr_) g_live_bytes -= int64_t(bytes_);

@@ -24,7 +24,7 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
     if (cfg_.shared_aln)
       d.ada_gss = cuda::DeviceBuffer::from_host(src.ada_gss.data(), size_t(6 * C));
     else
-      d.ada = cuda::LinearWeight::upload(src.ada_w.data(), src.ada_b.data(), 6 * C, C, false, staging);
+      d.ada = cuda::LinearWeight::upload(src.ada_w.data(), src.ada_b.data(), 6 * C, C, bf16, staging);
     d.qkv = cuda::LinearWeight::upload(src.qkv_w.data(), src.qkv_bias.data(), 3 * C, C, bf16, staging);
     d.proj = cuda::LinearWeight::upload(src.proj_w.data(), src.proj_b.data(), C, C, bf16, staging);
     d.fc1 = cuda::LinearWeight::upload(src.fc1_w.data(), src.fc1_b.data(), F, C, bf16, staging);
@@ -33,10 +33,11 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
     weight_bytes_ += int64_t(d.ada_gss.bytes() + d.head_scale.bytes()) + d.ada.bytes() + d.qkv.bytes() +
                      d.proj.bytes() + d.fc1.bytes() + d.fc2.bytes();
   }
-  if (cfg_.shared_aln) shared_ada_ = cuda::LinearWeight::upload(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, false, staging);
+  if (cfg_.shared_aln)
+    shared_ada_ = cuda::LinearWeight::upload(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, bf16, staging);
   word_ = cuda::LinearWeight::upload(m.word_w_.data(), m.word_b_.data(), C, cfg_.Cvae, false, staging);
   head_ = cuda::LinearWeight::upload(m.head_w_.data(), m.head_b_.data(), cfg_.V, C, bf16, staging);
-  head_ada_ = cuda::LinearWeight::upload(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, false, staging);
+  head_ada_ = cuda::LinearWeight::upload(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, bf16, staging);
   // Positions plus level embeddings per token, and the SOS rows' constant part.
   std::vector<float> lp(size_t(L * C));
   for (int si = 0; si < cfg_.SN(); ++si)
@@ -55,7 +56,7 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
 
 int64_t VarCuda::State::bytes() const {
   int64_t b = 0;
-  for (const cuda::DeviceBuffer* d : {&k, &v, &ctr_attn, &ctr_ffn, &cond, &act, &ada, &ada_head, &x,
+  for (const cuda::DeviceBuffer* d : {&k, &v, &ctr_attn, &ctr_ffn, &cond, &act, &x0, &ada, &ada_head, &x,
                                       &xs, &y, &full, &h, &big, &o, &keep, &tok, &logits})
     b += int64_t(d->bytes());
   return b;
@@ -81,6 +82,7 @@ VarCuda::State VarCuda::new_state(int rows, const fastvar::PrunePlan* plan) cons
     st.ctr_ffn = cuda::DeviceBuffer(size_t(D * R * st.ctr_tokens * C) * f);
   }
   st.cond = cuda::DeviceBuffer(size_t(R * C) * f);
+  st.x0 = cuda::DeviceBuffer(size_t(R * int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0] * C) * f);
   st.act = cuda::DeviceBuffer(size_t(R * C) * f);
   st.ada = cuda::DeviceBuffer(size_t(D * R * 6 * C) * f);
   st.ada_head = cuda::DeviceBuffer(size_t(R * 2 * C) * f);
@@ -105,6 +107,14 @@ void VarCuda::condition(const std::vector<int>& labels, State& st) const {
     std::copy_n(class_emb_.data() + label * C, C, cond.data() + r * C);
   }
   st.cond.upload(cond.data(), cond.size());
+  // Scale 0's input: x0[r, t] = cond[r] + pos_start[t] + lvl[0] + pos[t].
+  const int64_t first_l = int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0];
+  std::vector<float> x0(size_t(R * first_l * C));
+  for (int r = 0; r < R; ++r)
+    for (int64_t t = 0; t < first_l; ++t)
+      for (int64_t c = 0; c < C; ++c)
+        x0[(r * first_l + t) * C + c] = cond[r * C + c] + sos_[t * C + c];
+  st.x0.upload(x0.data(), x0.size());
   cuda::silu(st.cond.f32(), st.act.f32(), R * C);
   for (int b = 0; b < cfg_.depth; ++b) {
     float* a = st.ada.f32() + int64_t(b) * R * 6 * C;
@@ -122,17 +132,8 @@ void VarCuda::scale_input(int si, const float* next_in, State& st) const {
   const int R = st.rows, B = R / 2;
   const int64_t C = cfg_.C, pn = cfg_.patch_nums[si], l = pn * pn, t0 = cfg_.scale_begin[si];
   float* x = st.x.f32();
-  if (si == 0) {
-    // x[r, t] = cond[r] + pos_start[t] + lvl[0] + pos[t]
-    std::vector<float> sos(size_t(R * l * C));
-    for (int r = 0; r < R; ++r)
-      for (int64_t t = 0; t < l; ++t) std::copy_n(sos_.data() + t * C, C, sos.data() + (r * l + t) * C);
-    st.x.upload(sos.data(), sos.size());
-    for (int r = 0; r < R; ++r)
-      for (int64_t t = 0; t < l; ++t) {
-        // += cond[r]: a broadcast of one row over one token
-        cuda::add_broadcast(x + (r * l + t) * C, st.cond.f32() + r * C, 1, 1, C);
-      }
+  if (si == 0) {  // made by condition()
+    cuda::copy(x, st.x0.f32(), R * l * C);
     return;
   }
   if (!next_in) fail("VarCuda: scale %d needs the next-scale input", si);

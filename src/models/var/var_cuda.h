@@ -2,7 +2,8 @@
 // to the device once (GEMM weights in bfloat16 or float32), and the parts of
 // the scale loop that run there: conditioning (AdaLN of every block), scale
 // inputs, the blocks with the per-block KV cache and FastVAR (PTS, CTR), and
-// the head. Activations are float32; attention, norms and softmax run in
+// the head. The bf16 engine keeps every linear weight (AdaLN and the head
+// included) in bfloat16. Activations are float32; attention, norms and softmax run in
 // float32 (bf16 engine: the KV cache is bfloat16 and attention runs on tensor
 // cores with bf16 operands). Everything the loop touches is allocated by
 // new_state, before it.
@@ -44,6 +45,7 @@ class VarCuda {
     int64_t ctr_tokens = 0;
     int ctr_h = 0, ctr_w = 0;
     cuda::DeviceBuffer cond, act;      // (R, C)
+    cuda::DeviceBuffer x0;             // (R, first_l, C): scale 0's input, made by condition
     cuda::DeviceBuffer ada, ada_head;  // depth x (R, 6C); (R, 2C)
     cuda::DeviceBuffer x, xs, y, full, h, big, o, keep, tok;  // activations
     cuda::DeviceBuffer logits;         // (R, lmax, V)
@@ -52,8 +54,9 @@ class VarCuda {
   // `plan` (may be null) sizes the FastVAR caches.
   State new_state(int rows, const fastvar::PrunePlan* plan) const;
 
-  // Class embeddings and every block's AdaLN parameters for labels (rows
-  // 0..B-1) and the null class (rows B..2B-1).
+  // Class embeddings, every block's AdaLN parameters and scale 0's input for
+  // labels (rows 0..B-1) and the null class (rows B..2B-1): the generation's
+  // only upload from the host.
   void condition(const std::vector<int>& labels, State& st) const;
   // st.x (R, l, C) = input of scale si: the SOS row for si == 0, else
   // word_embed(next_in) + positions, with next_in (B, Cvae, pn, pn) on the device.

@@ -5,6 +5,7 @@
 #include "models/var/vqvae_cuda.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "backend/cuda/vision_ops.h"
@@ -168,7 +169,7 @@ void VQVAECuda::attn(const Attn& a, int B, int C, int H, int W, float* bufs[3]) 
   const int64_t HW = int64_t(H) * W;
   float *x = bufs[0], *t1 = bufs[1];
   norm(a.norm, x, t1, B, C, HW, false);
-  float* qkv = qkv_.f32();  // sized by decode (decode_sizes)
+  float* qkv = qkv_cur_;  // sized by decode (decode_sizes)
   conv(a.qkv, t1, B, H, W, qkv);
   cuda::spatial_attention(qkv, B, C, HW, t1);
   conv(a.proj, t1, B, H, W, x, /*accumulate=*/true);  // x += proj(h)
@@ -222,15 +223,24 @@ void VQVAECuda::decode_batch(const float* z, int B, int PH, int PW, float* img,
   cuda::to_image(img, img, int64_t(B) * 3 * HW);
 }
 
-void VQVAECuda::decode(const float* f_hat, int B, int PH, int PW, float* img) const {
+void VQVAECuda::decode(const float* f_hat, int B, int PH, int PW, float* img, void* workspace,
+                       size_t workspace_bytes) const {
   if (B <= 0 || PH <= 0 || PW <= 0) fail("VQVAECuda::decode: bad sizes B=%d %dx%d", B, PH, PW);
   const int f = cfg_.downsample;
   int64_t maxel = 0, maxqkv = 0;
   decode_sizes(PH, PW, &maxel, &maxqkv);
   const int64_t per_image = (3 * maxel + maxqkv) * int64_t(sizeof(float));
   const int nb = int(std::clamp<int64_t>(kActBudget / per_image, 1, B));
-  float* acts = grow(acts_, 3 * maxel * nb);
-  if (maxqkv > 0) grow(qkv_, maxqkv * nb);
+  const int64_t need = (3 * maxel + maxqkv) * nb;  // floats
+  float* acts = nullptr;
+  if (workspace && reinterpret_cast<uintptr_t>(workspace) % 256 == 0 &&
+      int64_t(workspace_bytes / sizeof(float)) >= need) {
+    acts = static_cast<float*>(workspace);
+    qkv_cur_ = acts + 3 * maxel * nb;
+  } else {
+    acts = grow(acts_, 3 * maxel * nb);
+    qkv_cur_ = maxqkv > 0 ? grow(qkv_, maxqkv * nb) : nullptr;
+  }
   const int64_t zn = int64_t(cfg_.Cvae) * PH * PW, in = 3 * int64_t(PH) * f * PW * f;
   for (int b0 = 0; b0 < B; b0 += nb) {
     const int bb = std::min(nb, B - b0);

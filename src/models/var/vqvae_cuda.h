@@ -44,7 +44,11 @@ class VQVAECuda {
   void next_input(const float* f_hat, int B, int PH, int PW, int ph, int pw, float* out) const;
   // f_hat (B, Cvae, PH, PW) -> img (B, 3, PH*f, PW*f) in [0, 1], f = downsample.
   // img may not overlap f_hat.
-  void decode(const float* f_hat, int B, int PH, int PW, float* img) const;
+  // workspace (may be null): device memory the caller does not need during the
+  // decode (the scale loop's KV cache); the activations go there when they fit
+  // instead of into the decoder's own buffers, which lowers the peak.
+  void decode(const float* f_hat, int B, int PH, int PW, float* img, void* workspace = nullptr,
+              size_t workspace_bytes = 0) const;
 
   // Device bytes of the uploaded weights.
   int64_t weight_bytes() const { return weight_bytes_; }
@@ -101,6 +105,7 @@ class VQVAECuda {
   // Temporaries, grown on first use: the bicubic-resized h and the phi conv
   // output (accumulate), the decoder's three activation buffers and its qkv.
   mutable cuda::DeviceBuffer resized_, phi_out_, acts_, qkv_;
+  mutable float* qkv_cur_ = nullptr;  // the qkv map of the decode in progress
 };
 
 }  // namespace fastvar::var
