@@ -91,7 +91,10 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
     bufs_->rope_cos = floats(key.rope_rows * (c.head_dim / 2));
     bufs_->rope_sin = floats(key.rope_rows * (c.head_dim / 2));
     bufs_->img = floats(img_floats);
-    bufs_->workspace = floats(vae_->workspace_floats(B, Hf, Wf));
+    // The decoder's activations go into the KV cache (idle by then) when they
+    // fit, else into their own buffer.
+    const int64_t ws = vae_->workspace_floats(B, Hf, Wf);
+    if (size_t(ws) * sizeof(float) > bufs_->st.kv.bytes()) bufs_->workspace = floats(ws);
   }
   infinity::InfinityCuda::State& st = bufs_->st;
   st.len.assign(c.depth, 0);
@@ -187,7 +190,8 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
              {R, st.ctr_tokens, c.C});
     }
   }
-  if (p.decode) vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), bf.workspace.f32());
+  if (p.decode)
+    vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), bf.workspace.data() ? bf.workspace.f32() : st.kv.f32());
   ev.record(S + 1);
   res.summed = Tensor({B, d, Hf, Wf});
   bf.summed.download(res.summed.data(), size_t(res.summed.numel()));  // synchronises

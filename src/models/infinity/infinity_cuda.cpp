@@ -77,7 +77,7 @@ InfinityCuda::InfinityCuda(const InfinityModel& m, cpu::DType dtype) : cfg_(m.co
 int64_t InfinityCuda::State::bytes() const {
   int64_t b = 0;
   for (const cuda::DeviceBuffer* d :
-       {&k, &v, &ctr[0], &ctr[1], &ctr[2], &normed, &tkv, &tmid, &ca_mem, &ca_k, &ca_v, &pooled, &cond, &act,
+       {&kv, &ctr[0], &ctr[1], &ctr[2], &normed, &tkv, &tmid, &ca_mem, &ca_k, &ca_v, &pooled, &cond, &act,
         &gss, &ada, &ada_head, &x, &xs, &y, &full, &h, &q, &o, &big, &keep, &logits})
     b += int64_t(d->bytes());
   return b;
@@ -94,8 +94,8 @@ InfinityCuda::State InfinityCuda::new_state(int rows, int capacity, int64_t lmax
   st.lmax = lmax;
   st.kv_bf16 = dtype_ == cpu::DType::BF16;
   const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
-  st.k = cuda::DeviceBuffer(size_t(D * R * H * st.cap * hd) * kv_elem);
-  st.v = cuda::DeviceBuffer(size_t(D * R * H * st.cap * hd) * kv_elem);
+  st.kv_elems = D * R * H * st.cap * hd;
+  st.kv = cuda::DeviceBuffer(2 * size_t(st.kv_elems) * kv_elem);
   st.len.assign(cfg_.depth, 0);
   st.ctr_slot.assign(cfg_.depth, -1);
   if (plan && plan->enabled && ctr_tokens > 0) {
@@ -235,16 +235,16 @@ void InfinityCuda::branch(int b, int which, int si, int h, int w, State& st, con
       if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
       const int64_t kv_row = H * st.cap * hd;
       if (st.kv_bf16) {
-        uint16_t* kc = st.k.u16() + int64_t(b) * R * kv_row;
-        uint16_t* vc = st.v.u16() + int64_t(b) * R * kv_row;
+        uint16_t* kc = st.kv.u16() + int64_t(b) * R * kv_row;
+        uint16_t* vc = kc + st.kv_elems;
         cuda::qkv_rope_to_cache_bf16(qkv, R, K, H, hd, blk.head_scale.f32(), rope_cos, rope_sin, keep, kc, vc,
                                      st.cap, len0);
         st.len[b] = len0 + static_cast<int>(K);
         cuda::attention_bf16kv(qkv, 3 * C, kc, vc, st.cap * hd, st.o.f32(), K, st.len[b], H, hd, 1.f, R,
                                K * 3 * C, kv_row, K * C);
       } else {
-        float* kc = st.k.f32() + int64_t(b) * R * kv_row;
-        float* vc = st.v.f32() + int64_t(b) * R * kv_row;
+        float* kc = st.kv.f32() + int64_t(b) * R * kv_row;
+        float* vc = kc + st.kv_elems;
         cuda::qkv_rope_to_cache(qkv, R, K, H, hd, blk.head_scale.f32(), rope_cos, rope_sin, keep, kc, vc,
                                 st.cap, len0);
         st.len[b] = len0 + static_cast<int>(K);

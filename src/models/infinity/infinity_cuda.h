@@ -38,7 +38,10 @@ class InfinityCuda {
     int rows = 0, cap = 0;
     int64_t lmax = 0;                  // tokens of the largest scale
     bool kv_bf16 = false;
-    cuda::DeviceBuffer k, v;           // depth x (R, H, cap, hd), float32 or bf16
+    // K then V, each depth x (R, H, cap, hd) of kv_elems elements, float32 or
+    // bf16, in one allocation (idle after the loop: the decoder's workspace).
+    cuda::DeviceBuffer kv;
+    int64_t kv_elems = 0;
     std::vector<int> len;              // cached tokens per block
     // FastVAR CTR caches per branch kind (sa, ca, ffn): one (R, ctr_tokens, C)
     // slab per block the plan prunes (ctr_slot[b] >= 0).
