@@ -10,11 +10,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "pipeline/golden_check.h"
 
 // Skips the test where no CUDA device is usable (scripts/gpu-check.sh counts a
 // skip as a failure).
@@ -48,6 +51,22 @@ inline std::vector<float> round_bf16(const std::vector<float>& x) {
     std::memcpy(&r[i], &u, 4);
   }
   return r;
+}
+
+// check-golden on CUDA device 0 in dtype dt for the folder `dir`; the report
+// is appended to *log.
+inline GoldenSummary run_golden_on_device(const std::string& dir, cpu::DType dt, std::string* log) {
+  GoldenOptions opt;
+  opt.device.cuda = true;
+  opt.dtype = dt;
+  std::FILE* f = std::tmpfile();
+  GoldenSummary s = check_golden(dir, f, opt);
+  std::rewind(f);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) log->append(buf, n);
+  std::fclose(f);
+  return s;
 }
 
 }  // namespace fastvar::test::cuda_util

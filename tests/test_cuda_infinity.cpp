@@ -137,17 +137,7 @@ TEST(CudaInfinityOps, SplitHeadsMatchesCpu) {
 }
 
 GoldenSummary run_golden_on(cpu::DType dt, std::string* log) {
-  GoldenOptions opt;
-  opt.device.cuda = true;
-  opt.dtype = dt;
-  std::FILE* f = std::tmpfile();
-  GoldenSummary s = check_golden(gold(), f, opt);
-  std::rewind(f);
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) log->append(buf, n);
-  std::fclose(f);
-  return s;
+  return test::cuda_util::run_golden_on_device(gold(), dt, log);
 }
 
 // Tolerances: pipeline/golden_check.cpp (infinity_tolerance_cuda_f32: 4x the

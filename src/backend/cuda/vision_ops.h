@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/cuda_ops.h"  // DeviceBuffer
+
 namespace fastvar::cuda {
 
 // ---- products ----------------------------------------------------------------
@@ -37,6 +39,24 @@ void conv2d_f32(const float* x, int64_t B, int64_t Cin, int64_t H, int64_t W, co
 void conv2d_bf16(const float* x, int64_t B, int64_t Cin, int64_t H, int64_t W, const uint16_t* w,
                  const float* bias, int64_t Cout, int k, int pad, float* y,
                  bool accumulate = false);
+
+// A convolution's weights on the device: w (cout, cin, k, k) in float32 or
+// bfloat16 bits, bias (cout) float32 or empty. The decoders' counterpart of
+// LinearWeight (cuda_ops.h).
+struct ConvWeight {
+  DeviceBuffer w, b;
+  int cin = 0, cout = 0, k = 0;
+  bool bf16 = false;
+  bool empty() const { return cout == 0; }
+  int64_t bytes() const { return int64_t(w.bytes() + b.bytes()); }
+  // Copies float32 host weights (bias may be null) to the device, rounded to
+  // bfloat16 on the host (cpu::to_bf16) when bf16.
+  static ConvWeight upload(const float* w, const float* bias, int cin, int cout, int k, bool bf16);
+};
+// y = conv(x) + bias (+ y if accumulate) for B images, stride 1, "same" zero
+// padding (k-1)/2: conv2d_bf16 or conv2d_f32 by c.bf16.
+void conv2d(const float* x, int64_t B, int64_t H, int64_t W, const ConvWeight& c, float* y,
+            bool accumulate = false);
 
 // ---- normalisation and element-wise ---------------------------------------
 // GroupNorm of B images (B, C, HW) with affine gamma/beta (C-vectors, null = 1 / 0)

@@ -21,6 +21,7 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/vision_ops.h"
 #include "models/infinity/bsq_vae.h"
 
 namespace fastvar::infinity {
@@ -52,12 +53,7 @@ class BSQDecoderCuda {
   void decode(const float* summed, int B, int H, int W, float* img, float* workspace) const;
 
  private:
-  struct Conv {
-    cuda::DeviceBuffer w, b;  // w: float32, or bfloat16 bits when bf16
-    int cin = 0, cout = 0, k = 0;
-    bool bf16 = false;
-    bool empty() const { return cout == 0; }
-  };
+  using Conv = cuda::ConvWeight;
   struct Norm {
     cuda::DeviceBuffer g, b;
     int groups = 32;
@@ -71,12 +67,10 @@ class BSQDecoderCuda {
     Conv upsample;  // empty when the level does not upsample
   };
 
-  Conv upload(const BSQDecoder::Conv& c, cuda::DeviceBuffer& staging);
+  Conv upload(const BSQDecoder::Conv& c);
   Norm upload(const BSQDecoder::Norm& n);
-  ResBlock upload(const BSQDecoder::ResBlock& r, cuda::DeviceBuffer& staging);
+  ResBlock upload(const BSQDecoder::ResBlock& r);
 
-  void conv(const Conv& c, const float* x, int B, int H, int W, float* y,
-            bool accumulate = false) const;
   void norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW) const;
   void resblock(const ResBlock& rb, int B, int H, int W, float* bufs[3]) const;
   int64_t max_map(int H, int W) const;  // largest activation of one image (floats)

@@ -37,18 +37,8 @@ float* grow(cuda::DeviceBuffer& buf, int64_t floats) {
 // ---- weights ------------------------------------------------------------------
 
 VQVAECuda::Conv VQVAECuda::upload(const VQVAE::Conv& c, bool bf16) {
-  Conv d;
-  d.cin = c.cin, d.cout = c.cout, d.k = c.k, d.bf16 = bf16;
-  const size_t n = size_t(c.w.numel());
-  if (bf16) {
-    std::vector<uint16_t> wb(n);
-    cpu::to_bf16(c.w.data(), wb.data(), int64_t(n));
-    d.w = cuda::DeviceBuffer::from_host(wb.data(), n);
-  } else {
-    d.w = cuda::DeviceBuffer::from_host(c.w.data(), n);
-  }
-  d.b = cuda::DeviceBuffer::from_host(c.b.data(), size_t(c.b.numel()));
-  weight_bytes_ += int64_t(d.w.bytes() + d.b.bytes());
+  Conv d = cuda::ConvWeight::upload(c.w.data(), c.b.data(), c.cin, c.cout, c.k, bf16);
+  weight_bytes_ += d.bytes();
   return d;
 }
 
@@ -122,7 +112,7 @@ void VQVAECuda::accumulate(const float* h, int B, int ph, int pw, int si, int SN
     src = up;
   }
   float* out = grow(phi_out_, n);
-  conv(phis_[k], src, B, PH, PW, out);
+  cuda::conv2d(src, B, PH, PW, phis_[k], out);
   cuda::quant_resi_add(src, out, f_hat, n, cfg_.quant_resi);
 }
 
@@ -136,15 +126,6 @@ void VQVAECuda::next_input(const float* f_hat, int B, int PH, int PW, int ph, in
 // As in VQVAE: bufs[0] holds the current map (B images), bufs[1] and bufs[2]
 // are scratch; each buffer holds B of the largest maps.
 
-void VQVAECuda::conv(const Conv& c, const float* x, int B, int H, int W, float* y,
-                     bool accumulate) const {
-  const int pad = (c.k - 1) / 2;
-  if (c.bf16)
-    cuda::conv2d_bf16(x, B, c.cin, H, W, c.w.u16(), c.b.f32(), c.cout, c.k, pad, y, accumulate);
-  else
-    cuda::conv2d_f32(x, B, c.cin, H, W, c.w.f32(), c.b.f32(), c.cout, c.k, pad, y, accumulate);
-}
-
 void VQVAECuda::norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW,
                      bool silu) const {
   cuda::group_norm(x, y, B, C, HW, cfg_.gn_groups, cfg_.gn_eps, n.g.f32(), n.b.f32(), silu);
@@ -155,11 +136,11 @@ void VQVAECuda::resblock(const ResBlock& rb, int B, int Cin, int H, int W, float
   const int Cout = rb.conv1.cout;
   float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
   norm(rb.norm1, x, t1, B, Cin, HW, true);
-  conv(rb.conv1, t1, B, H, W, t2);
+  cuda::conv2d(t1, B, H, W, rb.conv1, t2);
   norm(rb.norm2, t2, t2, B, Cout, HW, true);
-  conv(rb.conv2, t2, B, H, W, t1);
+  cuda::conv2d(t2, B, H, W, rb.conv2, t1);
   if (!rb.nin.empty())
-    conv(rb.nin, x, B, H, W, t1, /*accumulate=*/true);  // t1 += nin(x)
+    cuda::conv2d(x, B, H, W, rb.nin, t1, /*accumulate=*/true);  // t1 += nin(x)
   else
     cuda::add(t1, x, int64_t(B) * Cout * HW);
   bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
@@ -170,9 +151,9 @@ void VQVAECuda::attn(const Attn& a, int B, int C, int H, int W, float* bufs[3]) 
   float *x = bufs[0], *t1 = bufs[1];
   norm(a.norm, x, t1, B, C, HW, false);
   float* qkv = qkv_cur_;  // sized by decode (decode_sizes)
-  conv(a.qkv, t1, B, H, W, qkv);
+  cuda::conv2d(t1, B, H, W, a.qkv, qkv);
   cuda::spatial_attention(qkv, B, C, HW, t1);
-  conv(a.proj, t1, B, H, W, x, /*accumulate=*/true);  // x += proj(h)
+  cuda::conv2d(t1, B, H, W, a.proj, x, /*accumulate=*/true);  // x += proj(h)
 }
 
 void VQVAECuda::decode_sizes(int PH, int PW, int64_t* maxel, int64_t* maxqkv) const {
@@ -197,8 +178,8 @@ void VQVAECuda::decode_batch(const float* z, int B, int PH, int PW, float* img,
                              float* bufs[3]) const {
   const int L = cfg_.levels();
   int H = PH, W = PW, C = conv_in_.cout;
-  conv(post_quant_conv_, z, B, H, W, bufs[1]);
-  conv(conv_in_, bufs[1], B, H, W, bufs[0]);
+  cuda::conv2d(z, B, H, W, post_quant_conv_, bufs[1]);
+  cuda::conv2d(bufs[1], B, H, W, conv_in_, bufs[0]);
   resblock(mid_block1_, B, C, H, W, bufs);
   if (cfg_.mid_attn) attn(mid_attn_, B, C, H, W, bufs);
   resblock(mid_block2_, B, C, H, W, bufs);
@@ -212,13 +193,13 @@ void VQVAECuda::decode_batch(const float* z, int B, int PH, int PW, float* img,
     if (l != 0) {
       cuda::upsample_nearest2x(bufs[0], int64_t(B) * C, H, W, bufs[1]);
       H *= 2, W *= 2;
-      conv(lv.upsample, bufs[1], B, H, W, bufs[2]);
+      cuda::conv2d(bufs[1], B, H, W, lv.upsample, bufs[2]);
       std::swap(bufs[0], bufs[2]);
     }
   }
   const int64_t HW = int64_t(H) * W;
   norm(norm_out_, bufs[0], bufs[1], B, C, HW, true);
-  conv(conv_out_, bufs[1], B, H, W, img);
+  cuda::conv2d(bufs[1], B, H, W, conv_out_, img);
   // Upstream: decoder(...).clamp_(-1, 1), then .add_(1).mul_(0.5).
   cuda::to_image(img, img, int64_t(B) * 3 * HW);
 }

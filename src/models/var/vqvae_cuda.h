@@ -19,6 +19,7 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/vision_ops.h"
 #include "models/var/vqvae.h"
 
 namespace fastvar::var {
@@ -54,12 +55,7 @@ class VQVAECuda {
   int64_t weight_bytes() const { return weight_bytes_; }
 
  private:
-  struct Conv {
-    cuda::DeviceBuffer w, b;  // w: float32, or bfloat16 bits when bf16
-    int cin = 0, cout = 0, k = 0;
-    bool bf16 = false;
-    bool empty() const { return cout == 0; }
-  };
+  using Conv = cuda::ConvWeight;
   struct Norm {
     cuda::DeviceBuffer g, b;
   };
@@ -82,8 +78,6 @@ class VQVAECuda {
   ResBlock upload(const VQVAE::ResBlock& r, bool bf16);
   Attn upload(const VQVAE::Attn& a, bool bf16);
 
-  void conv(const Conv& c, const float* x, int B, int H, int W, float* y,
-            bool accumulate = false) const;
   void norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW, bool silu) const;
   void resblock(const ResBlock& rb, int B, int Cin, int H, int W, float* bufs[3]) const;
   void attn(const Attn& a, int B, int C, int H, int W, float* bufs[3]) const;
