@@ -20,6 +20,9 @@
 #   5. the opt-in mma.sync attention kernel (FASTVAR_ATTN_MMA=1): check-golden
 #      bf16 and the d36 / Infinity-2B benchmarks again with it.
 #   GPU_CHECK_BENCH=0 bash scripts/gpu-check.sh   # steps 1-3 only
+# With the device tool: here `bash scripts/gpu-bundle.sh` and `bash
+# scripts/device-carry.sh drop`, then run this script with carry .devbundle,
+# then `bash scripts/device-carry.sh restore`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=out-gpu
