@@ -9,6 +9,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -18,6 +19,9 @@
 #include "models/infinity/bsq_vae.h"
 #include "models/infinity/bsq_vae_cuda.h"
 #include "models/infinity/random_weights.h"
+#include "models/var/random_weights.h"
+#include "models/var/vqvae.h"
+#include "models/var/vqvae_cuda.h"
 #include "models/weights.h"
 
 namespace {
@@ -193,6 +197,38 @@ void BM_CudaDecoderGroupNormSilu(benchmark::State& st) {
 }
 BENCHMARK(BM_CudaDecoderGroupNormSilu)->Args({160, 512})->UseManualTime()->Unit(benchmark::kMicrosecond);
 
+// Times one whole decode per iteration, after an untimed one (buffers,
+// algorithm selection); reports ms/decode.
+void time_decodes(benchmark::State& st, const std::function<void()>& body) {
+  body();
+  cuda::synchronize();
+  double total_ms = 0;
+  for (auto _ : st) {
+    const double ms = cuda::time_ms(body, 1);
+    total_ms += ms;
+    st.SetIterationTime(ms * 1e-3);
+  }
+  st.counters["ms/decode"] = total_ms / double(st.iterations());
+}
+
+// The release VAR VQVAE's decoder (ch 160, ch_mult 1,1,2,2,4, Cvae 32; random
+// weights) from a 32 x 32 latent to one 512 x 512 image (VAR-d36), bf16 (arg
+// 1) or fp32 (arg 0): one whole decode per timed call.
+void BM_CudaVqvaeDecode512(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const bool bf16 = st.range(0) != 0;
+  fastvar::Weights w(fastvar::var::random_vae_checkpoint(fastvar::var::RandomVaeSpec{}, 7));
+  const fastvar::var::VQVAE vae(w);
+  const fastvar::var::VQVAECuda g(vae, bf16 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32);
+  const int P = 32, s = vae.config().downsample;
+  auto zd = dev_rand(size_t(vae.config().Cvae) * P * P, 1);
+  cuda::DeviceBuffer imgd(size_t(3) * P * s * P * s * sizeof(float));
+  const auto body = [&] { g.decode(zd.f32(), 1, P, P, imgd.f32()); };
+  time_decodes(st, body);
+}
+BENCHMARK(BM_CudaVqvaeDecode512)->Arg(1)->Arg(0)->Iterations(5)->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
 // Infinity-2B's BSQ-VAE decoder (d32: ch 128, ch_mult 1,2,4,4,4, 3 res blocks
 // per level; random weights of the released shapes) from a 64 x 64 latent to a
 // 1024 x 1024 image, B = 1, bf16 (arg 1) or fp32 (arg 0) convolutions: one
@@ -210,15 +246,7 @@ void BM_CudaBsqDecode1024(benchmark::State& st) {
   cuda::DeviceBuffer wsd(size_t(ws) * sizeof(float));
   cuda::DeviceBuffer imgd(size_t(3) * P * s * P * s * sizeof(float));
   const auto body = [&] { g.decode(zd.f32(), 1, P, P, imgd.f32(), wsd.f32()); };
-  body();  // warm-up: scratch, algorithm selection
-  cuda::synchronize();
-  double total_ms = 0;
-  for (auto _ : st) {
-    const double ms = cuda::time_ms(body, 1);
-    total_ms += ms;
-    st.SetIterationTime(ms * 1e-3);
-  }
-  st.counters["ms/decode"] = total_ms / double(st.iterations());
+  time_decodes(st, body);
   st.counters["weights MB"] = double(g.weight_bytes()) / 1e6;
   st.counters["workspace GB"] = double(ws) * sizeof(float) / 1e9;
 }

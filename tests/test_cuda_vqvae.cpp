@@ -464,11 +464,11 @@ TEST(CudaVQVAE, RejectsBadSizes) {
   EXPECT_THROW(g.next_input(nullptr, 1, 16, 16, 0, 4, nullptr), Error);
 }
 
-TEST(CudaVQVAE, Decode512Timing) {
+TEST(CudaVQVAE, Decode512ReleaseShape) {
   // The release VAE's shape (ch 160, ch_mult 1,1,2,2,4, Cvae 32) with random
-  // weights, one 512 px image (32 x 32 latent): prints the milliseconds per
-  // decode in fp32 and bf16; fails only when far off (> 250 ms), e.g. on a
-  // GEMM left to the plain fallback kernel.
+  // weights, one 512 px image (32 x 32 latent), fp32 and bf16: the decode
+  // runs at this size and gives an image in [0, 1]. (Its speed is measured by
+  // the BM_CudaDecoder* benchmarks.)
   FASTVAR_REQUIRE_CUDA();
   var::RandomVaeSpec spec;
   Weights w(var::random_vae_checkpoint(spec, 7));
@@ -479,14 +479,9 @@ TEST(CudaVQVAE, Decode512Timing) {
   cuda::DeviceBuffer dimg(size_t(3) * P * sc * P * sc * sizeof(float));
   for (cpu::DType dt : {cpu::DType::F32, cpu::DType::BF16}) {
     const var::VQVAECuda g(vae, dt);
-    g.decode(df.f32(), 1, P, P, dimg.f32());  // warm-up: buffers, plans
-    const double ms = cuda::time_ms([&] { g.decode(df.f32(), 1, P, P, dimg.f32()); }, 3);
-    std::printf("[ info ] 512 px decode (%s, %s): %.2f ms, weights %.1f MB\n",
-                cuda::device_name(0).c_str(), cpu::dtype_name(dt), ms,
-                double(g.weight_bytes()) / 1e6);
+    g.decode(df.f32(), 1, P, P, dimg.f32());
     const auto img = to_host(dimg, size_t(3) * P * sc * P * sc);
-    for (float v : img) ASSERT_TRUE(v >= 0.f && v <= 1.f) << v;
-    EXPECT_LT(ms, 250.0) << cpu::dtype_name(dt);
+    for (float v : img) ASSERT_TRUE(v >= 0.f && v <= 1.f) << v << " " << cpu::dtype_name(dt);
   }
 }
 

@@ -58,6 +58,11 @@ std::vector<float> round_bf16(const float* x, int64_t n) {
   cpu::to_bf16(x, b.data(), n);
   return from_bf16(b.data(), n);
 }
+uint16_t to_bf16_one(float x) {
+  uint16_t b;
+  cpu::to_bf16(&x, &b, 1);
+  return b;
+}
 void check_planes(const char* fn, int64_t C, int64_t hi, int64_t wi, int64_t ho, int64_t wo) {
   if (C < 0 || hi <= 0 || wi <= 0 || ho <= 0 || wo <= 0) fail("cuda::%s: bad sizes", fn);
 }
@@ -215,23 +220,37 @@ void attention_batched(const float* q, int64_t q_stride, const float* k, const f
     attention(q + r * q_bstride, q_stride, k + r * kv_bstride, v + r * kv_bstride, kv_head_stride,
               out + r * out_bstride, Lq, Lk, H, hd, scale);
 }
+// The tensor-core kernels' precision: q and P rounded to bfloat16 (K, V are
+// bf16 already), float32 scores, softmax sums and output.
 void attention_bf16kv(const float* q, int64_t q_stride, const uint16_t* k, const uint16_t* v,
                       int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H, int64_t hd,
                       float scale, int64_t R, int64_t q_bstride, int64_t kv_bstride, int64_t out_bstride) {
   if (Lq < 0 || Lk < 1 || H < 1 || hd < 1 || hd > 128) fail("cuda::attention_bf16kv: bad shape");
-  std::vector<float> qr(size_t(Lq * H * hd)), kf(size_t(H * Lk * hd)), vf(kf.size());
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t t = 0; t < Lq; ++t) {
-      const std::vector<float> row = round_bf16(q + r * q_bstride + t * q_stride, H * hd);
-      std::copy(row.begin(), row.end(), qr.begin() + t * H * hd);
-    }
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < Lk * hd; ++i) {
-        kf[h * Lk * hd + i] = bf16_to_f32(k[r * kv_bstride + h * kv_head_stride + i]);
-        vf[h * Lk * hd + i] = bf16_to_f32(v[r * kv_bstride + h * kv_head_stride + i]);
+  std::vector<float> s(static_cast<size_t>(Lk)), o(static_cast<size_t>(hd));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t t = 0; t < Lq; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const std::vector<float> qr = round_bf16(q + r * q_bstride + t * q_stride + h * hd, hd);
+        const uint16_t* kh = k + r * kv_bstride + h * kv_head_stride;
+        const uint16_t* vh = v + r * kv_bstride + h * kv_head_stride;
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < Lk; ++j) {
+          float d = 0.f;
+          for (int64_t e = 0; e < hd; ++e) d += qr[e] * bf16_to_f32(kh[j * hd + e]);
+          s[j] = d * scale;
+          m = std::max(m, s[j]);
+        }
+        float l = 0.f;
+        std::fill(o.begin(), o.end(), 0.f);
+        for (int64_t j = 0; j < Lk; ++j) {
+          const float pj = std::exp(s[j] - m);
+          l += pj;
+          const float pb = bf16_to_f32(to_bf16_one(pj));
+          for (int64_t e = 0; e < hd; ++e) o[e] += pb * bf16_to_f32(vh[j * hd + e]);
+        }
+        float* dst = out + r * out_bstride + t * H * hd + h * hd;
+        for (int64_t e = 0; e < hd; ++e) dst[e] = o[e] / l;
       }
-    cpu::attention(qr.data(), H * hd, kf.data(), vf.data(), Lk * hd, out + r * out_bstride, Lq, Lk, H, hd, scale);
-  }
 }
 
 void copy(float* dst, const float* src, int64_t n) {
@@ -250,11 +269,6 @@ void layernorm_modulate_groups(const float* x, float* y, int R, int64_t n, int64
 }
 
 namespace {
-uint16_t to_bf16_one(float x) {
-  uint16_t b;
-  cpu::to_bf16(&x, &b, 1);
-  return b;
-}
 void store(float* p, float x) { *p = x; }
 void store(uint16_t* p, float x) { *p = to_bf16_one(x); }
 
