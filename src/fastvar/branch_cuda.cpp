@@ -4,12 +4,33 @@
 
 #include "fastvar/branch_cuda.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
 
 namespace fastvar {
+
+void* CudaCtrCaches::of(int block) const {
+  if (block < 0 || block >= static_cast<int>(slot.size()) || slot[block] < 0 || !base) return nullptr;
+  return static_cast<char*>(base) + size_t(slot[block]) * size_t(slab) * (bf16 ? 2 : 4);
+}
+
+CudaCtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64_t tokens, int64_t C, bool bf16,
+                               size_t* bytes) {
+  CudaCtrCaches c;
+  c.slot.assign(depth, -1);
+  c.bf16 = bf16;
+  *bytes = 0;
+  if (!plan || !plan->enabled || tokens <= 0) return c;
+  int slots = 0;
+  for (int b = std::max(plan->layer_begin, 0); b < depth && b <= plan->layer_end; ++b) c.slot[b] = slots++;
+  c.tokens = tokens;
+  c.slab = int64_t(rows) * tokens * C;
+  *bytes = size_t(slots) * size_t(c.slab) * (bf16 ? 2 : 4);
+  return c;
+}
 
 void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const DeviceTap& tap,
                      const std::string& tap_prefix) {
@@ -44,15 +65,22 @@ void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const Device
   if (s.gamma) cuda::scale_groups(s.y, R, K, C, s.gamma, s.gamma_stride);
   const float* full = s.y;
   if (s.prune) {
-    cuda::restore_tokens(s.cache, s.cache_h, s.cache_w, s.y, keep, R, static_cast<int>(K), s.h,
-                         s.w, C, s.full);
+    if (s.cache_bf16)
+      cuda::restore_tokens_bf16(static_cast<const uint16_t*>(s.cache), s.cache_h, s.cache_w, s.y, keep, R,
+                                static_cast<int>(K), s.h, s.w, C, s.full);
+    else
+      cuda::restore_tokens(static_cast<const float*>(s.cache), s.cache_h, s.cache_w, s.y, keep, R,
+                           static_cast<int>(K), s.h, s.w, C, s.full);
     full = s.full;
   }
   if (store) {
     if (s.cache_h != s.h || s.cache_w != s.w)
       fail("FastVAR: cache scale map %dx%d does not match the cache (%dx%d)", s.h, s.w, s.cache_h,
            s.cache_w);
-    cuda::copy(s.cache, full, R * L * C);
+    if (s.cache_bf16)
+      cuda::to_bf16(full, static_cast<uint16_t*>(s.cache), R * L * C);
+    else
+      cuda::copy(static_cast<float*>(s.cache), full, R * L * C);
   }
   cuda::residual_add(s.x, full, R, L, C, nullptr, 0);
 }

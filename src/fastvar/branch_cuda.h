@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "fastvar/plan.h"
@@ -30,15 +31,31 @@ struct CudaBranch {
   // output, full the restored map; keep (rows, h*w) int32.
   float *xs = nullptr, *y = nullptr, *full = nullptr;
   int32_t* keep_idx = nullptr;
-  // This block's CTR cache of this branch (rows, cache_h*cache_w, C), or null
-  // where the block is never pruned; store: this is the cache scale.
-  float* cache = nullptr;
+  // This block's CTR cache of this branch (rows, cache_h*cache_w, C), float32
+  // or (cache_bf16) bfloat16 bits, or null where the block is never pruned;
+  // store: this is the cache scale.
+  void* cache = nullptr;
+  bool cache_bf16 = false;
   int cache_h = 0, cache_w = 0;
   bool store = false;
   // Per-row gate of the branch output: gamma + r*gamma_stride (a C-vector), or null.
   const float* gamma = nullptr;
   int64_t gamma_stride = 0;
 };
+
+// The CTR caches of one branch kind on the device: one (rows, tokens, C) slab
+// per block the plan prunes, float32 or bfloat16, in one allocation.
+struct CudaCtrCaches {
+  std::vector<int> slot;  // per block: its slab, or -1
+  int64_t tokens = 0, slab = 0;  // tokens of the cache scale; elements per slab
+  bool bf16 = false;
+  void* base = nullptr;   // into the owner's buffer
+  void* of(int block) const;  // the block's slab, or null
+};
+// Slots for `depth` blocks under `plan` (none when it is off or tokens == 0),
+// and the bytes the slabs need.
+CudaCtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64_t tokens, int64_t C, bool bf16,
+                               size_t* bytes);
 
 // body(xs, keep, K, y): writes the ungated branch output y (rows, K, C) for the
 // tokens xs (rows, K, C); keep (rows, K) holds their positions in the map (null

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <string>
 
 #include "backend/cuda/cuda_ops.h"
@@ -182,13 +183,23 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
   if (dtap) {
     dtap("final.summed_codes", bf.summed.f32(), {B, d, Hf, Wf});
     const char* names[3] = {"sa", "ca", "ffn"};
-    for (int b = 0; b < c.depth; ++b) {
-      if (st.ctr_slot[b] < 0 || st.ctr_h <= 0) continue;
-      const int64_t slab = int64_t(R) * st.ctr_tokens * c.C;
-      for (int k = 0; k < 3; ++k)
-        dtap(strprintf("cache.block%d.%s", b, names[k]), st.ctr[k].f32() + st.ctr_slot[b] * slab,
-             {R, st.ctr_tokens, c.C});
-    }
+    for (int b = 0; b < c.depth; ++b)
+      for (int k = 0; k < 3; ++k) {
+        const void* slab = st.ctr[k].of(b);
+        if (!slab || st.ctr_h <= 0) continue;
+        Tensor t({R, st.ctr_tokens, c.C});
+        if (st.ctr[k].bf16) {
+          std::vector<uint16_t> bits(size_t(t.numel()));
+          cuda::memcpy_d2h(bits.data(), slab, bits.size() * sizeof(uint16_t));
+          for (size_t i = 0; i < bits.size(); ++i) {
+            const uint32_t u = uint32_t(bits[i]) << 16;
+            std::memcpy(t.data() + i, &u, sizeof(float));
+          }
+        } else {
+          cuda::memcpy_d2h(t.data(), slab, size_t(t.numel()) * sizeof(float));
+        }
+        p.tap(strprintf("cache.block%d.%s", b, names[k]), t);
+      }
   }
   if (p.decode)
     vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), bf.workspace.data() ? bf.workspace.f32() : st.kv.f32());

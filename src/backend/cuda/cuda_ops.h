@@ -267,5 +267,8 @@ void gather_tokens(const float* x, int R, int L, int C, const int32_t* keep, int
 // (R, K, C) scattered in at keep (fastvar::restore_tokens).
 void restore_tokens(const float* cache, int hc, int wc, const float* y, const int32_t* keep,
                     int R, int K, int h, int w, int C, float* out);
+// The same from a bfloat16 cache (the bf16 engines keep their CTR caches so).
+void restore_tokens_bf16(const uint16_t* cache, int hc, int wc, const float* y,
+                         const int32_t* keep, int R, int K, int h, int w, int C, float* out);
 
 }  // namespace fastvar::cuda

@@ -157,7 +157,13 @@ __global__ void gather_kernel(const float* __restrict__ x, int R, int L, int C,
 
 // out (R, h*w, C) = adaptive-average resize of cache (R, hc*wc, C): windows
 // [floor(i*hc/h), ceil((i+1)*hc/h)) summed row by row, then divided.
-__global__ void resize_area_kernel(const float* __restrict__ x, int hc, int wc, int R, int h,
+__device__ __forceinline__ float load_f32(const float* p) { return *p; }
+__device__ __forceinline__ float load_f32(const uint16_t* p) {  // bfloat16 bits
+  return __uint_as_float(uint32_t(*p) << 16);
+}
+
+template <typename T>
+__global__ void resize_area_kernel(const T* __restrict__ x, int hc, int wc, int R, int h,
                                    int w, int C, float* __restrict__ out) {
   const int64_t L = int64_t(h) * w, n = int64_t(R) * L * C;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -166,10 +172,10 @@ __global__ void resize_area_kernel(const float* __restrict__ x, int hc, int wc, 
     const int i = static_cast<int>(o / w), j = static_cast<int>(o % w);
     const int a0 = i * hc / h, a1 = ((i + 1) * hc + h - 1) / h;
     const int b0 = j * wc / w, b1 = ((j + 1) * wc + w - 1) / w;
-    const float* xr = x + r * hc * wc * C + c;
+    const T* xr = x + r * hc * wc * C + c;
     float s = 0.f;
     for (int a = a0; a < a1; ++a)
-      for (int b = b0; b < b1; ++b) s = __fadd_rn(s, xr[(int64_t(a) * wc + b) * C]);
+      for (int b = b0; b < b1; ++b) s = __fadd_rn(s, load_f32(xr + (int64_t(a) * wc + b) * C));
     out[e] = __fdiv_rn(s, static_cast<float>((a1 - a0) * (b1 - b0)));
   }
 }
@@ -234,8 +240,10 @@ void gather_tokens(const float* x, int R, int L, int C, const int32_t* keep, int
   FASTVAR_CUDA_CHECK_LAUNCH("gather_tokens");
 }
 
-void restore_tokens(const float* cache, int hc, int wc, const float* y, const int32_t* keep,
-                    int R, int K, int h, int w, int C, float* out) {
+namespace {
+template <typename T>
+void restore_tokens_t(const T* cache, int hc, int wc, const float* y, const int32_t* keep,
+                      int R, int K, int h, int w, int C, float* out) {
   if (R < 0 || hc <= 0 || wc <= 0 || h <= 0 || w <= 0 || C <= 0)
     fail("cuda::restore_tokens: bad shape R=%d cache %dx%d out %dx%d C=%d", R, hc, wc, h, w, C);
   const int64_t L = int64_t(h) * w;
@@ -252,6 +260,18 @@ void restore_tokens(const float* cache, int hc, int wc, const float* y, const in
   if (m == 0) return;
   scatter_kernel<<<grid_for(m), kThreads, 0, s>>>(y, R, K, L, C, keep, out);
   FASTVAR_CUDA_CHECK_LAUNCH("restore_tokens (scatter)");
+}
+
+}  // namespace
+
+void restore_tokens(const float* cache, int hc, int wc, const float* y, const int32_t* keep,
+                    int R, int K, int h, int w, int C, float* out) {
+  restore_tokens_t(cache, hc, wc, y, keep, R, K, h, w, C, out);
+}
+
+void restore_tokens_bf16(const uint16_t* cache, int hc, int wc, const float* y,
+                         const int32_t* keep, int R, int K, int h, int w, int C, float* out) {
+  restore_tokens_t(cache, hc, wc, y, keep, R, K, h, w, C, out);
 }
 
 }  // namespace fastvar::cuda

@@ -403,6 +403,11 @@ void restore_tokens(const float* cache, int hc, int wc, const float* y, const in
                     int w, int C, float* out) {
   fastvar::restore_tokens(cache, hc, wc, y, keep, R, K, h, w, C, out);
 }
+void restore_tokens_bf16(const uint16_t* cache, int hc, int wc, const float* y, const int32_t* keep, int R, int K,
+                         int h, int w, int C, float* out) {
+  const std::vector<float> c = from_bf16(cache, int64_t(R) * hc * wc * C);
+  fastvar::restore_tokens(c.data(), hc, wc, y, keep, R, K, h, w, C, out);
+}
 
 // ---- the image side (vision_ops.h) ----------------------------------------
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -77,7 +77,7 @@ InfinityCuda::InfinityCuda(const InfinityModel& m, cpu::DType dtype) : cfg_(m.co
 int64_t InfinityCuda::State::bytes() const {
   int64_t b = 0;
   for (const cuda::DeviceBuffer* d :
-       {&kv, &ctr[0], &ctr[1], &ctr[2], &normed, &tkv, &tmid, &ca_mem, &ca_k, &ca_v, &pooled, &cond, &act,
+       {&kv, &ctr_buf[0], &ctr_buf[1], &ctr_buf[2], &normed, &tkv, &tmid, &ca_mem, &ca_k, &ca_v, &pooled, &cond, &act,
         &gss, &ada, &ada_head, &x, &xs, &y, &full, &h, &q, &o, &big, &keep, &logits})
     b += int64_t(d->bytes());
   return b;
@@ -97,13 +97,12 @@ InfinityCuda::State InfinityCuda::new_state(int rows, int capacity, int64_t lmax
   st.kv_elems = D * R * H * st.cap * hd;
   st.kv = cuda::DeviceBuffer(2 * size_t(st.kv_elems) * kv_elem);
   st.len.assign(cfg_.depth, 0);
-  st.ctr_slot.assign(cfg_.depth, -1);
-  if (plan && plan->enabled && ctr_tokens > 0) {
-    int slots = 0;
-    for (int b = std::max(plan->layer_begin, 0); b < cfg_.depth && b <= plan->layer_end; ++b)
-      st.ctr_slot[b] = slots++;
-    st.ctr_tokens = ctr_tokens;
-    for (cuda::DeviceBuffer& c : st.ctr) c = floats(slots * R * ctr_tokens * C);
+  if (plan && plan->enabled && ctr_tokens > 0) st.ctr_tokens = ctr_tokens;
+  for (int k = 0; k < 3; ++k) {
+    size_t bytes = 0;
+    st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, rows, st.ctr_tokens, C, st.kv_bf16, &bytes);
+    st.ctr_buf[k] = cuda::DeviceBuffer(bytes);
+    st.ctr[k].base = st.ctr_buf[k].data();
   }
   for (cuda::DeviceBuffer* d : {&st.pooled, &st.cond, &st.act}) *d = floats(R * C);
   st.gss = floats(R * 6 * C);
@@ -218,7 +217,8 @@ void InfinityCuda::branch(int b, int which, int si, int h, int w, State& st, con
   s.y = st.y.f32();
   s.full = st.full.f32();
   s.keep_idx = st.keep.i32();
-  if (st.ctr_slot[b] >= 0) s.cache = st.ctr[which].f32() + int64_t(st.ctr_slot[b]) * R * st.ctr_tokens * C;
+  s.cache = st.ctr[which].of(b);
+  s.cache_bf16 = st.ctr[which].bf16;
   s.cache_h = st.ctr_h;
   s.cache_w = st.ctr_w;
   s.store = plan.caches(b);

@@ -43,10 +43,10 @@ class InfinityCuda {
     cuda::DeviceBuffer kv;
     int64_t kv_elems = 0;
     std::vector<int> len;              // cached tokens per block
-    // FastVAR CTR caches per branch kind (sa, ca, ffn): one (R, ctr_tokens, C)
-    // slab per block the plan prunes (ctr_slot[b] >= 0).
-    cuda::DeviceBuffer ctr[3];
-    std::vector<int> ctr_slot;
+    // FastVAR CTR caches per branch kind (sa, ca, ffn) of the blocks the plan
+    // prunes, in the engine's dtype (bfloat16 for bf16).
+    cuda::DeviceBuffer ctr_buf[3];
+    CudaCtrCaches ctr[3];
     int64_t ctr_tokens = 0;
     int ctr_h = 0, ctr_w = 0;
     // Text side, for text_tokens stacked sequence rows (grown by prepare_text).

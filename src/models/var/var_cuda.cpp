@@ -56,7 +56,7 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
 
 int64_t VarCuda::State::bytes() const {
   int64_t b = 0;
-  for (const cuda::DeviceBuffer* d : {&k, &v, &ctr_attn, &ctr_ffn, &cond, &act, &x0, &ada, &ada_head, &x,
+  for (const cuda::DeviceBuffer* d : {&k, &v, &ctr_buf[0], &ctr_buf[1], &cond, &act, &x0, &ada, &ada_head, &x,
                                       &xs, &y, &full, &h, &big, &o, &keep, &tok, &logits})
     b += int64_t(d->bytes());
   return b;
@@ -78,8 +78,13 @@ VarCuda::State VarCuda::new_state(int rows, const fastvar::PrunePlan* plan) cons
   if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
     const int64_t pc = cfg_.patch_nums[plan->cache_scale];
     st.ctr_tokens = pc * pc;
-    st.ctr_attn = cuda::DeviceBuffer(size_t(D * R * st.ctr_tokens * C) * f);
-    st.ctr_ffn = cuda::DeviceBuffer(size_t(D * R * st.ctr_tokens * C) * f);
+    st.ctr_layers = {plan->layer_begin, plan->layer_end};
+  }
+  for (int k = 0; k < 2; ++k) {
+    size_t bytes = 0;
+    st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, rows, st.ctr_tokens, C, st.kv_bf16, &bytes);
+    st.ctr_buf[k] = cuda::DeviceBuffer(bytes);
+    st.ctr[k].base = st.ctr_buf[k].data();
   }
   st.cond = cuda::DeviceBuffer(size_t(R * C) * f);
   st.x0 = cuda::DeviceBuffer(size_t(R * int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0] * C) * f);
@@ -163,8 +168,8 @@ void VarCuda::branch(int b, int which, int si, int ph, int pw, State& st,
   s.y = st.y.f32();
   s.full = st.full.f32();
   s.keep_idx = st.keep.i32();
-  if (st.ctr_tokens > 0)
-    s.cache = (which ? st.ctr_ffn.f32() : st.ctr_attn.f32()) + int64_t(b) * R * st.ctr_tokens * C;
+  s.cache = st.ctr[which].of(b);
+  s.cache_bf16 = st.ctr[which].bf16;
   s.cache_h = st.ctr_h;
   s.cache_w = st.ctr_w;
   s.store = plan.caches(b);

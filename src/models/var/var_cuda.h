@@ -14,6 +14,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -41,8 +42,12 @@ class VarCuda {
     bool kv_bf16 = false;              // the bf16 engine keeps K/V in bfloat16
     cuda::DeviceBuffer k, v;           // depth x (R, H, cap, hd), float32 or bf16
     std::vector<int> len;              // cached tokens per block
-    cuda::DeviceBuffer ctr_attn, ctr_ffn;  // depth x (R, hc*wc, C) (pruned blocks only used)
+    // FastVAR's CTR caches (attention, FFN) of the blocks the plan prunes, in
+    // the engine's dtype (bfloat16 for bf16); laid out for ctr_layers.
+    cuda::DeviceBuffer ctr_buf[2];
+    CudaCtrCaches ctr[2];
     int64_t ctr_tokens = 0;
+    std::pair<int, int> ctr_layers{0, -1};
     int ctr_h = 0, ctr_w = 0;
     cuda::DeviceBuffer cond, act;      // (R, C)
     cuda::DeviceBuffer x0;             // (R, first_l, C): scale 0's input, made by condition
