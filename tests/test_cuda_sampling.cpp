@@ -322,6 +322,19 @@ TEST(CudaFastvar, RestoreTokensMatchesCpu) {
     cuda::restore_tokens(d_cache.f32(), c.hc, c.wc, d_y.f32(), d_keep.i32(), R, K, c.h, c.w, C,
                          d_out.f32());
     EXPECT_LE(max_rel_diff(to_host(d_out, want.size()), want), 1e-5);
+    // From a bfloat16 cache: the CPU restore of the same rounded values.
+    std::vector<uint16_t> bits(cache.size());
+    cpu::to_bf16(cache.data(), bits.data(), int64_t(bits.size()));
+    std::vector<float> rounded(cache.size());
+    for (size_t i = 0; i < bits.size(); ++i) {
+      const uint32_t u = uint32_t(bits[i]) << 16;
+      std::memcpy(&rounded[i], &u, 4);
+    }
+    restore_tokens(rounded.data(), c.hc, c.wc, y.data(), keep.data(), R, K, c.h, c.w, C, want.data());
+    cuda::DeviceBuffer d_bits = cuda::DeviceBuffer::from_host(bits.data(), bits.size());
+    cuda::restore_tokens_bf16(d_bits.u16(), c.hc, c.wc, d_y.f32(), d_keep.i32(), R, K, c.h, c.w, C,
+                              d_out.f32());
+    EXPECT_LE(max_rel_diff(to_host(d_out, want.size()), want), 1e-5) << "bf16 cache";
   }
 }
 
