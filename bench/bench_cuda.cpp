@@ -9,12 +9,15 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/vision_kernels.h"
 #include "backend/cuda/vision_ops.h"
 #include "models/infinity/bsq_vae.h"
 #include "models/infinity/bsq_vae_cuda.h"
@@ -182,6 +185,35 @@ void BM_CudaDecoderConv3x3(benchmark::State& st) {
   });
 }
 BENCHMARK(BM_CudaDecoderConv3x3)->Args({160, 512, 1})->Args({160, 512, 0})->Args({320, 128, 1})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// conv2d_bf16's two paths side by side on the decoders' 3x3 convolutions (C
+// in and out, H x H, one image): arg 2 = 0 the default im2col + cuBLASLt
+// (FASTVAR_CONV_MMA unset for the run), 1 the implicit-GEMM mma.sync kernel of
+// conv_mma.cu (detail::conv2d_bf16_mma). VAR's top level (160 ch at 512 px),
+// Infinity's top level (128 ch at 1024 px) and a 256-channel level at 512 px.
+void BM_CudaConvBf16Path(benchmark::State& st) {
+  if (!have_device(st)) return;
+  const int64_t C = st.range(0), H = st.range(1);
+  const bool mma = st.range(2) != 0;
+  auto xd = dev_rand(C * H * H, 1), wf = dev_rand(C * C * 9, 2), bd = dev_rand(C, 3);
+  cuda::DeviceBuffer wb(C * C * 9 * 2), yd(C * H * H * sizeof(float));
+  cuda::to_bf16(wf.f32(), wb.u16(), C * C * 9);
+  const char* prev = std::getenv("FASTVAR_CONV_MMA");
+  const std::string saved = prev ? prev : "";
+  if (!mma) unsetenv("FASTVAR_CONV_MMA");
+  run_timed(st, 2.0 * C * C * 9 * H * H, [&] {
+    if (!mma)
+      cuda::conv2d_bf16(xd.f32(), 1, C, H, H, wb.u16(), bd.f32(), C, 3, 1, yd.f32());
+    else if (!cuda::detail::conv2d_bf16_mma(xd.f32(), 1, C, H, H, wb.u16(), bd.f32(), C, 3, 1,
+                                            yd.f32(), false))
+      st.SkipWithError("the mma kernel does not apply");
+  });
+  if (prev) setenv("FASTVAR_CONV_MMA", saved.c_str(), 1);
+}
+BENCHMARK(BM_CudaConvBf16Path)
+    ->Args({160, 512, 0})->Args({160, 512, 1})->Args({128, 1024, 0})->Args({128, 1024, 1})
+    ->Args({256, 512, 0})->Args({256, 512, 1})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 void BM_CudaDecoderGroupNormSilu(benchmark::State& st) {

@@ -17,8 +17,9 @@
 #      (fastvar bench --device cuda, bf16, random weights); Infinity-2B at
 #      1024 px, batch 1, full and FastVAR; and the PyTorch baselines on the
 #      same GPU (tools/bench/torch_var.py, torch_infinity.py: bf16 + SDPA);
-#   5. the opt-in mma.sync attention kernel (FASTVAR_ATTN_MMA=1): check-golden
-#      bf16 and the d36 / Infinity-2B benchmarks again with it.
+#   5. the opt-in mma.sync kernels (FASTVAR_ATTN_MMA=1: attention,
+#      FASTVAR_CONV_MMA=1: decoder convolutions): check-golden bf16 and the
+#      d36 / Infinity-2B benchmarks again with both.
 #   GPU_CHECK_BENCH=0 bash scripts/gpu-check.sh   # steps 1-3 only
 # With the device tool: here `bash scripts/gpu-bundle.sh` and `bash
 # scripts/device-carry.sh drop`, then run this script with carry .devbundle,
@@ -173,17 +174,20 @@ json.dump({"gpu": gpu, "summary": [row], "fastvar": fv, "torch": tv},
           open(f"bench/results/infinity_cuda_vs_torch_{tag}.json", "w"), indent=1)
 print(f"   wrote bench/results/infinity_cuda_vs_torch_{tag}.json")
 PY
-stamp "mma.sync attention (FASTVAR_ATTN_MMA=1, opt-in until verified here): check-golden bf16, benchmarks"
+# The opt-in tensor-core kernels together (each has its own Cuda* kernel tests
+# above, which tell them apart when this stage fails).
+with_optin() { FASTVAR_ATTN_MMA=1 FASTVAR_CONV_MMA=1 "$@"; }
+stamp "opt-in mma.sync kernels (FASTVAR_ATTN_MMA=1 FASTVAR_CONV_MMA=1): check-golden bf16, benchmarks"
 for d in tests/data/golden/var_tiny_a tests/data/golden/infinity_tiny_a; do
   log="$out/golden_$(basename "$d")_bf16_mma.log"
-  FASTVAR_ATTN_MMA=1 timeout 120 $bin/fastvar check-golden --device cuda --dtype bf16 "$d" > "$log" 2>&1
+  with_optin timeout 120 $bin/fastvar check-golden --device cuda --dtype bf16 "$d" > "$log" 2>&1
   rc=$?
   echo "   $d bf16 mma: $(tail -n 1 "$log") (exit $rc)"
   [ $rc -eq 0 ] || fail=1
 done
 for cfg in "d36 1" "d36 8" "infinity-2b 1"; do
   set -- $cfg
-  FASTVAR_ATTN_MMA=1 timeout 240 $bin/fastvar bench --device cuda --shape "$1" -n "$2" --modes full,fastvar \
+  with_optin timeout 240 $bin/fastvar bench --device cuda --shape "$1" -n "$2" --modes full,fastvar \
     --runs 3 --json "$out/fastvar_mma_$1_b$2.json" > "$out/fastvar_mma_$1_b$2.txt" 2>&1 ||
     { echo "   fastvar bench (mma) $cfg failed"; fail=1; }
   echo "   mma $cfg:"; sed 's/^/     /' "$out/fastvar_mma_$1_b$2.txt" | grep -E 'total|speedup|images/s|error' | head -6

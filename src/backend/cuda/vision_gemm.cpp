@@ -10,8 +10,15 @@
 // output pixels at a time; each band's product writes its columns of y
 // directly (row stride HWo). A 1x1 convolution without padding reads x itself
 // (float32) or its bfloat16 copy as the column matrix.
+//
+// conv2d_bf16 first tries the implicit-GEMM tensor-core kernel of conv_mma.cu
+// (detail::conv2d_bf16_mma) when FASTVAR_CONV_MMA is set to anything but "" or
+// "0" (opt-in until it has run on a GPU), and falls back to im2col where that
+// kernel declines.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/common.h"
 #include "backend/cuda/vision_kernels.h"
@@ -46,6 +53,13 @@ void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, con
     detail::launch_gemm_rm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bf16, s);
 }
 
+// FASTVAR_CONV_MMA set to anything but "" or "0". Read on every call (a
+// getenv), so a test or benchmark may switch it.
+bool conv_mma_enabled() {
+  const char* e = std::getenv("FASTVAR_CONV_MMA");
+  return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
+}
+
 void conv2d_impl(const char* name, const float* x, int64_t B, int64_t Cin, int64_t H, int64_t W,
                  const void* w, bool bf16, const float* bias, int64_t Cout, int k, int pad,
                  float* y, bool accumulate) {
@@ -59,6 +73,10 @@ void conv2d_impl(const char* name, const float* x, int64_t B, int64_t Cin, int64
   if (H * W > 0x7fffffff || Ho * Wo > 0x7fffffff || H > 0x3fffffff || W > 0x3fffffff)
     fail("cuda::%s: %lldx%lld map too large", name, (long long)H, (long long)W);
   if (B == 0) return;
+  if (bf16 && conv_mma_enabled() &&
+      detail::conv2d_bf16_mma(x, B, Cin, H, W, static_cast<const uint16_t*>(w), bias, Cout, k, pad,
+                              y, accumulate))
+    return;
   const int64_t HW = H * W, HWo = Ho * Wo, Kc = Cin * k * k;
   const float beta = accumulate ? 1.f : 0.f;
   const cudaStream_t s = detail::stream();

@@ -26,5 +26,14 @@ void launch_softmax_rows(float* s, int64_t rows, int64_t L, cudaStream_t s_);
 void launch_gemm_rm_fallback(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                              float alpha, const void* A, int64_t lda, const void* B, int64_t ldb,
                              float beta, float* C, int64_t ldc, bool bf16, cudaStream_t s);
+// conv2d_bf16 (vision_ops.h) as an implicit GEMM on tensor cores (conv_mma.cu,
+// mma.sync; sm_80 and newer), on the engine stream: the same arguments and
+// semantics (x rounded to bf16 as it is read, float32 accumulation, bias,
+// accumulate), arguments assumed checked. Returns false, having done nothing,
+// where it does not apply: k other than 1 (pad 0) or 3 (pad 1), sizes past its
+// 32-bit indexing, or a device older than sm_80. May use scratch slot 2.
+bool conv2d_bf16_mma(const float* x, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                     const uint16_t* w, const float* bias, int64_t Cout, int k, int pad, float* y,
+                     bool accumulate);
 
 }  // namespace fastvar::cuda::detail

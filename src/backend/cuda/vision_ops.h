@@ -35,7 +35,10 @@ void conv2d_f32(const float* x, int64_t B, int64_t Cin, int64_t H, int64_t W, co
                 const float* bias, int64_t Cout, int k, int pad, float* y, bool accumulate = false);
 // conv2d_bf16: w as bfloat16 bits (cpu::to_bf16 of the float32 weights), x
 // rounded to bfloat16 on the device (round to nearest even), float32
-// accumulation and output, like cpu::conv2d(..., DType::BF16).
+// accumulation and output, like cpu::conv2d(..., DType::BF16). With
+// FASTVAR_CONV_MMA set (not "" or "0"; read per call) k = 1 (pad 0) and k = 3
+// (pad 1) run an implicit-GEMM tensor-core kernel instead (conv_mma.cu; opt-in
+// until it has run on a GPU), with no im2col scratch.
 void conv2d_bf16(const float* x, int64_t B, int64_t Cin, int64_t H, int64_t W, const uint16_t* w,
                  const float* bias, int64_t Cout, int k, int pad, float* y,
                  bool accumulate = false);
