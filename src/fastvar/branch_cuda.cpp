@@ -32,6 +32,26 @@ CudaCtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64
   return c;
 }
 
+CudaBranch cuda_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
+                           const CudaCtrCaches* caches, int cache_h, int cache_w) {
+  CudaBranch s;
+  s.rows = rows;
+  s.h = h;
+  s.w = w;
+  s.C = C;
+  s.prune = plan.prunes(block);
+  s.keep = plan.keep(h * w);
+  s.score = plan.score;
+  s.store = plan.caches(block);
+  if (caches) {
+    s.cache = caches->of(block);
+    s.cache_bf16 = caches->bf16;
+  }
+  s.cache_h = cache_h;
+  s.cache_w = cache_w;
+  return s;
+}
+
 void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const DeviceTap& tap,
                      const std::string& tap_prefix) {
   const int R = s.rows, C = s.C;

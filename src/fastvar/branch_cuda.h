@@ -43,6 +43,13 @@ struct CudaBranch {
   int64_t gamma_stride = 0;
 };
 
+// The plan's part of a CudaBranch for block `block` of a scale with an h x w
+// map (prune, keep, score, store) and the CTR cache of `caches` (may be
+// null) with its map; the caller sets the buffers and the gate.
+struct CudaCtrCaches;
+CudaBranch cuda_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
+                           const CudaCtrCaches* caches, int cache_h, int cache_w);
+
 // The CTR caches of one branch kind on the device: one (rows, tokens, C) slab
 // per block the plan prunes, float32 or bfloat16, in one allocation.
 struct CudaCtrCaches {

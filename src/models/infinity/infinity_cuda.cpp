@@ -200,28 +200,16 @@ void InfinityCuda::scale_input(int si, const float* tokens, int h, int w, State&
 void InfinityCuda::branch(int b, int which, int si, int h, int w, State& st, const float* rope_cos,
                           const float* rope_sin, const ScalePlan& plan, const DeviceTap& tap) const {
   const int R = st.rows;
-  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, L = int64_t(h) * w;
+  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
   const Block& blk = blocks_[b];
   const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
   const int64_t ada_stride = 6 * C;
-  CudaBranch s;
-  s.rows = R;
-  s.h = h;
-  s.w = w;
-  s.C = static_cast<int>(C);
-  s.prune = plan.prunes(b);
-  s.keep = plan.keep(static_cast<int>(L));
-  s.score = plan.score;
+  CudaBranch s = cuda_branch_for(plan, b, R, h, w, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w);
   s.x = st.x.f32();
   s.xs = st.xs.f32();
   s.y = st.y.f32();
   s.full = st.full.f32();
   s.keep_idx = st.keep.i32();
-  s.cache = st.ctr[which].of(b);
-  s.cache_bf16 = st.ctr[which].bf16;
-  s.cache_h = st.ctr_h;
-  s.cache_w = st.ctr_w;
-  s.store = plan.caches(b);
   // Gates: gamma1 on self-attention, gamma2 on the FFN, none on cross-attention.
   s.gamma = which == 0 ? ada : which == 2 ? ada + C : nullptr;
   s.gamma_stride = ada_stride;

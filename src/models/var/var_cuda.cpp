@@ -151,28 +151,16 @@ void VarCuda::scale_input(int si, const float* next_in, State& st) const {
 void VarCuda::branch(int b, int which, int si, int ph, int pw, State& st,
                      const fastvar::ScalePlan& plan, const DeviceTap& tap) const {
   const int R = st.rows;
-  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, l = int64_t(ph) * pw;
+  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
   const Block& blk = blocks_[b];
   const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
   const int64_t ada_stride = 6 * C;
-  CudaBranch s;
-  s.rows = R;
-  s.h = ph;
-  s.w = pw;
-  s.C = static_cast<int>(C);
-  s.prune = plan.prunes(b);
-  s.keep = plan.keep(static_cast<int>(l));
-  s.score = plan.score;
+  CudaBranch s = cuda_branch_for(plan, b, R, ph, pw, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w);
   s.x = st.x.f32();
   s.xs = st.xs.f32();
   s.y = st.y.f32();
   s.full = st.full.f32();
   s.keep_idx = st.keep.i32();
-  s.cache = st.ctr[which].of(b);
-  s.cache_bf16 = st.ctr[which].bf16;
-  s.cache_h = st.ctr_h;
-  s.cache_w = st.ctr_w;
-  s.store = plan.caches(b);
   s.gamma = ada + which * C;  // gamma1 or gamma2
   s.gamma_stride = ada_stride;
   const std::string sp = "s" + std::to_string(si) + ".";
