@@ -212,6 +212,32 @@ TEST(CudaInfinity, SeededGenerationMatchesCpuAndRepeats) {
   EXPECT_GE(ce.peak_bytes(), ce.baseline_bytes());
 }
 
+// A short schedule ('0.06M', 7 scales to 16x16) with FastVAR skipping the last
+// two: the KV cache is then smaller than the decoder's workspace, which gets
+// its own buffer (the other tests decode inside the idle KV cache). Compared
+// with the CPU engine as above.
+TEST(CudaInfinity, ShortScheduleWithSkippedScalesMatchesCpu) {
+  FASTVAR_REQUIRE_CUDA();
+  Loaded m;
+  InfinityCudaEngine ce(m.model, m.vae, 0, cpu::DType::F32);
+  InfinityGenParams p = seeded(17, false, m.model.config().depth);
+  p.schedule = infinity::make_schedule(1.0, "0.06M");
+  p.cfg = {3.f};
+  p.tau = {0.8f};
+  const int S = static_cast<int>(p.schedule.scales.size());
+  p.plan = default_infinity_plan(S, m.model.config().depth, false);
+  ASSERT_TRUE(p.plan.enabled);
+  ASSERT_GT(p.plan.skip_last, 0);
+  InfinityGenResult cpu_r = generate_infinity(m.model, m.vae, p), a = ce.generate(p);
+  ASSERT_EQ(a.images.shape(), cpu_r.images.shape());
+  int64_t off = 0;
+  for (int64_t i = 0; i < a.images.numel(); ++i)
+    off += std::fabs(a.images.data()[i] - cpu_r.images.data()[i]) > 1.f / 255.f;
+  EXPECT_LE(double(off) / double(a.images.numel()), 0.10);
+  ASSERT_EQ(a.scales.size(), cpu_r.scales.size());
+  for (size_t s = 0; s < a.scales.size(); ++s) EXPECT_EQ(a.scales[s].skipped, cpu_r.scales[s].skipped);
+}
+
 // Rows are independent and the RNG counter holds the image index: image 0 of
 // a batch of two is image 0 of a batch of one with the same seed (pixels
 // compared as above: GEMMs of other heights may round differently).
