@@ -7,9 +7,10 @@
 #   1. the engine: the bundle of scripts/gpu-bundle.sh when .devbundle/ holds
 #      one (a GPU machine without our Debian packages), else a build with
 #      -DFASTVAR_CUDA=ON into build-cuda;
-#   2. the Cuda* tests: every CUDA op against the CPU op, the CUDA VAR engine
-#      against the golden tensors and the CPU engine (a skipped test means no
-#      usable device and counts as a failure);
+#   2. the Cuda* tests: every CUDA op against the CPU op, the CUDA VAR and
+#      Infinity engines against the golden tensors and the CPU engine (a
+#      skipped test means no usable device and counts as a failure); failed
+#      tests are rerun with FASTVAR_CUDA_SYNC=1 and under compute-sanitizer;
 #   3. check-golden --device cuda, fp32 and bf16, on every VAR and Infinity
 #      golden folder (tests/data/golden/*, ../shared/golden/* when present);
 #   4. benchmarks, side by side in one run: the Cuda* kernel benchmarks;
@@ -66,6 +67,21 @@ grep -B2 -A12 'Failure' "$out/cuda_tests.log" | head -120
 passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$out/cuda_tests.log")
 if [ "$rc" -ne 0 ] || grep -q '^\[  SKIPPED \]' "$out/cuda_tests.log" || [ -z "$passed" ]; then
   echo "gpu-check: Cuda tests FAILED or SKIPPED (exit $rc)"; fail=1
+  # Diagnosis of the failed tests: again with every op synchronised (an
+  # asynchronous fault then names its op), and under compute-sanitizer memcheck.
+  failed=$(sed -n 's/^\[  FAILED  \] \([A-Za-z0-9_]*\.[A-Za-z0-9_]*\).*/\1/p' "$out/cuda_tests.log" | sort -u | head -n 8 | paste -sd: -)
+  if [ -n "$failed" ]; then
+    echo "   rerunning $failed with FASTVAR_CUDA_SYNC=1"
+    FASTVAR_CUDA_SYNC=1 timeout 120 $bin/tests/fastvar_tests --gtest_filter="$failed" --gtest_color=no \
+      > "$out/cuda_tests_sync.log" 2>&1
+    grep -E 'cuda: |Failure' "$out/cuda_tests_sync.log" | head -20 | sed 's/^/   /'
+    san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+    if [ -n "$san" ]; then
+      timeout 180 "$san" --tool memcheck --print-limit 20 $bin/tests/fastvar_tests --gtest_filter="$failed" \
+        --gtest_color=no > "$out/cuda_tests_memcheck.log" 2>&1
+      grep -E 'Invalid|ERROR SUMMARY|at 0x|by thread' "$out/cuda_tests_memcheck.log" | head -20 | sed 's/^/   /'
+    fi
+  fi
 else
   echo "gpu-check: $passed Cuda tests passed on $gpu"
 fi

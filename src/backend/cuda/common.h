@@ -18,14 +18,15 @@
                       cudaGetErrorName(fv_err_));                                         \
   } while (0)
 
-// After a kernel launch: a bad configuration shows up here (faults show up at
-// the next synchronising call).
-#define FASTVAR_CUDA_CHECK_LAUNCH(what)                                                   \
-  do {                                                                                    \
-    const cudaError_t fv_err_ = cudaGetLastError();                                       \
-    if (fv_err_ != cudaSuccess)                                                           \
-      ::fastvar::fail("cuda: launching %s failed: %s", what, cudaGetErrorString(fv_err_)); \
-  } while (0)
+// After a kernel launch: a bad configuration shows up here; faults show up at
+// the next synchronising call, or here with FASTVAR_CUDA_SYNC=1 in the
+// environment (for debugging: every op then waits for its kernels, so an
+// error names the op that caused it).
+#define FASTVAR_CUDA_CHECK_LAUNCH(what) ::fastvar::cuda::detail::check_launch(what)
+
+namespace fastvar::cuda::detail {
+void check_launch(const char* what);
+}  // namespace fastvar::cuda::detail
 
 namespace fastvar::cuda::detail {
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -51,6 +53,18 @@ void track_allocation(int64_t bytes) {
   int64_t peak = g_peak.load();
   while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
   }
+}
+
+void check_launch(const char* what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail("cuda: launching %s failed: %s", what, cudaGetErrorString(e));
+  static const bool sync = [] {
+    const char* v = std::getenv("FASTVAR_CUDA_SYNC");
+    return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+  }();
+  if (!sync) return;
+  e = cudaStreamSynchronize(stream());
+  if (e != cudaSuccess) fail("cuda: %s failed on the device: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
 int current_device() {
