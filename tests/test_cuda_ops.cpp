@@ -84,6 +84,16 @@ TEST(CudaDevice, BufferRoundTripAndBounds) {
     EXPECT_GE(cuda::peak_allocated_bytes(), cuda::allocated_bytes());
   }
   EXPECT_EQ(cuda::allocated_bytes(), a0);
+  {
+    cuda::DeviceBuffer v = cuda::DeviceBuffer::view(b.data(), 400);  // frees nothing
+    EXPECT_EQ(v.data(), b.data());
+    EXPECT_EQ(v.bytes(), 400u);
+    cuda::DeviceBuffer w = std::move(v);
+    EXPECT_EQ(w.data(), b.data());
+    EXPECT_EQ(cuda::allocated_bytes(), a0);
+  }
+  EXPECT_EQ(to_host(b, 1000), std::vector<float>(1000, 0.f));
+  EXPECT_EQ(cuda::allocated_bytes(), a0);
   cuda::DeviceBuffer moved = std::move(b);
   EXPECT_EQ(b.data(), nullptr);
   EXPECT_EQ(moved.bytes(), 4000u);

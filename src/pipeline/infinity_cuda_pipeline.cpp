@@ -22,11 +22,11 @@ struct InfinityCudaEngine::Buffers {
   // What the buffers were sized for: reused while it matches.
   struct Key {
     int rows = 0, capacity = 0, Hf = 0, Wf = 0, layer_begin = 0, layer_end = 0;
-    int64_t lmax = 0, ctr_tokens = 0, rope_rows = 0;
+    int64_t lmax = 0, lmax_all = 0, ctr_tokens = 0, rope_rows = 0;  // tokens: largest scale run / of all
     bool operator==(const Key& o) const {
       return rows == o.rows && capacity == o.capacity && Hf == o.Hf && Wf == o.Wf &&
              layer_begin == o.layer_begin && layer_end == o.layer_end && lmax == o.lmax &&
-             ctr_tokens == o.ctr_tokens && rope_rows == o.rope_rows;
+             lmax_all == o.lmax_all && ctr_tokens == o.ctr_tokens && rope_rows == o.rope_rows;
     }
   } key;
   infinity::InfinityCuda::State st;
@@ -67,8 +67,8 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
   key.Wf = Wf;
   for (int si = 0; si < S; ++si) {
     const int64_t L = int64_t(sched[si].first) * sched[si].second;
-    if (si <= last) key.capacity += static_cast<int>(L);
-    key.lmax = std::max(key.lmax, L);
+    if (si <= last) key.capacity += static_cast<int>(L), key.lmax = std::max(key.lmax, L);
+    key.lmax_all = std::max(key.lmax_all, L);
     key.rope_rows += L;
   }
   if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < S) {
@@ -87,15 +87,15 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
     bufs_->summed = floats(int64_t(B) * d * HWf);
     bufs_->codes = floats(int64_t(B) * d * key.lmax);
     bufs_->bits = cuda::DeviceBuffer(size_t(B) * size_t(key.lmax) * size_t(d));
-    bufs_->tokens = floats(int64_t(B) * key.lmax * d);
-    bufs_->scratch = floats(int64_t(B) * d * std::max(HWf, key.lmax));
+    bufs_->tokens = floats(int64_t(B) * key.lmax_all * d);  // the next input of a skipped scale too
+    bufs_->scratch = floats(int64_t(B) * d * std::max(HWf, key.lmax_all));
     bufs_->rope_cos = floats(key.rope_rows * (c.head_dim / 2));
     bufs_->rope_sin = floats(key.rope_rows * (c.head_dim / 2));
     bufs_->img = floats(img_floats);
-    // The decoder's activations go into the KV cache (idle by then) when they
-    // fit, else into their own buffer.
+    // The decoder's activations go into the loop's arena (KV cache, CTR caches,
+    // activations: idle by then) when they fit, else into their own buffer.
     const int64_t ws = vae_->workspace_floats(B, Hf, Wf);
-    if (size_t(ws) * sizeof(float) > bufs_->st.kv.bytes()) bufs_->workspace = floats(ws);
+    if (size_t(ws) * sizeof(float) > bufs_->st.arena.bytes()) bufs_->workspace = floats(ws);
   }
   infinity::InfinityCuda::State& st = bufs_->st;
   st.len.assign(c.depth, 0);
@@ -202,7 +202,7 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
       }
   }
   if (p.decode)
-    vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), bf.workspace.data() ? bf.workspace.f32() : st.kv.f32());
+    vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), bf.workspace.data() ? bf.workspace.f32() : st.arena.f32());
   ev.record(S + 1);
   res.summed = Tensor({B, d, Hf, Wf});
   bf.summed.download(res.summed.data(), size_t(res.summed.numel()));  // synchronises

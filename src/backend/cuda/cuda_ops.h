@@ -83,6 +83,9 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
+  // A non-owning view of `bytes` bytes of device memory at p (part of another
+  // buffer, which must outlive it); nothing is freed with it.
+  static DeviceBuffer view(void* p, size_t bytes);
   // A buffer holding a copy of n host values.
   static DeviceBuffer from_host(const float* x, size_t n);
   static DeviceBuffer from_host(const uint16_t* x, size_t n);
@@ -109,6 +112,7 @@ class DeviceBuffer {
   void copy_out(void* dst, size_t bytes, size_t at_bytes) const;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  bool owned_ = true;
 };
 
 // Synchronous copies between a host pointer and a device pointer (ordered after

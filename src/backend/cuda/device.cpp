@@ -231,28 +231,39 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   detail::track_allocation(int64_t(bytes));
 }
 
+DeviceBuffer DeviceBuffer::view(void* p, size_t bytes) {
+  DeviceBuffer b;
+  b.ptr_ = p;
+  b.bytes_ = bytes;
+  b.owned_ = false;
+  return b;
+}
+
 DeviceBuffer::~DeviceBuffer() {
-  if (ptr_) {
+  if (ptr_ && owned_) {
     cudaFree(ptr_);  // implicitly waits for work that uses it
     detail::track_allocation(-int64_t(bytes_));
   }
 }
 
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_), owned_(o.owned_) {
   o.ptr_ = nullptr;
   o.bytes_ = 0;
+  o.owned_ = true;
 }
 
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   if (this != &o) {
-    if (ptr_) {
+    if (ptr_ && owned_) {
       cudaFree(ptr_);
       detail::track_allocation(-int64_t(bytes_));
     }
     ptr_ = o.ptr_;
     bytes_ = o.bytes_;
+    owned_ = o.owned_;
     o.ptr_ = nullptr;
     o.bytes_ = 0;
+    o.owned_ = true;
   }
   return *this;
 }

@@ -120,22 +120,35 @@ DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   g_live_bytes += int64_t(bytes);
   g_peak_bytes = std::max(g_peak_bytes, g_live_bytes);
 }
+DeviceBuffer DeviceBuffer::view(void* p, size_t bytes) {
+  DeviceBuffer b;
+  b.ptr_ = p;
+  b.bytes_ = bytes;
+  b.owned_ = false;
+  return b;
+}
 DeviceBuffer::~DeviceBuffer() {
+  if (!owned_) return;
   if (ptr_) g_live_bytes -= int64_t(bytes_);
   std::free(ptr_);
 }
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_), owned_(o.owned_) {
   o.ptr_ = nullptr;
   o.bytes_ = 0;
+  o.owned_ = true;
 }
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   if (this != &o) {
-    if (ptr_) g_live_bytes -= int64_t(bytes_);
-    std::free(ptr_);
+    if (owned_) {
+      if (ptr_) g_live_bytes -= int64_t(bytes_);
+      std::free(ptr_);
+    }
     ptr_ = o.ptr_;
     bytes_ = o.bytes_;
+    owned_ = o.owned_;
     o.ptr_ = nullptr;
     o.bytes_ = 0;
+    o.owned_ = true;
   }
   return *this;
 }

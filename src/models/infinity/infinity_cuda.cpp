@@ -76,9 +76,8 @@ InfinityCuda::InfinityCuda(const InfinityModel& m, cpu::DType dtype) : cfg_(m.co
 
 int64_t InfinityCuda::State::bytes() const {
   int64_t b = 0;
-  for (const cuda::DeviceBuffer* d :
-       {&kv, &ctr_buf[0], &ctr_buf[1], &ctr_buf[2], &normed, &tkv, &tmid, &ca_mem, &ca_k, &ca_v, &pooled, &cond, &act,
-        &gss, &ada, &ada_head, &x, &xs, &y, &full, &h, &q, &o, &big, &keep, &logits})
+  for (const cuda::DeviceBuffer* d :  // the loop's buffers are views of the arena
+       {&arena, &normed, &tkv, &tmid, &ca_mem, &ca_k, &ca_v, &pooled, &cond, &act, &gss, &ada, &ada_head})
     b += int64_t(d->bytes());
   return b;
 }
@@ -95,23 +94,39 @@ InfinityCuda::State InfinityCuda::new_state(int rows, int capacity, int64_t lmax
   st.kv_bf16 = dtype_ == cpu::DType::BF16;
   const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
   st.kv_elems = D * R * H * st.cap * hd;
-  st.kv = cuda::DeviceBuffer(2 * size_t(st.kv_elems) * kv_elem);
   st.len.assign(cfg_.depth, 0);
   if (plan && plan->enabled && ctr_tokens > 0) st.ctr_tokens = ctr_tokens;
+  // The loop's buffers as views of one allocation (256-byte aligned parts),
+  // which the decoder reuses after the loop.
+  struct Part {
+    cuda::DeviceBuffer* buf;
+    size_t bytes, offset;
+  };
+  std::vector<Part> parts;
+  size_t total = 0;
+  auto part = [&](cuda::DeviceBuffer* d, size_t bytes) {
+    parts.push_back({d, bytes, total});
+    total += (bytes + 255) / 256 * 256;
+  };
+  part(&st.kv, 2 * size_t(st.kv_elems) * kv_elem);
   for (int k = 0; k < 3; ++k) {
     size_t bytes = 0;
     st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, rows, st.ctr_tokens, C, st.kv_bf16, &bytes);
-    st.ctr_buf[k] = cuda::DeviceBuffer(bytes);
-    st.ctr[k].base = st.ctr_buf[k].data();
+    part(&st.ctr_buf[k], bytes);
   }
+  const size_t f = sizeof(float);
+  for (cuda::DeviceBuffer* d : {&st.x, &st.xs, &st.y, &st.full, &st.h, &st.q, &st.o}) part(d, size_t(R * lmax * C) * f);
+  part(&st.big, size_t(R * lmax * std::max<int64_t>(3 * C, cfg_.ffn)) * f);
+  part(&st.keep, size_t(R * lmax) * sizeof(int32_t));
+  part(&st.logits, size_t(R * lmax * cfg_.V) * f);
+  st.arena = cuda::DeviceBuffer(total);
+  for (const Part& p : parts)
+    *p.buf = cuda::DeviceBuffer::view(p.bytes ? static_cast<char*>(st.arena.data()) + p.offset : nullptr, p.bytes);
+  for (int k = 0; k < 3; ++k) st.ctr[k].base = st.ctr_buf[k].data();
   for (cuda::DeviceBuffer* d : {&st.pooled, &st.cond, &st.act}) *d = floats(R * C);
   st.gss = floats(R * 6 * C);
   st.ada = floats(D * R * 6 * C);
   st.ada_head = floats(R * 2 * C);
-  for (cuda::DeviceBuffer* d : {&st.x, &st.xs, &st.y, &st.full, &st.h, &st.q, &st.o}) *d = floats(R * lmax * C);
-  st.big = floats(R * lmax * std::max<int64_t>(3 * C, cfg_.ffn));
-  st.keep = cuda::DeviceBuffer(size_t(R * lmax) * sizeof(int32_t));
-  st.logits = floats(R * lmax * cfg_.V);
   return st;
 }
 

@@ -36,10 +36,12 @@ class InfinityCuda {
 
   struct State {
     int rows = 0, cap = 0;
-    int64_t lmax = 0;                  // tokens of the largest scale
+    int64_t lmax = 0;                  // tokens of the largest scale run
+    // One allocation holding the KV cache, the CTR caches and the activations
+    // below (views into it); idle after the loop, when the decoder may use it.
+    cuda::DeviceBuffer arena;
     bool kv_bf16 = false;
-    // K then V, each depth x (R, H, cap, hd) of kv_elems elements, float32 or
-    // bf16, in one allocation (idle after the loop: the decoder's workspace).
+    // K then V, each depth x (R, H, cap, hd) of kv_elems elements, float32 or bf16.
     cuda::DeviceBuffer kv;
     int64_t kv_elems = 0;
     std::vector<int> len;              // cached tokens per block
@@ -55,9 +57,9 @@ class InfinityCuda {
     cuda::DeviceBuffer normed, tkv, tmid, ca_mem;  // (N, Ct5), (N, 2C), (N, C), (N, C)
     cuda::DeviceBuffer ca_k, ca_v;     // depth x (N, C): row r's (H, n_r, hd) at cu[r] * C
     cuda::DeviceBuffer pooled, cond, act, gss, ada, ada_head;  // (R, C) x3, (R, 6C), depth x (R, 6C), (R, 2C)
-    // Activations of one scale.
+    // Activations of one scale; the logits (R, lmax, V).
     cuda::DeviceBuffer x, xs, y, full, h, q, o, big, keep;
-    cuda::DeviceBuffer logits;         // (R, lmax, V)
+    cuda::DeviceBuffer logits;
     int64_t bytes() const;
   };
   // rows = 2B; capacity: KV tokens per block; lmax: tokens of the largest
