@@ -213,9 +213,8 @@ TEST(CudaInfinity, SeededGenerationMatchesCpuAndRepeats) {
 }
 
 // A short schedule ('0.06M', 7 scales to 16x16) with FastVAR skipping the last
-// two: the KV cache is then smaller than the decoder's workspace, which gets
-// its own buffer (the other tests decode inside the idle KV cache). Compared
-// with the CPU engine as above.
+// two: the loop's buffers are then smaller than the decoder's workspace, which
+// sizes their shared allocation. Compared with the CPU engine as above.
 TEST(CudaInfinity, ShortScheduleWithSkippedScalesMatchesCpu) {
   FASTVAR_REQUIRE_CUDA();
   Loaded m;

@@ -30,7 +30,7 @@ struct InfinityCudaEngine::Buffers {
     }
   } key;
   infinity::InfinityCuda::State st;
-  cuda::DeviceBuffer summed, codes, bits, tokens, scratch, rope_cos, rope_sin, img, workspace;
+  cuda::DeviceBuffer summed, codes, bits, tokens, scratch, rope_cos, rope_sin, img;
 };
 
 InfinityCudaEngine::InfinityCudaEngine(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
@@ -82,7 +82,11 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
     bufs_.reset();  // free first: the old and new buffers need not fit together
     bufs_ = std::make_unique<Buffers>();
     bufs_->key = key;
-    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens);
+    // The decoder's activations go into the loop's arena (KV cache, CTR caches,
+    // activations: idle by then), made large enough for them: the peak is the
+    // larger of the two, not their sum.
+    const int64_t ws = vae_->workspace_floats(B, Hf, Wf);
+    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens, size_t(ws) * sizeof(float));
     auto floats = [](int64_t n) { return cuda::DeviceBuffer(size_t(n) * sizeof(float)); };
     bufs_->summed = floats(int64_t(B) * d * HWf);
     bufs_->codes = floats(int64_t(B) * d * key.lmax);
@@ -92,10 +96,6 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
     bufs_->rope_cos = floats(key.rope_rows * (c.head_dim / 2));
     bufs_->rope_sin = floats(key.rope_rows * (c.head_dim / 2));
     bufs_->img = floats(img_floats);
-    // The decoder's activations go into the loop's arena (KV cache, CTR caches,
-    // activations: idle by then) when they fit, else into their own buffer.
-    const int64_t ws = vae_->workspace_floats(B, Hf, Wf);
-    if (size_t(ws) * sizeof(float) > bufs_->st.arena.bytes()) bufs_->workspace = floats(ws);
   }
   infinity::InfinityCuda::State& st = bufs_->st;
   st.len.assign(c.depth, 0);
@@ -201,8 +201,7 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
         p.tap(strprintf("cache.block%d.%s", b, names[k]), t);
       }
   }
-  if (p.decode)
-    vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), bf.workspace.data() ? bf.workspace.f32() : st.arena.f32());
+  if (p.decode) vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), st.arena.f32());
   ev.record(S + 1);
   res.summed = Tensor({B, d, Hf, Wf});
   bf.summed.download(res.summed.data(), size_t(res.summed.numel()));  // synchronises

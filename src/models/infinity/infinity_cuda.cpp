@@ -83,7 +83,7 @@ int64_t InfinityCuda::State::bytes() const {
 }
 
 InfinityCuda::State InfinityCuda::new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan,
-                                            int64_t ctr_tokens) const {
+                                            int64_t ctr_tokens, size_t min_arena_bytes) const {
   const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
   if (rows < 2 || rows % 2 || capacity < 1 || lmax < 1)
     fail("InfinityCuda: bad state size (%d rows, capacity %d, %lld tokens)", rows, capacity, (long long)lmax);
@@ -119,7 +119,7 @@ InfinityCuda::State InfinityCuda::new_state(int rows, int capacity, int64_t lmax
   part(&st.big, size_t(R * lmax * std::max<int64_t>(3 * C, cfg_.ffn)) * f);
   part(&st.keep, size_t(R * lmax) * sizeof(int32_t));
   part(&st.logits, size_t(R * lmax * cfg_.V) * f);
-  st.arena = cuda::DeviceBuffer(total);
+  st.arena = cuda::DeviceBuffer(std::max(total, min_arena_bytes));
   for (const Part& p : parts)
     *p.buf = cuda::DeviceBuffer::view(p.bytes ? static_cast<char*>(st.arena.data()) + p.offset : nullptr, p.bytes);
   for (int k = 0; k < 3; ++k) st.ctr[k].base = st.ctr_buf[k].data();

@@ -65,7 +65,10 @@ class InfinityCuda {
   // rows = 2B; capacity: KV tokens per block; lmax: tokens of the largest
   // scale; `plan` (may be null) and ctr_tokens (tokens of its cache scale) size
   // the FastVAR caches.
-  State new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan, int64_t ctr_tokens) const;
+  // min_arena_bytes: at least this much in st.arena (the decoder's workspace,
+  // which then fits in it after the loop).
+  State new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan, int64_t ctr_tokens,
+                  size_t min_arena_bytes = 0) const;
 
   // The conditioning of one CFG batch from per-prompt T5 features: pooled
   // condition, cross-attention keys/values of every block, AdaLN parameters.
