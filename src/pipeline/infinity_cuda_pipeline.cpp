@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/infinity_codes.h"
@@ -31,6 +33,11 @@ struct InfinityCudaEngine::Buffers {
   } key;
   infinity::InfinityCuda::State st;
   cuda::DeviceBuffer summed, codes, bits, tokens, scratch, rope_cos, rope_sin, img;
+  // What rope_cos / rope_sin hold: the tables of these scales and normaliser
+  // (made on the host and uploaded once per schedule).
+  std::vector<std::pair<int, int>> rope_scales;
+  int rope_h = -1, rope_w = -1;
+  std::vector<int64_t> rope_offset;
 };
 
 InfinityCudaEngine::InfinityCudaEngine(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
@@ -102,11 +109,20 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
   st.ctr_h = st.ctr_w = 0;
   Buffers& bf = *bufs_;
   bf.summed.zero();
-  // The RoPE tables of every scale, uploaded before the loop.
-  const infinity::RopeTables rt = infinity::make_rope_tables(c.head_dim, sched, p.schedule.rope_h, p.schedule.rope_w);
+  // The RoPE tables of every scale, made and uploaded before the loop when the
+  // schedule changed (or for the golden taps).
   const int64_t half = c.head_dim / 2;
-  bf.rope_cos.upload(rt.cos.data(), size_t(rt.cos.numel()));
-  bf.rope_sin.upload(rt.sin.data(), size_t(rt.sin.numel()));
+  infinity::RopeTables rt;
+  const bool new_rope = bf.rope_scales != sched || bf.rope_h != p.schedule.rope_h || bf.rope_w != p.schedule.rope_w;
+  if (new_rope || p.tap) rt = infinity::make_rope_tables(c.head_dim, sched, p.schedule.rope_h, p.schedule.rope_w);
+  if (new_rope) {
+    bf.rope_cos.upload(rt.cos.data(), size_t(rt.cos.numel()));
+    bf.rope_sin.upload(rt.sin.data(), size_t(rt.sin.numel()));
+    bf.rope_scales = sched;
+    bf.rope_h = p.schedule.rope_h;
+    bf.rope_w = p.schedule.rope_w;
+    bf.rope_offset = rt.offset;
+  }
   DeviceTap dtap;
   if (p.tap)
     dtap = [&](const std::string& name, const float* dev, const Shape& shape) {
@@ -145,8 +161,8 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
     model_->scale_input(si, si == 0 ? nullptr : bf.tokens.f32(), h, w, st);
     if (dtap) dtap(sp + "x_in", st.x.f32(), {R, L, c.C});
     const ScalePlan plan = scale_plan(p.plan, si);
-    model_->run_blocks(si, h, w, st, bf.rope_cos.f32() + rt.offset[si] * half,
-                       bf.rope_sin.f32() + rt.offset[si] * half, plan, dtap);
+    model_->run_blocks(si, h, w, st, bf.rope_cos.f32() + bf.rope_offset[si] * half,
+                       bf.rope_sin.f32() + bf.rope_offset[si] * half, plan, dtap);
     count_infinity_scale_work(c, plan, R, L, st.len, ss);
     model_->head(L, st);
     const float g = p.cfg.size() == 1 ? p.cfg[0] : p.cfg[si];
