@@ -7,9 +7,10 @@
 // RoPE and the per-block KV cache, cross-attention to the text, FFN) with
 // FastVAR (PTS, CTR on all three branches), and the bitwise head. Activations,
 // norms and softmax are float32; the bf16 engine keeps the KV cache in
-// bfloat16 and runs self-attention on tensor cores. Cross-attention runs in
-// float32 (as the golden reference does). Everything the loop touches is
-// allocated by new_state / prepare_text, before it.
+// bfloat16 (and the CTR caches) and runs self-attention on tensor cores.
+// Cross-attention runs in float32 (as the golden reference does). Everything
+// the loop touches is allocated before it: by new_state, and the text buffers
+// by encode_text (grown when a batch has more text tokens than any before).
 // Only with FASTVAR_HAS_CUDA.
 #pragma once
 
