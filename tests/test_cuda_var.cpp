@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "cuda_test_util.h"
 #include "io/tensor_file.h"
+#include "models/var/var_cuda.h"
 #include "pipeline/golden_check.h"
 #include "test_util.h"
 
@@ -88,6 +89,26 @@ TEST(CudaVar, SeededGenerationMatchesCpuAndRepeats) {
   }
   EXPECT_GT(ce.weight_bytes(), 0);
   EXPECT_GE(ce.peak_bytes(), ce.baseline_bytes());
+}
+
+// With every block pruned the KV cache holds only what the blocks append
+// (kv_capacity: the kept tokens of the pruned scales), smaller than all
+// tokens; the generation still matches the CPU engine's (compared as above).
+TEST(CudaVar, AllBlocksPrunedFitsTheSmallerKvCache) {
+  FASTVAR_REQUIRE_CUDA();
+  Loaded m;
+  const var::VarConfig& c = m.e->model->config();
+  VarGenParams p = seeded(23, true, c);
+  p.plan.layer_begin = 0;
+  p.plan.layer_end = c.depth - 1;
+  ASSERT_LT(var::kv_capacity(&p.plan, c), c.L);
+  VarCudaEngine ce(*m.e->model, *m.e->vae, 0, cpu::DType::F32);
+  VarGenResult cpu_r = generate_var(*m.e->model, *m.e->vae, p), a = ce.generate(p);
+  ASSERT_EQ(a.images.shape(), cpu_r.images.shape());
+  int64_t off = 0;
+  for (int64_t i = 0; i < a.images.numel(); ++i)
+    off += std::fabs(a.images.data()[i] - cpu_r.images.data()[i]) > 1.f / 255.f;
+  EXPECT_LE(double(off) / double(a.images.numel()), 0.10);
 }
 
 TEST(CudaVar, BatchOfOneEqualsRowOfBatch) {

@@ -148,5 +148,28 @@ TEST(Plan, ScalePlanByIndexForAnySchedule) {
   EXPECT_FALSE(scale_plan(off, 10).prunes(5));
 }
 
+// The KV cache length under a plan: every token without one; the kept tokens
+// of the pruned scales when every block is pruned; all tokens again as soon as
+// one block is not pruned; nothing for skipped scales.
+TEST(Plan, KvCapacityCountsWhatTheFullestBlockAppends) {
+  const std::vector<int64_t> tokens = {1, 4, 9, 16, 100};  // 130
+  EXPECT_EQ(kv_capacity(nullptr, tokens, 4), 130);
+  PrunePlan p;
+  EXPECT_EQ(kv_capacity(&p, tokens, 4), 130);  // disabled
+  p.enabled = true;
+  p.cache_scale = 2;
+  p.ratio[3] = 0.5f;   // keeps 8 of 16
+  p.ratio[4] = 0.75f;  // keeps 25 of 100
+  p.layer_begin = 0;
+  p.layer_end = 3;
+  EXPECT_EQ(kv_capacity(&p, tokens, 4), 1 + 4 + 9 + 8 + 25);
+  p.layer_end = 2;  // block 3 appends every token
+  EXPECT_EQ(kv_capacity(&p, tokens, 4), 130);
+  p.layer_end = 3;
+  p.skip_last = 1;
+  p.ratio.erase(4);
+  EXPECT_EQ(kv_capacity(&p, tokens, 4), 1 + 4 + 9 + 8);
+}
+
 }  // namespace
 }  // namespace fastvar

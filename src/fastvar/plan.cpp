@@ -108,6 +108,23 @@ ScalePlan scale_plan(const PrunePlan& p, int si) {
   return s;
 }
 
+int64_t kv_capacity(const PrunePlan* plan, const std::vector<int64_t>& scale_tokens, int depth) {
+  const bool on = plan && plan->enabled;
+  const int S = static_cast<int>(scale_tokens.size());
+  const int last = S - 1 - (on ? plan->skip_last : 0);
+  int64_t most = 0;
+  for (int b = 0; b < std::max(depth, 1); ++b) {
+    int64_t n = 0;
+    for (int si = 0; si <= last; ++si) {
+      const ScalePlan sp = on ? scale_plan(*plan, si) : ScalePlan{};
+      const int64_t L = scale_tokens[si];
+      n += sp.prunes(b) ? sp.keep(static_cast<int>(L)) : L;
+    }
+    most = std::max(most, n);
+  }
+  return most;
+}
+
 void pts_select(const float* x, int R, int h, int w, int C, int K, ScoreMode mode, int32_t* keep,
                 float* scores) {
   const int L = h * w;

@@ -54,6 +54,12 @@ struct ScalePlan {
 };
 ScalePlan scale_plan(const PrunePlan& p, int si);
 
+// Tokens a per-block KV cache must hold for a run of scales with these token
+// counts under `plan` (null or disabled: every token): the most that any one
+// block appends (the kept tokens at the scales where it is pruned, none at
+// skipped scales).
+int64_t kv_capacity(const PrunePlan* plan, const std::vector<int64_t>& scale_tokens, int depth);
+
 // PTS. x: (R, h*w, C) residual stream of one scale. For each row, scores every
 // token by the squared distance to the low-frequency estimate and writes the K
 // best positions to keep (R, K) in descending score order (ties: lower index

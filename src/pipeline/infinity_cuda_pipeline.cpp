@@ -72,12 +72,15 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
   key.rows = R;
   key.Hf = Hf;
   key.Wf = Wf;
+  std::vector<int64_t> scale_tokens;
   for (int si = 0; si < S; ++si) {
     const int64_t L = int64_t(sched[si].first) * sched[si].second;
-    if (si <= last) key.capacity += static_cast<int>(L), key.lmax = std::max(key.lmax, L);
+    scale_tokens.push_back(L);
+    if (si <= last) key.lmax = std::max(key.lmax, L);
     key.lmax_all = std::max(key.lmax_all, L);
     key.rope_rows += L;
   }
+  key.capacity = static_cast<int>(kv_capacity(&p.plan, scale_tokens, c.depth));
   if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < S) {
     key.ctr_tokens = int64_t(sched[p.plan.cache_scale].first) * sched[p.plan.cache_scale].second;
     key.layer_begin = p.plan.layer_begin;

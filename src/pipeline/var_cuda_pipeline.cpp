@@ -59,7 +59,9 @@ VarGenResult VarCudaEngine::generate(const VarGenParams& p) {
     ctr_tokens = int64_t(cfg.patch_nums[p.plan.cache_scale]) * cfg.patch_nums[p.plan.cache_scale];
   const std::pair<int, int> ctr_layers =
       ctr_tokens > 0 ? std::make_pair(p.plan.layer_begin, p.plan.layer_end) : std::make_pair(0, -1);
-  if (!bufs_ || bufs_->st.rows != R || bufs_->st.ctr_tokens != ctr_tokens || bufs_->st.ctr_layers != ctr_layers) {
+  const int64_t kv_cap = var::kv_capacity(&p.plan, cfg);
+  if (!bufs_ || bufs_->st.rows != R || bufs_->st.ctr_tokens != ctr_tokens || bufs_->st.ctr_layers != ctr_layers ||
+      bufs_->st.cap != kv_cap) {
     bufs_.reset();  // free first: the old and new caches need not fit together
     bufs_ = std::make_unique<Buffers>();
     bufs_->st = model_->new_state(R, &p.plan);

@@ -62,12 +62,18 @@ int64_t VarCuda::State::bytes() const {
   return b;
 }
 
+int64_t kv_capacity(const fastvar::PrunePlan* plan, const VarConfig& cfg) {
+  std::vector<int64_t> tokens;
+  for (int pn : cfg.patch_nums) tokens.push_back(int64_t(pn) * pn);
+  return fastvar::kv_capacity(plan, tokens, cfg.depth);
+}
+
 VarCuda::State VarCuda::new_state(int rows, const fastvar::PrunePlan* plan) const {
   const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
   const int64_t P = cfg_.patch_nums.back(), l = P * P;
   State st;
   st.rows = rows;
-  st.cap = cfg_.L;
+  st.cap = static_cast<int>(kv_capacity(plan, cfg_));
   st.lmax = l;
   const size_t f = sizeof(float);
   st.kv_bf16 = dtype_ == cpu::DType::BF16;

@@ -27,6 +27,9 @@ namespace fastvar::var {
 
 using fastvar::DeviceTap;  // fastvar/branch_cuda.h
 
+// The KV cache length a VAR model needs under `plan` (null: every token).
+int64_t kv_capacity(const fastvar::PrunePlan* plan, const VarConfig& cfg);
+
 class VarCuda {
  public:
   // Uploads the weights of `m` to the current device. `m` must stay in float32
@@ -56,7 +59,8 @@ class VarCuda {
     cuda::DeviceBuffer logits;         // (R, lmax, V)
     int64_t bytes() const;
   };
-  // `plan` (may be null) sizes the FastVAR caches.
+  // `plan` (may be null) sizes the FastVAR caches and the KV cache (the most
+  // tokens one block appends under it: kv_capacity).
   State new_state(int rows, const fastvar::PrunePlan* plan) const;
 
   // Class embeddings, every block's AdaLN parameters and scale 0's input for
