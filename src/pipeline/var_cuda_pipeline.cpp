@@ -152,7 +152,7 @@ VarGenResult VarCudaEngine::generate(const VarGenParams& p) {
   }
   res.f_hat = Tensor({B, Cv, P, P});
   // The KV cache is idle from here: the decoder's activations go there.
-  if (p.decode) vae_->decode(f_hat.f32(), B, P, P, img.f32(), st.k.data(), st.k.bytes());
+  if (p.decode) vae_->decode(f_hat.f32(), B, P, P, img.f32(), st.kv.data(), st.kv.bytes());
   ev.record(SN + 1);
   f_hat.download(res.f_hat.data(), lat);  // synchronises
   if (p.tap) p.tap("f_hat", res.f_hat);

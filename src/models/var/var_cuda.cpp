@@ -56,7 +56,7 @@ VarCuda::VarCuda(const VarModel& m, cpu::DType dtype) : cfg_(m.config()), dtype_
 
 int64_t VarCuda::State::bytes() const {
   int64_t b = 0;
-  for (const cuda::DeviceBuffer* d : {&k, &v, &ctr_buf[0], &ctr_buf[1], &cond, &act, &x0, &ada, &ada_head, &x,
+  for (const cuda::DeviceBuffer* d : {&kv, &ctr_buf[0], &ctr_buf[1], &cond, &act, &x0, &ada, &ada_head, &x,
                                       &xs, &y, &full, &h, &big, &o, &keep, &tok, &logits})
     b += int64_t(d->bytes());
   return b;
@@ -78,8 +78,10 @@ VarCuda::State VarCuda::new_state(int rows, const fastvar::PrunePlan* plan) cons
   const size_t f = sizeof(float);
   st.kv_bf16 = dtype_ == cpu::DType::BF16;
   const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
-  st.k = cuda::DeviceBuffer(size_t(D * R * H * st.cap * hd) * kv_elem);
-  st.v = cuda::DeviceBuffer(size_t(D * R * H * st.cap * hd) * kv_elem);
+  const size_t half = size_t(D * R * H * st.cap * hd) * kv_elem;  // V 16-byte aligned when hd % 8 == 0
+  st.kv = cuda::DeviceBuffer(2 * half);
+  st.k = cuda::DeviceBuffer::view(st.kv.data(), half);
+  st.v = cuda::DeviceBuffer::view(static_cast<char*>(st.kv.data()) + half, half);
   st.len.assign(cfg_.depth, 0);
   if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
     const int64_t pc = cfg_.patch_nums[plan->cache_scale];

@@ -43,7 +43,8 @@ class VarCuda {
     int rows = 0, cap = 0;
     int64_t lmax = 0;                  // tokens of the largest scale
     bool kv_bf16 = false;              // the bf16 engine keeps K/V in bfloat16
-    cuda::DeviceBuffer k, v;           // depth x (R, H, cap, hd), float32 or bf16
+    cuda::DeviceBuffer kv;             // K then V in one allocation (the decoder's workspace after the loop)
+    cuda::DeviceBuffer k, v;           // views of kv: depth x (R, H, cap, hd), float32 or bf16
     std::vector<int> len;              // cached tokens per block
     // FastVAR's CTR caches (attention, FFN) of the blocks the plan prunes, in
     // the engine's dtype (bfloat16 for bf16); laid out for ctr_layers.
