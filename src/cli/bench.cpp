@@ -326,8 +326,12 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
     p.plan = r[m].plan;
     return p;
   };
-  if (dev.cuda)  // one untimed run per mode: lazy module loading, GEMM heuristics, buffers
+  if (dev.cuda) {  // one untimed run per mode: lazy module loading, GEMM heuristics, buffers
     for (const auto& m : a.modes) gen(params(m, 0));
+#ifdef FASTVAR_HAS_CUDA
+    cuda::reset_peak_allocated();
+#endif
+  }
   for (int run = 0; run < a.runs; ++run)
     for (const auto& m : a.modes) {
       InfinityGenParams p = params(m, run);
