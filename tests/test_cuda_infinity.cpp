@@ -289,6 +289,9 @@ TEST(CudaInfinity, CliGeneratesAndChecksGolden) {
   EXPECT_EQ(r.code, 0) << r.out;
   auto g = test::run_cli("check-golden --device cuda --dtype fp32 " + gold());
   EXPECT_EQ(g.code, 0) << g.out;
+  auto b = test::run_cli("bench --device cuda --shape infinity-tiny --pn 0.06M --modes full,fastvar --runs 1");
+  EXPECT_EQ(b.code, 0) << b.out;
+  EXPECT_NE(b.out.find("peak allocated"), std::string::npos) << b.out;
 }
 
 }  // namespace

@@ -123,6 +123,22 @@ TEST(InfinityCli, Bf16RunsAndIsDeterministicAcrossThreads) {
   EXPECT_TRUE(slurp(d / "a.png") == slurp(d / "b.png"));
 }
 
+// The benchmark path on random weights of the golden folder's shapes: both
+// modes run and land in the JSON.
+TEST(InfinityCli, BenchOfTheTinyShapeRuns) {
+  test::TempDir d;
+  auto r = test::run_cli("bench --shape infinity-tiny --pn 0.06M --modes full,fastvar --runs 1 -t 2 --json " +
+                         d / "b.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("infinity-tiny"), std::string::npos) << r.out;
+  const std::string js = slurp(d / "b.json");
+  EXPECT_NE(js.find("\"fastvar\""), std::string::npos) << js;
+  EXPECT_NE(js.find("\"full\""), std::string::npos) << js;
+  auto bad = test::run_cli("bench --shape infinity-huge --runs 1");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("infinity-tiny"), std::string::npos) << bad.out;
+}
+
 TEST(InfinityCli, BadTextToImageInput) {
   test::TempDir d;
   const std::string o = " -o " + d / "x.png";

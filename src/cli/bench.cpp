@@ -277,7 +277,7 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   Weights w(infinity::random_infinity_checkpoint(is, 1));
   infinity::InfinityModel model(w);
   w.check_all_used();
-  Weights vw(infinity::random_bsq_checkpoint(infinity::RandomBsqSpec{}, 2));
+  Weights vw(infinity::random_bsq_checkpoint(infinity::bsq_preset(shape), 2));
   infinity::BSQDecoder vae(vw);
   vw.check_all_used();
   std::function<InfinityGenResult(const InfinityGenParams&)> gen;

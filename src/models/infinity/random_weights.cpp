@@ -9,7 +9,20 @@ namespace fastvar::infinity {
 
 RandomInfinitySpec infinity_preset(const std::string& name) {
   if (name == "infinity-2b") return RandomInfinitySpec{};
-  fail("unknown Infinity shape '%s' (expected infinity-2b)", name.c_str());
+  if (name == "infinity-tiny") {
+    RandomInfinitySpec s;
+    s.depth = 6, s.C = 64, s.heads = 2, s.ffn = 256, s.chunks = 2;
+    s.Ct5 = 256, s.pool_heads = 2, s.text_rows = 77, s.bits = 16, s.levels = 15;
+    return s;
+  }
+  fail("unknown Infinity shape '%s' (expected infinity-2b or infinity-tiny)", name.c_str());
+}
+
+RandomBsqSpec bsq_preset(const std::string& name) {
+  RandomBsqSpec s;
+  if (name == "infinity-tiny") s.ch = 32, s.ch_mult = {1, 1, 2}, s.code_dim = 16;
+  else infinity_preset(name);  // the same names, the same error
+  return s;
 }
 
 std::unique_ptr<io::TensorFile> random_infinity_checkpoint(const RandomInfinitySpec& s, uint64_t seed) {

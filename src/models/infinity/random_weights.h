@@ -22,8 +22,11 @@ struct RandomBsqSpec {
   int res_blocks = 3, code_dim = 32;
 };
 
-// "infinity-2b" (and its VAE, d32): the released 2B shapes.
+// "infinity-2b" (and its VAE, d32): the released 2B shapes. "infinity-tiny":
+// the golden folder's shapes (depth 6, width 64, 16 bits; VAE ch 32, x4) with
+// 77 cfg_uncond rows, for quick runs of the benchmark path.
 RandomInfinitySpec infinity_preset(const std::string& name);
+RandomBsqSpec bsq_preset(const std::string& name);
 
 std::unique_ptr<io::TensorFile> random_infinity_checkpoint(const RandomInfinitySpec& s, uint64_t seed);
 std::unique_ptr<io::TensorFile> random_bsq_checkpoint(const RandomBsqSpec& s, uint64_t seed);
