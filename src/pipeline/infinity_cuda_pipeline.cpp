@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "models/infinity/bsq_vae_cuda.h"
 #include "models/infinity/infinity_cuda.h"
+#include "pipeline/cuda_timing.h"
 
 namespace fastvar {
 
@@ -168,8 +169,7 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
                        bf.rope_sin.f32() + bf.rope_offset[si] * half, plan, dtap);
     count_infinity_scale_work(c, plan, R, L, st.len, ss);
     model_->head(L, st);
-    const float g = p.cfg.size() == 1 ? p.cfg[0] : p.cfg[si];
-    const float tau = p.tau.size() == 1 ? p.tau[0] : p.tau[si];
+    const float g = per_scale_value(p.cfg, si), tau = per_scale_value(p.tau, si);
     if (p.tap) {
       Tensor logits({R, L, c.V});
       cuda::memcpy_d2h(logits.data(), st.logits.f32(), size_t(logits.numel()) * sizeof(float));
@@ -225,10 +225,7 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
   res.summed = Tensor({B, d, Hf, Wf});
   bf.summed.download(res.summed.data(), size_t(res.summed.numel()));  // synchronises
   peak_ = std::max(peak_, cuda::memory_used_bytes());
-  for (ScaleStats& ss : stats) {
-    ss.ms = ev.elapsed_ms(ss.si, ss.si + 1);
-    if (!ss.skipped) res.transformer_ms += ss.ms;
-  }
+  res.transformer_ms = scale_times_from_events(ev, stats);
   // The text conditioning runs between events 0 and 1: it counts in scale 0
   // and in transformer_ms.
   res.scales = stats;
@@ -241,14 +238,7 @@ InfinityGenResult InfinityCudaEngine::generate(const InfinityGenParams& p) {
     if (p.tap) p.tap("final.image", img);
     res.images = Tensor(img.shape());
     for (int64_t i = 0; i < img.numel(); ++i) res.images.data()[i] = (img.data()[i] + 1.f) * 0.5f;
-    if (p.on_scale) {
-      ScaleStats ds;
-      ds.si = S;
-      ds.ph = static_cast<int>(img.dim(2));
-      ds.pw = static_cast<int>(img.dim(3));
-      ds.ms = res.decode_ms;
-      p.on_scale(ds);
-    }
+    if (p.on_scale) p.on_scale(decoder_stats(S, img, res.decode_ms));
   }
   res.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
   return res;

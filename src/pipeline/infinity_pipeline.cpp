@@ -16,7 +16,6 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-float per_scale(const std::vector<float>& v, int si) { return v.size() == 1 ? v[0] : v[si]; }
 
 }  // namespace
 
@@ -36,6 +35,8 @@ uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u
   }
   return u < p0 ? 0 : 1;
 }
+
+float per_scale_value(const std::vector<float>& v, int si) { return v.size() == 1 ? v[0] : v[si]; }
 
 PrunePlan default_infinity_plan(int S, int depth, bool extended_2k) {
   PrunePlan p;
@@ -146,7 +147,7 @@ InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const 
     count_infinity_scale_work(c, plan, R, L, st.len, ss);
     Tensor logits = model.head(x, text);
     if (p.tap) p.tap(sp + "logits_raw", logits);
-    const float g = per_scale(p.cfg, si), tau = per_scale(p.tau, si);
+    const float g = per_scale_value(p.cfg, si), tau = per_scale_value(p.tau, si);
     const int64_t V = c.V;
     Tensor guided = guide_infinity_logits(logits, B, g, tau);
     if (p.tap) p.tap(sp + "logits_guided", guided);
@@ -200,14 +201,7 @@ InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const 
     res.images = Tensor(img.shape());
     for (int64_t i = 0; i < img.numel(); ++i) res.images.data()[i] = (img.data()[i] + 1.f) * 0.5f;
     res.decode_ms = ms_since(t0);
-    if (p.on_scale) {
-      ScaleStats ds;
-      ds.si = S;
-      ds.ph = static_cast<int>(img.dim(2));
-      ds.pw = static_cast<int>(img.dim(3));
-      ds.ms = res.decode_ms;
-      p.on_scale(ds);
-    }
+    if (p.on_scale) p.on_scale(decoder_stats(S, img, res.decode_ms));
   }
   res.total_ms = ms_since(t_start);
   return res;

@@ -50,6 +50,9 @@ PrunePlan default_infinity_plan(int num_scales, int depth, bool extended_2k);
 void count_infinity_scale_work(const infinity::InfinityConfig& c, const ScalePlan& plan, int R, int64_t L,
                                const std::vector<int>& kv_len, ScaleStats& ss);
 
+// A per-scale setting (cfg, tau) of scale si: one value for all, or one per scale.
+float per_scale_value(const std::vector<float>& v, int si);
+
 // One bit from its two (guided) logits for values 0 and 1: top-k 1 keeps the
 // larger; top-p > 0 drops the smaller class when its two-way softmax
 // probability is <= 1 - top_p; otherwise bit = (u < p0 ? 0 : 1).

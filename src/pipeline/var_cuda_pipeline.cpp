@@ -12,6 +12,7 @@
 #include "models/var/var_cuda.h"
 #include "models/var/vqvae_cost.h"
 #include "models/var/vqvae_cuda.h"
+#include "pipeline/cuda_timing.h"
 
 namespace fastvar {
 
@@ -157,10 +158,7 @@ VarGenResult VarCudaEngine::generate(const VarGenParams& p) {
   f_hat.download(res.f_hat.data(), lat);  // synchronises
   if (p.tap) p.tap("f_hat", res.f_hat);
   peak_ = std::max(peak_, cuda::memory_used_bytes());
-  for (ScaleStats& ss : stats) {
-    ss.ms = ev.elapsed_ms(ss.si, ss.si + 1);
-    if (!ss.skipped) res.transformer_ms += ss.ms;
-  }
+  res.transformer_ms = scale_times_from_events(ev, stats);
   // The conditioning (AdaLN of every block) runs between events 0 and 1: it
   // counts in scale 0 and in transformer_ms.
   res.scales = stats;
@@ -170,13 +168,7 @@ VarGenResult VarCudaEngine::generate(const VarGenParams& p) {
     res.decode_ms = ev.elapsed_ms(SN, SN + 1);
     res.images = Tensor({B, 3, img_side, img_side});
     img.download(res.images.data(), size_t(res.images.numel()));
-    if (p.on_scale) {
-      ScaleStats ds;
-      ds.si = SN;
-      ds.ph = ds.pw = static_cast<int>(img_side);
-      ds.ms = res.decode_ms;
-      p.on_scale(ds);
-    }
+    if (p.on_scale) p.on_scale(decoder_stats(SN, res.images, res.decode_ms));
     if (p.tap) p.tap("img", res.images);
   }
   res.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();

@@ -37,6 +37,15 @@ void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p) {
   p.plan.validate(cfg.SN(), cfg.depth);
 }
 
+ScaleStats decoder_stats(int num_scales, const Tensor& images, double ms) {
+  ScaleStats ds;
+  ds.si = num_scales;
+  ds.ph = static_cast<int>(images.dim(2));
+  ds.pw = static_cast<int>(images.dim(3));
+  ds.ms = ms;
+  return ds;
+}
+
 VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p) {
   const var::VarConfig& cfg = model.config();
   const int B = static_cast<int>(p.labels.size()), R = 2 * B, SN = cfg.SN();
@@ -148,11 +157,7 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
     res.images = vae.decode(f_hat);
     res.decode_ms = ms_since(t0);
     if (p.on_scale) {
-      ScaleStats ds;
-      ds.si = SN;
-      ds.ph = static_cast<int>(res.images.dim(2));
-      ds.pw = static_cast<int>(res.images.dim(3));
-      ds.ms = res.decode_ms;
+      ScaleStats ds = decoder_stats(SN, res.images, res.decode_ms);
       ds.flops = var::decode_flops(vae.config(), P, P) * B;
       p.on_scale(ds);
     }

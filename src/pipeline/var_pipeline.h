@@ -23,6 +23,10 @@ struct ScaleStats {
   bool skipped = false;
 };
 
+// The decoder's on_scale entry: step num_scales, the side of the images
+// (B, 3, H, W), its time.
+ScaleStats decoder_stats(int num_scales, const Tensor& images, double ms);
+
 struct VarGenParams {
   std::vector<int> labels;  // one class per image (B = size)
   float cfg = 4.f;
