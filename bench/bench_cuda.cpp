@@ -52,6 +52,29 @@ bool have_device(benchmark::State& st) {
   return false;
 }
 
+// Random queries (Lq, H, hd), a bfloat16 K/V cache (H, Lk, hd) and the output
+// of the bf16 attention benchmarks.
+struct Bf16KvInputs {
+  cuda::DeviceBuffer q, k, v, out;
+  Bf16KvInputs(int64_t Lq, int64_t Lk, int64_t H, int64_t hd)
+      : q(dev_rand(Lq * H * hd, 1)), k(H * Lk * hd * 2), v(H * Lk * hd * 2), out(Lq * H * hd * sizeof(float)) {
+    auto kf = dev_rand(H * Lk * hd, 2), vf = dev_rand(H * Lk * hd, 3);
+    cuda::to_bf16(kf.f32(), k.u16(), H * Lk * hd);
+    cuda::to_bf16(vf.f32(), v.u16(), H * Lk * hd);
+  }
+};
+
+// A C -> C 3x3 convolution's operands at H x H (one image): x, float32 and
+// bfloat16 weights, bias, output.
+struct Conv3x3Inputs {
+  cuda::DeviceBuffer x, wf, wb, bias, y;
+  Conv3x3Inputs(int64_t C, int64_t H)
+      : x(dev_rand(C * H * H, 1)), wf(dev_rand(C * C * 9, 2)), wb(C * C * 9 * 2), bias(dev_rand(C, 3)),
+        y(C * H * H * sizeof(float)) {
+    cuda::to_bf16(wf.f32(), wb.u16(), C * C * 9);
+  }
+};
+
 // Times body over the benchmark's iterations; reports TFLOP/s for `flop` per call.
 template <class F>
 void run_timed(benchmark::State& st, double flop, const F& body) {
@@ -124,14 +147,10 @@ BENCHMARK(BM_CudaAttention)->Args({256, 680, 16, 64})->Args({1024, 2240, 36, 64}
 void BM_CudaAttentionBf16Kv(benchmark::State& st) {
   if (!have_device(st)) return;
   const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = st.range(3);
-  auto qd = dev_rand(Lq * H * hd, 1), kf = dev_rand(H * Lk * hd, 2), vf = dev_rand(H * Lk * hd, 3);
-  cuda::DeviceBuffer kd(H * Lk * hd * 2), vd(H * Lk * hd * 2);
-  cuda::to_bf16(kf.f32(), kd.u16(), H * Lk * hd);
-  cuda::to_bf16(vf.f32(), vd.u16(), H * Lk * hd);
-  cuda::DeviceBuffer od(Lq * H * hd * sizeof(float));
+  const Bf16KvInputs in(Lq, Lk, H, hd);
   const float scale = 1.f / std::sqrt(float(hd));
   run_timed(st, 4.0 * Lq * Lk * hd * H, [&] {
-    cuda::attention_bf16kv(qd.f32(), H * hd, kd.u16(), vd.u16(), Lk * hd, od.f32(), Lq, Lk, H, hd,
+    cuda::attention_bf16kv(in.q.f32(), H * hd, in.k.u16(), in.v.u16(), Lk * hd, in.out.f32(), Lq, Lk, H, hd,
                            scale, 1, 0, 0, 0);
   });
 }
@@ -147,18 +166,14 @@ void BM_CudaAttentionBf16KvKernel(benchmark::State& st) {
   if (!have_device(st)) return;
   const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = st.range(3);
   const bool wmma = st.range(4) != 0;
-  auto qd = dev_rand(Lq * H * hd, 1), kf = dev_rand(H * Lk * hd, 2), vf = dev_rand(H * Lk * hd, 3);
-  cuda::DeviceBuffer kd(H * Lk * hd * 2), vd(H * Lk * hd * 2);
-  cuda::to_bf16(kf.f32(), kd.u16(), H * Lk * hd);
-  cuda::to_bf16(vf.f32(), vd.u16(), H * Lk * hd);
-  cuda::DeviceBuffer od(Lq * H * hd * sizeof(float));
+  const Bf16KvInputs in(Lq, Lk, H, hd);
   const float scale = 1.f / std::sqrt(float(hd));
   run_timed(st, 4.0 * Lq * Lk * hd * H, [&] {
     if (wmma)
-      cuda::detail::attention_bf16kv_wmma(qd.f32(), H * hd, kd.u16(), vd.u16(), Lk * hd, od.f32(),
+      cuda::detail::attention_bf16kv_wmma(in.q.f32(), H * hd, in.k.u16(), in.v.u16(), Lk * hd, in.out.f32(),
                                           Lq, Lk, H, hd, scale, 1, 0, 0, 0);
-    else if (!cuda::detail::attention_bf16kv_mma(qd.f32(), H * hd, kd.u16(), vd.u16(), Lk * hd,
-                                                 od.f32(), Lq, Lk, H, hd, scale, 1, 0, 0, 0))
+    else if (!cuda::detail::attention_bf16kv_mma(in.q.f32(), H * hd, in.k.u16(), in.v.u16(), Lk * hd,
+                                                 in.out.f32(), Lq, Lk, H, hd, scale, 1, 0, 0, 0))
       st.SkipWithError("the mma kernel does not apply");
   });
 }
@@ -174,14 +189,12 @@ void BM_CudaDecoderConv3x3(benchmark::State& st) {
   if (!have_device(st)) return;
   const int64_t C = st.range(0), H = st.range(1);
   const bool bf16 = st.range(2) != 0;
-  auto xd = dev_rand(C * H * H, 1), wf = dev_rand(C * C * 9, 2), bd = dev_rand(C, 3);
-  cuda::DeviceBuffer wb(C * C * 9 * 2), yd(C * H * H * sizeof(float));
-  cuda::to_bf16(wf.f32(), wb.u16(), C * C * 9);
+  const Conv3x3Inputs in(C, H);
   run_timed(st, 2.0 * C * C * 9 * H * H, [&] {
     if (bf16)
-      cuda::conv2d_bf16(xd.f32(), 1, C, H, H, wb.u16(), bd.f32(), C, 3, 1, yd.f32());
+      cuda::conv2d_bf16(in.x.f32(), 1, C, H, H, in.wb.u16(), in.bias.f32(), C, 3, 1, in.y.f32());
     else
-      cuda::conv2d_f32(xd.f32(), 1, C, H, H, wf.f32(), bd.f32(), C, 3, 1, yd.f32());
+      cuda::conv2d_f32(in.x.f32(), 1, C, H, H, in.wf.f32(), in.bias.f32(), C, 3, 1, in.y.f32());
   });
 }
 BENCHMARK(BM_CudaDecoderConv3x3)->Args({160, 512, 1})->Args({160, 512, 0})->Args({320, 128, 1})
@@ -196,17 +209,15 @@ void BM_CudaConvBf16Path(benchmark::State& st) {
   if (!have_device(st)) return;
   const int64_t C = st.range(0), H = st.range(1);
   const bool mma = st.range(2) != 0;
-  auto xd = dev_rand(C * H * H, 1), wf = dev_rand(C * C * 9, 2), bd = dev_rand(C, 3);
-  cuda::DeviceBuffer wb(C * C * 9 * 2), yd(C * H * H * sizeof(float));
-  cuda::to_bf16(wf.f32(), wb.u16(), C * C * 9);
+  const Conv3x3Inputs in(C, H);
   const char* prev = std::getenv("FASTVAR_CONV_MMA");
   const std::string saved = prev ? prev : "";
   if (!mma) unsetenv("FASTVAR_CONV_MMA");
   run_timed(st, 2.0 * C * C * 9 * H * H, [&] {
     if (!mma)
-      cuda::conv2d_bf16(xd.f32(), 1, C, H, H, wb.u16(), bd.f32(), C, 3, 1, yd.f32());
-    else if (!cuda::detail::conv2d_bf16_mma(xd.f32(), 1, C, H, H, wb.u16(), bd.f32(), C, 3, 1,
-                                            yd.f32(), false))
+      cuda::conv2d_bf16(in.x.f32(), 1, C, H, H, in.wb.u16(), in.bias.f32(), C, 3, 1, in.y.f32());
+    else if (!cuda::detail::conv2d_bf16_mma(in.x.f32(), 1, C, H, H, in.wb.u16(), in.bias.f32(), C, 3, 1,
+                                            in.y.f32(), false))
       st.SkipWithError("the mma kernel does not apply");
   });
   if (prev) setenv("FASTVAR_CONV_MMA", saved.c_str(), 1);
