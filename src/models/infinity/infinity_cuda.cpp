@@ -276,7 +276,8 @@ void InfinityCuda::branch(int b, int which, int si, int h, int w, State& st, con
       cuda::gelu_tanh(mid, R * K * cfg_.ffn);
       cuda::linear(mid, blk.fc2, y, R * K);
     }
-  }, tap, strprintf("s%02d.block%d.%s.", si, b, which == 0 ? "sa" : which == 1 ? "ca" : "ffn"));
+  }, tap, tap ? strprintf("s%02d.block%d.%s.", si, b, which == 0 ? "sa" : which == 1 ? "ca" : "ffn")
+             : std::string());  // names only for golden taps: nothing to format in the loop
 }
 
 void InfinityCuda::run_blocks(int si, int h, int w, State& st, const float* rope_cos, const float* rope_sin,

@@ -171,7 +171,7 @@ void VarCuda::branch(int b, int which, int si, int ph, int pw, State& st,
   s.keep_idx = st.keep.i32();
   s.gamma = ada + which * C;  // gamma1 or gamma2
   s.gamma_stride = ada_stride;
-  const std::string sp = "s" + std::to_string(si) + ".";
+  const std::string sp = tap ? "s" + std::to_string(si) + "." : std::string();  // tap names only
   float* h = st.h.f32();
   cuda_run_branch(s, [&](const float* xs, const int32_t*, int64_t K, float* y) {
     if (which == 0) {
@@ -209,7 +209,7 @@ void VarCuda::branch(int b, int which, int si, int ph, int pw, State& st,
       cuda::gelu_tanh(mid, R * K * cfg_.ffn);
       cuda::linear(mid, blk.fc2, y, R * K);
     }
-  }, tap, sp + "l" + std::to_string(b) + (which ? ".ffn_" : ".attn_"));
+  }, tap, tap ? sp + "l" + std::to_string(b) + (which ? ".ffn_" : ".attn_") : std::string());
 }
 
 void VarCuda::run_blocks(int si, int ph, int pw, State& st, const fastvar::ScalePlan& plan,
