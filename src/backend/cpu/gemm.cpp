@@ -11,8 +11,20 @@ namespace fastvar::cpu {
 namespace {
 // Products below this many multiply-adds run on the calling thread.
 constexpr double kSplitWork = 1 << 21;
-// Panel sides are multiples of this (OpenBLAS's register tile is 16 wide).
+// A split product is cut into at most kParts panels whose side is a multiple
+// of kPanel (OpenBLAS's register tile is 16 wide). The cut depends only on the
+// shape, never on the thread count: OpenBLAS picks its kernels (small-matrix
+// paths, edge tiles) by the shape of each call, and on some CPUs (AVX2 Zen)
+// those accumulate in different orders, so an element computed in a panel of
+// another width can differ in its last bits. 16 parts balance up to 16 threads.
 constexpr int64_t kPanel = 16;
+constexpr int64_t kParts = 16;
+
+// Panel side for a side of n: at most kParts panels, a multiple of kPanel.
+int64_t panel_step(int64_t n) {
+  const int64_t parts = std::min<int64_t>(kParts, (n + kPanel - 1) / kPanel);
+  return (n + parts * kPanel - 1) / (parts * kPanel) * kPanel;
+}
 
 void sgemm1(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
             const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
@@ -28,21 +40,19 @@ void sgemm1(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float a
 
 // OpenBLAS runs single-threaded (see core/threadpool.cpp): one pool owns the
 // cores, so BLAS threads never spin against our workers. A large product is cut
-// into panels of C along its longer side, one single-threaded sgemm per panel.
-// Every element keeps its own reduction order, so results do not depend on the
-// thread count.
+// into panels of C along its longer side, one single-threaded sgemm per panel,
+// the same panels whatever the thread count (see kPanel), so results do not
+// depend on it.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
           int64_t ldc) {
   if (M == 0 || N == 0) return;
-  const int64_t threads = num_threads();
-  if (threads <= 1 || double(M) * N * K < kSplitWork) {
+  if (double(M) * N * K < kSplitWork) {
     sgemm1(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   if (N >= M) {  // column panels: B's rows (trans_b) or columns, C's columns
-    const int64_t parts = std::min<int64_t>(threads, (N + kPanel - 1) / kPanel);
-    const int64_t step = (N + parts * kPanel - 1) / (parts * kPanel) * kPanel;
+    const int64_t step = panel_step(N), parts = (N + step - 1) / step;
     parallel_for(parts, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n0 = p * step, n1 = std::min(N, n0 + step);
@@ -52,8 +62,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
       }
     });
   } else {  // row panels: A's rows (or columns if trans_a), C's rows
-    const int64_t parts = std::min<int64_t>(threads, (M + kPanel - 1) / kPanel);
-    const int64_t step = (M + parts * kPanel - 1) / (parts * kPanel) * kPanel;
+    const int64_t step = panel_step(M), parts = (M + step - 1) / step;
     parallel_for(parts, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t m0 = p * step, m1 = std::min(M, m0 + step);
