@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -21,6 +22,9 @@ constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 // Legit headers nest three levels deep; the cap keeps a pathological header
 // from building a deep DOM.
 constexpr int kMaxJsonDepth = 8;
+// The largest published checkpoints hold a few thousand tensors per file; a
+// header with more entries than this is refused before it is built.
+constexpr size_t kMaxHeaderEntries = 1u << 18;
 
 bool parse_dtype(const std::string& s, DType* out) {
   static const std::pair<const char*, DType> kNames[] = {
@@ -55,6 +59,65 @@ std::string clip(const std::string& s, size_t max = 80) {
   return s.size() > max ? out + "..." : out;
 }
 
+// The first pass over a header: depth, entry count and duplicate keys, each
+// checked as the parser goes, so a hostile header is refused after reading
+// at most the capped number of entries.
+class HeaderScan {
+ public:
+  explicit HeaderScan(const char* file) : file_(file) {}
+
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(json::number_integer_t) { return true; }
+  bool number_unsigned(json::number_unsigned_t) { return true; }
+  bool number_float(json::number_float_t, const json::string_t&) { return true; }
+  bool string(json::string_t&) { return true; }
+  bool binary(json::binary_t&) { return true; }
+  bool start_object(std::size_t) {
+    enter();
+    keys_.emplace_back();
+    return true;
+  }
+  bool end_object() {
+    keys_.pop_back();
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t) {
+    enter();
+    return true;
+  }
+  bool end_array() {
+    --depth_;
+    return true;
+  }
+  bool key(json::string_t& k) {
+    if (depth_ == 1 && ++entries_ > kMaxHeaderEntries)
+      fail("%s: safetensors header has more than %zu entries (the limit; real checkpoints "
+           "have a few thousand)", file_, kMaxHeaderEntries);
+    if (!keys_.back().insert(k).second) {
+      if (depth_ == 1) fail("%s: duplicate tensor name '%s'", file_, clip(k).c_str());
+      fail("%s: safetensors header has a duplicate key '%s'", file_, clip(k).c_str());
+    }
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const json::exception& e) {
+    // nlohmann quotes the offending token, which can be long or binary.
+    fail("%s: safetensors header is not valid JSON: %s", file_, clip(e.what(), 160).c_str());
+  }
+
+ private:
+  void enter() {
+    if (++depth_ > kMaxJsonDepth)
+      fail("%s: safetensors header is nested deeper than %d levels", file_, kMaxJsonDepth);
+  }
+
+  const char* file_;
+  int depth_ = 0;
+  size_t entries_ = 0;
+  std::vector<std::unordered_set<std::string>> keys_;  // one set per open object
+};
+
 struct Pending {
   TensorEntry entry;
   uint64_t begin = 0, end = 0;
@@ -79,30 +142,23 @@ std::unique_ptr<TensorFile> TensorFile::parse_safetensors(const uint8_t* buf, si
          static_cast<unsigned long long>(n), static_cast<unsigned long long>(kMaxHeaderBytes));
   if (n < 2) fail("%s: safetensors header is empty", fn);
 
-  // nlohmann's DOM keeps only the last of duplicate keys, so duplicates are
-  // caught while parsing; the depth cap is enforced there too.
+  // Pass 1, a SAX scan in linear time: caps the nesting depth and the entry
+  // count and finds duplicate keys (nlohmann's DOM keeps only the last one).
+  // nlohmann's callback parser is not used: it rescans the parent object after
+  // every entry, quadratic in the entry count. Pass 2 builds the DOM, which is
+  // linear once the scan has bounded the header.
+  const char* text = reinterpret_cast<const char*>(buf + 8);
   json header;
-  std::vector<std::string> keys;
   try {
-    auto cb = [&](int depth, json::parse_event_t ev, json& parsed) {
-      if ((ev == json::parse_event_t::object_start || ev == json::parse_event_t::array_start) &&
-          depth >= kMaxJsonDepth)
-        fail("%s: safetensors header is nested deeper than %d levels", fn, kMaxJsonDepth);
-      if (ev == json::parse_event_t::key && depth == 1) keys.push_back(parsed.get<std::string>());
-      return true;
-    };
-    const char* text = reinterpret_cast<const char*>(buf + 8);
-    header = json::parse(text, text + n, cb);
+    HeaderScan scan(fn);
+    json::sax_parse(text, text + n, &scan);
+    header = json::parse(text, text + n);
   } catch (const json::exception& e) {
     // nlohmann quotes the offending token, which can be long or binary.
     std::string what = e.what();
     fail("%s: safetensors header is not valid JSON: %s", fn, clip(what, 160).c_str());
   }
   if (!header.is_object()) fail("%s: safetensors header is not a JSON object", fn);
-  std::sort(keys.begin(), keys.end());
-  auto dup = std::adjacent_find(keys.begin(), keys.end());
-  if (dup != keys.end()) fail("%s: duplicate tensor name '%s'", fn, clip(*dup).c_str());
-
   std::unique_ptr<TensorFile> f(new TensorFile);
   f->path_ = name;
   f->format_ = "safetensors";
