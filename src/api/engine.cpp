@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/sysinfo.h"
 #include "core/threadpool.h"
 #include "io/png.h"
 #include "models/embedded.h"
@@ -70,8 +71,8 @@ PrunePlan plan_from_params(PrunePlan p, int num_scales, int depth, const fastvar
   if (q.prune_layer_begin >= 0) p.layer_begin = q.prune_layer_begin;
   if (q.prune_layer_end >= 0) p.layer_end = q.prune_layer_end;
   if (q.score) p.score = parse_score_mode(q.score);
+  p.validate(num_scales, depth);  // a user's blocks beyond the model are refused, not clamped
   if (p.layer_end >= depth) p.layer_end = depth - 1;
-  p.validate(num_scales, depth);
   return p;
 }
 
@@ -203,6 +204,12 @@ fastvar::VarGenParams to_var_params(const fastvar_engine* e, const fastvar_param
   p.seed = q->seed;
   p.plan = fastvar::plan_from_params(fastvar::default_var_plan(c), c.SN(), c.depth, *q);
   fastvar::validate_var_params(c, p);
+  // Refused before anything is allocated; the caller's RGB buffer counted too.
+  const int64_t side = int64_t(c.patch_nums.back()) * e->var->vae->config().downsample;
+  fastvar::check_memory(fastvar::estimate_var_bytes(*e->var->model, *e->var->vae, p) +
+                            2 * int64_t(q->num_images) * side * side * 3,
+                        fastvar::strprintf("generating %d image(s) of %lldx%lld", q->num_images,
+                                           (long long)side, (long long)side));
   return p;
 }
 
@@ -233,6 +240,10 @@ fastvar::InfinityGenParams to_inf_params(const fastvar_engine* e, const fastvar_
   const int S = static_cast<int>(p.schedule.scales.size());
   p.plan = fastvar::plan_from_params(fastvar::default_infinity_plan(S, c.depth, res == "2K"), S, c.depth, *q);
   fastvar::validate_infinity_params(c, p);
+  const int64_t s = ie.vae->stride(), h = p.schedule.scales.back().first * s, w = p.schedule.scales.back().second * s;
+  fastvar::check_memory(fastvar::estimate_infinity_bytes(*ie.model, *ie.vae, p) + 2 * int64_t(q->num_images) * h * w * 3,
+                        fastvar::strprintf("generating %d image(s) of %lldx%lld", q->num_images, (long long)w,
+                                           (long long)h));
   return p;
 }
 

@@ -1,5 +1,7 @@
 #include "core/threadpool.h"
 
+#include "core/sysinfo.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -94,10 +96,7 @@ class Pool {
   bool stopping_ = false;
 };
 
-int default_threads() {
-  unsigned n = std::thread::hardware_concurrency();
-  return n ? static_cast<int>(n) : 1;
-}
+int default_threads() { return available_cpus(); }
 
 std::mutex g_pool_mu;
 Pool& pool() {
@@ -108,7 +107,9 @@ Pool& pool() {
 }  // namespace
 
 void set_num_threads(int n) {
-  if (n <= 0) n = default_threads();
+  // More threads than CPUs only make the workers wait for each other (the CLI
+  // warns when it caps a request).
+  if (n <= 0 || n > available_cpus()) n = default_threads();
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (pool().size() != n) pool().resize(n);
 }

@@ -33,6 +33,7 @@ bool parse_int(const std::string& s, int* out) {
 }  // namespace
 
 std::map<int, float> parse_prune_list(const std::string& s) {
+  if (s.empty()) fail("--prune: empty; expected SCALE:RATIO,... (e.g. 8:0.4,9:0.5)");
   std::map<int, float> r;
   size_t pos = 0;
   while (pos <= s.size()) {
@@ -56,6 +57,7 @@ std::map<int, float> parse_prune_list(const std::string& s) {
 }
 
 void parse_layer_range(const std::string& s, int* begin, int* end) {
+  if (s.empty()) fail("--prune-layers: empty; expected A-B with 0 <= A <= B (e.g. 3-11)");
   size_t dash = s.find('-');
   if (dash == std::string::npos || !parse_int(s.substr(0, dash), begin) ||
       !parse_int(s.substr(dash + 1), end) || *begin < 0 || *end < *begin)
@@ -68,6 +70,14 @@ void PrunePlan::validate(int SN, int depth) const {
     fail("--skip-last %d: must be in [0, %d] for a model with %d scales", skip_last, SN - 1, SN);
   if (layer_begin < 0 || layer_begin >= depth)
     fail("--prune-layers: first block %d out of range [0, %d]", layer_begin, depth - 1);
+  // 1 << 30 is the default "to the last block"; any other end must exist.
+  if (layer_end != (1 << 30) && (layer_end < layer_begin || layer_end >= depth))
+    fail("--prune-layers %d-%d: blocks out of range (this model has blocks 0-%d)", layer_begin,
+         layer_end, depth - 1);
+  // A cache scale is checked whether or not any scale is pruned: a value that
+  // means nothing for this model is an error, not ignored.
+  if (cache_scale < -1 || cache_scale >= SN)
+    fail("--cache-scale %d: must be in [0, %d] for a model with %d scales", cache_scale, SN - 1, SN);
   for (const auto& [si, r] : ratio) {
     if (si < 0 || si >= SN) fail("--prune: scale index %d out of range [0, %d]", si, SN - 1);
     if (!(r >= 0.f && r < 1.f)) fail("--prune: ratio %g of scale %d not in [0, 1)", r, si);
@@ -76,8 +86,8 @@ void PrunePlan::validate(int SN, int depth) const {
            si, cache_scale);
   }
   bool any = std::any_of(ratio.begin(), ratio.end(), [](const auto& kv) { return kv.second > 0.f; });
-  if (any && (cache_scale < 0 || cache_scale >= SN))
-    fail("--cache-scale %d out of range [0, %d]", cache_scale, SN - 1);
+  if (any && cache_scale < 0)
+    fail("--prune: pruned scales need a cache scale (--cache-scale in [0, %d])", SN - 1);
 }
 
 std::string PrunePlan::describe(const std::vector<int>& pn) const {

@@ -108,6 +108,10 @@ int Weights::dim(const std::string& name, int i) {
   if (i < 0 || i >= static_cast<int>(s.size()))
     fail("%s: tensor '%s' has shape %s, too few dimensions", label_.c_str(), name.c_str(),
          shape_str(s).c_str());
+  // Sizes from a file feed int arithmetic: anything that does not fit is refused.
+  if (s[i] > (1 << 24))
+    fail("%s: tensor '%s' has shape %s, dimension %d is implausibly large", label_.c_str(), name.c_str(),
+         shape_str(s).c_str(), i);
   return static_cast<int>(s[i]);
 }
 

@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "io/tensor_file.h"
+#include "io/text_file.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 #include "models/weights.h"
@@ -452,9 +453,7 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
 // reference bits as teacher.
 InfinityGenParams golden_infinity_params(const std::string& dir_s) {
   fs::path dir(dir_s);
-  std::ifstream f(dir / "config.json");
-  if (!f) fail("%s: cannot read config.json (not a golden folder?)", dir_s.c_str());
-  json cfg = json::parse(f, nullptr, false);
+  json cfg = json::parse(io::read_text_file((dir / "config.json").string()), nullptr, false);
   if (cfg.is_discarded() || !cfg.contains("tiny")) fail("%s: not an Infinity golden folder", dir_s.c_str());
   std::shared_ptr<io::TensorFile> inputs = io::TensorFile::open((dir / "inputs.safetensors").string());
   InfinityGenParams p;
@@ -469,8 +468,12 @@ InfinityGenParams golden_infinity_params(const std::string& dir_s) {
     p.text.push_back(t);
   }
   std::vector<int64_t> sched = read_ints(*inputs, "scale_schedule");  // rows (t, h, w)
-  for (size_t i = 0; i + 2 < sched.size(); i += 3)
+  for (size_t i = 0; i + 2 < sched.size(); i += 3) {
+    if (sched[i + 1] < 1 || sched[i + 2] < 1 || sched[i + 1] > 1024 || sched[i + 2] > 1024)
+      fail("%s: scale_schedule row %zu (%lld x %lld) out of range [1, 1024]", dir_s.c_str(), i / 3,
+           (long long)sched[i + 1], (long long)sched[i + 2]);
     p.schedule.scales.push_back({static_cast<int>(sched[i + 1]), static_cast<int>(sched[i + 2])});
+  }
   const json& tiny = cfg.at("tiny");
   std::vector<int> norm_hw;
   if (cfg.contains("rope") && cfg.at("rope").contains("normalizer_hw")) {
@@ -497,12 +500,12 @@ InfinityGenParams golden_infinity_params(const std::string& dir_s) {
 GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const GoldenOptions& opt) {
   fs::path dir(dir_s);
   fs::path cfg_path = dir / "config.json";
-  std::ifstream f(cfg_path);
-  if (!f) fail("%s: cannot read config.json (not a golden folder?)", dir_s.c_str());
+  std::error_code ec;
+  if (!fs::exists(cfg_path, ec)) fail("%s: no config.json (not a golden folder?)", dir_s.c_str());
   json cfg;
   try {
-    cfg = json::parse(f);
-  } catch (const std::exception& e) {
+    cfg = json::parse(io::read_text_file(cfg_path.string()));
+  } catch (const json::exception& e) {
     fail("%s: invalid JSON: %s", cfg_path.string().c_str(), e.what());
   }
   try {

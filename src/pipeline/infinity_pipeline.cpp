@@ -86,6 +86,8 @@ void validate_infinity_params(const infinity::InfinityConfig& c, const InfinityG
   if (S < 1) fail("empty scale schedule");
   if (S > c.levels) fail("the schedule has %d scales; the model has %d level embeddings", S, c.levels);
   if (p.schedule.scales[0] != std::make_pair(1, 1)) fail("the first scale must be 1x1");
+  for (const auto& [h, w] : p.schedule.scales)
+    if (h < 1 || w < 1 || h > 1024 || w > 1024) fail("scale %dx%d out of range [1, 1024] tokens per side", h, w);
   for (const auto* v : {&p.cfg, &p.tau})
     if (v->size() != 1 && static_cast<int>(v->size()) != S)
       fail("cfg/tau lists need 1 or %d values, got %zu", S, v->size());
@@ -96,6 +98,35 @@ void validate_infinity_params(const infinity::InfinityConfig& c, const InfinityG
   if (p.top_k < 0) fail("top-k %d must be >= 0", p.top_k);
   if (!(p.top_p >= 0.0 && p.top_p <= 1.0)) fail("top-p %g out of range [0, 1]", p.top_p);
   p.plan.validate(S, c.depth);
+}
+
+int64_t estimate_infinity_bytes(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
+                                const InfinityGenParams& p) {
+  const infinity::InfinityConfig& c = model.config();
+  const auto& sched = p.schedule.scales;
+  const int64_t B = static_cast<int64_t>(p.text.size()), R = 2 * B, C = c.C;
+  const int S = static_cast<int>(sched.size());
+  const int last = S - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
+  int64_t capacity = 0, lmax = 0;
+  for (int si = 0; si <= last; ++si) {
+    const int64_t l = int64_t(sched[si].first) * sched[si].second;
+    capacity += l;
+    lmax = std::max(lmax, l);
+  }
+  const int64_t Hf = sched.back().first, Wf = sched.back().second;
+  const int64_t s = vae.stride();
+  int64_t floats = 2 * int64_t(c.depth) * R * capacity * C   // KV cache
+                   + R * lmax * (8 * C + c.ffn)              // one scale's activations
+                   + R * lmax * 2 * c.bits                   // logits
+                   + 2 * B * c.bits * Hf * Wf                // summed codes, next input
+                   + 3 * vae.max_map(int(Hf), int(Wf))       // the decoder's maps
+                   + B * 3 * Hf * s * Wf * s;                // decoded images
+  if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < S) {
+    const int64_t pc = int64_t(sched[p.plan.cache_scale].first) * sched[p.plan.cache_scale].second;
+    for (int b = std::max(p.plan.layer_begin, 0); b < c.depth && b <= p.plan.layer_end; ++b)
+      floats += 3 * R * pc * C;  // self-attention, cross-attention and FFN caches
+  }
+  return floats * 4;
 }
 
 InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,

@@ -64,6 +64,9 @@ Tensor guide_infinity_logits(const Tensor& logits, int B, float g, float tau);
 
 void validate_infinity_params(const infinity::InfinityConfig& cfg, const InfinityGenParams& p);
 
+// Bytes generate_infinity allocates for `p` (an estimate from the sizes).
+int64_t estimate_infinity_bytes(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
+                                const InfinityGenParams& p);
 InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
                                     const InfinityGenParams& p);
 

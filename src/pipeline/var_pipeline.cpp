@@ -46,6 +46,16 @@ ScaleStats decoder_stats(int num_scales, const Tensor& images, double ms) {
   return ds;
 }
 
+int64_t estimate_var_bytes(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p) {
+  const var::VarConfig& cfg = model.config();
+  const int64_t B = static_cast<int64_t>(p.labels.size()), P = cfg.patch_nums.back();
+  const int64_t side = P * vae.config().downsample;
+  const int64_t floats = 2 * B * cfg.Cvae * P * P        // f_hat, next-scale input
+                         + 3 * vae.max_map(int(P), int(P))  // the decoder's maps
+                         + B * 3 * side * side;             // decoded images
+  return model.state_bytes(2 * static_cast<int>(B), &p.plan) + floats * 4 + B * P * P * 8;
+}
+
 VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p) {
   const var::VarConfig& cfg = model.config();
   const int B = static_cast<int>(p.labels.size()), R = 2 * B, SN = cfg.SN();

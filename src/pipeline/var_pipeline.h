@@ -58,6 +58,10 @@ void count_scale_work(const var::VarConfig& cfg, const ScalePlan& plan, int R, i
 // Throws fastvar::Error for a class, option or plan the model cannot run.
 void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p);
 
+// Bytes generate_var allocates for `p` (an estimate from the sizes, within a
+// few percent of the peak above the weights), for refusing a request that
+// cannot fit before anything is allocated.
+int64_t estimate_var_bytes(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p);
 VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p);
 
 }  // namespace fastvar

@@ -53,6 +53,9 @@ class BSQDecoder {
   // Compute dtype of the decoder's convolutions (bf16: bfloat16 operands,
   // float32 accumulation).
   void set_dtype(cpu::DType dt) { dtype_ = dt; }
+  // Largest activation (floats) of one image's decode from H x W (decode holds
+  // three such maps, reused image after image).
+  int64_t max_map(int H, int W) const;
 
   struct Conv {
     Tensor w, b;
@@ -76,7 +79,6 @@ class BSQDecoder {
   cpu::DType dtype_ = cpu::DType::F32;
   void decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const;
   void resblock(const ResBlock& rb, int H, int W, float* bufs[3]) const;
-  int64_t max_map(int H, int W) const;  // largest activation (floats) of one decode
 
   BSQDecoderConfig cfg_;
   Conv conv_in_, conv_out_;

@@ -58,6 +58,13 @@ std::vector<int> infer_patch_nums(const io::TensorFile& f, const std::string& la
 
 }  // namespace
 
+// "1,2,3,...", at most 20 sides (the list may come from a file).
+static std::string describe_sides(const std::vector<int>& pn) {
+  std::string s;
+  for (size_t i = 0; i < pn.size() && i < 20; ++i) s += (i ? "," : "") + std::to_string(pn[i]);
+  return pn.size() > 20 ? s + ",..." : s;
+}
+
 std::string VarConfig::describe() const {
   std::string pn;
   for (size_t i = 0; i < patch_nums.size(); ++i) pn += (i ? "," : "") + std::to_string(patch_nums[i]);
@@ -92,12 +99,17 @@ VarModel::VarModel(Weights& w, std::vector<int> patch_nums) : file_(&w.file()) {
     fail("%s: %zu scales requested but the model has %d level embeddings", lb.c_str(),
          c.patch_nums.size(), SN);
   c.scale_begin = {0};
+  int64_t covered = 0;  // in 64 bits: sides come from files and may be hostile
   for (int p : c.patch_nums) {
-    if (p <= 0) fail("invalid scale side %d", p);
-    c.scale_begin.push_back(c.scale_begin.back() + p * p);
+    if (p <= 0 || p > c.L) fail("%s: scale side %d out of range [1, %d]", lb.c_str(), p, c.L);
+    covered += int64_t(p) * p;
+    if (covered > c.L)
+      fail("%s: the scale list %s covers more than the %d tokens of pos_1LC", lb.c_str(),
+           describe_sides(c.patch_nums).c_str(), c.L);
+    c.scale_begin.push_back(static_cast<int>(covered));
   }
-  if (c.scale_begin.back() != c.L)
-    fail("%s: the scale list covers %d tokens but pos_1LC has %d", lb.c_str(), c.scale_begin.back(), c.L);
+  if (covered != c.L)
+    fail("%s: the scale list covers %lld tokens but pos_1LC has %d", lb.c_str(), (long long)covered, c.L);
 
   const int64_t C = c.C, first_l = int64_t(c.patch_nums[0]) * c.patch_nums[0];
   pos_start_ = w.get("pos_start", {1, first_l, C});
@@ -231,6 +243,17 @@ VarModel::State VarModel::new_state(int rows, const fastvar::PrunePlan* plan) co
   }
   st.arena.reserve(workspace_floats(rows));
   return st;
+}
+
+int64_t VarModel::state_bytes(int rows, const fastvar::PrunePlan* plan) const {
+  const int64_t R = rows, C = cfg_.C;
+  int64_t floats = 2 * int64_t(cfg_.depth) * R * cfg_.L * C + workspace_floats(rows);
+  if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
+    const int64_t pc = cfg_.patch_nums[plan->cache_scale];
+    for (int b = std::max(plan->layer_begin, 0); b < cfg_.depth && b <= plan->layer_end; ++b)
+      floats += 2 * R * pc * pc * C;
+  }
+  return floats * int64_t(sizeof(float));
 }
 
 int64_t VarModel::workspace_floats(int rows) const {

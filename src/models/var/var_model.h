@@ -75,6 +75,8 @@ class VarModel {
   State new_state(int rows, const fastvar::PrunePlan* plan = nullptr) const;
   // Floats of activation scratch one scale needs at most (the arena's size).
   int64_t workspace_floats(int rows) const;
+  // Bytes new_state(rows, plan) allocates: KV cache, FastVAR caches, arena.
+  int64_t state_bytes(int rows, const fastvar::PrunePlan* plan = nullptr) const;
 
   // Transformer input of scale si. si == 0: SOS from the conditioning;
   // otherwise word_embed(next_in) + positions, where next_in is (B, Cvae, ph, pw)

@@ -350,14 +350,10 @@ void VQVAE::decode_one(const float* z, int PH, int PW, float* img, float* bufs[3
   for (int64_t i = 0; i < 3 * HW; ++i) img[i] = (std::clamp(bufs[2][i], -1.f, 1.f) + 1.f) * 0.5f;
 }
 
-Tensor VQVAE::decode(const Tensor& f_hat) const {
-  if (f_hat.ndim() != 4 || f_hat.dim(1) != cfg_.Cvae || f_hat.dim(2) <= 0 || f_hat.dim(3) <= 0)
-    fail("VQVAE::decode: f_hat has shape %s, expected (B, %d, H, W)",
-         shape_str(f_hat.shape()).c_str(), cfg_.Cvae);
-  const int B = int(f_hat.dim(0)), PH = int(f_hat.dim(2)), PW = int(f_hat.dim(3));
-  const int f = cfg_.downsample, L = cfg_.levels();
+int64_t VQVAE::max_map(int PH, int PW) const {
   // Largest map any step holds: widest input/output of a block at its level,
   // and the upsampled map before each level's upsample conv.
+  const int L = cfg_.levels();
   int64_t maxel = int64_t(cfg_.Cvae) * PH * PW;
   int C = conv_in_.cout;
   for (int l = L - 1; l >= 0; --l) {
@@ -366,6 +362,16 @@ Tensor VQVAE::decode(const Tensor& f_hat) const {
     C = up_[l].blocks[0].conv1.cout;
     if (l != 0) maxel = std::max(maxel, C * hw * 4);
   }
+  return maxel;
+}
+
+Tensor VQVAE::decode(const Tensor& f_hat) const {
+  if (f_hat.ndim() != 4 || f_hat.dim(1) != cfg_.Cvae || f_hat.dim(2) <= 0 || f_hat.dim(3) <= 0)
+    fail("VQVAE::decode: f_hat has shape %s, expected (B, %d, H, W)",
+         shape_str(f_hat.shape()).c_str(), cfg_.Cvae);
+  const int B = int(f_hat.dim(0)), PH = int(f_hat.dim(2)), PW = int(f_hat.dim(3));
+  const int f = cfg_.downsample;
+  const int64_t maxel = max_map(PH, PW);
   // Uninitialised on purpose: every step writes its output before reading it.
   std::unique_ptr<float[]> storage(new float[3 * maxel]);
   Tensor img({int64_t(B), 3, int64_t(PH) * f, int64_t(PW) * f});

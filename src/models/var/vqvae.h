@@ -74,6 +74,9 @@ class VQVAE {
 
   // f_hat (B, Cvae, PH, PW) -> image (B, 3, PH*f, PW*f) in [0, 1], f = downsample.
   Tensor decode(const Tensor& f_hat) const;
+  // Floats of the largest activation map of one image's decode from PH x PW
+  // (decode holds three of them, reused image after image).
+  int64_t max_map(int PH, int PW) const;
   // Compute dtype of the decoder's convolutions (the quantiser's phi convs in
   // the scale loop stay float32).
   void set_dtype(cpu::DType dt) { dtype_ = dt; }
