@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <png.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +32,60 @@ void on_png_error(png_structp png, png_const_charp msg) {
 }
 
 void on_png_warning(png_structp, png_const_charp) {}
+
+// Temporary files being written, for the signal handlers: fixed slots of
+// plain memory, so that the handler only reads and calls unlink().
+constexpr int kTmpSlots = 16;
+constexpr size_t kTmpPathMax = 4096;
+char g_tmp_paths[kTmpSlots][kTmpPathMax];
+std::atomic<int> g_tmp_used[kTmpSlots];
+
+int register_tmp(const std::string& path) {
+  if (path.size() >= kTmpPathMax) return -1;
+  for (int i = 0; i < kTmpSlots; ++i) {
+    int expected = 0;
+    if (g_tmp_used[i].compare_exchange_strong(expected, 1)) {
+      std::memcpy(g_tmp_paths[i], path.c_str(), path.size() + 1);
+      g_tmp_used[i].store(2);  // the path is complete: the handler may use it
+      return i;
+    }
+  }
+  return -1;  // more writers than slots: only a signal could leave this one behind
+}
+
+void unregister_tmp(int slot) {
+  if (slot >= 0) g_tmp_used[slot].store(0);
+}
+
+void cleanup_and_reraise(int sig) {
+  for (int i = 0; i < kTmpSlots; ++i)
+    if (g_tmp_used[i].load() == 2) ::unlink(g_tmp_paths[i]);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+// Owns a slot and the temporary file until the rename succeeds.
+struct TmpFile {
+  std::string path;
+  int slot = -1;
+  bool keep = false;
+  explicit TmpFile(std::string p) : path(std::move(p)), slot(register_tmp(path)) {}
+  ~TmpFile() {
+    if (!keep) ::unlink(path.c_str());
+    unregister_tmp(slot);
+  }
+};
+
+// Refuses to replace anything at `path` but a regular file.
+void check_replaceable(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return;  // nothing there
+  if (S_ISREG(st.st_mode)) return;
+  const char* what = S_ISDIR(st.st_mode) ? "a directory" : S_ISLNK(st.st_mode) ? "a symbolic link"
+                     : S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                     : S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file";
+  fail("cannot write PNG '%s': it is %s, and only a regular file is replaced", path.c_str(), what);
+}
 
 // Encodes into fp. Returns false with `e` filled on failure. No object with a
 // destructor is alive across the setjmp, so libpng's longjmp is safe here.
@@ -61,17 +117,20 @@ bool encode(FILE* fp, const uint8_t* rgb, int w, int h, PngError& e) {
 void write_png(const std::string& path, const uint8_t* rgb, int width, int height) {
   if (!rgb || width <= 0 || height <= 0)
     fail("cannot write PNG '%s': invalid image %dx%d", path.c_str(), width, height);
+  check_replaceable(path);
   // Unique temporary name next to the target (same file system, so rename() is
   // atomic). O_EXCL with mode 0666 lets the umask decide the final permissions.
   static std::atomic<unsigned> counter{0};
-  const std::string tmp = path + strprintf(".tmp.%d.%u", int(getpid()), counter.fetch_add(1));
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (fd < 0) fail("cannot write PNG '%s': %s", path.c_str(), std::strerror(errno));
+  TmpFile tmp(path + strprintf(".tmp.%d.%u", int(getpid()), counter.fetch_add(1)));
+  int fd = ::open(tmp.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    tmp.keep = true;  // not ours: O_EXCL found something there
+    fail("cannot write PNG '%s': %s", path.c_str(), std::strerror(errno));
+  }
   FILE* fp = fdopen(fd, "wb");
   if (!fp) {
     const int err = errno;
     ::close(fd);
-    ::unlink(tmp.c_str());
     fail("cannot write PNG '%s': %s", path.c_str(), std::strerror(err));
   }
   PngError e;
@@ -89,13 +148,59 @@ void write_png(const std::string& path, const uint8_t* rgb, int width, int heigh
     reason = std::strerror(errno);
     ok = false;
   }
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (!ok) fail("cannot write PNG '%s': %s", path.c_str(), reason.c_str());
+  check_replaceable(path);  // again: something may have appeared there meanwhile
+  if (std::rename(tmp.path.c_str(), path.c_str()) != 0)
+    fail("cannot write PNG '%s': %s", path.c_str(), std::strerror(errno));
+  tmp.keep = true;  // it is the output now
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  check_replaceable(path);
+  static std::atomic<unsigned> counter{0};
+  TmpFile tmp(path + strprintf(".tmp.%d.w%u", int(getpid()), counter.fetch_add(1)));
+  const int fd = ::open(tmp.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) {
+    tmp.keep = true;  // not ours: O_EXCL found something there
+    fail("cannot write '%s': %s", path.c_str(), std::strerror(errno));
+  }
+  size_t done = 0;
+  int err = 0;
+  while (done < bytes.size() && !err) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno != EINTR) err = errno;
+    if (n > 0) done += static_cast<size_t>(n);
+  }
+  if (!err && fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && !err) err = errno;
+  if (err) fail("cannot write '%s': %s", path.c_str(), std::strerror(err));
+  check_replaceable(path);
+  if (std::rename(tmp.path.c_str(), path.c_str()) != 0)
+    fail("cannot write '%s': %s", path.c_str(), std::strerror(errno));
+  tmp.keep = true;
+}
+
+void write_png_to(FILE* out, const std::string& name, const uint8_t* rgb, int width, int height) {
+  if (!rgb || width <= 0 || height <= 0)
+    fail("cannot write PNG to %s: invalid image %dx%d", name.c_str(), width, height);
+  PngError e;
+  errno = 0;
+  bool ok = encode(out, rgb, width, height, e);
+  std::string reason = e.err ? strprintf("%s (%s)", e.msg, std::strerror(e.err)) : std::string(e.msg);
+  if (ok && (std::fflush(out) != 0 || std::ferror(out))) {
     reason = std::strerror(errno);
     ok = false;
   }
-  if (!ok) {
-    ::unlink(tmp.c_str());
-    fail("cannot write PNG '%s': %s", path.c_str(), reason.c_str());
+  if (!ok) fail("cannot write PNG to %s: %s", name.c_str(), reason.c_str());
+}
+
+void install_partial_output_cleanup() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_handler = cleanup_and_reraise;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, nullptr);
   }
 }
 

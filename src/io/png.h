@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -11,7 +12,22 @@ namespace fastvar::io {
 // data goes to a temporary file in the same directory that is renamed over
 // `path` only once complete, so a failure never leaves a truncated image behind.
 // Throws fastvar::Error "cannot write PNG '<path>': <reason>" on any failure.
+// Only a regular file (or nothing) at `path` is replaced: a device, FIFO,
+// socket, directory or symbolic link there is refused, checked again just
+// before the rename.
 void write_png(const std::string& path, const uint8_t* rgb, int width, int height);
+
+// Writes `bytes` to `path` the same way: a temporary file renamed over a
+// regular file (or nothing) only once complete. For reports (JSON, Markdown).
+void write_file(const std::string& path, const std::string& bytes);
+
+// Writes the PNG to an open stream (e.g. stdout for `-o -`); `name` is used
+// in messages. Throws fastvar::Error on a write error (EPIPE, ENOSPC, ...).
+void write_png_to(FILE* out, const std::string& name, const uint8_t* rgb, int width, int height);
+
+// Installs SIGINT, SIGTERM and SIGHUP handlers that delete the temporary
+// files of PNGs being written, then end the process as the signal would.
+void install_partial_output_cleanup();
 
 // (3, H, W) float image in [0, 1] -> interleaved RGB8, rounding to nearest:
 // uint8(clamp(x, 0, 1) * 255 + 0.5), as torchvision.utils.save_image does (the

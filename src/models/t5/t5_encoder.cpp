@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,8 @@
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "io/hf_index.h"
+#include "io/text_file.h"
 #include "models/weights.h"
 
 namespace fastvar::t5 {
@@ -20,15 +23,11 @@ using json = nlohmann::json;
 
 namespace {
 
-json read_json(const fs::path& p) {
-  std::ifstream f(p);
-  if (!f) fail("cannot read %s", p.string().c_str());
+json parse_json_text(const std::string& text, const std::string& label) {
   try {
-    return json::parse(f);
+    return json::parse(text);
   } catch (const std::exception& e) {
-    std::string msg = e.what();
-    std::replace(msg.begin(), msg.end(), '\n', ' ');
-    fail("%s is not valid JSON (%s)", p.string().c_str(), msg.c_str());
+    fail("%s is not valid JSON (%s)", label.c_str(), printable(e.what(), 160).c_str());
   }
 }
 
@@ -79,18 +78,11 @@ struct Checkpoint {
   explicit Checkpoint(const fs::path& d) {
     for (const char* idx : {"model.safetensors.index.json", "pytorch_model.bin.index.json"}) {
       if (!fs::exists(d / idx)) continue;
-      json j = read_json(d / idx);
-      if (!j.contains("weight_map") || !j["weight_map"].is_object())
-        fail("%s has no 'weight_map' object", (d / idx).string().c_str());
+      const std::map<std::string, std::string> map = io::read_weight_index((d / idx).string());
       indexed = true;
       std::map<std::string, size_t> opened;
-      for (const auto& [name, file] : j["weight_map"].items()) {
-        if (!file.is_string()) fail("%s: bad entry for '%s'", idx, name.c_str());
+      for (const auto& [name, f] : map) {
         if (!encoder_side(name)) continue;
-        std::string f = file.get<std::string>();
-        // Shard names come from the file: refuse anything that escapes the folder.
-        if (f.empty() || f.find('/') != std::string::npos || f == "..")
-          fail("%s: invalid shard name '%s'", idx, f.c_str());
         auto it = opened.find(f);
         if (it == opened.end()) {
           files.push_back(std::make_shared<Weights>(io::TensorFile::open((d / f).string())));
@@ -158,16 +150,25 @@ int relative_bucket(int64_t r, int num_buckets, int max_distance) {
 }
 
 T5Config T5Config::from_json_file(const std::string& path) {
-  json j = read_json(path);
-  const std::string label = fs::path(path).filename().string();
+  return from_json_text(io::read_text_file(path), fs::path(path).filename().string());
+}
+
+T5Config T5Config::from_json_text(const std::string& text, const std::string& label) {
+  json j = parse_json_text(text, label);
+  if (!j.is_object()) fail("%s: expected a JSON object", label.c_str());
+  // Every size is bounded far above any released T5 (XXL: d_ff 65536, mT5:
+  // vocab 250112) so that products of them fit in 64 bits.
   auto get_int = [&](const char* key, int64_t def, bool required) -> int64_t {
     if (!j.contains(key)) {
       if (required) fail("%s: missing '%s'", label.c_str(), key);
       return def;
     }
-    if (!j[key].is_number_integer() || j[key].get<int64_t>() <= 0)
-      fail("%s: '%s' must be a positive integer", label.c_str(), key);
-    return j[key].get<int64_t>();
+    const json& v = j[key];
+    const bool ok = v.is_number_unsigned() ? v.get<uint64_t>() >= 1 && v.get<uint64_t>() <= (1u << 24)
+                    : v.is_number_integer() && v.get<int64_t>() >= 1 && v.get<int64_t>() <= (1 << 24);
+    if (!ok)
+      fail("%s: '%s' must be an integer in [1, %d]", label.c_str(), key, 1 << 24);
+    return v.get<int64_t>();
   };
   T5Config c;
   c.vocab_size = get_int("vocab_size", 0, true);
@@ -182,11 +183,14 @@ T5Config T5Config::from_json_file(const std::string& path) {
     fail("%s: unsupported relative attention buckets/max distance %d/%d", label.c_str(),
          c.num_buckets, c.max_distance);
   if (j.contains("layer_norm_epsilon")) {
-    if (!j["layer_norm_epsilon"].is_number())
-      fail("%s: 'layer_norm_epsilon' must be a number", label.c_str());
-    c.eps = j["layer_norm_epsilon"].get<float>();
+    const json& e = j["layer_norm_epsilon"];
+    if (!e.is_number() || !(e.get<double>() > 0.0 && e.get<double>() < 1.0))
+      fail("%s: 'layer_norm_epsilon' must be a number in (0, 1)", label.c_str());
+    c.eps = e.get<float>();
   }
   // feed_forward_proj is "relu" or "gated-<act>"; HF maps "gated-gelu" to gelu_new.
+  if (j.contains("feed_forward_proj") && !j["feed_forward_proj"].is_string())
+    fail("%s: 'feed_forward_proj' must be a string", label.c_str());
   std::string ffp = j.value("feed_forward_proj", std::string("relu"));
   c.gated = has_prefix(ffp, "gated-");
   c.act = c.gated ? ffp.substr(6) : ffp;
@@ -198,7 +202,7 @@ T5Config T5Config::from_json_file(const std::string& path) {
     c.act = j["dense_act_fn"].get<std::string>();
   if (c.act != "relu" && c.act != "gelu_new" && c.act != "gelu_pytorch_tanh" && c.act != "gelu")
     fail("%s: unsupported activation '%s' (feed_forward_proj '%s')", label.c_str(),
-         c.act.c_str(), ffp.c_str());
+         printable(c.act, 40).c_str(), printable(ffp, 40).c_str());
   return c;
 }
 

@@ -33,6 +33,8 @@ struct T5Config {
   int64_t inner() const { return num_heads * d_kv; }
   // Parses an HF T5 config.json; throws a one-line Error on missing/invalid fields.
   static T5Config from_json_file(const std::string& path);
+  // The same from the file's text; `label` names it in messages (used by the fuzzer).
+  static T5Config from_json_text(const std::string& text, const std::string& label);
 };
 
 // Bidirectional relative-position bucket of r = key - query (HF T5 formula, spec 13).

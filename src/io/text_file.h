@@ -1,0 +1,15 @@
+// Small text files of a model folder (config.json, weight indexes): read
+// whole, only when they are regular files of a bounded size, so that a FIFO
+// never blocks and a huge file is refused before it is read.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace fastvar::io {
+
+// The contents of `path`; throws fastvar::Error when it is missing, not a
+// regular file, or larger than `max_bytes`.
+std::string read_text_file(const std::string& path, size_t max_bytes = 64u << 20);
+
+}  // namespace fastvar::io
