@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -64,8 +65,10 @@ inline StTensor st_f32(const std::string& name, std::vector<int64_t> shape, cons
   return t;
 }
 
-inline void write_safetensors(const std::string& path, const std::vector<StTensor>& ts) {
+inline void write_safetensors(const std::string& path, const std::vector<StTensor>& ts,
+                              const std::map<std::string, std::string>& metadata = {}) {
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  if (!metadata.empty()) h["__metadata__"] = metadata;
   size_t off = 0;
   for (const auto& t : ts) {
     h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes.size()}}};

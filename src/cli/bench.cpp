@@ -10,13 +10,16 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "api/engine.h"
 #include "backend/cpu/ops.h"
+#include "cli/output_path.h"
 #include "core/error.h"
 #include "core/threadpool.h"
+#include "io/png.h"
 #include "models/infinity/random_weights.h"
 #include "models/var/random_weights.h"
 #include "pipeline/infinity_pipeline.h"
@@ -362,15 +365,30 @@ int run_bench(const BenchArgs& a) {
     shapes = {""};
   }
   if (shapes.empty()) shapes = {"d16"};
+  // Every option is checked before anything is allocated (the bandwidth probe
+  // alone takes 1 GiB, a d36 model several).
+  for (const std::string& shape : shapes) {
+    if (shape.empty() || shape == "embedded") continue;
+    if (shape.rfind("infinity", 0) == 0) infinity::infinity_preset(shape);
+    else var::var_preset(shape);
+  }
+  std::set<std::string> seen;
+  for (const std::string& m : a.modes) {
+    if (m != "full" && m != "fastvar" && m != "skip") fail("--modes: unknown mode '%s' (expected full, fastvar, skip)", m.c_str());
+    if (!seen.insert(m).second) fail("--modes: '%s' given twice", m.c_str());
+  }
+  if (!a.prune.empty()) parse_prune_list(a.prune);
+  if (a.score != "mean" && a.score != "box") fail("--score: unknown mode '%s' (expected mean or box)", a.score.c_str());
+  compute_dtype(a.dtype.c_str(), parse_device(a.device.c_str()));
   set_num_threads(a.threads);
   nlohmann::json out = nlohmann::json::array();
-  if (!a.json.empty() && !std::ofstream(a.json)) fail("cannot write %s", a.json.c_str());
+  check_output(a.json, input_files({a.model, a.vae}), false);
   // Measured before any model, so that its 1 GiB buffer never adds to a peak RSS.
   const double gbs = parse_device(a.device.c_str()).cuda ? 0.0 : stream_read_gbs();
   for (const std::string& shape : shapes) {
     out.push_back(shape.rfind("infinity", 0) == 0 ? bench_infinity(shape, a) : bench_var(shape, a, gbs));
     std::fflush(stdout);
-    if (!a.json.empty()) std::ofstream(a.json) << out.dump(1) << "\n";  // after every model
+    if (!a.json.empty()) io::write_file(a.json, out.dump(1) + "\n");  // after every model
   }
   return 0;
 }

@@ -17,9 +17,11 @@
 #include <nlohmann/json.hpp>
 
 #include "api/engine.h"
+#include "cli/output_path.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "eval/fid.h"
+#include "io/png.h"
 #include "models/embedded.h"
 #include "models/classifier/fmnist_classifier.h"
 #include "pipeline/var_pipeline.h"
@@ -86,15 +88,6 @@ std::pair<std::string, PrunePlan> custom_plan(const std::string& spec, const var
 }
 
 // Refuses an output we could not write before minutes of generation.
-void check_writable(const std::string& path) {
-  if (path.empty()) return;
-  namespace fs = std::filesystem;
-  fs::path p(path), dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec) || access(dir.c_str(), W_OK) != 0 || fs::is_directory(p, ec))
-    fail("cannot write %s", path.c_str());
-}
-
 std::string fmt(double v, const char* f) { return std::isfinite(v) ? strprintf(f, v) : std::string("n/a"); }
 
 }  // namespace
@@ -104,8 +97,9 @@ int run_eval(const EvalArgs& a) {
   if (a.batch < 1) fail("--batch %d must be >= 1", a.batch);
   if (a.plans.empty() && a.custom.empty()) fail("--plans: give at least one of full, fastvar, skip, box");
   if (a.model.empty() != a.vae.empty()) fail("-m and --vae go together (give neither for the embedded model)");
-  check_writable(a.md);
-  check_writable(a.json);
+  const std::vector<std::string> inputs = input_files({a.model, a.vae, a.classifier});
+  check_output(a.md, inputs, false);
+  check_output(a.json, inputs, false);
   set_num_threads(a.threads);
   auto engine = a.model.empty() ? VarEngine::load_embedded() : VarEngine::load(a.model, a.vae);
   if (a.classifier.empty() && !embedded_classifier_available())
@@ -219,14 +213,14 @@ int run_eval(const EvalArgs& a) {
   }
   std::printf("%s", md.c_str());
   std::fflush(stdout);
-  if (!a.md.empty() && !(std::ofstream(a.md) << md)) fail("cannot write %s", a.md.c_str());
+  if (!a.md.empty()) io::write_file(a.md, md);
   if (!a.json.empty()) {
     nlohmann::json j = {{"model", model_name}, {"config", engine->description}, {"threads", num_threads()},
                         {"cores", std::thread::hardware_concurrency()}, {"per_class", a.per_class}, {"classes", K}, {"images_per_plan", total},
                         {"batch", a.batch}, {"seed", a.seed}, {"cfg", a.cfg}, {"top_k", a.top_k},
                         {"top_p", a.top_p < 0 ? 0.96 : a.top_p}, {"classifier_test_accuracy", clf->test_accuracy()},
                         {"plans", jplans}};
-    if (!(std::ofstream(a.json) << j.dump(1) << "\n")) fail("cannot write %s", a.json.c_str());
+    io::write_file(a.json, j.dump(1) + "\n");
   }
   return 0;
 }

@@ -5,10 +5,13 @@
 //   fastvar info FILE
 //   fastvar check-golden DIR
 #include <CLI/CLI.hpp>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
 #include <climits>
 #include <chrono>
 #include <cstdlib>
@@ -20,7 +23,9 @@
 #include "api/engine.h"
 #include "cli/bench.h"
 #include "cli/eval.h"
+#include "cli/output_path.h"
 #include "core/error.h"
+#include "core/sysinfo.h"
 #include "core/threadpool.h"
 #include "fastvar/fastvar.h"
 #include "io/png.h"
@@ -43,6 +48,7 @@ struct GenerateArgs {
   int width = 0, height = 0;
   float tau = -1.f;
   int count = 1;
+  std::string seed_text = "0";
   uint64_t seed = 0;
   float cfg = 4.f;
   int top_k = 900;
@@ -53,14 +59,48 @@ struct GenerateArgs {
   int skip_last = -1, cache_scale = -1;
 };
 
-// Refuses an output path we could not write, before spending minutes generating.
-void check_writable(const std::string& path) {
-  fs::path p(path);
-  fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) fail("cannot write %s: directory %s does not exist", path.c_str(), dir.c_str());
-  if (fs::is_directory(p, ec)) fail("cannot write %s: it is a directory", path.c_str());
-  if (access(dir.c_str(), W_OK) != 0) fail("cannot write %s: directory %s is not writable", path.c_str(), dir.c_str());
+// Requested image sides (-W/-H) and aspect terms (--ar) beyond this are refused.
+constexpr int kMaxSide = 65536;
+
+// "-s" as a whole unsigned 64-bit number: no sign, no wrap-around, no saturation.
+uint64_t parse_seed(const std::string& s) {
+  if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos)
+    fail("--seed '%s': expected an integer in [0, 18446744073709551615]", s.c_str());
+  errno = 0;
+  const unsigned long long v = std::strtoull(s.c_str(), nullptr, 10);
+  if (errno == ERANGE) fail("--seed %s: out of range [0, 18446744073709551615]", s.c_str());
+  return v;
+}
+
+// A whole number in [lo, hi] (for the terms of --ar).
+int parse_int_in(const std::string& s, int lo, int hi, const char* what) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = s.empty() || !std::isdigit(static_cast<unsigned char>(s[0])) ? -1 : std::strtoll(s.c_str(), &end, 10);
+  if (v < lo || v > hi || errno == ERANGE || !end || *end != 0)
+    fail("%s: '%s' must be an integer in [%d, %d]", what, s.c_str(), lo, hi);
+  return static_cast<int>(v);
+}
+
+// An option given with an empty value (--device "", --prune "") is an error,
+// not the same as leaving the option out.
+void refuse_empty_values(const CLI::App* sub) {
+  for (const CLI::Option* o : sub->get_options()) {
+    if (o->count() == 0 || o->get_expected_min() == 0) continue;  // not given, or a flag
+    for (const std::string& r : o->results())
+      if (r.empty()) fail("%s: empty value (leave the option out for its default)", o->get_name().c_str());
+  }
+}
+
+// More threads than CPUs only make the pool's threads wait for each other.
+int capped_threads(int requested) {
+  const int cpus = available_cpus();
+  if (requested > cpus) {
+    std::fprintf(stderr, "fastvar: warning: -t %d: only %d CPU(s) available; using %d thread(s)\n", requested, cpus,
+                 cpus);
+    return cpus;
+  }
+  return requested;
 }
 
 std::string numbered(const std::string& path, int i, int n) {
@@ -95,10 +135,12 @@ int class_from_text(const fastvar_engine* e, const std::string& text) {
     const char* n = fastvar_class_name(e, i);
     if (!n) break;
     if (lower(n) == lower(text)) return i;
-    names += std::string(names.empty() ? "" : ", ") + n;
+    // Names come from the checkpoint: each shown escaped and short, at most 32 of them.
+    if (i < 32) names += std::string(names.empty() ? "" : ", ") + printable(n, 40);
+    else if (i == 32) names += ", ...";
   }
-  if (names.empty()) fail("--class '%s': this model has no class names; give an id in [0, %d)", text.c_str(), K);
-  fail("--class '%s': unknown class (valid: %s; or an id in [0, %d))", text.c_str(), names.c_str(), K);
+  if (names.empty()) fail("--class '%s': this model has no class names; give an id in [0, %d)", printable(text, 80).c_str(), K);
+  fail("--class '%s': unknown class (valid: %s; or an id in [0, %d))", printable(text, 80).c_str(), names.c_str(), K);
 }
 
 void progress_cb(const fastvar_scale_info* s, void* user) {
@@ -124,8 +166,9 @@ void progress_cb(const fastvar_scale_info* s, void* user) {
   std::fprintf(stderr, "\n");
 }
 
-int run_generate(const GenerateArgs& a) {
+int run_generate(GenerateArgs a) {
   if (a.count < 1 || a.count > 4096) fail("-n %d: must be in [1, 4096]", a.count);
+  a.seed = parse_seed(a.seed_text);
   const bool t2i = !a.t5.empty() || !a.prompts.empty();
   if (a.model.empty() != a.vae.empty())
     fail("-m and --vae go together (give neither for the embedded default model)");
@@ -147,10 +190,10 @@ int run_generate(const GenerateArgs& a) {
   float h_div_w = 1.f;
   std::string pn = a.pn;
   if (!a.ar.empty()) {
-    int aw = 0, ah = 0;
-    char tail = 0;
-    if (std::sscanf(a.ar.c_str(), "%d:%d%c", &aw, &ah, &tail) != 2 || aw <= 0 || ah <= 0)
-      fail("--ar '%s': expected W:H, e.g. 16:9", a.ar.c_str());
+    const size_t colon = a.ar.find(':');
+    if (colon == std::string::npos) fail("--ar '%s': expected W:H, e.g. 16:9", a.ar.c_str());
+    const int aw = parse_int_in(a.ar.substr(0, colon), 1, kMaxSide, "--ar width");
+    const int ah = parse_int_in(a.ar.substr(colon + 1), 1, kMaxSide, "--ar height");
     h_div_w = float(ah) / float(aw);
   }
   if (a.width || a.height) {
@@ -160,9 +203,25 @@ int run_generate(const GenerateArgs& a) {
     if (pn.empty()) pn = resolution_for_pixels(a.width, a.height);
   }
   if (pn.empty()) pn = "1M";
-  check_writable(a.output);
-  if (a.no_grid)
-    for (int i = 0; i < a.count; ++i) check_writable(numbered(a.output, i, a.count));
+  // Every option that can be checked without the model is checked here,
+  // before anything is loaded or allocated.
+  if (!a.prune.empty()) parse_prune_list(a.prune);
+  int layer_begin = -1, layer_end = -1;
+  if (!a.prune_layers.empty()) parse_layer_range(a.prune_layers, &layer_begin, &layer_end);
+  if (a.no_fastvar && (!a.prune.empty() || a.skip_last >= 0 || a.cache_scale >= 0 || !a.prune_layers.empty()))
+    fail("--no-fastvar cannot be combined with --prune, --skip-last, --cache-scale or --prune-layers");
+  compute_dtype(a.dtype.c_str(), parse_device(a.device.c_str()));
+  const bool to_stdout = a.output == "-";
+  if (to_stdout) {
+    if (a.no_grid && a.count > 1) fail("-o - writes one PNG to standard output; --no-grid needs a file name");
+    if (isatty(STDOUT_FILENO)) fail("-o -: standard output is a terminal; redirect it to a file or a pipe");
+  } else {
+    const std::vector<std::string> inputs = cli::input_files({a.model, a.vae}, a.t5);
+    cli::check_output(a.output, inputs);
+    if (a.no_grid)
+      for (int i = 0; i < a.count; ++i) cli::check_output(numbered(a.output, i, a.count), inputs);
+  }
+  a.threads = capped_threads(a.threads);
   set_num_threads(a.threads);
   auto t0 = std::chrono::steady_clock::now();
   // Neither -m nor --vae: the default model compiled into the binary (NULL, NULL).
@@ -196,9 +255,8 @@ int run_generate(const GenerateArgs& a) {
   p.score = a.score.c_str();
   p.dtype = a.dtype.empty() ? nullptr : a.dtype.c_str();
   p.device = a.device.c_str();
-  if (!a.prune_layers.empty()) parse_layer_range(a.prune_layers, &p.prune_layer_begin, &p.prune_layer_end);
-  if (a.no_fastvar && (!a.prune.empty() || a.skip_last >= 0 || a.cache_scale >= 0 || !a.prune_layers.empty()))
-    fail("--no-fastvar cannot be combined with --prune, --skip-last, --cache-scale or --prune-layers");
+  p.prune_layer_begin = layer_begin;
+  p.prune_layer_end = layer_end;
 
   if (fastvar_check_params(e, &p) != FASTVAR_OK) fail("%s", fastvar_last_error());
   if (!a.quiet) std::fprintf(stderr, "loaded in %.2f s: %s\n", load_s, fastvar_describe(e));
@@ -221,7 +279,11 @@ int run_generate(const GenerateArgs& a) {
                  (long long)ps.forwarded, ru.ru_maxrss / 1024.0);
   }
   double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (a.count == 1) {
+  if (to_stdout) {
+    int gw = W, gh = H;
+    std::vector<uint8_t> grid = a.count == 1 ? std::vector<uint8_t>() : io::make_grid(rgb.data(), a.count, H, W, gw, gh);
+    io::write_png_to(stdout, "standard output", a.count == 1 ? rgb.data() : grid.data(), gw, gh);
+  } else if (a.count == 1) {
     io::write_png(a.output, rgb.data(), W, H);
   } else if (a.no_grid) {
     for (int i = 0; i < a.count; ++i)
@@ -232,7 +294,8 @@ int run_generate(const GenerateArgs& a) {
     io::write_png(a.output, grid.data(), gw, gh);
   }
   if (!a.quiet) std::fprintf(stderr, "total %.2f s (generation %.2f s), wrote %s\n", load_s + gen_s, gen_s,
-                             a.count > 1 && a.no_grid ? numbered(a.output, 0, a.count).c_str() : a.output.c_str());
+                             to_stdout ? "standard output"
+                             : a.count > 1 && a.no_grid ? numbered(a.output, 0, a.count).c_str() : a.output.c_str());
   return 0;
 }
 
@@ -278,7 +341,7 @@ int run_info(const std::string& path) {
 
 int run_check_golden(const std::string& dir, int threads, const std::string& device,
                      const std::string& dtype) {
-  set_num_threads(threads);
+  set_num_threads(capped_threads(threads));
   GoldenOptions opt;
   opt.device = parse_device(device.c_str());
   opt.dtype = compute_dtype(dtype.c_str(), opt.device);
@@ -291,6 +354,12 @@ int run_check_golden(const std::string& dir, int threads, const std::string& dev
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A write past a file-size limit fails with EFBIG (and the temporary PNG is
+  // removed) instead of killing the process; a closed pipe fails with EPIPE.
+  // SIGINT, SIGTERM and SIGHUP remove a PNG being written before exiting.
+  signal(SIGXFSZ, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  io::install_partial_output_cleanup();
   CLI::App app{"fastvar: VAR-family image generation with FastVAR cached token pruning"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "fastvar 0.1.0");
@@ -302,14 +371,15 @@ int main(int argc, char** argv) {
   gen->add_option("-c,--class", g.classes, "Class id or name, e.g. 7 or sneaker (one for all images, or one per image)")->delimiter(',');
   gen->add_option("-p,--prompt", g.prompts, "Prompt (one for all images, or one per image); text-to-image models");
   gen->add_option("--t5", g.t5, "T5 encoder folder (Hugging Face layout) of a text-to-image model");
-  gen->add_option("-W,--width", g.width, "Text-to-image: requested width in pixels (nearest aspect template)");
-  gen->add_option("-H,--height", g.height, "Text-to-image: requested height in pixels");
+  gen->add_option("-W,--width", g.width, "Text-to-image: requested width in pixels (nearest aspect template)")
+      ->check(CLI::Range(1, kMaxSide));
+  gen->add_option("-H,--height", g.height, "Text-to-image: requested height in pixels")->check(CLI::Range(1, kMaxSide));
   gen->add_option("--ar", g.ar, "Text-to-image: aspect ratio W:H, e.g. 16:9");
   gen->add_option("--pn", g.pn, "Text-to-image resolution: 0.06M, 0.25M, 0.60M, 1M (default) or 2K (zero-shot 2048 px)")
       ->check(CLI::IsMember({"0.06M", "0.25M", "0.60M", "1M", "2K"}));
   gen->add_option("--tau", g.tau, "Text-to-image sampling temperature (default 0.5)")->check(CLI::Range(0.001f, 100.f));
   gen->add_option("-n,--count", g.count, "Number of images, generated in one batch");
-  gen->add_option("-s,--seed", g.seed, "Random seed");
+  gen->add_option("-s,--seed", g.seed_text, "Random seed: an integer in [0, 2^64-1]");
   gen->add_option("--cfg", g.cfg, "Classifier-free guidance (VAR: ramped from 0 to this over the scales)")->check(CLI::Range(0.f, 100.f));
   gen->add_option("--top-k", g.top_k, "Top-k filtering (0 = off)")->check(CLI::Range(0, 1 << 30));
   gen->add_option("--top-p", g.top_p, "Top-p filtering (0 = off; default 0.96 VAR, 0.97 Infinity)")->check(CLI::Range(0.f, 1.f));
@@ -395,7 +465,15 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::string msg = e.what();
     for (char& ch : msg) if (ch == '\n') ch = ' ';
-    std::fprintf(stderr, "fastvar: error: %s\n", msg.c_str());
+    std::fprintf(stderr, "fastvar: error: %s\n", printable(msg, 1000).c_str());
+    return 2;
+  }
+  try {
+    for (const CLI::App* sub : {gen, info, golden, bench, eval}) {
+      if (*sub) refuse_empty_values(sub);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fastvar: error: %s\n", printable(e.what(), 1000).c_str());
     return 2;
   }
   try {
@@ -408,7 +486,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fastvar: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "fastvar: error: %s\n", e.what());
+    // Messages quote paths, tensor and class names: one escaped, bounded line.
+    std::fprintf(stderr, "fastvar: error: %s\n", printable(e.what(), 2000).c_str());
     return 1;
   }
   return 1;
