@@ -120,6 +120,11 @@ TEST(Hardening, OutOfRangeOptionsNameTheOptionAndRange) {
   expect_clean_error(run_cli(gen("--class 1 --prune-layers ''" + o)), "--prune-layers: empty value");
   expect_clean_error(run_cli(gen("--class 1 --dtype ''" + o)), "--dtype");
   expect_clean_error(run_cli(gen("--class 1 -o ''")), "-o");
+  expect_clean_error(run_cli(gen("--class 1,,2 -n 2" + o)), "--class '1,,2': empty item");
+  expect_clean_error(run_cli(gen("--class 1,2, -n 2" + o)), "--class '1,2,': empty item");
+  expect_clean_error(run_cli("bench --shape d16, -t 1"), "--shape 'd16,': empty item");
+  expect_clean_error(run_cli("check-golden " + d.path.string()), "no config.json");
+  expect_clean_error(run_cli("check-golden " + model()), "not a folder");
   // --ar is parsed before any file is opened, so placeholders do for the text-to-image files.
   const std::string t2i = "generate -m " + d / "m" + " --vae " + d / "v" + " --t5 " + d.path.string() + " -p fox";
   expect_clean_error(run_cli(t2i + " --ar 99999999999:1" + o), "--ar width: '99999999999' must be an integer in [1, 65536]");

@@ -92,6 +92,24 @@ void refuse_empty_values(const CLI::App* sub) {
   }
 }
 
+// Comma-separated lists (--class 1,2,3 or --class 1 --class 2): every item
+// must be there; "1,,2" or a trailing comma is an error, not a shorter list.
+std::vector<std::string> split_list(const std::vector<std::string>& given, const char* option) {
+  std::vector<std::string> out;
+  for (const std::string& v : given) {
+    size_t b = 0;
+    while (true) {
+      const size_t c = v.find(',', b);
+      const std::string item = v.substr(b, c == std::string::npos ? std::string::npos : c - b);
+      if (item.empty()) fail("%s '%s': empty item in the list", option, printable(v, 80).c_str());
+      out.push_back(item);
+      if (c == std::string::npos) break;
+      b = c + 1;
+    }
+  }
+  return out;
+}
+
 // More threads than CPUs only make the pool's threads wait for each other.
 int capped_threads(int requested) {
   const int cpus = available_cpus();
@@ -341,6 +359,11 @@ int run_info(const std::string& path) {
 
 int run_check_golden(const std::string& dir, int threads, const std::string& device,
                      const std::string& dtype) {
+  // The folder is checked before the report starts, so that a wrong path is one error line.
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) fail("%s: not a folder (check-golden takes a golden folder)", dir.c_str());
+  if (!fs::is_regular_file(fs::path(dir) / "config.json", ec))
+    fail("%s: no config.json (not a golden folder)", dir.c_str());
   set_num_threads(capped_threads(threads));
   GoldenOptions opt;
   opt.device = parse_device(device.c_str());
@@ -368,7 +391,7 @@ int main(int argc, char** argv) {
   CLI::App* gen = app.add_subcommand("generate", "Generate images with a VAR model");
   gen->add_option("-m,--model", g.model, "VAR transformer checkpoint (.pth or .safetensors); default: the embedded model");
   gen->add_option("--vae", g.vae, "VQVAE checkpoint (.pth or .safetensors); goes with -m");
-  gen->add_option("-c,--class", g.classes, "Class id or name, e.g. 7 or sneaker (one for all images, or one per image)")->delimiter(',');
+  gen->add_option("-c,--class", g.classes, "Class id or name, e.g. 7 or sneaker (one for all images, or one per image)");
   gen->add_option("-p,--prompt", g.prompts, "Prompt (one for all images, or one per image); text-to-image models");
   gen->add_option("--t5", g.t5, "T5 encoder folder (Hugging Face layout) of a text-to-image model");
   gen->add_option("-W,--width", g.width, "Text-to-image: requested width in pixels (nearest aspect template)")
@@ -418,12 +441,12 @@ int main(int argc, char** argv) {
   }
   cli::BenchArgs b;
   CLI::App* bench = app.add_subcommand("bench", "Time full and FastVAR runs side by side (random weights of a release shape, or -m/--vae)");
-  bench->add_option("--shape", b.shapes, "Model shapes with random weights: d16, d20, d24, d30, d36, infinity-2b, infinity-tiny; or 'embedded' (the default model)")->delimiter(',');
+  bench->add_option("--shape", b.shapes, "Model shapes with random weights: d16, d20, d24, d30, d36, infinity-2b, infinity-tiny; or 'embedded' (the default model)");
   bench->add_option("--pn", b.resolution, "Infinity resolution: 0.06M, 0.25M, 0.60M, 1M (default), 2K")
       ->check(CLI::IsMember({"0.06M", "0.25M", "0.60M", "1M", "2K"}));
   bench->add_option("-m,--model", b.model, "Or a VAR checkpoint");
   bench->add_option("--vae", b.vae, "and its VQVAE");
-  bench->add_option("--modes", b.modes, "Modes to compare: full, fastvar, skip")->delimiter(',');
+  bench->add_option("--modes", b.modes, "Modes to compare: full, fastvar, skip");
   bench->add_option("--runs", b.runs, "Runs per mode (median reported)")->check(CLI::Range(1, 100));
   bench->add_option("-n,--count", b.count, "Images per batch")->check(CLI::Range(1, 64));
   bench->add_option("-t,--threads", b.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
@@ -442,7 +465,7 @@ int main(int argc, char** argv) {
   eval->add_option("--classifier", ev.classifier, "Fashion-MNIST classifier + FID statistics (default: embedded)");
   eval->add_option("-n,--per-class", ev.per_class, "Images per class and plan (default 100)")->check(CLI::Range(1, 100000));
   eval->add_option("--batch", ev.batch, "Images per generation batch (default 50)")->check(CLI::Range(1, 4096));
-  eval->add_option("--plans", ev.plans, "Plans to compare (default full,fastvar,skip,box)")->delimiter(',');
+  eval->add_option("--plans", ev.plans, "Plans to compare (default full,fastvar,skip,box)");
   eval->add_option("--plan", ev.custom,
                    "Extra plan NAME:key=value;... (keys prune=S:R,..., cache, skip, layers=A-B, score); repeatable");
   eval->add_option("-s,--seed", ev.seed, "Base seed (batch b uses seed + b, the same for every plan)");
@@ -472,6 +495,10 @@ int main(int argc, char** argv) {
     for (const CLI::App* sub : {gen, info, golden, bench, eval}) {
       if (*sub) refuse_empty_values(sub);
     }
+    g.classes = split_list(g.classes, "--class");
+    b.shapes = split_list(b.shapes, "--shape");
+    b.modes = split_list(b.modes, "--modes");
+    ev.plans = split_list(ev.plans, "--plans");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fastvar: error: %s\n", printable(e.what(), 1000).c_str());
     return 2;
