@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA engines (VAR and Infinity transformers, decoders, pipelines, the C
 # API and CLI with --device cuda) on the emulated device of
-# src/backend/cuda_emu/ (host memory, the CPU backend's ops), so that machines
+# tests/cuda_emu/ (host memory, the CPU backend's ops), so that machines
 # without a GPU test everything above the kernels: buffer sizes, strides, op
 # order, FastVAR bookkeeping, against the golden tensors. The kernels
 # themselves are tested on a GPU only (scripts/gpu-check.sh).

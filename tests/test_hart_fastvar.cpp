@@ -22,7 +22,7 @@
 #include "models/hart/hart_model.h"
 #include "models/hart/hart_tokenizer.h"
 #include "models/weights.h"
-#include "pipeline/hart_pipeline.h"
+#include "models/hart/default_plan.h"
 #include "hart_test_util.h"
 #include "test_util.h"
 

@@ -22,10 +22,6 @@
 
 namespace fastvar {
 
-// The FastVAR plan a VAR model gets by default, by scale index (spec var.md
-// section 11): cache the third-to-last scale, prune the last two at 40% and
-// 50%, in the middle blocks.
-PrunePlan default_var_plan(const var::VarConfig& cfg);
 
 // Applies the FastVAR fields of the public params on top of a model's default
 // plan (or turns FastVAR off), and validates the result.

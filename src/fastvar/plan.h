@@ -8,13 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "core/tap.h"  // ScoreMode
+
 namespace fastvar {
 
-// How PTS estimates the low-frequency component that a token is compared with.
-enum class ScoreMode {
-  GlobalMean,  // the reference: mean over all tokens of the map (DC component)
-  BoxFilter,   // local mean over a 3x3 neighbourhood (clamped at the borders)
-};
 const char* score_mode_name(ScoreMode m);
 ScoreMode parse_score_mode(const std::string& s);  // "mean" | "box"
 

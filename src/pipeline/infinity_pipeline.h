@@ -10,6 +10,7 @@
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 #include "models/infinity/bsq_vae.h"
+#include "models/infinity/default_plan.h"
 #include "models/infinity/infinity_model.h"
 #include "models/infinity/schedule.h"
 #include "pipeline/var_pipeline.h"  // ScaleStats
@@ -25,7 +26,7 @@ struct InfinityGenParams {
   uint64_t seed = 0;
   PrunePlan plan;
   bool decode = true;
-  var::Tap tap;
+  Tap tap;
   // Replaces sampling (teacher forcing): fills bits (B, h, w, d) with 0/1.
   std::function<void(int si, int B, int h, int w, int d, uint8_t* bits)> teacher;
   std::function<void(const ScaleStats&)> on_scale;
@@ -38,12 +39,6 @@ struct InfinityGenResult {
   double transformer_ms = 0, decode_ms = 0, total_ms = 0;
   int64_t kv_bytes_peak = 0;
 };
-
-// FastVAR's reference plan for Infinity expressed by scale index (spec 14.3):
-// with S scales, cache scale S-5, prune S-4 at 40% and S-3 at 50%, skip the
-// last two; blocks 3 .. depth-5 (3..27 for the 32-block 2B model). For 2K
-// schedules the two extra scales are pruned (60%, 75%) instead of skipped.
-PrunePlan default_infinity_plan(int num_scales, int depth, bool extended_2k);
 
 // The work of one scale for its statistics: branch tokens forwarded and FLOPs
 // (the GEMMs, attention over the KV lengths kv_len after the scale, the head).

@@ -8,6 +8,7 @@
 
 #include "core/tensor.h"
 #include "fastvar/plan.h"
+#include "models/var/default_plan.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 

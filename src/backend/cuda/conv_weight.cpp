@@ -1,6 +1,6 @@
 // cuda::ConvWeight: a convolution's weights on the device, and the conv op on
 // them. Only the public interfaces (cuda_ops.h, vision_ops.h), so the emulated
-// device (backend/cuda_emu) builds it too.
+// device (tests/cuda_emu) builds it too.
 #include <vector>
 
 #include "backend/cpu/ops.h"

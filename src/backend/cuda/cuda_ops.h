@@ -21,7 +21,7 @@
 #include <functional>
 #include <string>
 
-#include "fastvar/plan.h"  // ScoreMode
+#include "core/tap.h"  // ScoreMode
 
 namespace fastvar::cuda {
 

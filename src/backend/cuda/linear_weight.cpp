@@ -1,6 +1,6 @@
 // cuda::LinearWeight: a linear layer's weights on the device, and the linear
 // op on them. Only the public interface of cuda_ops.h, so the emulated device
-// (backend/cuda_emu) builds it too.
+// (tests/cuda_emu) builds it too.
 #include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
 

@@ -14,12 +14,11 @@
 #include "backend/cpu/ops.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
-#include "models/var/var_model.h"  // Tap
+#include "core/tap.h"
 #include "models/weights.h"
 
 namespace fastvar::hart {
 
-using var::Tap;
 
 struct HartConfig {
   int depth = 0, C = 0, heads = 0, head_dim = 0, ffn = 0;

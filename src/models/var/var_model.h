@@ -10,6 +10,7 @@
 
 #include "backend/cpu/ops.h"
 #include "core/arena.h"
+#include "core/tap.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 #include "models/weights.h"
@@ -30,9 +31,7 @@ struct VarConfig {
   std::string describe() const;
 };
 
-// Optional observer of intermediate tensors (golden checks, debugging). Names
-// follow the golden files: "s3.block0", "s3.l0.attn_in", "ada.l1", ...
-using Tap = std::function<void(const std::string&, const Tensor&)>;
+using fastvar::Tap;  // core/tap.h
 
 class VarModel {
  public:

@@ -1,5 +1,4 @@
-// HART generation pieces that do not belong to the model itself. For now: the
-// default FastVAR plan.
+// HART's default FastVAR plan, beside the model it belongs to.
 #pragma once
 
 #include "fastvar/plan.h"

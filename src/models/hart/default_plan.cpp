@@ -1,4 +1,4 @@
-#include "pipeline/hart_pipeline.h"
+#include "models/hart/default_plan.h"
 
 namespace fastvar {
 
