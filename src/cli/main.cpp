@@ -7,7 +7,6 @@
 #include <CLI/CLI.hpp>
 #include <signal.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>

@@ -41,7 +41,9 @@ std::string require(const Weights& w, const std::string& p, const char* infix) {
 const Shape& conv_shape(Weights& w, const std::string& p) {
   const std::string name = require(w, p, "conv") + ".weight";
   const Shape& s = w.shape(name);
-  if (s.size() != 4 || s[0] <= 0 || s[1] <= 0 || s[2] != s[3] || s[2] % 2 == 0)
+  // Channel counts feed int arithmetic: sizes far beyond any decoder are refused.
+  if (s.size() != 4 || s[0] <= 0 || s[1] <= 0 || s[0] > (1 << 20) || s[1] > (1 << 20) || s[2] != s[3] ||
+      s[2] % 2 == 0 || s[2] > 15)
     fail("%s: tensor '%s' has shape %s, expected (out, in, k, k) with odd k", w.label().c_str(),
          name.c_str(), shape_str(s).c_str());
   return s;
@@ -134,6 +136,8 @@ BSQDecoder::BSQDecoder(Weights& w) {
     while (!resolve(w, block(l, c.res_blocks[l]) + ".conv1", "conv").empty()) ++c.res_blocks[l];
     c.upsample[l] = !resolve(w, strprintf("decoder.up.%d.upsample.conv", l), "conv").empty();
     if (c.upsample[l]) c.stride *= 2;
+    if (c.stride > 256)  // released decoders upsample 16x; more would overflow image sizes
+      fail("%s: %d upsampling levels, more than a decoder can have", w.label().c_str(), l + 1);
   }
   // Only the products ch*ch_mult[l] matter; ch is their gcd, which is upstream's ch
   // whenever some multiplier is 1 (both released decoders have ch_mult[0] = 1).

@@ -127,10 +127,12 @@ VQVAE::VQVAE(Weights& w) {
   // ---- decoder topology from the names/shapes present ----------------------
   const int L = count_indexed(w, "decoder.up.%d.block.0.conv1.weight");
   if (L == 0) fail("%s: missing tensor 'decoder.up.0.block.0.conv1.weight'", file.c_str());
+  // The released VQVAE has 5 levels (16x); 2^(L-1) must stay a sane image scale.
+  if (L > 9) fail("%s: %d decoder levels, more than a decoder can have (at most 9)", file.c_str(), L);
   std::vector<int> level_ch(L);
   for (int l = 0; l < L; ++l) {
     const Shape& s = w.shape(strprintf("decoder.up.%d.block.0.conv1.weight", l));
-    if (s.size() != 4 || s[0] <= 0)
+    if (s.size() != 4 || s[0] <= 0 || s[0] > (1 << 20))
       fail("%s: decoder.up.%d.block.0.conv1.weight has shape %s, expected (out, in, 3, 3)",
            file.c_str(), l, shape_str(s).c_str());
     level_ch[l] = int(s[0]);
