@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# fastvar.cpp vs PyTorch (tools/bench/torch_var.py, the project's own PyTorch VAR code) on random weights
-# of a release shape, same machine, same thread count, interleaved in one invocation: for each run
-# fastvar fp32 [, fastvar bf16 if `fastvar bench` has --dtype], torch fp32, torch bf16 (autocast).
-# Medians of RUNS and ratios torch_total / fastvar_total go to one JSON; a Markdown table goes to
-# stdout (progress to stderr). PyTorch runs with $PYTHON (default /usr/bin/python3, Debian's torch).
+# fastvar.cpp against today's PyTorch on the CPU, on the same checkpoint files, interleaved in one
+# invocation on the same machine and thread count. The peer is the torch a user installs today from
+# PyPI, in a venv this script makes (build/venv-torch; PYTHON=... uses another interpreter instead):
+#   - fastvar bench -m VAR --vae VAE (fp32; bf16 too where this CPU runs it), full model and FastVAR;
+#   - tools/bench/torch_var.py: this project's PyTorch VAR (tools/train/, checked against the golden
+#     folder by tests), F.scaled_dot_product_attention, fp32 and torch.autocast bf16;
+#   - tools/bench/official_var.py: the official FoundationVision/VAR code, when a local copy of it is
+#     named by VAR_OFFICIAL_DIR (never part of this repository), fp32 and autocast bf16.
+# The checkpoints are random weights of the release layout (tools/make_random_var.py), made once in
+# build/vs_torch/. Medians of RUNS, ratios peer_total / fastvar_total, the CPU model and flags, the
+# oneDNN ISA and the torch version go to one JSON; a Markdown table goes to stdout.
 #
-#   bash bench/run_vs_torch.sh [--runs N] [--threads T] [--depth 16] [--out bench/results/vs_torch_d16.json]
+#   bash bench/run_vs_torch.sh [--runs 3] [--threads 2] [--depth 16] [--out bench/results/vs_torch_d16_<cpu>.json]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3 threads=2 depth=16 out=
@@ -15,68 +21,93 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift 2 ;;
     --depth) depth="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    *) echo "usage: $0 [--runs N] [--threads T] [--depth 16|30] [--out FILE.json]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--runs N] [--threads T] [--depth 16|20|24|30] [--out FILE.json]" >&2; exit 2 ;;
   esac
 done
-out="${out:-bench/results/vs_torch_d${depth}.json}"
-py="${PYTHON:-/usr/bin/python3}"
 fv=./build/fastvar
-[ -x "$fv" ] || { echo "$fv not built" >&2; exit 1; }
+[ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
+if [ -z "${PYTHON:-}" ]; then
+  venv=build/venv-torch
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, numpy, huggingface_hub" 2>/dev/null; then
+    echo "== making $venv with torch from PyPI" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q torch numpy huggingface_hub >&2
+  fi
+  PYTHON="$venv/bin/python"
+fi
+py="$PYTHON"
+cpu_tag="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/[^A-Za-z0-9]\+/_/g; s/_$//')"
+out="${out:-bench/results/vs_torch_d${depth}_${cpu_tag}.json}"
+ck=build/vs_torch
+mkdir -p "$ck" "$(dirname "$out")"
+var="$ck/var_d${depth}.pth" vae="$ck/vae_ch160v4096z32.pth"
+[ -f "$var" ] || "$py" tools/make_random_var.py --depth "$depth" --out "$var" >&2
+[ -f "$vae" ] || "$py" tools/make_random_var.py --vae --out "$vae" >&2
+# fastvar's bf16 needs AVX512_BF16 or AMX (oneDNN); elsewhere it runs fp32 only.
 fv_dtypes=fp32
-if "$fv" bench --help 2>&1 | grep -q -- '--dtype'; then fv_dtypes="fp32 bf16"; fi
+if grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then fv_dtypes="fp32 bf16"; fi
+official="${VAR_OFFICIAL_DIR:-}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$(dirname "$out")"
 
 for r in $(seq 1 "$runs"); do
   for dt in $fv_dtypes; do
     echo "== run $r/$runs: fastvar $dt" >&2
-    extra=()
-    [ "$dt" = fp32 ] || extra=(--dtype "$dt")
-    "$fv" bench --shape "d$depth" --modes full --runs 1 -t "$threads" "${extra[@]}" \
+    "$fv" bench -m "$var" --vae "$vae" --modes full,fastvar --runs 1 -t "$threads" --dtype "$dt" \
       --json "$tmp/fastvar_${dt}_$r.json" >&2
   done
   for dt in fp32 bf16; do
-    echo "== run $r/$runs: torch $dt" >&2
-    "$py" tools/bench/torch_var.py --depth "$depth" --runs 1 --threads "$threads" --dtype "$dt" \
-      --json "$tmp/torch_${dt}_$r.json" >&2
+    echo "== run $r/$runs: torch port $dt" >&2
+    "$py" tools/bench/torch_var.py --var-ckpt "$var" --vae-ckpt "$vae" --sdpa --runs 1 --threads "$threads" \
+      --dtype "$dt" --json "$tmp/port_${dt}_$r.json" >&2
+    if [ -n "$official" ]; then
+      echo "== run $r/$runs: official VAR $dt" >&2
+      "$py" tools/bench/official_var.py --var-dir "$official" --var-ckpt "$var" --vae-ckpt "$vae" --runs 1 \
+        --threads "$threads" --dtype "$dt" --json "$tmp/official_${dt}_$r.json" >&2
+    fi
   done
 done
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+flags="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_int8|fma)$' | sort | tr '\n' ' ' | sed 's/ $//')"
+isa="$("$fv" info 2>/dev/null | head -1)"
 rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-"$py" - "$tmp" "$out" "$runs" "$threads" "$depth" "$cpu" "$rev" "$fv_dtypes" <<'EOF'
+"$py" - "$tmp" "$out" "$runs" "$threads" "$depth" "$cpu" "$flags" "$isa" "$rev" "$fv_dtypes" <<'EOF'
 import glob, json, statistics, sys
-tmp, out, runs, threads, depth, cpu, rev, fv_dtypes = sys.argv[1:]
-med = lambda xs: statistics.median(xs)
+tmp, out, runs, threads, depth, cpu, flags, isa, rev, fv_dtypes = sys.argv[1:]
+med = statistics.median
 res = {}
 for dt in fv_dtypes.split():
-    rr = []
-    for p in sorted(glob.glob(f"{tmp}/fastvar_{dt}_*.json")):
-        m = json.load(open(p))[0]["modes"]["full"]  # scale_ms: one per scale, then the decoder
-        rr.append({"transformer_s": sum(m["scale_ms"][:-1]) / 1e3, "decode_s": m["scale_ms"][-1] / 1e3,
-                   "total_s": m["total_ms_median"] / 1e3, "peak_rss_mib": json.load(open(p))[0]["peak_rss_mib"]})
-    res[f"fastvar_{dt}"] = rr
+    for mode in ("full", "fastvar"):
+        rr = []
+        for p in sorted(glob.glob(f"{tmp}/fastvar_{dt}_*.json")):
+            j = json.load(open(p))[0]
+            m = j["modes"][mode]  # scale_ms: one per scale, then the decoder
+            rr.append({"transformer_s": sum(m["scale_ms"][:-1]) / 1e3, "decode_s": m["scale_ms"][-1] / 1e3,
+                       "total_s": m["total_ms_median"] / 1e3, "peak_rss_mib": j["peak_rss_mib"]})
+        res[f"fastvar-{mode}_{dt}"] = rr
 torch_version = None
-for dt in ("fp32", "bf16"):
-    rr = []
-    for p in sorted(glob.glob(f"{tmp}/torch_{dt}_*.json")):
-        j = json.load(open(p))
-        torch_version = j["torch_version"]
-        rr.append(dict(j["runs"][0], peak_rss_mib=j["peak_rss_mib"]))
-    res[f"torch_{dt}"] = rr
+for peer in ("port", "official"):
+    for dt in ("fp32", "bf16"):
+        rr = []
+        for p in sorted(glob.glob(f"{tmp}/{peer}_{dt}_*.json")):
+            j = json.load(open(p))
+            torch_version = j["torch_version"]
+            rr.append(dict(j["runs"][0], peak_rss_mib=j["peak_rss_mib"]))
+        if rr:
+            res[f"torch-{peer}_{dt}"] = rr
 keys = ("transformer_s", "decode_s", "total_s", "peak_rss_mib")
 median = {e: {k: med([x[k] for x in rr]) for k in keys} for e, rr in res.items()}
-fvs = [e for e in median if e.startswith("fastvar")]
-ratios = {f"{t}/{f}": median[t]["total_s"] / median[f]["total_s"] for t in ("torch_fp32", "torch_bf16") for f in fvs}
-doc = {"cpu": cpu, "threads": int(threads), "runs": int(runs), "depth": int(depth), "batch": 1,
-       "git_head": rev, "torch_version": torch_version, "engines": res, "median": median,
-       "ratio_total": ratios}
+fvs = [e for e in median if e.startswith("fastvar-full")]
+ratios = {f"{t}/{f}": median[t]["total_s"] / median[f]["total_s"] for t in median if t.startswith("torch") for f in fvs}
+doc = {"cpu": cpu, "cpu_flags": flags, "fastvar_cpu": isa, "threads": int(threads), "runs": int(runs),
+       "depth": int(depth), "batch": 1, "git_head": rev, "torch_version": torch_version, "engines": res,
+       "median": median, "ratio_total": ratios}
 json.dump(doc, open(out, "w"), indent=1)
-print(f"VAR-d{depth}, 256 px, batch 1, random weights; {cpu}, {threads} thread(s); median of {runs} interleaved "
-      f"run(s); git HEAD {rev}, torch {torch_version}\n")
+print(f"VAR-d{depth}, 256 px, batch 1, the same random-weight checkpoints; {cpu} ({flags}), {threads} "
+      f"thread(s); median of {runs} interleaved run(s); git {rev}, torch {torch_version} (PyPI)\n")
 print("| engine | dtype | transformer s | decode s | total s | peak RSS MiB | "
-      + " | ".join(f"total / {f.replace('_', ' ')}" for f in fvs) + " |")
+      + " | ".join(f"total / {f.split('_')[0]} {f.split('_')[1]}" for f in fvs) + " |")
 print("|---|---|---:|---:|---:|---:|" + "---:|" * len(fvs))
 for e, m in median.items():
     eng, dt = e.split("_")

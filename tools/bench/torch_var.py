@@ -26,8 +26,12 @@ Threads: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS are set to T 
 imported (overriding the environment), then torch.set_num_threads(T); inter-op threads are left at the
 default (the model code issues no parallel ops).
 
+--var-ckpt / --vae-ckpt load the weights of official-layout checkpoints (the released files, or those
+of tools/make_random_var.py) instead, strictly (every key and shape must match), so that fastvar.cpp and
+this code run on the same files.
+
   /usr/bin/python3 tools/bench/torch_var.py [--depth 16|30] [--runs 3] [--threads 2] [--dtype fp32|bf16]
-                                            [--json out.json]
+                                            [--var-ckpt var_d16.pth --vae-ckpt vae.pth] [--json out.json]
 """
 import argparse
 import json
@@ -48,6 +52,8 @@ ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--json", help="also write the results as JSON")
+ap.add_argument("--var-ckpt", help="load the transformer from this official-layout .pth (else seeded random weights)")
+ap.add_argument("--vae-ckpt", help="load the VQVAE (quantiser, post_quant_conv, decoder) from this official-layout .pth")
 args = ap.parse_args()
 for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[k] = str(args.threads)
@@ -80,6 +86,20 @@ def build_here(depth):
     post_quant_conv = nn.Conv2d(CVAE, CVAE, 3, 1, 1)
     decoder = Decoder(ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=CVAE).eval()
     return var, vq, post_quant_conv, decoder
+
+
+def load_checkpoints(model):
+    var, vq, post_quant_conv, decoder = model
+    if args.var_ckpt:
+        var.load_state_dict(torch.load(args.var_ckpt, map_location="cpu", weights_only=True), strict=True)
+    if args.vae_ckpt:
+        es = torch.load(args.vae_ckpt, map_location="cpu", weights_only=True)
+        for prefix, m in (("quantize.", vq), ("post_quant_conv.", post_quant_conv), ("decoder.", decoder)):
+            m.load_state_dict({k[len(prefix):]: v for k, v in es.items() if k.startswith(prefix)}, strict=True)
+        unknown = [k for k in es if not k.startswith(("quantize.", "post_quant_conv.", "decoder.", "encoder.",
+                                                       "quant_conv."))]
+        if unknown:
+            sys.exit(f"torch_var: {args.vae_ckpt}: unexpected keys {unknown[:5]}")
 
 
 def sdpa_forward(self, x, attn_bias=None):
@@ -132,6 +152,8 @@ def main():
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
     model = build(args.depth, args.seed)
+    if args.var_ckpt or args.vae_ckpt:
+        load_checkpoints(model)
     if args.sdpa:
         import var_model
         var_model.SelfAttention.forward = sdpa_forward
