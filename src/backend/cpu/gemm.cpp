@@ -11,18 +11,23 @@ namespace fastvar::cpu {
 namespace {
 // Products below this many multiply-adds run on the calling thread.
 constexpr double kSplitWork = 1 << 21;
-// A split product is cut into at most kParts panels whose side is a multiple
-// of kPanel (OpenBLAS's register tile is 16 wide). The cut depends only on the
-// shape, never on the thread count: OpenBLAS picks its kernels (small-matrix
-// paths, edge tiles) by the shape of each call, and on some CPUs (AVX2 Zen)
-// those accumulate in different orders, so an element computed in a panel of
-// another width can differ in its last bits. 16 parts balance up to 16 threads.
+// A split product is cut into at most kParts panels of at least kMinCols
+// columns or kMinRows rows (each call packs the other operand again, so narrow
+// panels cost: a column panel repacks all of A), with sides a multiple of kPanel (OpenBLAS's register tile is 16 wide). The cut depends
+// only on the shape, never on the thread count: OpenBLAS picks its kernels
+// (small-matrix paths, edge tiles) by the shape of each call, and on some CPUs
+// (AVX2 Zen) those accumulate in different orders, so an element computed in a
+// panel of another width can differ in its last bits. The part count is a
+// power of two, so that 2, 4, 8 or 16 threads share the panels evenly.
 constexpr int64_t kPanel = 16;
+constexpr int64_t kMinCols = 1024;
+constexpr int64_t kMinRows = 128;
 constexpr int64_t kParts = 16;
 
-// Panel side for a side of n: at most kParts panels, a multiple of kPanel.
-int64_t panel_step(int64_t n) {
-  const int64_t parts = std::min<int64_t>(kParts, (n + kPanel - 1) / kPanel);
+// Panel side for a side of n, with panels of at least `min_side`.
+int64_t panel_step(int64_t n, int64_t min_side) {
+  int64_t parts = 1;
+  while (parts * 2 <= kParts && parts * 2 * min_side <= n) parts *= 2;
   return (n + parts * kPanel - 1) / (parts * kPanel) * kPanel;
 }
 
@@ -52,7 +57,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
     return;
   }
   if (N >= M) {  // column panels: B's rows (trans_b) or columns, C's columns
-    const int64_t step = panel_step(N), parts = (N + step - 1) / step;
+    const int64_t step = panel_step(N, kMinCols), parts = (N + step - 1) / step;
     parallel_for(parts, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n0 = p * step, n1 = std::min(N, n0 + step);
@@ -62,7 +67,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
       }
     });
   } else {  // row panels: A's rows (or columns if trans_a), C's rows
-    const int64_t step = panel_step(M), parts = (M + step - 1) / step;
+    const int64_t step = panel_step(M, kMinRows), parts = (M + step - 1) / step;
     parallel_for(parts, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t m0 = p * step, m1 = std::min(M, m0 + step);
