@@ -43,9 +43,12 @@ mkdir -p "$ck" "$(dirname "$out")"
 var="$ck/var_d${depth}.pth" vae="$ck/vae_ch160v4096z32.pth"
 [ -f "$var" ] || "$py" tools/make_random_var.py --depth "$depth" --out "$var" >&2
 [ -f "$vae" ] || "$py" tools/make_random_var.py --vae --out "$vae" >&2
-# fastvar's bf16 needs AVX512_BF16 or AMX (oneDNN); elsewhere it runs fp32 only.
+# bf16 needs AVX512_BF16 or AMX: fastvar refuses it elsewhere, and PyTorch's autocast falls back to
+# emulation there (minutes per d16 image on an AVX2 Zen), so both run fp32 only on such a CPU
+# (TORCH_DTYPES="fp32 bf16" forces the peer's bf16 anyway).
 fv_dtypes=fp32
 if grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then fv_dtypes="fp32 bf16"; fi
+torch_dtypes="${TORCH_DTYPES:-$fv_dtypes}"
 official="${VAR_OFFICIAL_DIR:-}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -56,7 +59,7 @@ for r in $(seq 1 "$runs"); do
     "$fv" bench -m "$var" --vae "$vae" --modes full,fastvar --runs 1 -t "$threads" --dtype "$dt" \
       --json "$tmp/fastvar_${dt}_$r.json" >&2
   done
-  for dt in fp32 bf16; do
+  for dt in $torch_dtypes; do
     echo "== run $r/$runs: torch port $dt" >&2
     "$py" tools/bench/torch_var.py --var-ckpt "$var" --vae-ckpt "$vae" --sdpa --runs 1 --threads "$threads" \
       --dtype "$dt" --json "$tmp/port_${dt}_$r.json" >&2

@@ -8,31 +8,18 @@
 
 #include "io/tensor_file.h"
 #include "backend/cpu/ops.h"
-#include "test_util.h"
+#include "cli_test_util.h"
 
 namespace fastvar {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_clean_error;
+using test::gen;
+using test::read_file;
 using test::run_cli;
-
-std::string model() { return test::golden_dir() + "/var_weights.safetensors"; }
-std::string vae() { return test::golden_dir() + "/vae_weights.safetensors"; }
-std::string gen(const std::string& extra) { return "generate -m " + model() + " --vae " + vae() + " " + extra; }
-
-std::string read_file(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-// Exactly one line of output, starting with "fastvar: error:", mentioning `what`.
-void expect_clean_error(const test::CliResult& r, const std::string& what) {
-  EXPECT_NE(r.code, 0) << r.out;
-  EXPECT_LT(r.code, 128) << "crashed: " << r.out;
-  EXPECT_EQ(r.out.rfind("fastvar: error:", 0), 0u) << r.out;
-  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-  EXPECT_NE(r.out.find(what), std::string::npos) << "expected '" << what << "' in: " << r.out;
-}
+std::string model() { return test::var_model(); }
+std::string vae() { return test::var_vae(); }
 
 TEST(Cli, GeneratesAPngWithProgress) {
   test::TempDir d;
