@@ -169,6 +169,7 @@ void write_file(const std::string& path, const std::string& bytes) {
   while (done < bytes.size() && !err) {
     const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0 && errno != EINTR) err = errno;
+    if (n == 0) err = EIO;  // no progress: never spin
     if (n > 0) done += static_cast<size_t>(n);
   }
   if (!err && fsync(fd) != 0) err = errno;
