@@ -3,7 +3,7 @@
 # when something is missing). Run as root or with sudo available.
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
-      libopenblas-dev libdnnl-dev libhwy-dev nlohmann-json3-dev libcli11-dev libpng-dev libsentencepiece-dev
+      libopenblas-dev libdnnl-dev libhwy-dev nlohmann-json3-dev libcli11-dev libpng-dev libsentencepiece-dev libicu-dev
       libgtest-dev libbenchmark-dev
       clang libclang-rt-14-dev)
 missing=()
