@@ -22,6 +22,7 @@
 #include "models/infinity/bsq_vae.h"
 #include "models/infinity/infinity_model.h"
 #include "models/infinity/schedule.h"
+#include "models/qwen2/encoder.h"
 #include "pipeline/infinity_cuda_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/sampler.h"
@@ -497,6 +498,83 @@ InfinityGenParams golden_infinity_params(const std::string& dir_s) {
   return p;
 }
 
+// Qwen2 text-encoder folders (the format of tests/data/golden/qwen2_tiny_a):
+// ids, masks and positions exactly, hidden states and ctx within 1e-4 x
+// max|ref| (the folder README's tolerance), for every prompt length the
+// inputs hold ("ids", "n300.ids", ...). Everything is read from the folder.
+Tolerance qwen2_tolerance(const std::string& name) {
+  if (ends_with(name, "ids") || ends_with(name, "mask")) return {0, 0, false};  // incl. attention_mask
+  Tolerance t;
+  t.max_rel = 1e-4;
+  return t;
+}
+
+Tensor int_tensor(const std::vector<int64_t>& v, Shape shape) {
+  Tensor t(std::move(shape));
+  for (size_t i = 0; i < v.size(); ++i) t.data()[i] = static_cast<float>(v[i]);
+  return t;
+}
+
+GoldenSummary check_qwen2(const fs::path& dir, const json& cfg, std::FILE* out) {
+  std::string hf = "qwen2";
+  if (cfg.contains("hf_folders") && cfg["hf_folders"].is_object() && cfg["hf_folders"].size() == 1)
+    hf = cfg["hf_folders"].begin().key();
+  if (hf.empty() || hf.find('/') != std::string::npos || hf == "..") fail("invalid hf_folders entry");
+  const json prompts_j = json::parse(io::read_text_file((dir / "prompts.json").string()));
+  const std::vector<std::string> prompts = prompts_j.at("prompts").get<std::vector<std::string>>();
+  const std::string system = prompts_j.at("system_prompt").get<std::string>();
+  qwen2::Qwen2Tokenizer tok((dir / hf).string());
+  qwen2::Qwen2Encoder enc((dir / hf).string());
+  std::fprintf(out, "model: %s\n", enc.config().describe().c_str());
+  auto inputs = io::TensorFile::open((dir / "inputs.safetensors").string());
+  auto ref = io::TensorFile::open((dir / "reference.safetensors").string());
+  Checker ci(*inputs, out, qwen2_tolerance), cr(*ref, out, qwen2_tolerance);
+  const int32_t pad = tok.token_id("<|endoftext|>");
+  if (pad < 0) fail("the tokenizer has no <|endoftext|> (Qwen2's pad token)");
+  for (const auto& e : inputs->tensors()) {
+    const std::string& n = e.name;
+    if (n != "ids" && !(ends_with(n, ".ids") && n.find('.') == n.size() - 4)) continue;
+    const std::string pre = n.substr(0, n.size() - 3);  // "" or "n300."
+    if (e.shape.size() != 2 || int64_t(prompts.size()) != e.shape[0] || e.shape[1] < 1 || e.shape[1] > 65536)
+      fail("%s has shape %s, expected [%zu prompts, N]", n.c_str(), e.shape_str().c_str(), prompts.size());
+    const int B = static_cast<int>(e.shape[0]), N = static_cast<int>(e.shape[1]);
+    qwen2::EncodedPrompts ep = qwen2::encode_prompts(tok, enc, prompts, N, system, pad);
+    const int S = static_cast<int>(ep.sys_ids.size());
+    ci.compare(pre + "ids", int_tensor(std::vector<int64_t>(ep.ids.begin(), ep.ids.end()), {B, N}));
+    ci.compare(pre + "mask", int_tensor(std::vector<int64_t>(ep.mask.begin(), ep.mask.end()), {B, N}));
+    ci.compare(pre + "position_ids", int_tensor(ep.positions, {B, N}));
+    ci.compare(pre + "sys_ids", int_tensor(std::vector<int64_t>(ep.sys_ids.begin(), ep.sys_ids.end()), {S}));
+    cr.compare(pre + "ctx", ep.ctx);
+    const io::TensorEntry* in_ids = inputs->find(pre + "input_ids");
+    if (in_ids && in_ids->shape.size() == 2 && in_ids->shape[1] == S + N) {  // what the model ran on
+      const std::vector<int64_t> am(ep.attention_mask.begin(), ep.attention_mask.end());
+      ci.compare(pre + "input_ids", int_tensor(std::vector<int64_t>(ep.input_ids.begin(), ep.input_ids.end()), {B, S + N}));
+      ci.compare(pre + "attention_mask", int_tensor(am, {B, S + N}));
+    }
+  }
+  // Every layer's input, from the recorded model inputs (compared above with
+  // what encode_prompts built).
+  if (inputs->find("input_ids") && inputs->find("attention_mask")) {
+    const io::TensorEntry& ie = inputs->at("input_ids");
+    if (ie.shape.size() != 2) fail("input_ids has shape %s, expected [B, L]", ie.shape_str().c_str());
+    const int B = static_cast<int>(ie.shape[0]), L = static_cast<int>(ie.shape[1]);
+    const std::vector<int64_t> ids = read_ints(*inputs, "input_ids"), m = read_ints(*inputs, "attention_mask");
+    if (int64_t(m.size()) != int64_t(B) * L) fail("attention_mask does not match input_ids");
+    for (int64_t v : ids)
+      if (v < 0 || v >= enc.config().vocab_size) fail("input_ids holds id %lld outside the vocabulary", (long long)v);
+    std::vector<Tensor> layer_inputs;
+    Tensor h = enc.forward(std::vector<int32_t>(ids.begin(), ids.end()), std::vector<uint8_t>(m.begin(), m.end()), B, L,
+                           &layer_inputs);
+    for (size_t i = 0; i + 1 < layer_inputs.size(); ++i) cr.compare(strprintf("hidden_states.%zu", i), layer_inputs[i]);
+    cr.compare("pre_norm_last", layer_inputs.back());
+    cr.compare("hidden_last", h);
+  }
+  ci.report_unseen();
+  cr.report_unseen();
+  GoldenSummary s = ci.summary(), t = cr.summary();
+  return {s.passed + t.passed, s.failed + t.failed, s.not_compared + t.not_compared};
+}
+
 GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const GoldenOptions& opt) {
   fs::path dir(dir_s);
   fs::path cfg_path = dir / "config.json";
@@ -510,6 +588,13 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const Golde
   }
   try {
     const bool infinity = cfg.contains("tiny") && fs::exists(dir / "ref_infinity.safetensors");
+    const bool qwen2 = fs::exists(dir / "prompts.json") && fs::exists(dir / "reference.safetensors") &&
+                       fs::exists(dir / "inputs.safetensors");
+    if (qwen2 && !infinity && !cfg.contains("var")) {
+      if (opt.device.cuda || opt.dtype != cpu::DType::F32)
+        fail("%s: Qwen2 encoder folders run on the CPU in fp32 only, for now", dir_s.c_str());
+      return check_qwen2(dir, cfg, out);
+    }
     if (!infinity && !cfg.contains("var") && (opt.device.cuda || opt.dtype != cpu::DType::F32))
       fail("%s: only VAR and Infinity golden folders run with --device cuda or --dtype bf16", dir_s.c_str());
     if (infinity) return check_infinity(dir, cfg, out, opt);
@@ -526,7 +611,7 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const Golde
   } catch (const json::exception& e) {
     fail("%s: unexpected config.json layout: %s", cfg_path.string().c_str(), e.what());
   }
-  fail("%s: unsupported golden folder (this build checks VAR and Infinity folders)",
+  fail("%s: unsupported golden folder (this build checks VAR, Infinity and Qwen2 encoder folders)",
        dir_s.c_str());
 }
 
