@@ -515,17 +515,14 @@ Tensor int_tensor(const std::vector<int64_t>& v, Shape shape) {
   return t;
 }
 
-GoldenSummary check_qwen2(const fs::path& dir, const json& cfg, std::FILE* out) {
-  std::string hf = "qwen2";
-  if (cfg.contains("hf_folders") && cfg["hf_folders"].is_object() && cfg["hf_folders"].size() == 1)
-    hf = cfg["hf_folders"].begin().key();
-  if (hf.empty() || hf.find('/') != std::string::npos || hf == "..") fail("invalid hf_folders entry");
+// One Hugging Face folder of a Qwen2 golden folder against its references.
+GoldenSummary check_qwen2_folder(const fs::path& dir, const std::string& hf, std::FILE* out) {
   const json prompts_j = json::parse(io::read_text_file((dir / "prompts.json").string()));
   const std::vector<std::string> prompts = prompts_j.at("prompts").get<std::vector<std::string>>();
   const std::string system = prompts_j.at("system_prompt").get<std::string>();
   qwen2::Qwen2Tokenizer tok((dir / hf).string());
   qwen2::Qwen2Encoder enc((dir / hf).string());
-  std::fprintf(out, "model: %s\n", enc.config().describe().c_str());
+  std::fprintf(out, "%s: %s\n", hf.c_str(), enc.config().describe().c_str());
   auto inputs = io::TensorFile::open((dir / "inputs.safetensors").string());
   auto ref = io::TensorFile::open((dir / "reference.safetensors").string());
   Checker ci(*inputs, out, qwen2_tolerance), cr(*ref, out, qwen2_tolerance);
@@ -573,6 +570,29 @@ GoldenSummary check_qwen2(const fs::path& dir, const json& cfg, std::FILE* out) 
   cr.report_unseen();
   GoldenSummary s = ci.summary(), t = cr.summary();
   return {s.passed + t.passed, s.failed + t.failed, s.not_compared + t.not_compared};
+}
+
+// Every Hugging Face folder the config lists (hf_folders: e.g. a Qwen2Model and
+// a Qwen2ForCausalLM layout of the same weights), each against the same references.
+GoldenSummary check_qwen2(const fs::path& dir, const json& cfg, std::FILE* out) {
+  std::vector<std::string> folders;
+  if (cfg.contains("hf_folders") && cfg["hf_folders"].is_object())
+    for (auto it = cfg["hf_folders"].begin(); it != cfg["hf_folders"].end(); ++it) {
+      const std::string& hf = it.key();
+      if (hf.empty() || hf.find('/') != std::string::npos || hf == "." || hf == "..")
+        fail("invalid hf_folders entry '%s'", printable(hf, 40).c_str());
+      std::error_code ec;
+      if (fs::is_directory(dir / hf, ec)) folders.push_back(hf);
+    }
+  if (folders.empty()) folders.push_back("qwen2");
+  GoldenSummary sum;
+  for (const std::string& hf : folders) {
+    const GoldenSummary s = check_qwen2_folder(dir, hf, out);
+    sum.passed += s.passed;
+    sum.failed += s.failed;
+    sum.not_compared += s.not_compared;
+  }
+  return sum;
 }
 
 GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const GoldenOptions& opt) {
