@@ -16,13 +16,8 @@ constexpr size_t kMaxIndexEntries = 1u << 18;
 std::map<std::string, std::string> parse_weight_index(const std::string& text, const std::string& label) {
   const char* lb = label.c_str();
   if (text.size() > kMaxIndexBytes) fail("%s: %zu bytes, larger than the %zu byte limit of an index", lb, text.size(), kMaxIndexBytes);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const std::exception& e) {
-    fail("%s is not valid JSON (%s)", lb, printable(e.what(), 160).c_str());
-  }
-  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+  nlohmann::json j = parse_json_object(text, label);
+  if (!j.contains("weight_map") || !j["weight_map"].is_object())
     fail("%s has no 'weight_map' object", lb);
   const nlohmann::json& m = j["weight_map"];
   if (m.size() > kMaxIndexEntries) fail("%s: %zu entries, more than the limit of %zu", lb, m.size(), kMaxIndexEntries);

@@ -41,4 +41,15 @@ std::string read_text_file(const std::string& path, size_t max_bytes) {
   return out;
 }
 
+nlohmann::json parse_json_object(const std::string& text, const std::string& label) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("%s is not valid JSON (%s)", label.c_str(), printable(e.what(), 160).c_str());
+  }
+  if (!j.is_object()) fail("%s: expected a JSON object", label.c_str());
+  return j;
+}
+
 }  // namespace fastvar::io

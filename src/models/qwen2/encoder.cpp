@@ -47,13 +47,7 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t C,
 
 Qwen2Config Qwen2Config::from_json_text(const std::string& text, const std::string& label) {
   const char* lb = label.c_str();
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail("%s is not valid JSON (%s)", lb, printable(e.what(), 160).c_str());
-  }
-  if (!j.is_object()) fail("%s: expected a JSON object", lb);
+  json j = io::parse_json_object(text, label);
   auto get_int = [&](const char* key, bool required, int64_t def) -> int64_t {
     if (!j.contains(key) || j[key].is_null()) {
       if (required) fail("%s: missing '%s'", lb, key);

@@ -169,13 +169,7 @@ Qwen2Tokenizer::Qwen2Tokenizer(const std::string& path) : Qwen2Tokenizer() {
 
 Qwen2Tokenizer Qwen2Tokenizer::from_json_text(const std::string& text, const std::string& label) {
   const char* lb = label.c_str();
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail("%s is not valid JSON (%s)", lb, printable(e.what(), 160).c_str());
-  }
-  if (!j.is_object()) fail("%s: expected a JSON object", lb);
+  json j = io::parse_json_object(text, label);
   Qwen2Tokenizer t;
   Impl& im = *t.impl_;
 

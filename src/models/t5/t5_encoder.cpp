@@ -23,14 +23,6 @@ using json = nlohmann::json;
 
 namespace {
 
-json parse_json_text(const std::string& text, const std::string& label) {
-  try {
-    return json::parse(text);
-  } catch (const std::exception& e) {
-    fail("%s is not valid JSON (%s)", label.c_str(), printable(e.what(), 160).c_str());
-  }
-}
-
 bool has_prefix(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
 
 // Tensors the encoder reads: everything else in an HF T5 checkpoint is decoder-side.
@@ -154,8 +146,7 @@ T5Config T5Config::from_json_file(const std::string& path) {
 }
 
 T5Config T5Config::from_json_text(const std::string& text, const std::string& label) {
-  json j = parse_json_text(text, label);
-  if (!j.is_object()) fail("%s: expected a JSON object", label.c_str());
+  json j = io::parse_json_object(text, label);
   // Every size is bounded far above any released T5 (XXL: d_ff 65536, mT5:
   // vocab 250112) so that products of them fit in 64 bits.
   auto get_int = [&](const char* key, int64_t def, bool required) -> int64_t {
