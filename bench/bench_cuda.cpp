@@ -20,11 +20,11 @@
 #include "backend/cuda/vision_kernels.h"
 #include "backend/cuda/vision_ops.h"
 #include "models/infinity/bsq_vae.h"
-#include "models/infinity/bsq_vae_cuda.h"
+
 #include "models/infinity/random_weights.h"
 #include "models/var/random_weights.h"
 #include "models/var/vqvae.h"
-#include "models/var/vqvae_cuda.h"
+#include "backend/backend.h"
 #include "models/weights.h"
 
 namespace {
@@ -262,7 +262,7 @@ void BM_CudaVqvaeDecode512(benchmark::State& st) {
   const bool bf16 = st.range(0) != 0;
   fastvar::Weights w(fastvar::var::random_vae_checkpoint(fastvar::var::RandomVaeSpec{}, 7));
   const fastvar::var::VQVAE vae(w);
-  const fastvar::var::VQVAECuda g(vae, bf16 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32);
+  const fastvar::var::VqvaeNet g(vae, fastvar::backend::get(true, 0), bf16 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32);
   const int P = 32, s = vae.config().downsample;
   auto zd = dev_rand(size_t(vae.config().Cvae) * P * P, 1);
   cuda::DeviceBuffer imgd(size_t(3) * P * s * P * s * sizeof(float));
@@ -282,7 +282,7 @@ void BM_CudaBsqDecode1024(benchmark::State& st) {
   const bool bf16 = st.range(0) != 0;
   fastvar::Weights w(inf::random_bsq_checkpoint(inf::RandomBsqSpec{}, 5));
   const inf::BSQDecoder dec(w);
-  const inf::BSQDecoderCuda g(dec, bf16 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32);
+  const inf::BsqNet g(dec, fastvar::backend::get(true, 0), bf16 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32);
   const int P = 64, s = g.stride();
   auto zd = dev_rand(size_t(g.code_dim()) * P * P, 1);
   const int64_t ws = g.workspace_floats(1, P, P);

@@ -35,7 +35,7 @@ struct Outputs {
   std::vector<float> image;
 };
 
-Outputs teacher_forced(const var::VarModel& m, const var::VQVAE& vae, const io::TensorFile& g) {
+Outputs teacher_forced(VarRunner& runner, const io::TensorFile& g) {
   VarGenParams p;
   for (int64_t l : ints(g, "inputs.label")) p.labels.push_back(int(l));
   p.teacher = [&](int si, int, int64_t, int64_t* idx) {
@@ -47,7 +47,7 @@ Outputs teacher_forced(const var::VarModel& m, const var::VQVAE& vae, const io::
     if (name.find("logits_raw") != std::string::npos)
       r.logits[name].assign(t.data(), t.data() + t.numel());
   };
-  VarGenResult res = generate_var(m, vae, p);
+  VarGenResult res = runner.generate(p);
   r.image.assign(res.images.data(), res.images.data() + res.images.numel());
   return r;
 }
@@ -96,15 +96,11 @@ TEST(Bf16, GoldenModelCloseToFp32) {
   var::VQVAE vae(aw);
   auto golden = io::TensorFile::open(dir + "/golden.safetensors");
 
-  Outputs f32 = teacher_forced(model, vae, *golden);
-  const int64_t f32_bytes = model.gemm_weight_bytes();
-  model.set_dtype(cpu::DType::BF16);
-  EXPECT_LE(model.gemm_weight_bytes() * 2, f32_bytes + 4096);  // bf16 copies are half the size
-  vae.set_dtype(cpu::DType::BF16);
-
-  Outputs b16 = teacher_forced(model, vae, *golden);
-  model.set_dtype(cpu::DType::F32);
-  vae.set_dtype(cpu::DType::F32);
+  VarRunner r32(model, vae, backend::cpu(), cpu::DType::F32);
+  Outputs f32 = teacher_forced(r32, *golden);
+  VarRunner r16(model, vae, backend::cpu(), cpu::DType::BF16);
+  EXPECT_LE(r16.gemm_weight_bytes() * 2, r32.gemm_weight_bytes() + 4096);  // bf16 copies are half the size
+  Outputs b16 = teacher_forced(r16, *golden);
 
   expect_bf16_close("VAR", f32, b16);
 }
@@ -119,18 +115,18 @@ TEST(Bf16, InfinityGoldenModelCloseToFp32) {
   Weights vw = Weights::open(dir + "/weights_vae.safetensors");
   infinity::BSQDecoder vae(vw);
   InfinityGenParams p = golden_infinity_params(dir);
+  backend::DType dt = cpu::DType::F32;
   auto run = [&] {
     Outputs o;
     p.tap = [&](const std::string& name, const Tensor& t) {
       if (name.find("logits") != std::string::npos) o.logits[name].assign(t.data(), t.data() + t.numel());
     };
-    InfinityGenResult r = generate_infinity(model, vae, p);
+    InfinityGenResult r = generate_infinity(model, vae, p, dt);
     o.image.assign(r.images.data(), r.images.data() + r.images.numel());
     return o;
   };
   Outputs f32 = run();
-  model.set_dtype(cpu::DType::BF16);
-  vae.set_dtype(cpu::DType::BF16);
+  dt = cpu::DType::BF16;
   Outputs b16 = run();
   ASSERT_FALSE(f32.logits.empty());
   expect_bf16_close("Infinity", f32, b16);

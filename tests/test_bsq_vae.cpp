@@ -20,7 +20,7 @@
 #include "core/tensor.h"
 #include "io/tensor_file.h"
 #include "models/infinity/bsq_vae.h"
-#include "models/infinity/codes.h"
+#include "backend/cpu/bitcodes.h"
 #include "models/weights.h"
 #include "test_util.h"
 

@@ -17,7 +17,7 @@
 #include "backend/cuda/cuda_ops.h"
 #include "cuda_test_util.h"
 #include "pipeline/golden_check.h"
-#include "pipeline/infinity_cuda_pipeline.h"
+#include "pipeline/infinity_pipeline.h"
 #include "test_util.h"
 
 namespace fastvar {
@@ -189,7 +189,7 @@ InfinityGenParams seeded(uint64_t seed, bool fastvar, int depth) {
 TEST(CudaInfinity, SeededGenerationMatchesCpuAndRepeats) {
   FASTVAR_REQUIRE_CUDA();
   Loaded m;
-  InfinityCudaEngine ce(m.model, m.vae, 0, cpu::DType::F32);
+  InfinityRunner ce(m.model, m.vae, backend::get(true, 0), cpu::DType::F32);
   for (bool fv : {false, true}) {
     const InfinityGenParams p = seeded(13, fv, m.model.config().depth);
     InfinityGenResult cpu_r = generate_infinity(m.model, m.vae, p);
@@ -218,7 +218,7 @@ TEST(CudaInfinity, SeededGenerationMatchesCpuAndRepeats) {
 TEST(CudaInfinity, ShortScheduleWithSkippedScalesMatchesCpu) {
   FASTVAR_REQUIRE_CUDA();
   Loaded m;
-  InfinityCudaEngine ce(m.model, m.vae, 0, cpu::DType::F32);
+  InfinityRunner ce(m.model, m.vae, backend::get(true, 0), cpu::DType::F32);
   InfinityGenParams p = seeded(17, false, m.model.config().depth);
   p.schedule = infinity::make_schedule(1.0, "0.06M");
   p.cfg = {3.f};
@@ -243,7 +243,7 @@ TEST(CudaInfinity, ShortScheduleWithSkippedScalesMatchesCpu) {
 TEST(CudaInfinity, BatchOfOneEqualsRowOfBatch) {
   FASTVAR_REQUIRE_CUDA();
   Loaded m;
-  InfinityCudaEngine ce(m.model, m.vae, 0, cpu::DType::F32);
+  InfinityRunner ce(m.model, m.vae, backend::get(true, 0), cpu::DType::F32);
   InfinityGenParams p = seeded(5, true, m.model.config().depth);
   InfinityGenResult two = ce.generate(p);
   p.text.resize(1);

@@ -1,7 +1,7 @@
 // Infinity's image side on CUDA against the CPU code on the same inputs:
 // cuda::resize_bilinear against cpu::resize_bilinear, the code path
-// (backend/cuda/infinity_codes.h) against models/infinity/codes.h and the
-// pipeline's per-bit sampling, and BSQDecoderCuda against BSQDecoder::decode on
+// (backend/cuda/infinity_codes.h) against backend/cpu/bitcodes.h and the
+// pipeline's per-bit sampling, and BsqNet (CUDA backend) against BSQDecoder::decode on
 // the golden infinity_tiny_a VAE in float32 and bfloat16. Every test skips
 // without a GPU; scripts/gpu-check.sh runs them on one.
 #ifdef FASTVAR_HAS_CUDA
@@ -28,8 +28,8 @@
 #include "cuda_test_util.h"
 #include "io/tensor_file.h"
 #include "models/infinity/bsq_vae.h"
-#include "models/infinity/bsq_vae_cuda.h"
-#include "models/infinity/codes.h"
+#include "backend/backend.h"
+#include "backend/cpu/bitcodes.h"
 #include "models/infinity/infinity_model.h"
 #include "models/weights.h"
 #include "pipeline/golden_check.h"
@@ -442,7 +442,7 @@ std::vector<float> cpu_decode_pair(infinity::BSQDecoder& dec, const std::vector<
 std::vector<float> cuda_decode_pair(const infinity::BSQDecoder& dec, const std::vector<float>& z,
                                     const Shape& zs, cpu::DType dt, double same_tol) {
   const int B = 2, d = int(zs[1]), H = int(zs[2]), W = int(zs[3]);
-  const infinity::BSQDecoderCuda g(dec, dt);
+  const infinity::BsqNet g(dec, backend::get(true, 0), dt);
   EXPECT_EQ(g.code_dim(), d);
   EXPECT_EQ(g.stride(), dec.stride());
   const int s = g.stride();
@@ -533,7 +533,7 @@ TEST(CudaBsq, SizesAndBadArguments) {
   // buffers per image. bf16 convolution weights take half the bytes.
   FASTVAR_REQUIRE_CUDA();
   LoadedVae m(kDir + "/weights_vae.safetensors");
-  const infinity::BSQDecoderCuda f(m.dec, cpu::DType::F32), h(m.dec, cpu::DType::BF16);
+  const infinity::BsqNet f(m.dec, backend::get(true, 0), cpu::DType::F32), h(m.dec, backend::get(true, 0), cpu::DType::BF16);
   EXPECT_EQ(f.workspace_floats(2, 32, 32), 3 * 2 * int64_t(32) * 128 * 128);
   EXPECT_EQ(f.workspace_floats(1, 2, 3), 3 * int64_t(32) * 8 * 12);
   EXPECT_GT(f.weight_bytes(), 0);

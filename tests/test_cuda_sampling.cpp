@@ -1,5 +1,5 @@
 // The CUDA sampling and FastVAR ops against the CPU functions they mirror
-// (pipeline/sampler.h, core/rng.h, fastvar/plan.h). Every test that needs a GPU
+// (backend/cpu/sampler.h, core/rng.h, fastvar/plan.h). Every test that needs a GPU
 // skips without one ("no CUDA device"); scripts/gpu-check.sh runs them on a GPU.
 //
 // Tolerances: Philox, PTS (scores and keep), gather and restore are computed in
@@ -28,7 +28,7 @@
 #include "core/rng.h"
 #include "cuda_test_util.h"
 #include "fastvar/plan.h"
-#include "pipeline/sampler.h"
+#include "backend/cpu/sampler.h"
 #include "test_util.h"
 
 namespace fastvar {

@@ -16,7 +16,7 @@
 #include "core/error.h"
 #include "cuda_test_util.h"
 #include "io/tensor_file.h"
-#include "models/var/var_cuda.h"
+#include "models/var/var_model.h"
 #include "pipeline/golden_check.h"
 #include "test_util.h"
 
@@ -71,7 +71,7 @@ VarGenParams seeded(uint64_t seed, bool fastvar, const var::VarConfig& c) {
 TEST(CudaVar, SeededGenerationMatchesCpuAndRepeats) {
   FASTVAR_REQUIRE_CUDA();
   Loaded m;
-  VarCudaEngine ce(*m.e->model, *m.e->vae, 0, cpu::DType::F32);
+  VarRunner ce(*m.e->model, *m.e->vae, backend::get(true, 0), cpu::DType::F32);
   for (bool fv : {false, true}) {
     const VarGenParams p = seeded(11, fv, m.e->model->config());
     VarGenResult cpu_r = generate_var(*m.e->model, *m.e->vae, p);
@@ -102,7 +102,7 @@ TEST(CudaVar, AllBlocksPrunedFitsTheSmallerKvCache) {
   p.plan.layer_begin = 0;
   p.plan.layer_end = c.depth - 1;
   ASSERT_LT(var::kv_capacity(&p.plan, c), c.L);
-  VarCudaEngine ce(*m.e->model, *m.e->vae, 0, cpu::DType::F32);
+  VarRunner ce(*m.e->model, *m.e->vae, backend::get(true, 0), cpu::DType::F32);
   VarGenResult cpu_r = generate_var(*m.e->model, *m.e->vae, p), a = ce.generate(p);
   ASSERT_EQ(a.images.shape(), cpu_r.images.shape());
   int64_t off = 0;
@@ -120,7 +120,7 @@ TEST(CudaVar, BatchOfOneEqualsRowOfBatch) {
   // float32 (in bf16 that rounding flips enough draws of this tiny model to
   // change most of the image).
   Loaded m;
-  VarCudaEngine ce(*m.e->model, *m.e->vae, 0, cpu::DType::F32);
+  VarRunner ce(*m.e->model, *m.e->vae, backend::get(true, 0), cpu::DType::F32);
   VarGenParams p = seeded(5, true, m.e->model->config());
   VarGenResult three = ce.generate(p);
   p.labels = {1};

@@ -1,5 +1,5 @@
 // The image-side CUDA ops (backend/cuda/vision_ops.h) against the CPU ops of the
-// same name on random inputs (odd sizes included), and VQVAECuda against the CPU
+// same name on random inputs (odd sizes included), and VqvaeNet on the CUDA backend against the CPU
 // VQVAE on the golden var_tiny_a VAE: the quantiser steps over a full schedule
 // and the decoder, in float32 and bfloat16. Every test that needs a GPU skips
 // without one; scripts/gpu-check.sh runs them on a GPU.
@@ -24,7 +24,7 @@
 #include "io/tensor_file.h"
 #include "models/var/random_weights.h"
 #include "models/var/vqvae.h"
-#include "models/var/vqvae_cuda.h"
+#include "backend/backend.h"
 #include "models/weights.h"
 #include "test_util.h"
 
@@ -313,7 +313,7 @@ TEST(CudaVision, SpatialAttentionMatchesCpu) {
   }
 }
 
-// ---- VQVAECuda on the golden VAE ---------------------------------------------------------------
+// ---- VqvaeNet (CUDA backend) on the golden VAE ---------------------------------------------------------------
 
 const std::string kDir = std::string(FASTVAR_TEST_DATA) + "/golden/var_tiny_a";
 
@@ -337,7 +337,7 @@ TEST(CudaVQVAE, QuantiserStepsMatchCpu) {
   // (the phi convs sum in another order; the resizes are bit-identical).
   FASTVAR_REQUIRE_CUDA();
   Loaded m(kDir + "/vae_weights.safetensors");
-  const var::VQVAECuda g(m.vae);
+  const var::VqvaeNet g(m.vae, backend::get(true, 0), cpu::DType::F32);
   const std::vector<int> pn = {1, 2, 3, 4, 5, 6, 8, 10, 13, 16};
   const int B = 2, SN = int(pn.size()), P = pn.back(), C = m.vae.config().Cvae;
   const int V = m.vae.config().vocab_size;
@@ -403,7 +403,7 @@ void check_decode(cpu::DType dt, double tol_cpu_same_dtype, double tol_cpu_f32) 
   const Tensor ref32 = m.vae.decode(in);  // float32 CPU
   const std::vector<float> r32(ref32.data(), ref32.data() + ref32.numel());
 
-  const var::VQVAECuda g(m.vae, dt);
+  const var::VqvaeNet g(m.vae, backend::get(true, 0), dt);
   EXPECT_GT(g.weight_bytes(), 0);
   auto df = to_dev(f);
   const size_t ni = size_t(B) * 3 * PH * sc * PW * sc;
@@ -457,7 +457,7 @@ TEST(CudaVQVAE, DecodeBf16MatchesCpu) {
 TEST(CudaVQVAE, RejectsBadSizes) {
   FASTVAR_REQUIRE_CUDA();
   Loaded m(kDir + "/vae_weights.safetensors");
-  const var::VQVAECuda g(m.vae);
+  const var::VqvaeNet g(m.vae, backend::get(true, 0), cpu::DType::F32);
   EXPECT_THROW(g.decode(nullptr, 0, 4, 4, nullptr), Error);
   EXPECT_THROW(g.embed(nullptr, 1, 0, 3, nullptr), Error);
   EXPECT_THROW(g.accumulate(nullptr, 1, 2, 2, 10, 10, nullptr, 16, 16), Error);  // si >= SN
@@ -478,7 +478,7 @@ TEST(CudaVQVAE, Decode512ReleaseShape) {
   auto df = to_dev(f);
   cuda::DeviceBuffer dimg(size_t(3) * P * sc * P * sc * sizeof(float));
   for (cpu::DType dt : {cpu::DType::F32, cpu::DType::BF16}) {
-    const var::VQVAECuda g(vae, dt);
+    const var::VqvaeNet g(vae, backend::get(true, 0), dt);
     g.decode(df.f32(), 1, P, P, dimg.f32());
     const auto img = to_host(dimg, size_t(3) * P * sc * P * sc);
     for (float v : img) ASSERT_TRUE(v >= 0.f && v <= 1.f) << v << " " << cpu::dtype_name(dt);

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "pipeline/sampler.h"
+#include "backend/cpu/sampler.h"
 
 namespace fastvar {
 namespace {

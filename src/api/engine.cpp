@@ -23,25 +23,23 @@ cpu::DType compute_dtype(const char* name, const DeviceSpec& d) {
   fail("unknown dtype '%s' (expected fp32 or bf16)", s.c_str());
 }
 
-#ifdef FASTVAR_HAS_CUDA
-VarCudaEngine& VarEngine::cuda_engine(int device, cpu::DType dtype) {
-  if (!cuda || cuda->device() != device || cuda->dtype() != dtype) {
-    cuda.reset();  // free the old device copy first
-    if (model->dtype() != cpu::DType::F32) model->set_dtype(cpu::DType::F32);
-    cuda = std::make_unique<VarCudaEngine>(*model, *vae, device, dtype);
+VarRunner& VarEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
+  backend::Backend& be = backend::get(dev.cuda, dev.index);
+  if (!runner || &runner->backend() != &be || runner->dtype() != dtype) {
+    runner.reset();  // free the old copy first
+    runner = std::make_unique<VarRunner>(*model, *vae, be, dtype);
   }
-  return *cuda;
+  return *runner;
 }
 
-InfinityCudaEngine& InfinityEngine::cuda_engine(int device, cpu::DType dtype) {
-  if (!cuda || cuda->device() != device || cuda->dtype() != dtype) {
-    cuda.reset();  // free the old device copy first
-    if (model->dtype() != cpu::DType::F32) model->set_dtype(cpu::DType::F32);
-    cuda = std::make_unique<InfinityCudaEngine>(*model, *vae, device, dtype);
+InfinityRunner& InfinityEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
+  backend::Backend& be = backend::get(dev.cuda, dev.index);
+  if (!runner || &runner->backend() != &be || runner->dtype() != dtype) {
+    runner.reset();  // free the old copy first
+    runner = std::make_unique<InfinityRunner>(*model, *vae, be, dtype);
   }
-  return *cuda;
+  return *runner;
 }
-#endif
 
 PrunePlan plan_from_params(PrunePlan p, int num_scales, int depth, const fastvar_params& q) {
   if (!q.fastvar) return PrunePlan{};
@@ -332,38 +330,22 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
         progress(&info, user);
       };
     const fastvar::DeviceSpec dev = fastvar::parse_device(q->device);
-    if (e->var && dev.cuda) {
-#ifdef FASTVAR_HAS_CUDA
+    if (e->var) {
       fastvar::VarGenParams p = to_var_params(e, q);
-      fastvar::VarCudaEngine& ce = e->var->cuda_engine(dev.index, fastvar::compute_dtype(q->dtype, dev));
+      const fastvar::cpu::DType dt =
+          dev.cuda ? fastvar::compute_dtype(q->dtype, dev) : fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
+      fastvar::VarRunner& runner = e->var->runner_for(dev, dt);
       num_scales = e->var->model->config().SN();
       p.on_scale = on_scale;
-      to_rgb8(ce.generate(p).images, q->num_images, rgb);
-#endif
-    } else if (e->var) {
-      fastvar::VarGenParams p = to_var_params(e, q);
-      const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
-      if (e->var->model->dtype() != dt) e->var->model->set_dtype(dt);
-      e->var->vae->set_dtype(dt);
-      num_scales = e->var->model->config().SN();
-      p.on_scale = on_scale;
-      to_rgb8(fastvar::generate_var(*e->var->model, *e->var->vae, p).images, q->num_images, rgb);
-    } else if (dev.cuda) {
-#ifdef FASTVAR_HAS_CUDA
-      fastvar::InfinityGenParams p = to_inf_params(e, q, true);
-      fastvar::InfinityCudaEngine& ce = e->inf->cuda_engine(dev.index, fastvar::compute_dtype(q->dtype, dev));
-      num_scales = static_cast<int>(p.schedule.scales.size());
-      p.on_scale = on_scale;
-      to_rgb8(ce.generate(p).images, q->num_images, rgb);
-#endif
+      to_rgb8(runner.generate(p).images, q->num_images, rgb);
     } else {
-      const fastvar::cpu::DType dt = fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
-      if (e->inf->model->dtype() != dt) e->inf->model->set_dtype(dt);
-      e->inf->vae->set_dtype(dt);
+      const fastvar::cpu::DType dt =
+          dev.cuda ? fastvar::compute_dtype(q->dtype, dev) : fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
       fastvar::InfinityGenParams p = to_inf_params(e, q, true);
+      fastvar::InfinityRunner& runner = e->inf->runner_for(dev, dt);
       num_scales = static_cast<int>(p.schedule.scales.size());
       p.on_scale = on_scale;
-      to_rgb8(fastvar::generate_infinity(*e->inf->model, *e->inf->vae, p).images, q->num_images, rgb);
+      to_rgb8(runner.generate(p).images, q->num_images, rgb);
     }
   });
 }

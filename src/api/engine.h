@@ -15,9 +15,7 @@
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 #include "pipeline/device.h"
-#include "pipeline/infinity_cuda_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
-#include "pipeline/var_cuda_pipeline.h"
 #include "pipeline/var_pipeline.h"
 
 namespace fastvar {
@@ -33,11 +31,9 @@ struct VarEngine {
   std::unique_ptr<var::VQVAE> vae;
   std::string description;
   std::vector<std::string> class_names;  // from the model's "class_names" metadata; may be empty
-#ifdef FASTVAR_HAS_CUDA
-  std::unique_ptr<VarCudaEngine> cuda;  // the device copy, made by the first CUDA generation
-  // The device engine for (device, dtype), (re)built when either changes.
-  VarCudaEngine& cuda_engine(int device, cpu::DType dtype);
-#endif
+  std::unique_ptr<VarRunner> runner;  // the models on a backend, made by the first generation
+  // The runner for (device, dtype), (re)built when either changes.
+  VarRunner& runner_for(const DeviceSpec& dev, cpu::DType dtype);
 
   // Builds the engine from two opened files, validating every key and shape.
   static std::unique_ptr<VarEngine> from_files(std::unique_ptr<io::TensorFile> model,
@@ -57,11 +53,9 @@ struct InfinityEngine {
   std::unique_ptr<t5::T5Tokenizer> tokenizer;  // null when text features are given directly
   std::unique_ptr<t5::T5Encoder> encoder;
   std::string description;
-#ifdef FASTVAR_HAS_CUDA
-  std::unique_ptr<InfinityCudaEngine> cuda;  // the device copy, made by the first CUDA generation
-  // The device engine for (device, dtype), (re)built when either changes.
-  InfinityCudaEngine& cuda_engine(int device, cpu::DType dtype);
-#endif
+  std::unique_ptr<InfinityRunner> runner;  // the models on a backend, made by the first generation
+  // The runner for (device, dtype), (re)built when either changes.
+  InfinityRunner& runner_for(const DeviceSpec& dev, cpu::DType dtype);
 
   // t5_dir may be empty (benchmarks feed features directly).
   static std::unique_ptr<InfinityEngine> load(const std::string& model_path, const std::string& vae_path,

@@ -210,19 +210,8 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
   const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
   BenchArgs a = args;
   a.dtype = cpu::dtype_name(dt);
-  std::function<VarGenResult(const VarGenParams&)> gen;
-#ifdef FASTVAR_HAS_CUDA
-  std::unique_ptr<VarCudaEngine> ce;
-  if (dev.cuda) {
-    ce = std::make_unique<VarCudaEngine>(*e->model, *e->vae, dev.index, dt);
-    gen = [&](const VarGenParams& p) { return ce->generate(p); };
-  }
-#endif
-  if (!dev.cuda) {
-    e->model->set_dtype(dt);
-    e->vae->set_dtype(dt);
-    gen = [&](const VarGenParams& p) { return generate_var(*e->model, *e->vae, p); };
-  }
+  VarRunner runner(*e->model, *e->vae, backend::get(dev.cuda, dev.index), dt);
+  auto gen = [&](const VarGenParams& p) { return runner.generate(p); };
   const var::VarConfig& c = e->model->config();
   const int SN = c.SN();
   const std::string name = shape.empty() ? e->var_weights->label() : shape;
@@ -258,12 +247,12 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
   std::vector<std::pair<int, int>> sides;
   for (int p : c.patch_nums) sides.push_back({p, p});
   nlohmann::json out = report(name, c.describe(), sides, a.modes, r, a,
-                              dev.cuda ? 0 : e->model->gemm_weight_bytes(), gbs);
+                              dev.cuda ? 0 : runner.gemm_weight_bytes(), gbs);
   out["device"] = dev.name();
   for (const auto& m : a.modes)
     out["modes"][m]["images_per_s"] = a.count / (median(r[m].total_ms) * 1e-3);
 #ifdef FASTVAR_HAS_CUDA
-  if (ce) device_memory_report(out, dev, ce->weight_bytes(), ce->baseline_bytes(), ce->peak_bytes());
+  if (dev.cuda) device_memory_report(out, dev, runner.weight_bytes(), runner.baseline_bytes(), runner.peak_bytes());
 #endif
   std::printf("   images/s");
   for (const auto& m : a.modes) std::printf("  %s %.2f", m.c_str(), a.count / (median(r[m].total_ms) * 1e-3));
@@ -283,19 +272,8 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   Weights vw(infinity::random_bsq_checkpoint(infinity::bsq_preset(shape), 2));
   infinity::BSQDecoder vae(vw);
   vw.check_all_used();
-  std::function<InfinityGenResult(const InfinityGenParams&)> gen;
-#ifdef FASTVAR_HAS_CUDA
-  std::unique_ptr<InfinityCudaEngine> ce;
-  if (dev.cuda) {
-    ce = std::make_unique<InfinityCudaEngine>(model, vae, dev.index, dt);
-    gen = [&](const InfinityGenParams& p) { return ce->generate(p); };
-  }
-#endif
-  if (!dev.cuda) {
-    model.set_dtype(dt);
-    vae.set_dtype(dt);
-    gen = [&](const InfinityGenParams& p) { return generate_infinity(model, vae, p); };
-  }
+  InfinityRunner runner(model, vae, backend::get(dev.cuda, dev.index), dt);
+  auto gen = [&](const InfinityGenParams& p) { return runner.generate(p); };
   const infinity::InfinityConfig& c = model.config();
   const std::string pn = a.resolution.empty() ? "1M" : a.resolution;
   const infinity::Schedule sched = infinity::make_schedule(1.0, pn);
@@ -348,7 +326,7 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   for (const auto& m : a.modes)
     out["modes"][m]["images_per_s"] = a.count / (median(r[m].total_ms) * 1e-3);
 #ifdef FASTVAR_HAS_CUDA
-  if (ce) device_memory_report(out, dev, ce->weight_bytes(), ce->baseline_bytes(), ce->peak_bytes());
+  if (dev.cuda) device_memory_report(out, dev, runner.weight_bytes(), runner.baseline_bytes(), runner.peak_bytes());
 #endif
   return out;
 }

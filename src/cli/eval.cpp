@@ -139,6 +139,7 @@ int run_eval(const EvalArgs& a) {
                  engine->description.c_str(), (long long)total, a.per_class, a.batch, num_threads());
     for (const auto& r : runs) std::fprintf(stderr, "  %-8s %s\n", r.name.c_str(), r.plan.describe(c.patch_nums).c_str());
   }
+  VarRunner runner(*engine->model, *engine->vae, backend::cpu(), cpu::DType::F32);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t i0 = b * a.batch, i1 = std::min<int64_t>(total, i0 + a.batch);
     std::string line;
@@ -153,7 +154,7 @@ int run_eval(const EvalArgs& a) {
       p.seed = a.seed + static_cast<uint64_t>(b);
       p.plan = r.plan;
       const auto t0 = std::chrono::steady_clock::now();
-      VarGenResult res = generate_var(*engine->model, *engine->vae, p);
+      VarGenResult res = runner.generate(p);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       r.seconds += s;
       // Score what a user gets: the PNG's 8-bit pixels, not the raw decoder floats.

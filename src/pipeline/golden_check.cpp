@@ -23,10 +23,8 @@
 #include "models/infinity/infinity_model.h"
 #include "models/infinity/schedule.h"
 #include "models/qwen2/encoder.h"
-#include "pipeline/infinity_cuda_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
-#include "pipeline/sampler.h"
-#include "pipeline/var_cuda_pipeline.h"
+#include "backend/cpu/sampler.h"
 #include "pipeline/var_pipeline.h"
 #ifdef FASTVAR_HAS_CUDA
 #include "backend/cuda/cuda_ops.h"
@@ -271,23 +269,15 @@ void check_var(const fs::path& dir, const json& cfg, std::FILE* out, Checker& ck
   var::VQVAE vae(aw);
   aw.check_all_used();
   std::fprintf(out, "model: %s\nvae:   %s\n", model.config().describe().c_str(), vae.config().describe().c_str());
-  // The engine on the chosen device: the CPU pipeline, or the CUDA one.
-  std::function<void(const VarGenParams&)> run_engine = [&](const VarGenParams& q) {
-    generate_var(model, vae, q);
-  };
-#ifdef FASTVAR_HAS_CUDA
-  std::unique_ptr<VarCudaEngine> cuda;
+  // The one scale loop on the chosen device's backend.
+  VarRunner runner(model, vae, backend::get(opt.device.cuda, opt.device.index), opt.dtype);
   if (opt.device.cuda) {
-    cuda = std::make_unique<VarCudaEngine>(model, vae, opt.device.index, opt.dtype);
+#ifdef FASTVAR_HAS_CUDA
     std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(),
                  cuda::device_name(opt.device.index).c_str(), cpu::dtype_name(opt.dtype));
-    run_engine = [&](const VarGenParams& q) { cuda->generate(q); };
-  }
 #endif
-  if (!opt.device.cuda && opt.dtype != cpu::DType::F32) {
-    model.set_dtype(opt.dtype);
-    vae.set_dtype(opt.dtype);
   }
+  std::function<void(const VarGenParams&)> run_engine = [&](const VarGenParams& q) { runner.generate(q); };
   const json& run = cfg.at("run");
   VarGenParams p;
   for (int64_t l : read_ints(golden, "inputs.label")) p.labels.push_back(static_cast<int>(l));
@@ -376,23 +366,15 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
   vw.check_all_used();
   std::fprintf(out, "model: %s\nvae:   %s\n", model.config().describe().c_str(), vae.config().describe().c_str());
   InfinityGenParams p = golden_infinity_params(dir.string());
-  // The engine on the chosen device: the CPU pipeline, or the CUDA one.
-  std::function<void(const InfinityGenParams&)> run_engine = [&](const InfinityGenParams& q) {
-    generate_infinity(model, vae, q);
-  };
-#ifdef FASTVAR_HAS_CUDA
-  std::unique_ptr<InfinityCudaEngine> cuda;
+  // The one scale loop on the chosen device's backend.
+  InfinityRunner runner(model, vae, backend::get(opt.device.cuda, opt.device.index), opt.dtype);
   if (opt.device.cuda) {
-    cuda = std::make_unique<InfinityCudaEngine>(model, vae, opt.device.index, opt.dtype);
+#ifdef FASTVAR_HAS_CUDA
     std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(),
                  cuda::device_name(opt.device.index).c_str(), cpu::dtype_name(opt.dtype));
-    run_engine = [&](const InfinityGenParams& q) { cuda->generate(q); };
-  }
 #endif
-  if (!opt.device.cuda && opt.dtype != cpu::DType::F32) {
-    model.set_dtype(opt.dtype);
-    vae.set_dtype(opt.dtype);
   }
+  std::function<void(const InfinityGenParams&)> run_engine = [&](const InfinityGenParams& q) { runner.generate(q); };
   Checker::TolFn tol = infinity_tolerance;
   if (opt.dtype == cpu::DType::BF16) tol = infinity_tolerance_bf16;  // CPU or CUDA
   else if (opt.device.cuda) tol = infinity_tolerance_cuda_f32;

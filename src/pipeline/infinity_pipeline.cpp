@@ -4,38 +4,15 @@
 #include <chrono>
 #include <cmath>
 
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/cpu/bitcodes.h"
 #include "core/error.h"
-#include "core/rng.h"
-#include "core/threadpool.h"
-#include "models/infinity/codes.h"
 
 namespace fastvar {
-namespace {
-
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
-
-}  // namespace
-
-// One bit from its two logits (value 0, value 1): top-k (k = 1 keeps the
-// larger), top-p on the two-way softmax (the smaller class goes when its
-// probability is <= 1 - top_p), then a draw with the uniform u.
-uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u) {
-  const float mx = std::max(l0, l1);
-  float p0 = std::exp(l0 - mx), p1 = std::exp(l1 - mx);
-  const float s = p0 + p1;
-  p0 /= s;
-  p1 /= s;
-  if (top_k == 1) return l1 > l0 ? 1 : 0;
-  if (top_p > 0.0) {
-    const float limit = static_cast<float>(1.0 - top_p);
-    if (std::min(p0, p1) <= limit) return p1 > p0 || (p1 == p0 && l1 > l0) ? 1 : 0;
-  }
-  return u < p0 ? 0 : 1;
-}
-
 float per_scale_value(const std::vector<float>& v, int si) { return v.size() == 1 ? v[0] : v[si]; }
 
 void count_infinity_scale_work(const infinity::InfinityConfig& c, const ScalePlan& plan, int R, int64_t L,
@@ -108,31 +85,132 @@ int64_t estimate_infinity_bytes(const infinity::InfinityModel& model, const infi
   return floats * 4;
 }
 
-InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
-                                    const InfinityGenParams& p) {
-  const infinity::InfinityConfig& c = model.config();
+struct InfinityRunner::Buffers {
+  // What the buffers were sized for: reused while it matches.
+  struct Key {
+    int rows = 0, capacity = 0, Hf = 0, Wf = 0, layer_begin = 0, layer_end = 0;
+    int64_t lmax = 0, lmax_all = 0, ctr_tokens = 0, rope_rows = 0;  // tokens: largest scale run / of all
+    bool operator==(const Key& o) const {
+      return rows == o.rows && capacity == o.capacity && Hf == o.Hf && Wf == o.Wf &&
+             layer_begin == o.layer_begin && layer_end == o.layer_end && lmax == o.lmax &&
+             lmax_all == o.lmax_all && ctr_tokens == o.ctr_tokens && rope_rows == o.rope_rows;
+    }
+  } key;
+  infinity::InfinityNet::State st;
+  backend::Buffer summed, codes, bits, tokens, scratch, rope_cos, rope_sin, img;
+  // What rope_cos / rope_sin hold: the tables of these scales and normaliser
+  // (made on the host and uploaded once per schedule).
+  std::vector<std::pair<int, int>> rope_scales;
+  int rope_h = -1, rope_w = -1;
+  std::vector<int64_t> rope_offset;
+};
+
+InfinityRunner::InfinityRunner(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
+                               backend::Backend& be, backend::DType dtype)
+    : be_(be), dtype_(dtype), bits_(model.config().bits) {
+  if (vae.code_dim() != bits_)
+    fail("the VAE decodes %d-bit codes but the transformer predicts %d bits per token", vae.code_dim(), bits_);
+  be.synchronize();  // a device: creates the context and the stream
+  baseline_ = be.memory_in_use();
+  model_ = std::make_unique<infinity::InfinityNet>(model, be, dtype);
+  vae_ = std::make_unique<infinity::BsqNet>(vae, be, dtype);
+  be.synchronize();
+  peak_ = be.memory_in_use();
+}
+
+InfinityRunner::~InfinityRunner() = default;
+
+int64_t InfinityRunner::weight_bytes() const { return model_->weight_bytes() + vae_->weight_bytes(); }
+
+InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
+  const infinity::InfinityConfig& c = model_->config();
   validate_infinity_params(c, p);
-  if (vae.code_dim() != c.bits)
-    fail("the VAE decodes %d-bit codes but the transformer predicts %d bits per token", vae.code_dim(), c.bits);
+  backend::Backend& be = be_;
   const auto t_start = std::chrono::steady_clock::now();
   const auto& sched = p.schedule.scales;
   const int S = static_cast<int>(sched.size()), B = static_cast<int>(p.text.size()), R = 2 * B, d = c.bits;
   const int Hf = sched.back().first, Wf = sched.back().second;
   const int last = S - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
-  int capacity = 0;
-  for (int si = 0; si <= last; ++si) capacity += sched[si].first * sched[si].second;
+  const int64_t HWf = int64_t(Hf) * Wf;
+  Buffers::Key key;
+  key.rows = R;
+  key.Hf = Hf;
+  key.Wf = Wf;
+  std::vector<int64_t> scale_tokens;
+  for (int si = 0; si < S; ++si) {
+    const int64_t L = int64_t(sched[si].first) * sched[si].second;
+    scale_tokens.push_back(L);
+    if (si <= last) key.lmax = std::max(key.lmax, L);
+    key.lmax_all = std::max(key.lmax_all, L);
+    key.rope_rows += L;
+  }
+  key.capacity = static_cast<int>(kv_capacity(&p.plan, scale_tokens, c.depth));
+  if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < S) {
+    key.ctr_tokens = int64_t(sched[p.plan.cache_scale].first) * sched[p.plan.cache_scale].second;
+    key.layer_begin = p.plan.layer_begin;
+    key.layer_end = p.plan.layer_end;
+  }
+  const int s = vae_->stride();
+  const int64_t img_floats = int64_t(B) * 3 * HWf * s * s;
+  if (!bufs_ || !(bufs_->key == key)) {
+    bufs_.reset();  // free first: the old and new buffers need not fit together
+    bufs_ = std::make_unique<Buffers>();
+    bufs_->key = key;
+    // The decoder's activations go into the loop's arena (KV cache, CTR caches,
+    // activations: idle by then), made large enough for them: the peak is the
+    // larger of the two, not their sum.
+    const int64_t ws = vae_->workspace_floats(B, Hf, Wf);
+    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens, size_t(ws) * sizeof(float));
+    auto floats = [&](int64_t n) { return backend::alloc_f32(be, n); };
+    bufs_->summed = floats(int64_t(B) * d * HWf);
+    bufs_->codes = floats(int64_t(B) * d * key.lmax);
+    bufs_->bits = be.alloc(size_t(B) * size_t(key.lmax) * size_t(d));
+    bufs_->tokens = floats(int64_t(B) * key.lmax_all * d);  // the next input of a skipped scale too
+    bufs_->scratch = floats(int64_t(B) * d * std::max(HWf, key.lmax_all));
+    bufs_->rope_cos = floats(key.rope_rows * (c.head_dim / 2));
+    bufs_->rope_sin = floats(key.rope_rows * (c.head_dim / 2));
+    bufs_->img = floats(img_floats);
+  }
+  infinity::InfinityNet::State& st = bufs_->st;
+  st.len.assign(c.depth, 0);
+  st.ctr_h = st.ctr_w = 0;
+  Buffers& bf = *bufs_;
+  be.zero(bf.summed.data(), bf.summed.bytes());
+  // The RoPE tables of every scale, made and uploaded before the loop when the
+  // schedule changed (or for the golden taps).
+  const int64_t half = c.head_dim / 2;
+  infinity::RopeTables rt;
+  const bool new_rope = bf.rope_scales != sched || bf.rope_h != p.schedule.rope_h || bf.rope_w != p.schedule.rope_w;
+  if (new_rope || p.tap) rt = infinity::make_rope_tables(c.head_dim, sched, p.schedule.rope_h, p.schedule.rope_w);
+  if (new_rope) {
+    be.upload(bf.rope_cos.data(), rt.cos.data(), size_t(rt.cos.numel()) * sizeof(float));
+    be.upload(bf.rope_sin.data(), rt.sin.data(), size_t(rt.sin.numel()) * sizeof(float));
+    bf.rope_scales = sched;
+    bf.rope_h = p.schedule.rope_h;
+    bf.rope_w = p.schedule.rope_w;
+    bf.rope_offset = rt.offset;
+  }
+  DeviceTap dtap;
+  if (p.tap)
+    dtap = [&](const std::string& name, const float* dev, const Shape& shape) {
+      Tensor t(shape);
+      be.download(t.data(), dev, size_t(t.numel()) * sizeof(float));
+      p.tap(name, t);
+    };
+  std::vector<uint8_t> teacher_bits;
+  if (p.teacher) teacher_bits.resize(size_t(B) * size_t(key.lmax) * size_t(d));
+  peak_ = std::max(peak_, be.memory_in_use());
 
   InfinityGenResult res;
-  infinity::InfinityModel::Text text = model.encode_text(p.text, p.tap);
-  infinity::InfinityModel::State st = model.new_state(R, capacity);
+  std::unique_ptr<backend::Timer> ev = be.timer(S + 2);
+  ev->record(0);
+  model_->encode_text(p.text, st, dtap);
   if (p.tap) {
-    const infinity::RopeTables rt =
-        infinity::make_rope_tables(c.head_dim, sched, p.schedule.rope_h, p.schedule.rope_w);
     p.tap("rope.cos", rt.cos);
     p.tap("rope.sin", rt.sin);
   }
-  Tensor summed({B, d, Hf, Wf});
-  Tensor tokens;  // next-scale input (B, h*w, d)
+  std::vector<ScaleStats> stats;
+  const bool host = be.host_memory();
   for (int si = 0; si < S; ++si) {
     const int h = sched[si].first, w = sched[si].second;
     const int64_t L = int64_t(h) * w;
@@ -143,78 +221,104 @@ InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const 
     ss.tokens = L;
     if (si > last) {
       ss.skipped = true;
-      res.scales.push_back(ss);
-      if (p.on_scale) p.on_scale(ss);
+      ev->record(si + 1);
+      stats.push_back(ss);
+      if (host && p.on_scale) p.on_scale(ss);
       continue;
     }
-    const auto t0 = std::chrono::steady_clock::now();
     const std::string sp = strprintf("s%02d.", si);
-    Tensor x = model.scale_input(si, text, si == 0 ? nullptr : tokens.data(), h, w);
-    if (p.tap) p.tap(sp + "x_in", x);
-    const infinity::Rope rope = infinity::make_rope(c.head_dim, h, w, p.schedule.rope_h, p.schedule.rope_w);
+    model_->scale_input(si, si == 0 ? nullptr : bf.tokens.f32(), h, w, st);
+    if (dtap) dtap(sp + "x_in", st.x.f32(), {R, L, c.C});
     const ScalePlan plan = scale_plan(p.plan, si);
-    model.run_blocks(si, h, w, x, text, st, rope, plan, p.tap);
+    model_->run_blocks(si, h, w, st, bf.rope_cos.f32() + bf.rope_offset[si] * half,
+                       bf.rope_sin.f32() + bf.rope_offset[si] * half, plan, dtap);
     count_infinity_scale_work(c, plan, R, L, st.len, ss);
-    Tensor logits = model.head(x, text);
-    if (p.tap) p.tap(sp + "logits_raw", logits);
+    model_->head(L, st);
     const float g = per_scale_value(p.cfg, si), tau = per_scale_value(p.tau, si);
-    const int64_t V = c.V;
-    Tensor guided = guide_infinity_logits(logits, B, g, tau);
-    if (p.tap) p.tap(sp + "logits_guided", guided);
-
-    std::vector<uint8_t> bits(size_t(B) * L * d);
-    if (p.teacher) {
-      p.teacher(si, B, h, w, d, bits.data());
-    } else {
-      parallel_for(B * L, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i)
-          for (int j = 0; j < d; ++j) {
-            const float* lg = guided.data() + i * V + 2 * j;
-            const float u = philox_uniform(p.seed, static_cast<uint32_t>(i % L), static_cast<uint32_t>(si),
-                                           static_cast<uint32_t>(i / L), 0x10000u + static_cast<uint32_t>(j));
-            bits[i * d + j] = sample_infinity_bit(lg[0], lg[1], p.top_k, p.top_p, u);
-          }
-      }, 16);
+    if (p.tap) {
+      Tensor logits({R, L, c.V});
+      be.download(logits.data(), st.logits.f32(), size_t(logits.numel()) * sizeof(float));
+      p.tap(sp + "logits_raw", logits);
+      p.tap(sp + "logits_guided", guide_infinity_logits(logits, B, g, tau));
     }
-    Tensor codes({B, d, h, w});
-    infinity::bits_to_codes(bits.data(), B, h, w, d, codes.data());
-    if (p.tap) p.tap(sp + "codes", codes.reshaped({B, d, 1, h, w}));
-    infinity::accumulate(codes.data(), B, d, h, w, summed.data(), Hf, Wf);
-    if (p.tap) p.tap(sp + "summed_codes", summed.reshaped({B, d, 1, Hf, Wf}));
+    uint8_t* bits = static_cast<uint8_t*>(bf.bits.data());
+    if (p.teacher) {
+      p.teacher(si, B, h, w, d, teacher_bits.data());
+      be.upload(bits, teacher_bits.data(), size_t(B * L * d));
+    } else {
+      be.sample_bits(st.logits.f32(), B, L, d, g, tau, p.top_k, p.top_p, p.seed, static_cast<uint32_t>(si), bits);
+    }
+    be.bits_to_codes(bits, B, h, w, d, bf.codes.f32());
+    if (dtap) dtap(sp + "codes", bf.codes.f32(), {B, d, 1, h, w});
+    be.code_accumulate(bf.codes.f32(), B, d, h, w, bf.summed.f32(), Hf, Wf, bf.scratch.f32());
+    if (dtap) dtap(sp + "summed_codes", bf.summed.f32(), {B, d, 1, Hf, Wf});
     if (si + 1 < S) {
       const int h2 = sched[si + 1].first, w2 = sched[si + 1].second;
-      tokens = Tensor({B, int64_t(h2) * w2, d});
-      infinity::next_input(summed.data(), B, d, Hf, Wf, h2, w2, tokens.data());
-      if (p.tap) p.tap(sp + "next_in_codes", tokens);
+      be.code_next_input(bf.summed.f32(), B, d, Hf, Wf, h2, w2, bf.tokens.f32(), bf.scratch.f32());
+      if (dtap) dtap(sp + "next_in_codes", bf.tokens.f32(), {B, int64_t(h2) * w2, d});
     }
-    ss.ms = ms_since(t0);
-    for (int b = 0; b < c.depth; ++b) ss.kv_bytes += int64_t(st.len[b]) * R * c.C * 2 * 4;
+    ev->record(si + 1);
+    const int64_t kv_elem = st.kv_bf16 ? 2 : 4;
+    for (int b = 0; b < c.depth; ++b) ss.kv_bytes += int64_t(st.len[b]) * R * c.C * 2 * kv_elem;
     res.kv_bytes_peak = std::max(res.kv_bytes_peak, ss.kv_bytes);
-    res.transformer_ms += ss.ms;
-    res.scales.push_back(ss);
-    if (p.on_scale) p.on_scale(ss);
-  }
-  if (p.tap) {
-    p.tap("final.summed_codes", summed);
-    for (int b = 0; b < c.depth; ++b) {
-      if (!st.ctr_sa[b].empty()) p.tap(strprintf("cache.block%d.sa", b), st.ctr_sa[b]);
-      if (!st.ctr_ca[b].empty()) p.tap(strprintf("cache.block%d.ca", b), st.ctr_ca[b]);
-      if (!st.ctr_ffn[b].empty()) p.tap(strprintf("cache.block%d.ffn", b), st.ctr_ffn[b]);
+    stats.push_back(ss);
+    if (host && p.on_scale) {  // synchronous: report as it happens
+      ss.ms = ev->elapsed_ms(si, si + 1);
+      p.on_scale(ss);
     }
   }
-  res.summed = summed;
-  st = {};  // the KV cache is not needed by the decoder: lower the peak memory
+  if (dtap) {
+    dtap("final.summed_codes", bf.summed.f32(), {B, d, Hf, Wf});
+    const char* names[3] = {"sa", "ca", "ffn"};
+    for (int b = 0; b < c.depth; ++b)
+      for (int k = 0; k < 3; ++k) {
+        const void* slab = st.ctr[k].of(b);
+        if (!slab || st.ctr_h <= 0) continue;
+        Tensor t({R, st.ctr_tokens, c.C});
+        if (st.ctr[k].bf16) {
+          std::vector<uint16_t> bits(size_t(t.numel()));
+          be.download(bits.data(), slab, bits.size() * sizeof(uint16_t));
+          for (size_t i = 0; i < bits.size(); ++i) {
+            const uint32_t u = uint32_t(bits[i]) << 16;
+            std::memcpy(t.data() + i, &u, sizeof(float));
+          }
+        } else {
+          be.download(t.data(), slab, size_t(t.numel()) * sizeof(float));
+        }
+        p.tap(strprintf("cache.block%d.%s", b, names[k]), t);
+      }
+  }
+  if (p.decode) vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), st.arena.f32());
+  ev->record(S + 1);
+  res.summed = Tensor({B, d, Hf, Wf});
+  be.download(res.summed.data(), bf.summed.f32(), size_t(res.summed.numel()) * sizeof(float));  // waits
+  peak_ = std::max(peak_, be.memory_in_use());
+  // Scale times between the timer's points; the text conditioning runs between
+  // points 0 and 1: it counts in scale 0.
+  for (size_t i = 0; i < stats.size(); ++i) {
+    stats[i].ms = ev->elapsed_ms(int(i), int(i) + 1);
+    if (!stats[i].skipped) res.transformer_ms += stats[i].ms;
+  }
+  res.scales = stats;
+  if (!host && p.on_scale)
+    for (const ScaleStats& ss : res.scales) p.on_scale(ss);
   if (p.decode) {
-    const auto t0 = std::chrono::steady_clock::now();
-    Tensor img = vae.decode(summed);  // [-1, 1]
+    res.decode_ms = ev->elapsed_ms(S, S + 1);
+    Tensor img({B, 3, int64_t(Hf) * s, int64_t(Wf) * s});  // [-1, 1]
+    be.download(img.data(), bf.img.f32(), size_t(img.numel()) * sizeof(float));
     if (p.tap) p.tap("final.image", img);
     res.images = Tensor(img.shape());
     for (int64_t i = 0; i < img.numel(); ++i) res.images.data()[i] = (img.data()[i] + 1.f) * 0.5f;
-    res.decode_ms = ms_since(t0);
     if (p.on_scale) p.on_scale(decoder_stats(S, img, res.decode_ms));
   }
-  res.total_ms = ms_since(t_start);
+  res.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
   return res;
+}
+
+InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
+                                    const InfinityGenParams& p, backend::DType dtype) {
+  InfinityRunner r(model, vae, backend::cpu(), dtype);
+  return r.generate(p);
 }
 
 }  // namespace fastvar

@@ -1,12 +1,16 @@
-// The Infinity scale loop: text conditioning, per-scale blocks with RoPE and
-// the KV cache, per-scale CFG and temperature, per-bit sampling, bilinear code
-// accumulation, FastVAR plan (pruned, cached and skipped scales), BSQ decode.
+// The Infinity scale loop, once for every backend: text conditioning, per-scale
+// blocks with RoPE and the KV cache, per-scale CFG and temperature, per-bit
+// sampling, bilinear code accumulation, FastVAR plan (pruned, cached and
+// skipped scales), BSQ decode.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
+#include "backend/backend.h"
+#include "backend/cpu/bitcodes.h"  // sample_infinity_bit
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 #include "models/infinity/bsq_vae.h"
@@ -48,21 +52,54 @@ void count_infinity_scale_work(const infinity::InfinityConfig& c, const ScalePla
 // A per-scale setting (cfg, tau) of scale si: one value for all, or one per scale.
 float per_scale_value(const std::vector<float>& v, int si);
 
-// One bit from its two (guided) logits for values 0 and 1: top-k 1 keeps the
-// larger; top-p > 0 drops the smaller class when its two-way softmax
-// probability is <= 1 - top_p; otherwise bit = (u < p0 ? 0 : 1).
-uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u);
-
 // Guided logits of one scale (the tap sNN.logits_guided): g * (cond / tau) +
 // (1 - g) * (uncond / tau) from logits (2B, L, V).
 Tensor guide_infinity_logits(const Tensor& logits, int B, float g, float tau);
 
 void validate_infinity_params(const infinity::InfinityConfig& cfg, const InfinityGenParams& p);
 
-// Bytes generate_infinity allocates for `p` (an estimate from the sizes).
+// Bytes a generation allocates for `p` on the CPU (an estimate from the sizes).
 int64_t estimate_infinity_bytes(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
                                 const InfinityGenParams& p);
+
+// The Infinity models prepared on a backend, and the scale loop over them: the
+// text conditioning (after the host's RMS norm), the transformer, FastVAR, CFG
+// and per-bit sampling, the code accumulation and the BSQ-VAE decoder, all on
+// the backend. Before the loop the host uploads the normed text and the RoPE
+// tables of every scale; inside it nothing crosses but teacher-forced bits and
+// taps (golden checks only). The loop's memory is kept between generations of
+// the same shape.
+class InfinityRunner {
+ public:
+  // `model` and `vae` must outlive this; dtype: the per-token GEMMs' and the
+  // decoder's convolutions' compute dtype.
+  InfinityRunner(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae, backend::Backend& be,
+                 backend::DType dtype);
+  ~InfinityRunner();
+  InfinityGenResult generate(const InfinityGenParams& p);
+
+  backend::Backend& backend() const { return be_; }
+  backend::DType dtype() const { return dtype_; }
+  int64_t weight_bytes() const;  // backend bytes of the transformer and decoder weights
+  // Backend memory in use before the weights were prepared, and the highest
+  // value seen since.
+  int64_t baseline_bytes() const { return baseline_; }
+  int64_t peak_bytes() const { return peak_; }
+
+ private:
+  backend::Backend& be_;
+  backend::DType dtype_;
+  int bits_ = 0;
+  std::unique_ptr<infinity::InfinityNet> model_;
+  std::unique_ptr<infinity::BsqNet> vae_;
+  struct Buffers;
+  std::unique_ptr<Buffers> bufs_;
+  int64_t baseline_ = 0, peak_ = 0;
+};
+
+// One generation on the CPU backend in `dtype` (prepares the weights on every
+// call: keep an InfinityRunner to generate repeatedly).
 InfinityGenResult generate_infinity(const infinity::InfinityModel& model, const infinity::BSQDecoder& vae,
-                                    const InfinityGenParams& p);
+                                    const InfinityGenParams& p, backend::DType dtype = backend::DType::F32);
 
 }  // namespace fastvar

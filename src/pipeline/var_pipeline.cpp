@@ -1,19 +1,14 @@
 #include "pipeline/var_pipeline.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 
+#include "backend/cpu/sampler.h"
 #include "core/error.h"
-#include "core/rng.h"
-#include "core/threadpool.h"
 #include "models/var/vqvae_cost.h"
-#include "pipeline/sampler.h"
 
 namespace fastvar {
-namespace {
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-}  // namespace
 
 void count_scale_work(const var::VarConfig& cfg, const ScalePlan& plan, int R, int64_t n,
                       const std::vector<int>& kv_len, ScaleStats& ss) {
@@ -50,34 +45,95 @@ int64_t estimate_var_bytes(const var::VarModel& model, const var::VQVAE& vae, co
   const var::VarConfig& cfg = model.config();
   const int64_t B = static_cast<int64_t>(p.labels.size()), P = cfg.patch_nums.back();
   const int64_t side = P * vae.config().downsample;
-  const int64_t floats = 2 * B * cfg.Cvae * P * P        // f_hat, next-scale input
-                         + 3 * vae.max_map(int(P), int(P))  // the decoder's maps
-                         + B * 3 * side * side;             // decoded images
-  return model.state_bytes(2 * static_cast<int>(B), &p.plan) + floats * 4 + B * P * P * 8;
+  const int64_t floats = 3 * B * cfg.Cvae * P * P          // f_hat, next-scale input, h
+                         + 2 * B * cfg.Cvae * P * P          // the phi step's resized map and output
+                         + 3 * vae.max_map(int(P), int(P))   // the decoder's maps (one image at a time)
+                         + B * 3 * side * side;              // decoded images
+  return var::var_state_bytes(cfg, 2 * static_cast<int>(B), &p.plan, false) + floats * 4 + B * P * P * 4;
 }
 
-VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p) {
-  const var::VarConfig& cfg = model.config();
+struct VarRunner::Buffers {
+  var::VarNet::State st;
+  backend::Buffer f_hat, next, h, idx, img;
+};
+
+VarRunner::VarRunner(const var::VarModel& model, const var::VQVAE& vae, backend::Backend& be, backend::DType dtype)
+    : be_(be), dtype_(dtype), cfg_(model.config()) {
+  if (vae.config().vocab_size != cfg_.V || vae.config().Cvae != cfg_.Cvae)
+    fail("the VAE (codebook %d x %d) does not match the transformer (V %d, Cvae %d)", vae.config().vocab_size,
+         vae.config().Cvae, cfg_.V, cfg_.Cvae);
+  be.synchronize();  // a device: creates the context and the stream
+  baseline_ = be.memory_in_use();
+  model_ = std::make_unique<var::VarNet>(model, be, dtype);
+  vae_ = std::make_unique<var::VqvaeNet>(vae, be, dtype);
+  gemm_bytes_ = model_->gemm_weight_bytes();
+  vocab_ = vae.config().vocab_size;
+  cvae_ = vae.config().Cvae;
+  downsample_ = vae.config().downsample;
+  be.synchronize();
+  peak_ = be.memory_in_use();
+}
+
+VarRunner::~VarRunner() = default;
+
+int64_t VarRunner::weight_bytes() const { return model_->weight_bytes() + vae_->weight_bytes(); }
+
+VarGenResult VarRunner::generate(const VarGenParams& p) {
+  const var::VarConfig& cfg = cfg_;
   const int B = static_cast<int>(p.labels.size()), R = 2 * B, SN = cfg.SN();
   validate_var_params(cfg, p);
-  if (vae.config().vocab_size != cfg.V || vae.config().Cvae != cfg.Cvae)
-    fail("the VAE (codebook %d x %d) does not match the transformer (V %d, Cvae %d)",
-         vae.config().vocab_size, vae.config().Cvae, cfg.V, cfg.Cvae);
-
+  backend::Backend& be = be_;
   const auto t_start = std::chrono::steady_clock::now();
   const int P = cfg.patch_nums.back();
-  const int64_t Cv = cfg.Cvae, V = cfg.V;
+  const int64_t Cv = cfg.Cvae, V = cfg.V, img_side = int64_t(P) * downsample_;
   VarGenResult res;
-  var::VarModel::Conditioning cd = model.condition(p.labels, p.tap);
-  // Everything the scale loop writes is allocated here: the KV cache, the
-  // FastVAR caches and the activation arena (state), the latent, the next
-  // scale's input and the sampled indices.
-  var::VarModel::State st = model.new_state(R, &p.plan);
-  Tensor f_hat({B, Cv, P, P});
-  Tensor next_buf({B, Cv, P, P});
-  std::vector<int64_t> idx_buf(size_t(B) * P * P);
-  const int last = SN - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
+  // Everything the loop writes, allocated before it (or kept from the last
+  // generation when the batch and the FastVAR caches are the same).
+  const int64_t lat = int64_t(B) * Cv * P * P;
+  int64_t ctr_tokens = 0;
+  if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < SN)
+    ctr_tokens = int64_t(cfg.patch_nums[p.plan.cache_scale]) * cfg.patch_nums[p.plan.cache_scale];
+  const std::pair<int, int> ctr_layers =
+      ctr_tokens > 0 ? std::make_pair(p.plan.layer_begin, p.plan.layer_end) : std::make_pair(0, -1);
+  const int64_t kv_cap = var::kv_capacity(&p.plan, cfg);
+  if (!bufs_ || bufs_->st.rows != R || bufs_->st.ctr_tokens != ctr_tokens || bufs_->st.ctr_layers != ctr_layers ||
+      bufs_->st.cap != kv_cap) {
+    bufs_.reset();  // free first: the old and new caches need not fit together
+    bufs_ = std::make_unique<Buffers>();
+    bufs_->st = model_->new_state(R, &p.plan);
+    bufs_->f_hat = backend::alloc_f32(be, lat);
+    bufs_->next = backend::alloc_f32(be, lat);
+    bufs_->h = backend::alloc_f32(be, lat);
+    bufs_->idx = be.alloc(size_t(B) * P * P * sizeof(int32_t));
+    bufs_->img = backend::alloc_f32(be, int64_t(B) * 3 * img_side * img_side);
+  }
+  var::VarNet::State& st = bufs_->st;
+  st.len.assign(cfg.depth, 0);
+  st.ctr_h = st.ctr_w = 0;
+  float *f_hat = bufs_->f_hat.f32(), *next = bufs_->next.f32(), *hbuf = bufs_->h.f32();
+  int32_t* idx = bufs_->idx.i32();
+  be.zero(f_hat, size_t(lat) * sizeof(float));
+  std::vector<int64_t> teacher_idx;
+  std::vector<int32_t> teacher_i32;
+  if (p.teacher) {
+    teacher_idx.resize(size_t(B) * P * P);
+    teacher_i32.resize(teacher_idx.size());
+  }
+  var::DeviceTap dtap;
+  if (p.tap)
+    dtap = [&](const std::string& name, const float* d, const Shape& shape) {
+      Tensor t(shape);
+      be.download(t.data(), d, size_t(t.numel()) * sizeof(float));
+      p.tap(name, t);
+    };
+  peak_ = std::max(peak_, be.memory_in_use());
 
+  std::unique_ptr<backend::Timer> ev = be.timer(SN + 2);
+  ev->record(0);
+  model_->condition(p.labels, st, dtap);
+  const int last = SN - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
+  std::vector<ScaleStats> stats;
+  const bool host = be.host_memory();
   for (int si = 0; si < SN; ++si) {
     const int pn = cfg.patch_nums[si];
     const int64_t n = int64_t(pn) * pn;
@@ -87,94 +143,120 @@ VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, con
     ss.tokens = n;
     if (si > last) {
       ss.skipped = true;
-      res.scales.push_back(ss);
-      if (p.on_scale) p.on_scale(ss);
+      ev->record(si + 1);
+      stats.push_back(ss);
+      if (host && p.on_scale) p.on_scale(ss);
       continue;
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    ArenaScope scope(&st.arena);
     const std::string sp = p.tap ? "s" + std::to_string(si) + "." : std::string();
-    Tensor x = model.scale_input(si, cd, si == 0 ? nullptr : next_buf.data(), &st.arena);
-    if (p.tap) p.tap(sp + "x_in", x);
+    model_->scale_input(si, si == 0 ? nullptr : next, st);
+    if (dtap) dtap(sp + "x_in", st.x.f32(), {R, n, cfg.C});
     const ScalePlan plan = scale_plan(p.plan, si);
-    model.run_blocks(si, pn, pn, x, cd, st, plan, p.tap);
+    model_->run_blocks(si, pn, pn, st, plan, dtap);
     count_scale_work(cfg, plan, R, n, st.len, ss);
-    if (p.tap) {
+    if (p.tap) {  // the KV caches after the scale (golden checks)
+      const int64_t H = cfg.heads, hd = cfg.head_dim, kv_row = H * st.cap * hd;
       for (int b = 0; b < cfg.depth; ++b) {
-        const int64_t H = cfg.heads, hd = cfg.head_dim, len = st.len[b];
-        Tensor k({R, H, len, hd}), v({R, H, len, hd});
-        for (int64_t rh = 0; rh < R * H; ++rh) {
-          std::copy_n(st.k[b].data() + rh * st.cap * hd, len * hd, k.data() + rh * len * hd);
-          std::copy_n(st.v[b].data() + rh * st.cap * hd, len * hd, v.data() + rh * len * hd);
+        const int64_t len = st.len[b];
+        for (int kv = 0; kv < 2; ++kv) {
+          const backend::Buffer& cache = kv ? st.v : st.k;
+          std::vector<uint16_t> bits;
+          Tensor all({R, H, st.cap, hd}), t({R, H, len, hd});
+          const size_t count = size_t(R * kv_row), at = size_t(b) * R * kv_row;
+          if (st.kv_bf16) {
+            bits.resize(count);
+            be.download(bits.data(), cache.u16() + at, count * 2);
+            for (size_t i = 0; i < count; ++i) {
+              const uint32_t u = uint32_t(bits[i]) << 16;
+              std::memcpy(all.data() + i, &u, 4);
+            }
+          } else {
+            be.download(all.data(), cache.f32() + at, count * 4);
+          }
+          for (int64_t rh = 0; rh < R * H; ++rh)
+            std::copy_n(all.data() + rh * st.cap * hd, len * hd, t.data() + rh * len * hd);
+          p.tap("l" + std::to_string(b) + (kv ? ".kv_v_after_s" : ".kv_k_after_s") + std::to_string(si), t);
         }
-        p.tap("l" + std::to_string(b) + ".kv_k_after_s" + std::to_string(si), k);
-        p.tap("l" + std::to_string(b) + ".kv_v_after_s" + std::to_string(si), v);
       }
     }
-    Tensor logits = model.head(x, cd, &st.arena);
-    if (p.tap) p.tap(sp + "logits_raw", logits);
+    model_->head(n, st);
+    if (dtap) dtap(sp + "logits_raw", st.logits.f32(), {R, n, V});
     const float w = SN > 1 ? p.cfg * static_cast<float>(si) / static_cast<float>(SN - 1) : 0.f;
-    Tensor mixed = st.arena.alloc({B, n, V});
-    cfg_mix(logits.data(), B, n, V, w, mixed.data());
-    if (p.tap) p.tap(sp + "logits_cfg", mixed);
-
-    int64_t* idx = idx_buf.data();
-    if (p.teacher) {
-      p.teacher(si, B, n, idx);
-    } else {
-      parallel_for(B * n, [&](int64_t i0, int64_t i1) {
-        thread_local std::vector<float> probs;
-        probs.resize(size_t(V));
-        for (int64_t i = i0; i < i1; ++i) {
-          float* lg = mixed.data() + i * V;
-          filter_top_k_top_p(lg, V, p.top_k, p.top_p);
-          softmax(lg, probs.data(), V);
-          const float u = philox_uniform(p.seed, static_cast<uint32_t>(i % n), static_cast<uint32_t>(si),
-                                         static_cast<uint32_t>(i / n), 0x5A3Bu);
-          idx[i] = draw(probs.data(), V, u);
-        }
-      }, 8);
+    if (p.tap) {  // the CFG-mixed logits, mixed on the host from the raw ones
+      Tensor raw({R, n, V}), mixed({B, n, V});
+      be.download(raw.data(), st.logits.f32(), size_t(raw.numel()) * 4);
+      cfg_mix(raw.data(), B, n, V, w, mixed.data());
+      p.tap(sp + "logits_cfg", mixed);
     }
-    Tensor h = st.arena.alloc({B, Cv, pn, pn});
-    vae.embed(idx, B, pn, pn, h.data());
-    if (p.tap) p.tap(sp + "h", h);
-    vae.accumulate(h.data(), B, pn, pn, si, SN, f_hat.data(), P, P, &st.arena);
-    if (p.tap) p.tap(sp + "f_hat", f_hat);
+    if (p.teacher) {
+      p.teacher(si, B, n, teacher_idx.data());
+      for (int64_t i = 0; i < B * n; ++i) {
+        if (teacher_idx[i] < 0 || teacher_idx[i] >= V)
+          fail("teacher token %lld out of range [0, %lld)", (long long)teacher_idx[i], (long long)V);
+        teacher_i32[i] = static_cast<int32_t>(teacher_idx[i]);
+      }
+      be.upload(idx, teacher_i32.data(), size_t(B * n) * sizeof(int32_t));
+    } else {
+      be.cfg_sample(st.logits.f32(), B, n, V, w, p.top_k, p.top_p, p.seed, static_cast<uint32_t>(si), idx);
+    }
+    vae_->embed(idx, B, pn, pn, hbuf);
+    if (dtap) dtap(sp + "h", hbuf, {B, Cv, pn, pn});
+    vae_->accumulate(hbuf, B, pn, pn, si, SN, f_hat, P, P);
+    if (dtap) dtap(sp + "f_hat", f_hat, {B, Cv, P, P});
     if (si < last) {
       const int pn2 = cfg.patch_nums[si + 1];
-      Tensor next_in = Tensor::view(next_buf.data(), {B, Cv, pn2, pn2});
-      vae.next_input(f_hat.data(), B, P, P, pn2, pn2, next_in.data());
-      if (p.tap) p.tap(sp + "next_in", next_in);
+      vae_->next_input(f_hat, B, P, P, pn2, pn2, next);
+      if (dtap) dtap(sp + "next_in", next, {B, Cv, pn2, pn2});
     }
-    ss.ms = ms_since(t0);
-    for (int b = 0; b < cfg.depth; ++b) ss.kv_bytes += int64_t(st.len[b]) * R * cfg.C * 2 * 4;
-    res.transformer_ms += ss.ms;
-    res.scales.push_back(ss);
-    if (p.on_scale) p.on_scale(ss);
+    ev->record(si + 1);
+    const int64_t kv_elem = st.kv_bf16 ? 2 : 4;
+    for (int b = 0; b < cfg.depth; ++b) ss.kv_bytes += int64_t(st.len[b]) * R * cfg.C * 2 * kv_elem;
+    stats.push_back(ss);
+    if (host && p.on_scale) {  // synchronous: report as it happens
+      ss.ms = ev->elapsed_ms(si, si + 1);
+      p.on_scale(ss);
+    }
   }
   if (p.tap) {
     Tensor kv({cfg.depth});
     for (int b = 0; b < cfg.depth; ++b) kv.data()[b] = static_cast<float>(st.len[b]);
     p.tap("kv_len", kv);
-    p.tap("f_hat", f_hat);
   }
-  res.f_hat = f_hat;
-  res.arena_high_water_bytes = st.arena.high_water() * int64_t(sizeof(float));
-  res.arena_spills = st.arena.spills();
-  st = {};  // the KV cache is not needed by the decoder: lower the peak memory
+  res.f_hat = Tensor({B, Cv, P, P});
+  // The KV cache is idle from here: the decoder's activations go there.
+  if (p.decode) vae_->decode(f_hat, B, P, P, bufs_->img.f32(), st.kv.data(), st.kv.bytes());
+  ev->record(SN + 1);
+  be.download(res.f_hat.data(), f_hat, size_t(lat) * sizeof(float));  // waits for the loop
+  if (p.tap) p.tap("f_hat", res.f_hat);
+  peak_ = std::max(peak_, be.memory_in_use());
+  // Scale times between the timer's points; the conditioning (AdaLN of every
+  // block) runs between points 0 and 1: it counts in scale 0.
+  for (size_t i = 0; i < stats.size(); ++i) {
+    stats[i].ms = ev->elapsed_ms(int(i), int(i) + 1);
+    if (!stats[i].skipped) res.transformer_ms += stats[i].ms;
+  }
+  res.scales = stats;
+  if (!host && p.on_scale)
+    for (const ScaleStats& ss : res.scales) p.on_scale(ss);
   if (p.decode) {
-    const auto t0 = std::chrono::steady_clock::now();
-    res.images = vae.decode(f_hat);
-    res.decode_ms = ms_since(t0);
+    res.decode_ms = ev->elapsed_ms(SN, SN + 1);
+    res.images = Tensor({B, 3, img_side, img_side});
+    be.download(res.images.data(), bufs_->img.f32(), size_t(res.images.numel()) * sizeof(float));
     if (p.on_scale) {
       ScaleStats ds = decoder_stats(SN, res.images, res.decode_ms);
-      ds.flops = var::decode_flops(vae.config(), P, P) * B;
+      ds.flops = var::decode_flops(vae_->config(), P, P) * B;
       p.on_scale(ds);
     }
     if (p.tap) p.tap("img", res.images);
   }
-  res.total_ms = ms_since(t_start);
+  res.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_start).count();
   return res;
+}
+
+VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p,
+                          backend::DType dtype) {
+  VarRunner r(model, vae, backend::cpu(), dtype);
+  return r.generate(p);
 }
 
 }  // namespace fastvar

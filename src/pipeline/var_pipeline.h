@@ -1,11 +1,14 @@
-// The VAR scale loop: conditioning, per-scale transformer pass with the KV
-// cache, CFG, sampling, residual quantiser accumulation, FastVAR plan, decode.
+// The VAR scale loop, once for every backend: conditioning, per-scale
+// transformer pass with the KV cache, CFG, sampling, residual quantiser
+// accumulation, FastVAR plan, decode.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 #include "models/var/default_plan.h"
@@ -47,8 +50,6 @@ struct VarGenResult {
   Tensor f_hat;   // (B, Cvae, P, P)
   std::vector<ScaleStats> scales;
   double transformer_ms = 0, decode_ms = 0, total_ms = 0;
-  int64_t arena_high_water_bytes = 0;  // activation arena of the scale loop
-  int64_t arena_spills = 0;            // requests that did not fit it (0 = none)
 };
 
 // The work of scale si's transformer pass (R rows, n tokens, plan, the KV
@@ -59,10 +60,51 @@ void count_scale_work(const var::VarConfig& cfg, const ScalePlan& plan, int R, i
 // Throws fastvar::Error for a class, option or plan the model cannot run.
 void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p);
 
-// Bytes generate_var allocates for `p` (an estimate from the sizes, within a
-// few percent of the peak above the weights), for refusing a request that
-// cannot fit before anything is allocated.
+// Bytes a generation allocates for `p` on a backend without bfloat16 storage
+// (an estimate from the sizes, within a few percent of the peak above the
+// weights), for refusing a request that cannot fit before anything is allocated.
 int64_t estimate_var_bytes(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p);
-VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p);
+
+// The VAR models prepared on a backend, and the scale loop over them. The
+// loop's memory (KV and FastVAR caches, activations, latents, images) is
+// allocated before it and kept between generations of the same batch size and
+// plan. Inside the loop nothing crosses between host and device except
+// teacher-forced indices and taps (golden checks only). Per-scale times come
+// from the backend's timer and are reported after the loop.
+class VarRunner {
+ public:
+  // `model` and `vae` must outlive this; dtype: the GEMMs' and the decoder's
+  // convolutions' compute dtype.
+  VarRunner(const var::VarModel& model, const var::VQVAE& vae, backend::Backend& be, backend::DType dtype);
+  ~VarRunner();
+  VarGenResult generate(const VarGenParams& p);
+
+  backend::Backend& backend() const { return be_; }
+  backend::DType dtype() const { return dtype_; }
+  const var::VarConfig& config() const { return cfg_; }
+  int64_t weight_bytes() const;  // bytes of the transformer and VQVAE weights on the backend
+  // Bytes of the GEMM weights one forward of a scale reads.
+  int64_t gemm_weight_bytes() const { return gemm_bytes_; }
+  // Backend memory in use before the weights were prepared, and the highest
+  // value seen since (sampled after allocations and after each run).
+  int64_t baseline_bytes() const { return baseline_; }
+  int64_t peak_bytes() const { return peak_; }
+
+ private:
+  backend::Backend& be_;
+  backend::DType dtype_;
+  var::VarConfig cfg_;
+  int vocab_ = 0, cvae_ = 0, downsample_ = 1;
+  std::unique_ptr<var::VarNet> model_;
+  std::unique_ptr<var::VqvaeNet> vae_;
+  struct Buffers;
+  std::unique_ptr<Buffers> bufs_;
+  int64_t baseline_ = 0, peak_ = 0, gemm_bytes_ = 0;
+};
+
+// One generation on the CPU backend in `dtype` (prepares the weights on every
+// call: keep a VarRunner to generate repeatedly).
+VarGenResult generate_var(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p,
+                          backend::DType dtype = backend::DType::F32);
 
 }  // namespace fastvar

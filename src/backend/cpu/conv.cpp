@@ -28,13 +28,21 @@ namespace {
 // weights and has too few columns per thread.
 constexpr int64_t kColBudget = int64_t(8) << 20;
 
-// y[co][o0 .. o0+n) = bias[co] (or 0), the GEMM then accumulates onto it.
-void init_bias(float* y, const float* bias, int64_t Cout, int64_t HWo, int64_t o0, int64_t n) {
+// y[co][o0 .. o0+n) = bias[co] (or 0), or += bias[co] when accumulating; the
+// GEMM then accumulates onto it.
+void init_bias(float* y, const float* bias, int64_t Cout, int64_t HWo, int64_t o0, int64_t n,
+               bool accumulate) {
+  if (accumulate && !bias) return;
   parallel_for(
       Cout,
       [&](int64_t c0, int64_t c1) {
-        for (int64_t co = c0; co < c1; ++co)
-          std::fill(y + co * HWo + o0, y + co * HWo + o0 + n, bias ? bias[co] : 0.f);
+        for (int64_t co = c0; co < c1; ++co) {
+          float* row = y + co * HWo + o0;
+          if (accumulate)
+            for (int64_t i = 0; i < n; ++i) row[i] += bias[co];
+          else
+            std::fill(row, row + n, bias ? bias[co] : 0.f);
+        }
       },
       16);
 }
@@ -57,7 +65,8 @@ void transpose_weights(const float* w, int64_t Cout, int64_t Cin, int64_t kk, fl
 // accumulates one band's GEMM onto y, which already holds the bias.
 template <typename T, typename Product>
 void im2col_bands(const T* x, int64_t Cin, int64_t H, int64_t W, int k, int pad, int64_t Ho,
-                  int64_t Wo, const float* bias, int64_t Cout, float* y, const Product& product) {
+                  int64_t Wo, const float* bias, int64_t Cout, float* y, bool accumulate,
+                  const Product& product) {
   const int64_t Kc = Cin * k * k, Wp = W + 2 * pad, run = k * Cin, HWo = Ho * Wo;
   // Band height: as many output rows as fit the budget (in bytes), then evened
   // out so the last band is not a sliver.
@@ -105,7 +114,7 @@ void im2col_bands(const T* x, int64_t Cin, int64_t H, int64_t W, int k, int pad,
           }
         },
         64);
-    init_bias(y, bias, Cout, HWo, oh0 * Wo, n);
+    init_bias(y, bias, Cout, HWo, oh0 * Wo, n, accumulate);
     product(col, n, y + oh0 * Wo);
   }
 }
@@ -113,7 +122,7 @@ void im2col_bands(const T* x, int64_t Cin, int64_t H, int64_t W, int k, int pad,
 }  // namespace
 
 void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
-            int64_t Cout, int k, int pad, float* y, DType dtype) {
+            int64_t Cout, int k, int pad, float* y, DType dtype, bool accumulate) {
   if (k < 1 || pad < 0) fail("conv2d: bad kernel %d / padding %d", k, pad);
   const int64_t Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
   if (Ho <= 0 || Wo <= 0)
@@ -131,19 +140,19 @@ void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, c
     transpose_weights(w, Cout, Cin, kk, wt);
     to_bf16(wt, wb, Cout * Kc);
     to_bf16(x, xb, Cin * H * W);
-    im2col_bands(xb, Cin, H, W, k, pad, Ho, Wo, bias, Cout, y,
+    im2col_bands(xb, Cin, H, W, k, pad, Ho, Wo, bias, Cout, y, accumulate,
                  [&](const uint16_t* col, int64_t n, float* yb) {
                    gemm_nt_bf16(wb, col, yb, Cout, n, Kc, HWo, /*accumulate=*/true);
                  });
     return;
   }
   if (k == 1 && pad == 0) {  // pointwise: the input already is the column matrix
-    init_bias(y, bias, Cout, HWo, 0, HWo);
+    init_bias(y, bias, Cout, HWo, 0, HWo, accumulate);
     gemm(false, false, Cout, HWo, Cin, 1.f, w, Cin, x, HWo, 1.f, y, HWo);
     return;
   }
   transpose_weights(w, Cout, Cin, kk, wt);
-  im2col_bands(x, Cin, H, W, k, pad, Ho, Wo, bias, Cout, y,
+  im2col_bands(x, Cin, H, W, k, pad, Ho, Wo, bias, Cout, y, accumulate,
                [&](const float* col, int64_t n, float* yb) {
                  gemm(false, true, Cout, n, Kc, 1.f, wt, Kc, col, Kc, 1.f, yb, HWo);
                });

@@ -72,8 +72,9 @@ void group_norm(const float* x, float* y, int64_t C, int64_t HW, int groups, flo
 // 2-D convolution, stride 1, square kernel k (1 or 3), zero padding pad.
 // w: (Cout, Cin, k, k), bias: (Cout) or null. Output H x W (same size for pad=(k-1)/2).
 // dtype BF16 rounds input and weights to bfloat16 (float32 accumulation).
+// accumulate: y += conv(x) + bias (a fused residual add).
 void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
-            int64_t Cout, int k, int pad, float* y, DType dtype = DType::F32);
+            int64_t Cout, int k, int pad, float* y, DType dtype = DType::F32, bool accumulate = false);
 // Nearest-neighbour x2 upsampling: (C, H, W) -> (C, 2H, 2W).
 void upsample_nearest2x(const float* x, int64_t C, int64_t H, int64_t W, float* y);
 // F.interpolate(mode='area') = adaptive average pooling (C, hi, wi) -> (C, ho, wo),

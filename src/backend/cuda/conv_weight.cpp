@@ -1,6 +1,5 @@
 // cuda::ConvWeight: a convolution's weights on the device, and the conv op on
-// them. Only the public interfaces (cuda_ops.h, vision_ops.h), so the emulated
-// device (tests/cuda_emu) builds it too.
+// them, over the public interfaces (cuda_ops.h, vision_ops.h).
 #include <vector>
 
 #include "backend/cpu/ops.h"

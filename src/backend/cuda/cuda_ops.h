@@ -242,7 +242,7 @@ void add_broadcast(float* x, const float* add, int R, int64_t n, int64_t C);
 void transpose_cn(const float* x, float* y, int B, int64_t C, int64_t n);
 
 // ---- sampling ----------------------------------------------------------------
-// The CPU pipeline's sampling (pipeline/sampler.h) for every token of a scale,
+// The CPU pipeline's sampling (backend/cpu/sampler.h) for every token of a scale,
 // on the device: out = (1+w)*cond - w*uncond from logits (2B, n, V) (rows
 // 0..B-1 conditional), then filter_top_k_top_p (top_k <= 0 or >= V, top_p <= 0
 // disable), softmax, and the inverse-CDF draw with the counter-based uniform

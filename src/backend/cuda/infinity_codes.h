@@ -4,7 +4,7 @@
 // A plain C++ header (no CUDA types), like cuda_ops.h; built only with
 // -DFASTVAR_CUDA=ON (FASTVAR_HAS_CUDA is then defined).
 //
-// Semantics are those of the CPU code (models/infinity/codes.h and the sampling
+// Semantics are those of the CPU code (backend/cpu/bitcodes.h and the sampling
 // loop of pipeline/infinity_pipeline.cpp), on device pointers, for a batch of B
 // images. Every op is enqueued, asynchronously, on the engine stream of the
 // current device (cuda_ops.h) and never synchronises the host. Arguments are

@@ -1,6 +1,5 @@
 // cuda::LinearWeight: a linear layer's weights on the device, and the linear
-// op on them. Only the public interface of cuda_ops.h, so the emulated device
-// (tests/cuda_emu) builds it too.
+// op on them, over the public interface of cuda_ops.h.
 #include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
 

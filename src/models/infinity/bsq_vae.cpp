@@ -6,7 +6,6 @@
 #include <numeric>
 #include <utility>
 
-#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 
@@ -79,19 +78,6 @@ BSQDecoder::ResBlock load_resblock(Weights& w, const std::string& p, int cin, in
   // reported by the caller's check_all_used().
   if (cin != cout) r.nin = load_conv(w, p + ".nin_shortcut", cout, cin, 1);
   return r;
-}
-
-void conv(const Conv& c, const float* x, int H, int W, float* y, cpu::DType dt) {
-  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y, dt);
-}
-
-void add_inplace(float* y, const float* x, int64_t n) {
-  parallel_for(
-      n,
-      [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) y[i] += x[i];
-      },
-      1 << 14);
 }
 
 }  // namespace
@@ -183,25 +169,6 @@ BSQDecoder::BSQDecoder(Weights& w) {
 // Activations live in three rotating buffers; bufs[0] always holds the current map,
 // bufs[1] and bufs[2] are scratch, each sized for the largest map of the pass.
 
-void BSQDecoder::resblock(const ResBlock& rb, int H, int W, float* bufs[3]) const {
-  const int64_t HW = int64_t(H) * W;
-  const int Cin = rb.conv1.cin, Cout = rb.conv1.cout;
-  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
-  cpu::group_norm(x, t1, Cin, HW, rb.norm1.groups, kGnEps, rb.norm1.g.data(), rb.norm1.b.data(),
-                  true);
-  conv(rb.conv1, t1, H, W, t2, dtype_);
-  cpu::group_norm(t2, t2, Cout, HW, rb.norm2.groups, kGnEps, rb.norm2.g.data(), rb.norm2.b.data(),
-                  true);
-  conv(rb.conv2, t2, H, W, t1, dtype_);
-  if (!rb.nin.w.empty()) {
-    conv(rb.nin, x, H, W, t2, dtype_);
-    add_inplace(t1, t2, Cout * HW);  // upstream: shortcut(x) + h
-  } else {
-    add_inplace(t1, x, Cout * HW);
-  }
-  bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
-}
-
 int64_t BSQDecoder::max_map(int H, int W) const {
   int64_t HW = int64_t(H) * W, m = int64_t(cfg_.code_dim) * HW;
   int C = conv_in_.cout;
@@ -216,29 +183,13 @@ int64_t BSQDecoder::max_map(int H, int W) const {
   return std::max(m, 3 * HW);
 }
 
-void BSQDecoder::decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const {
-  conv(conv_in_, z, H, W, bufs[0], dtype_);
-  resblock(mid_block1_, H, W, bufs);
-  resblock(mid_block2_, H, W, bufs);
-  int C = conv_in_.cout;
-  for (int l = cfg_.levels() - 1; l >= 0; --l) {
-    const Level& lv = up_[l];
-    for (const ResBlock& rb : lv.blocks) {
-      resblock(rb, H, W, bufs);
-      C = rb.conv1.cout;
-    }
-    if (!lv.upsample.w.empty()) {
-      cpu::upsample_nearest2x(bufs[0], C, H, W, bufs[1]);
-      H *= 2, W *= 2;
-      conv(lv.upsample, bufs[1], H, W, bufs[2], dtype_);
-      std::swap(bufs[0], bufs[2]);
-    }
-  }
-  const int64_t HW = int64_t(H) * W;
-  cpu::group_norm(bufs[0], bufs[1], C, HW, norm_out_.groups, kGnEps, norm_out_.g.data(),
-                  norm_out_.b.data(), true);
-  conv(conv_out_, bufs[1], H, W, bufs[2], dtype_);
-  for (int64_t i = 0; i < 3 * HW; ++i) img[i] = std::clamp(bufs[2][i], -1.f, 1.f);
+// ---- host convenience (the CPU backend) --------------------------------------------
+
+BSQDecoder::~BSQDecoder() = default;
+
+const BsqNet& BSQDecoder::cpu_net() const {
+  if (!cpu_net_ || cpu_net_->dtype() != dtype_) cpu_net_ = std::make_unique<BsqNet>(*this, backend::cpu(), dtype_);
+  return *cpu_net_;
 }
 
 Tensor BSQDecoder::decode(const Tensor& summed) const {
@@ -250,16 +201,135 @@ Tensor BSQDecoder::decode(const Tensor& summed) const {
          shape_str(summed.shape()).c_str(), cfg_.code_dim);
   const int B = int(summed.dim(0)), H = int(summed.dim(-2)), W = int(summed.dim(-1));
   const int s = cfg_.stride;
-  const int64_t maxel = max_map(H, W);
-  // Uninitialised on purpose: every step writes its output before reading it.
-  std::unique_ptr<float[]> storage(new float[3 * maxel]);
+  const BsqNet& net = cpu_net();
+  std::vector<float> ws(size_t(net.workspace_floats(B, H, W)));
   Tensor img({int64_t(B), 3, int64_t(H) * s, int64_t(W) * s});
-  const int64_t zn = int64_t(cfg_.code_dim) * H * W, in = 3 * int64_t(H) * s * W * s;
-  for (int b = 0; b < B; ++b) {
-    float* bufs[3] = {storage.get(), storage.get() + maxel, storage.get() + 2 * maxel};
-    decode_one(summed.data() + b * zn, H, W, img.data() + b * in, bufs);
-  }
+  net.decode(summed.data(), B, H, W, img.data(), ws.data());
   return img;
+}
+
+// ---- BsqNet: the decoder on a backend ------------------------------------------------
+
+// ---- weights ------------------------------------------------------------------
+
+BsqNet::Conv BsqNet::upload(const BSQDecoder::Conv& c) {
+  Conv d = be_.conv(c.w.data(), c.b.data(), c.cin, c.cout, c.k, dtype_);
+  weight_bytes_ += d.bytes;
+  return d;
+}
+
+BsqNet::Norm BsqNet::upload(const BSQDecoder::Norm& n) {
+  Norm d;
+  d.g = backend::constant_f32(be_, n.g.data(), n.g.numel());
+  d.b = backend::constant_f32(be_, n.b.data(), n.b.numel());
+  d.groups = n.groups;
+  weight_bytes_ += int64_t(d.g.bytes() + d.b.bytes());
+  return d;
+}
+
+BsqNet::ResBlock BsqNet::upload(const BSQDecoder::ResBlock& r) {
+  ResBlock d;
+  d.norm1 = upload(r.norm1);
+  d.conv1 = upload(r.conv1);
+  d.norm2 = upload(r.norm2);
+  d.conv2 = upload(r.conv2);
+  if (!r.nin.w.empty()) d.nin = upload(r.nin);
+  return d;
+}
+
+BsqNet::BsqNet(const BSQDecoder& cpu, backend::Backend& be, backend::DType dtype)
+    : cfg_(cpu.cfg_), be_(be), dtype_(dtype) {
+  conv_in_ = upload(cpu.conv_in_);
+  mid_block1_ = upload(cpu.mid_block1_);
+  mid_block2_ = upload(cpu.mid_block2_);
+  up_.resize(cpu.up_.size());
+  for (size_t l = 0; l < cpu.up_.size(); ++l) {
+    const BSQDecoder::Level& src = cpu.up_[l];
+    for (const auto& b : src.blocks) up_[l].blocks.push_back(upload(b));
+    if (!src.upsample.w.empty()) up_[l].upsample = upload(src.upsample);
+  }
+  norm_out_ = upload(cpu.norm_out_);
+  conv_out_ = upload(cpu.conv_out_);
+}
+
+// ---- decoder --------------------------------------------------------------------
+// As in BSQDecoder: bufs[0] holds the current map (B images), bufs[1] and
+// bufs[2] are scratch; each buffer holds B of the largest maps.
+
+// GroupNorm + SiLU (every norm of the decoder is followed by swish).
+void BsqNet::norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW) const {
+  be_.group_norm(x, y, B, C, HW, n.groups, kGnEps, n.g.f32(), n.b.f32(), /*fuse_silu=*/true);
+}
+
+void BsqNet::resblock(const ResBlock& rb, int B, int H, int W, float* bufs[3]) const {
+  const int64_t HW = int64_t(H) * W;
+  const int Cin = rb.conv1.cin, Cout = rb.conv1.cout;
+  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
+  norm(rb.norm1, x, t1, B, Cin, HW);
+  be_.conv2d(t1, B, H, W, rb.conv1, t2);
+  norm(rb.norm2, t2, t2, B, Cout, HW);
+  if (!rb.nin.empty()) {
+    be_.conv2d(t2, B, H, W, rb.conv2, t1);
+    be_.conv2d(x, B, H, W, rb.nin, t1, /*accumulate=*/true);  // t1 = h + nin_shortcut(x)
+    bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
+  } else {
+    be_.conv2d(t2, B, H, W, rb.conv2, x, /*accumulate=*/true);  // x += h, in place
+  }
+}
+
+int64_t BsqNet::max_map(int H, int W) const {
+  // The maps held in the buffers: conv_in's output, each block's input and
+  // output, and each upsampled map (the input z and the image live elsewhere).
+  int64_t HW = int64_t(H) * W, m = int64_t(conv_in_.cout) * HW;
+  int C = conv_in_.cout;
+  for (int l = cfg_.levels() - 1; l >= 0; --l) {
+    for (const ResBlock& rb : up_[l].blocks) {
+      m = std::max(m, std::max(rb.conv1.cin, rb.conv1.cout) * HW);
+      C = rb.conv1.cout;
+    }
+    if (!up_[l].upsample.empty()) HW *= 4, m = std::max(m, C * HW);
+  }
+  return m;
+}
+
+int64_t BsqNet::workspace_floats(int B, int H, int W) const {
+  if (B <= 0 || H <= 0 || W <= 0) fail("BsqNet::workspace_floats: bad sizes B=%d %dx%d", B, H, W);
+  return 3 * int64_t(be_.host_memory() ? 1 : B) * max_map(H, W);
+}
+
+void BsqNet::decode(const float* summed, int B, int H, int W, float* img, float* workspace) const {
+  if (B <= 0 || H <= 0 || W <= 0) fail("BsqNet::decode: bad sizes B=%d %dx%d", B, H, W);
+  if (!summed || !img || !workspace) fail("BsqNet::decode: null pointer");
+  const int nb = be_.host_memory() ? 1 : B;  // images per pass
+  const int64_t zn = int64_t(cfg_.code_dim) * H * W, in = 3 * int64_t(H) * cfg_.stride * W * cfg_.stride;
+  for (int b0 = 0; b0 < B; b0 += nb)
+    decode_batch(summed + b0 * zn, std::min(nb, B - b0), H, W, img + b0 * in, workspace);
+}
+
+void BsqNet::decode_batch(const float* summed, int B, int H, int W, float* img, float* workspace) const {
+  const int64_t maxel = int64_t(B) * max_map(H, W);
+  float* bufs[3] = {workspace, workspace + maxel, workspace + 2 * maxel};
+  be_.conv2d(summed, B, H, W, conv_in_, bufs[0]);
+  resblock(mid_block1_, B, H, W, bufs);
+  resblock(mid_block2_, B, H, W, bufs);
+  int C = conv_in_.cout;
+  for (int l = cfg_.levels() - 1; l >= 0; --l) {  // numbered by resolution, run lowest first
+    const Level& lv = up_[l];
+    for (const ResBlock& rb : lv.blocks) {
+      resblock(rb, B, H, W, bufs);
+      C = rb.conv1.cout;
+    }
+    if (!lv.upsample.empty()) {
+      be_.upsample_nearest2x(bufs[0], int64_t(B) * C, H, W, bufs[1]);  // batch = channels
+      H *= 2, W *= 2;
+      be_.conv2d(bufs[1], B, H, W, lv.upsample, bufs[2]);
+      std::swap(bufs[0], bufs[2]);
+    }
+  }
+  const int64_t HW = int64_t(H) * W;
+  norm(norm_out_, bufs[0], bufs[1], B, C, HW);
+  be_.conv2d(bufs[1], B, H, W, conv_out_, img);
+  be_.clamp_range(img, img, int64_t(B) * 3 * HW, -1.f, 1.f);  // upstream: clamp(-1, 1)
 }
 
 std::vector<uint8_t> image_to_u8_trunc(const float* chw, int H, int W, bool bgr) {

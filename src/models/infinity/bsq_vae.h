@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/ops.h"
+#include <memory>
+
+#include "backend/backend.h"
 #include "core/tensor.h"
 #include "models/weights.h"
 
@@ -35,6 +37,10 @@ struct BSQDecoderConfig {
 // 32 (upstream's Normalize). Throws when neither divides C.
 int bsq_gn_groups(int C);
 
+class BsqNet;
+
+// The checkpoint as loaded, and decode() on host memory through BsqNet on the
+// CPU backend.
 class BSQDecoder {
  public:
   // Fetches and shape-checks every decoder tensor and marks encoder.*, quantizer.*
@@ -42,6 +48,7 @@ class BSQDecoder {
   // flags only truly unexpected keys. Checks `quantizer.lfq.mask` (I64 [d]) when
   // present. Tensors are views into `w`'s mapping: `w` must outlive this object.
   explicit BSQDecoder(Weights& w);
+  ~BSQDecoder();
 
   const BSQDecoderConfig& config() const { return cfg_; }
   int code_dim() const { return cfg_.code_dim; }
@@ -75,15 +82,68 @@ class BSQDecoder {
   };
 
  private:
-  friend class BSQDecoderCuda;  // copies the weights to a CUDA device (bsq_vae_cuda.h)
+  friend class BsqNet;  // the decoder, written once over the backend
+  const BsqNet& cpu_net() const;
   cpu::DType dtype_ = cpu::DType::F32;
-  void decode_one(const float* z, int H, int W, float* img, float* bufs[3]) const;
-  void resblock(const ResBlock& rb, int H, int W, float* bufs[3]) const;
+  mutable std::unique_ptr<BsqNet> cpu_net_;  // decode() on the CPU backend
 
   BSQDecoderConfig cfg_;
   Conv conv_in_, conv_out_;
   ResBlock mid_block1_, mid_block2_;
   std::vector<Level> up_;  // indexed by level (0 = full resolution), run from the last
+  Norm norm_out_;
+};
+
+// The BSQ-VAE decoder on a backend: summed codes (B, d, H, W) -> images
+// (B, 3, H*s, W*s) clamped to [-1, 1], op for op as upstream, on backend
+// pointers. The convolutions run in the chosen dtype; GroupNorm (+SiLU), the
+// residual adds, the upsampling and the clamp in float32. Its activations live
+// in a caller-provided workspace (workspace_floats).
+class BsqNet {
+ public:
+  // `dec` must outlive this (a host backend reads its weights in place).
+  BsqNet(const BSQDecoder& dec, backend::Backend& be, backend::DType dtype);
+  const BSQDecoderConfig& config() const { return cfg_; }
+  backend::DType dtype() const { return dtype_; }
+  int code_dim() const { return cfg_.code_dim; }
+  int stride() const { return cfg_.stride; }
+  int64_t weight_bytes() const { return weight_bytes_; }
+  // Floats of workspace that decode(B images of an H x W latent) needs: three
+  // activation buffers (of all B images on a device; of one at a time on the
+  // CPU, which decodes image after image).
+  int64_t workspace_floats(int B, int H, int W) const;
+  // img must overlap neither summed nor workspace.
+  void decode(const float* summed, int B, int H, int W, float* img, float* workspace) const;
+
+ private:
+  using Conv = backend::Conv;
+  struct Norm {
+    backend::Buffer g, b;
+    int groups = 32;
+  };
+  struct ResBlock {
+    Norm norm1, norm2;
+    Conv conv1, conv2, nin;  // nin empty when in == out
+  };
+  struct Level {
+    std::vector<ResBlock> blocks;
+    Conv upsample;  // empty when the level does not upsample
+  };
+  Conv upload(const BSQDecoder::Conv& c);
+  Norm upload(const BSQDecoder::Norm& n);
+  ResBlock upload(const BSQDecoder::ResBlock& r);
+  void norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW) const;
+  void resblock(const ResBlock& rb, int B, int H, int W, float* bufs[3]) const;
+  void decode_batch(const float* summed, int B, int H, int W, float* img, float* workspace) const;
+  int64_t max_map(int H, int W) const;  // largest activation of one image (floats)
+
+  BSQDecoderConfig cfg_;
+  backend::Backend& be_;
+  backend::DType dtype_;
+  int64_t weight_bytes_ = 0;
+  Conv conv_in_, conv_out_;
+  ResBlock mid_block1_, mid_block2_;
+  std::vector<Level> up_;
   Norm norm_out_;
 };
 

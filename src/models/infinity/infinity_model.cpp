@@ -3,10 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/threadpool.h"
-#include "fastvar/branch.h"
 
 namespace fastvar::infinity {
 namespace {
@@ -22,12 +20,6 @@ int round_half_even_div(int64_t num, int64_t den) {
   int64_t q = num / den, r = num % den;
   if (2 * r > den || (2 * r == den && (q & 1))) ++q;
   return static_cast<int>(q);
-}
-
-// (n, H*hd) token-major rows -> (H, n, hd), the cache layout of cpu::attention.
-void to_head_major(const float* src, int64_t n, int64_t H, int64_t hd, float* dst) {
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t h = 0; h < H; ++h) std::copy_n(src + (t * H + h) * hd, hd, dst + (h * n + t) * hd);
 }
 
 }  // namespace
@@ -163,27 +155,6 @@ InfinityModel::InfinityModel(Weights& w) : file_(&w.file()) {
     B.ca_norm_w1.resize(C);
     for (int64_t k = 0; k < C; ++k) B.ca_norm_w1[k] = B.ca_norm_w.data()[k] - 1.f;
   }
-  set_dtype(cpu::DType::F32);
-}
-
-void InfinityModel::set_dtype(cpu::DType dt) {
-  const int64_t C = cfg_.C, F = cfg_.ffn;
-  for (Block& B : blocks_) {
-    B.qkv = cpu::LinearWeight(B.qkv_w.data(), 3 * C, C, dt);
-    B.proj = cpu::LinearWeight(B.proj_w.data(), C, C, dt);
-    B.ca_q = cpu::LinearWeight(B.ca_q_w.data(), C, C, dt);
-    B.ca_proj = cpu::LinearWeight(B.ca_proj_w.data(), C, C, dt);
-    B.fc1 = cpu::LinearWeight(B.fc1_w.data(), F, C, dt);
-    B.fc2 = cpu::LinearWeight(B.fc2_w.data(), C, F, dt);
-  }
-  head_lin_ = cpu::LinearWeight(head_w_.data(), cfg_.V, C, dt);
-  dtype_ = dt;
-  if (dt != cpu::DType::F32 && file_) {  // the fp32 copies are not read again
-    auto drop = [&](const Tensor& t) { file_->release_pages(t.data(), size_t(t.numel()) * sizeof(float)); };
-    for (const Block& B : blocks_)
-      for (const Tensor* t : {&B.qkv_w, &B.proj_w, &B.ca_q_w, &B.ca_proj_w, &B.fc1_w, &B.fc2_w}) drop(*t);
-    drop(head_w_);
-  }
 }
 
 Tensor InfinityModel::normed_text(const std::vector<Tensor>& feats, std::vector<int>& cu) const {
@@ -220,257 +191,287 @@ Tensor InfinityModel::normed_text(const std::vector<Tensor>& feats, std::vector<
   return normed;
 }
 
-InfinityModel::Text InfinityModel::encode_text(const std::vector<Tensor>& feats, const Tap& tap) const {
-  const InfinityConfig& c = cfg_;
-  const int B = static_cast<int>(feats.size()), R = 2 * B;
-  const int64_t C = c.C, Ct5 = c.Ct5;
-  Text t;
-  t.rows = R;
-  Tensor normed = normed_text(feats, t.cu);
-  const int64_t N = t.cu.back();
-  if (tap) tap("text.normed", normed);
+// ---- InfinityNet: the forward on a backend ------------------------------------
 
-  // Attention pooling per sequence: one learned query per head.
-  Tensor kv({N, 2 * C});
-  cpu::linear(normed.data(), pool_kv_w_.data(), nullptr, kv.data(), N, 2 * C, Ct5);
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t k = 0; k < C; ++k) kv.data()[i * 2 * C + C + k] += pool_v_b_.data()[k];
-  const int64_t Hp = c.pool_heads, hdp = c.pool_head_dim;
-  Tensor pooled({R, C});
-  for (int r = 0; r < R; ++r) {
-    const int64_t n = t.cu[r + 1] - t.cu[r];
-    std::vector<float> kh(Hp * n * hdp), vh(Hp * n * hdp), k_rows(n * C), v_rows(n * C);
-    for (int64_t j = 0; j < n; ++j) {
-      std::copy_n(kv.data() + (t.cu[r] + j) * 2 * C, C, k_rows.data() + j * C);
-      std::copy_n(kv.data() + (t.cu[r] + j) * 2 * C + C, C, v_rows.data() + j * C);
-    }
-    to_head_major(k_rows.data(), n, Hp, hdp, kh.data());
-    to_head_major(v_rows.data(), n, Hp, hdp, vh.data());
-    cpu::attention(pool_q_.data(), C, kh.data(), vh.data(), n * hdp, pooled.data() + r * C, 1, n, Hp, hdp,
-                   1.f / std::sqrt(static_cast<float>(hdp)));
+InfinityNet::InfinityNet(const InfinityModel& m, backend::Backend& be, backend::DType dtype)
+    : host_(m), cfg_(m.config()), be_(be), dtype_(dtype) {
+  const int64_t C = cfg_.C, F = cfg_.ffn, Ct5 = cfg_.Ct5;
+  const backend::DType f32 = backend::DType::F32;
+  // The per-prompt products (text keys/values, AdaLN) in bfloat16 only where
+  // the backend keeps small weights so (it halves their memory there).
+  const backend::DType small = be.bf16_storage() ? dtype : f32;
+  auto up = [&](const Tensor& w, const float* b, int64_t N, int64_t K, backend::DType dt) {
+    Lin l = be.linear(w.data(), b, N, K, dt);
+    weight_bytes_ += l.bytes;
+    return l;
+  };
+  auto vec = [&](backend::Buffer d) {
+    weight_bytes_ += int64_t(d.bytes());
+    return d;
+  };
+  auto upload_vec = [&](const std::vector<float>& v) { return backend::constant_f32(be, v.data(), int64_t(v.size())); };
+  auto upload_tensor = [&](const Tensor& t) { return backend::constant_f32(be, t.data(), t.numel()); };
+  blocks_.resize(cfg_.depth);
+  for (int b = 0; b < cfg_.depth; ++b) {
+    const InfinityModel::Block& s = m.blocks_[b];
+    Block& d = blocks_[b];
+    d.qkv = up(s.qkv_w, s.qkv_bias.data(), 3 * C, C, dtype);
+    d.proj = up(s.proj_w, s.proj_b.data(), C, C, dtype);
+    d.ca_q = up(s.ca_q_w, s.ca_q_b.data(), C, C, dtype);
+    d.ca_kv = up(s.ca_kv_w, nullptr, 2 * C, C, small);
+    d.ca_proj = up(s.ca_proj_w, s.ca_proj_b.data(), C, C, dtype);
+    d.fc1 = up(s.fc1_w, s.fc1_b.data(), F, C, dtype);
+    d.fc2 = up(s.fc2_w, s.fc2_b.data(), C, F, dtype);
+    d.ada_gss = vec(upload_tensor(s.ada_gss));
+    d.head_scale = vec(upload_vec(s.head_scale));
+    d.ca_norm_w1 = vec(upload_vec(s.ca_norm_w1));
+    d.ca_norm_b = vec(upload_tensor(s.ca_norm_b));
+    d.ca_v_b = vec(upload_tensor(s.ca_v_b));
   }
-  t.cond = Tensor({R, C});
-  cpu::linear(pooled.data(), pool_proj_w_.data(), pool_proj_b_.data(), t.cond.data(), R, C, C);
-  if (tap) tap("text.cond_BD", t.cond);
-
-  // Cross-attention memory and each block's keys/values of it (constant over scales).
-  Tensor mid({N, C}), ca_kv({N, C});
-  cpu::linear(normed.data(), tca0_w_.data(), tca0_b_.data(), mid.data(), N, C, Ct5);
-  cpu::gelu_tanh(mid.data(), N * C);
-  cpu::linear(mid.data(), tca2_w_.data(), tca2_b_.data(), ca_kv.data(), N, C, C);
-  if (tap) tap("text.ca_kv", ca_kv);
-  const int64_t H = c.heads, hd = c.head_dim;
-  t.kv_off.resize(R);
-  for (int r = 0; r < R; ++r) t.kv_off[r] = t.cu[r] * C;
-  Tensor kvb({N, 2 * C});
-  for (int b = 0; b < c.depth; ++b) {
-    const Block& Bk = blocks_[b];
-    cpu::linear(ca_kv.data(), Bk.ca_kv_w.data(), nullptr, kvb.data(), N, 2 * C, C);
-    Tensor K({N, C}), Vv({N, C}), Kr({N, C}), Vr({N, C});
-    for (int64_t i = 0; i < N; ++i) {
-      std::copy_n(kvb.data() + i * 2 * C, C, K.data() + i * C);
-      for (int64_t k = 0; k < C; ++k) Vv.data()[i * C + k] = kvb.data()[i * 2 * C + C + k] + Bk.ca_v_b.data()[k];
-    }
-    for (int r = 0; r < R; ++r) {
-      const int64_t n = t.cu[r + 1] - t.cu[r];
-      to_head_major(K.data() + t.cu[r] * C, n, H, hd, Kr.data() + t.kv_off[r]);
-      to_head_major(Vv.data() + t.cu[r] * C, n, H, hd, Vr.data() + t.kv_off[r]);
-    }
-    t.ca_k.push_back(Kr);
-    t.ca_v.push_back(Vr);
+  // The text side (once per prompt) in float32.
+  pool_kv_ = up(m.pool_kv_w_, nullptr, 2 * C, Ct5, f32);
+  pool_proj_ = up(m.pool_proj_w_, m.pool_proj_b_.data(), C, C, f32);
+  tca0_ = up(m.tca0_w_, m.tca0_b_.data(), C, Ct5, f32);
+  tca2_ = up(m.tca2_w_, m.tca2_b_.data(), C, C, f32);
+  word_ = up(m.word_w_, m.word_b_.data(), C, cfg_.bits, f32);
+  shared_ada_ = up(m.shared_w_, m.shared_b_.data(), 6 * C, C, small);
+  head_ada_ = up(m.head_ada_w_, m.head_ada_b_.data(), 2 * C, C, f32);
+  head_ = up(m.head_w_, m.head_b_.data(), cfg_.V, C, dtype);
+  pool_q_ = vec(upload_tensor(m.pool_q_));
+  pool_v_b_ = vec(upload_tensor(m.pool_v_b_));
+  pos_start_ = vec(upload_tensor(m.pos_start_));
+  lvl_embed_ = vec(upload_tensor(m.lvl_embed_));
+  be.synchronize();
+  // Float32 pages of the mapped checkpoint no longer read go back to the
+  // kernel (read from the file again if needed).
+  if (m.file_ && (!be.host_memory() || dtype != f32)) {
+    auto drop = [&](const Tensor& t) { m.file_->release_pages(t.data(), size_t(t.numel()) * sizeof(float)); };
+    for (const InfinityModel::Block& B : m.blocks_)
+      for (const Tensor* t : {&B.qkv_w, &B.proj_w, &B.ca_q_w, &B.ca_proj_w, &B.fc1_w, &B.fc2_w}) drop(*t);
+    drop(m.head_w_);
   }
-
-  // Shared AdaLN and the head's modulation, both from the pooled condition.
-  Tensor act({R, C});
-  cpu::silu(t.cond.data(), act.data(), R * C);
-  t.gss = Tensor({R, 6, C});
-  cpu::linear(act.data(), shared_w_.data(), shared_b_.data(), t.gss.data(), R, 6 * C, C);
-  if (tap) tap("text.cond_gss", t.gss.reshaped({R, 1, 6, C}));
-  for (int b = 0; b < c.depth; ++b) {
-    Tensor a({R, 6, C});
-    for (int r = 0; r < R; ++r)
-      for (int64_t i = 0; i < 6 * C; ++i)
-        a.data()[r * 6 * C + i] = blocks_[b].ada_gss.data()[i] + t.gss.data()[r * 6 * C + i];
-    t.ada.push_back(a);
-  }
-  t.ada_head = Tensor({R, 2, C});
-  cpu::linear(act.data(), head_ada_w_.data(), head_ada_b_.data(), t.ada_head.data(), R, 2 * C, C);
-  return t;
 }
 
-InfinityModel::State InfinityModel::new_state(int rows, int capacity) const {
+int64_t InfinityNet::State::bytes() const {
+  int64_t b = 0;
+  for (const backend::Buffer* d :  // the loop's buffers are views of the arena
+       {&arena, &normed, &tkv, &tmid, &ca_mem, &ca_k, &ca_v, &pooled, &cond, &act, &gss, &ada, &ada_head})
+    b += int64_t(d->bytes());
+  return b;
+}
+
+InfinityNet::State InfinityNet::new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan,
+                                            int64_t ctr_tokens, size_t min_arena_bytes) const {
+  const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
+  if (rows < 2 || rows % 2 || capacity < 1 || lmax < 1)
+    fail("InfinityNet: bad state size (%d rows, capacity %d, %lld tokens)", rows, capacity, (long long)lmax);
   State st;
   st.rows = rows;
   st.cap = capacity;
-  for (int b = 0; b < cfg_.depth; ++b) {
-    st.k.emplace_back(Shape{rows, cfg_.heads, capacity, cfg_.head_dim});
-    st.v.emplace_back(Shape{rows, cfg_.heads, capacity, cfg_.head_dim});
-  }
+  st.lmax = lmax;
+  st.kv_bf16 = dtype_ == backend::DType::BF16 && be_.bf16_storage();
+  const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+  st.kv_elems = D * R * H * st.cap * hd;
   st.len.assign(cfg_.depth, 0);
-  st.ctr_sa.resize(cfg_.depth);
-  st.ctr_ca.resize(cfg_.depth);
-  st.ctr_ffn.resize(cfg_.depth);
+  if (plan && plan->enabled && ctr_tokens > 0) st.ctr_tokens = ctr_tokens;
+  // The loop's buffers as views of one allocation (256-byte aligned parts),
+  // which the decoder reuses after the loop.
+  struct Part {
+    backend::Buffer* buf;
+    size_t bytes, offset;
+  };
+  std::vector<Part> parts;
+  size_t total = 0;
+  auto part = [&](backend::Buffer* d, size_t bytes) {
+    parts.push_back({d, bytes, total});
+    total += (bytes + 255) / 256 * 256;
+  };
+  part(&st.kv, 2 * size_t(st.kv_elems) * kv_elem);
+  for (int k = 0; k < 3; ++k) {
+    size_t bytes = 0;
+    st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, rows, st.ctr_tokens, C, st.kv_bf16, &bytes);
+    part(&st.ctr_buf[k], bytes);
+  }
+  const size_t f = sizeof(float);
+  for (backend::Buffer* d : {&st.x, &st.xs, &st.y, &st.full, &st.h, &st.q, &st.o}) part(d, size_t(R * lmax * C) * f);
+  part(&st.big, size_t(R * lmax * std::max<int64_t>(3 * C, cfg_.ffn)) * f);
+  part(&st.keep, size_t(R * lmax) * sizeof(int32_t));
+  part(&st.logits, size_t(R * lmax * cfg_.V) * f);
+  st.arena = be_.alloc(std::max(total, min_arena_bytes));
+  for (const Part& p : parts) *p.buf = st.arena.view(p.offset, p.bytes);
+  for (int k = 0; k < 3; ++k) st.ctr[k].base = st.ctr_buf[k].data();
+  for (backend::Buffer* d : {&st.pooled, &st.cond, &st.act}) *d = backend::alloc_f32(be_, R * C);
+  st.gss = backend::alloc_f32(be_, R * 6 * C);
+  st.ada = backend::alloc_f32(be_, D * R * 6 * C);
+  st.ada_head = backend::alloc_f32(be_, R * 2 * C);
   return st;
 }
 
-Tensor InfinityModel::scale_input(int si, const Text& t, const float* tokens, int h, int w) const {
-  const int R = t.rows, B = R / 2;
+void InfinityNet::encode_text(const std::vector<Tensor>& features, State& st, const DeviceTap& tap) const {
+  const int R = st.rows;
+  if (2 * static_cast<int>(features.size()) != R)
+    fail("InfinityNet: %zu prompts for a state of %d rows", features.size(), R);
+  const int64_t C = cfg_.C, Ct5 = cfg_.Ct5, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
+  Tensor normed = host_.normed_text(features, st.cu);
+  const std::vector<int>& cu = st.cu;
+  const int64_t N = cu.back();
+  if (N > st.text_tokens) {  // grow-only: the next prompts of this size fit
+    st.normed = backend::alloc_f32(be_, N * Ct5);
+    st.tkv = backend::alloc_f32(be_, N * 2 * C);
+    st.tmid = backend::alloc_f32(be_, N * C);
+    st.ca_mem = backend::alloc_f32(be_, N * C);
+    st.ca_k = backend::alloc_f32(be_, D * N * C);
+    st.ca_v = backend::alloc_f32(be_, D * N * C);
+    st.text_tokens = N;
+  }
+  be_.upload(st.normed.data(), normed.data(), size_t(N * Ct5) * sizeof(float));
+  if (tap) tap("text.normed", st.normed.f32(), {N, Ct5});
+
+  // Attention pooling per sequence, one learned query per head; the keys and
+  // values of sequence r go head-major into tmid / ca_mem (free until below).
+  const int64_t Hp = cfg_.pool_heads, hdp = cfg_.pool_head_dim;
+  float* tkv = st.tkv.f32();
+  be_.linear(st.normed.f32(), pool_kv_, tkv, N);
+  for (int r = 0; r < R; ++r) {
+    const int64_t n = cu[r + 1] - cu[r];
+    be_.split_heads(tkv + cu[r] * 2 * C, 2 * C, nullptr, n, Hp, hdp, st.tmid.f32());
+    be_.split_heads(tkv + cu[r] * 2 * C + C, 2 * C, pool_v_b_.f32(), n, Hp, hdp, st.ca_mem.f32());
+    be_.attention(pool_q_.f32(), C, st.tmid.f32(), st.ca_mem.f32(), false, n * hdp, st.pooled.f32() + r * C, 1, n,
+                  Hp, hdp, 1.f / std::sqrt(static_cast<float>(hdp)), 1, 0, 0, 0);
+  }
+  be_.linear(st.pooled.f32(), pool_proj_, st.cond.f32(), R);
+  if (tap) tap("text.cond_BD", st.cond.f32(), {R, C});
+
+  // The cross-attention memory and every block's keys/values of it.
+  be_.linear(st.normed.f32(), tca0_, st.tmid.f32(), N);
+  be_.gelu_tanh(st.tmid.f32(), N * C);
+  be_.linear(st.tmid.f32(), tca2_, st.ca_mem.f32(), N);
+  if (tap) tap("text.ca_kv", st.ca_mem.f32(), {N, C});
+  for (int b = 0; b < cfg_.depth; ++b) {
+    be_.linear(st.ca_mem.f32(), blocks_[b].ca_kv, tkv, N);
+    float* kb = st.ca_k.f32() + b * N * C;
+    float* vb = st.ca_v.f32() + b * N * C;
+    for (int r = 0; r < R; ++r) {
+      const int64_t n = cu[r + 1] - cu[r];
+      be_.split_heads(tkv + cu[r] * 2 * C, 2 * C, nullptr, n, H, hd, kb + cu[r] * C);
+      be_.split_heads(tkv + cu[r] * 2 * C + C, 2 * C, blocks_[b].ca_v_b.f32(), n, H, hd, vb + cu[r] * C);
+    }
+  }
+
+  // Shared AdaLN (plus each block's ada_gss) and the head's modulation.
+  be_.silu(st.cond.f32(), st.act.f32(), R * C);
+  be_.linear(st.act.f32(), shared_ada_, st.gss.f32(), R);
+  if (tap) tap("text.cond_gss", st.gss.f32(), {R, 1, 6, C});
+  for (int b = 0; b < cfg_.depth; ++b) {
+    float* a = st.ada.f32() + int64_t(b) * R * 6 * C;
+    be_.copy(a, st.gss.f32(), R * 6 * C);
+    be_.add_broadcast(a, blocks_[b].ada_gss.f32(), R, 1, 6 * C);
+  }
+  be_.linear(st.act.f32(), head_ada_, st.ada_head.f32(), R);
+}
+
+void InfinityNet::scale_input(int si, const float* tokens, int h, int w, State& st) const {
+  const int R = st.rows, B = R / 2;
   const int64_t C = cfg_.C, L = int64_t(h) * w;
-  if (si >= cfg_.levels) fail("scale %d exceeds the model's %d level embeddings", si, cfg_.levels);
-  Tensor x({R, L, C});
+  if (si < 0 || si >= cfg_.levels) fail("scale %d exceeds the model's %d level embeddings", si, cfg_.levels);
+  if (L > st.lmax) fail("InfinityNet: a %dx%d scale exceeds the state's %lld tokens", h, w, (long long)st.lmax);
+  float* x = st.x.f32();
   if (si == 0) {
     if (L != 1) fail("the first scale must be 1x1, got %dx%d", h, w);
-    for (int r = 0; r < R; ++r)
-      for (int64_t k = 0; k < C; ++k) x.data()[r * C + k] = t.cond.data()[r * C + k] + pos_start_.data()[k];
+    be_.copy(x, st.cond.f32(), R * C);
+    be_.add_broadcast(x, pos_start_.f32(), R, 1, C);
   } else {
-    cpu::linear(tokens, word_w_.data(), word_b_.data(), x.data(), B * L, C, cfg_.bits);
-    std::copy_n(x.data(), B * L * C, x.data() + B * L * C);
+    if (!tokens) fail("InfinityNet: scale %d needs the next-scale input", si);
+    be_.linear(tokens, word_, x, B * L);
+    be_.copy(x + B * L * C, x, B * L * C);
   }
-  const float* lvl = lvl_embed_.data() + si * C;
-  for (int64_t i = 0; i < R * L; ++i)
-    for (int64_t k = 0; k < C; ++k) x.data()[i * C + k] += lvl[k];
-  return x;
+  be_.add_broadcast(x, lvl_embed_.f32() + si * C, static_cast<int>(R * L), 1, C);
 }
 
-void InfinityModel::self_attn(int b, const Tensor& xs, const int32_t* keep, const float* ada, State& st,
-                              const Rope& rope, Tensor& y) const {
-  const Block& Bk = blocks_[b];
-  const int R = static_cast<int>(xs.dim(0));
-  const int64_t n = xs.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, half = hd / 2;
-  Tensor hbuf({R, n, C});
-  for (int r = 0; r < R; ++r)
-    cpu::layernorm_modulate(xs.data() + r * n * C, hbuf.data() + r * n * C, n, C, cfg_.eps,
-                            ada + (r * 6 + 2) * C, ada + (r * 6 + 4) * C);
-  Tensor qkv({R, n, 3 * C});
-  cpu::linear(hbuf.data(), Bk.qkv, Bk.qkv_bias.data(), qkv.data(), R * n);
-  const int len0 = st.len[b];
-  if (len0 + n > st.cap) fail("KV cache overflow in block %d", b);
-  parallel_for(R * n, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t r = i / n, t = i % n, pos = keep ? keep[i] : t;
-      const float* cs = rope.cos.data() + pos * half;
-      const float* sn = rope.sin.data() + pos * half;
-      float* row = qkv.data() + i * 3 * C;
-      for (int64_t hh = 0; hh < H; ++hh) {
-        float* q = row + hh * hd;
-        float* k = row + C + hh * hd;
-        float qs = 0, ks = 0;
-        for (int64_t e = 0; e < hd; ++e) qs += q[e] * q[e], ks += k[e] * k[e];
-        const float qm = Bk.head_scale[hh] / std::max(std::sqrt(qs), 1e-12f);
-        const float km = 1.f / std::max(std::sqrt(ks), 1e-12f);
-        for (int64_t e = 0; e < hd; ++e) q[e] *= qm, k[e] *= km;
-        for (int64_t m = 0; m < half; ++m) {
-          const float q0 = q[2 * m], q1 = q[2 * m + 1], k0 = k[2 * m], k1 = k[2 * m + 1];
-          q[2 * m] = cs[m] * q0 - sn[m] * q1;
-          q[2 * m + 1] = sn[m] * q0 + cs[m] * q1;
-          k[2 * m] = cs[m] * k0 - sn[m] * k1;
-          k[2 * m + 1] = sn[m] * k0 + cs[m] * k1;
-        }
-        const int64_t off = ((r * H + hh) * st.cap + len0 + t) * hd;
-        std::copy_n(k, hd, st.k[b].data() + off);
-        std::copy_n(row + 2 * C + hh * hd, hd, st.v[b].data() + off);
+void InfinityNet::branch(int b, int which, int si, int h, int w, State& st, const float* rope_cos,
+                          const float* rope_sin, const ScalePlan& plan, const DeviceTap& tap) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
+  const Block& blk = blocks_[b];
+  const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
+  const int64_t ada_stride = 6 * C;
+  DeviceBranch s = device_branch_for(plan, b, R, h, w, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w);
+  s.x = st.x.f32();
+  s.xs = st.xs.f32();
+  s.y = st.y.f32();
+  s.full = st.full.f32();
+  s.keep_idx = st.keep.i32();
+  // Gates: gamma1 on self-attention, gamma2 on the FFN, none on cross-attention.
+  s.gamma = which == 0 ? ada : which == 2 ? ada + C : nullptr;
+  s.gamma_stride = ada_stride;
+  float* hb = st.h.f32();
+  backend::Backend& be = be_;
+  run_device_branch(be, s, [&](const float* xs, const int32_t* keep, int64_t K, float* y) {
+    if (which == 0) {
+      be.layernorm_modulate(xs, hb, R, K, C, cfg_.eps, ada + 2 * C, ada + 4 * C, ada_stride);
+      float* qkv = st.big.f32();
+      be.linear(hb, blk.qkv, qkv, R * K);
+      const int len0 = st.len[b];
+      if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
+      const int64_t kv_row = H * st.cap * hd;
+      const size_t elem = st.kv_bf16 ? 2 : 4;
+      char* kc = static_cast<char*>(st.kv.data()) + size_t(b) * R * kv_row * elem;
+      char* vc = kc + size_t(st.kv_elems) * elem;
+      be.qkv_to_cache(qkv, R, K, H, hd, true, blk.head_scale.f32(), kc, vc, st.kv_bf16, st.cap, len0, rope_cos,
+                      rope_sin, keep);
+      st.len[b] = len0 + static_cast<int>(K);
+      be.attention(qkv, 3 * C, kc, vc, st.kv_bf16, st.cap * hd, st.o.f32(), K, st.len[b], H, hd, 1.f, R, K * 3 * C,
+                   kv_row, K * C);
+      be.linear(st.o.f32(), blk.proj, y, R * K);
+    } else if (which == 1) {
+      be.layernorm_modulate(xs, hb, 1, R * K, C, cfg_.eps, blk.ca_norm_w1.f32(), blk.ca_norm_b.f32(), 0);
+      float* q = st.q.f32();
+      be.linear(hb, blk.ca_q, q, R * K);
+      const int64_t N = st.cu.back();
+      const float* kb = st.ca_k.f32() + b * N * C;
+      const float* vb = st.ca_v.f32() + b * N * C;
+      const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+      for (int r = 0; r < R; ++r) {
+        const int64_t n = st.cu[r + 1] - st.cu[r];
+        be.attention(q + r * K * C, C, kb + st.cu[r] * C, vb + st.cu[r] * C, false, n * hd, st.o.f32() + r * K * C,
+                     K, n, H, hd, scale, 1, 0, 0, 0);
       }
+      be.linear(st.o.f32(), blk.ca_proj, y, R * K);
+    } else {
+      be.layernorm_modulate(xs, hb, R, K, C, cfg_.eps, ada + 3 * C, ada + 5 * C, ada_stride);
+      float* mid = st.big.f32();
+      be.linear(hb, blk.fc1, mid, R * K);
+      be.gelu_tanh(mid, R * K * cfg_.ffn);
+      be.linear(mid, blk.fc2, y, R * K);
     }
-  }, 8);
-  st.len[b] = len0 + static_cast<int>(n);
-  Tensor o({R, n, C});
-  for (int r = 0; r < R; ++r)
-    cpu::attention(qkv.data() + r * n * 3 * C, 3 * C, st.k[b].data() + r * H * st.cap * hd,
-                   st.v[b].data() + r * H * st.cap * hd, st.cap * hd, o.data() + r * n * C, n, st.len[b], H,
-                   hd, 1.f);
-  cpu::linear(o.data(), Bk.proj, Bk.proj_b.data(), y.data(), R * n);
+  }, tap, tap ? strprintf("s%02d.block%d.%s.", si, b, which == 0 ? "sa" : which == 1 ? "ca" : "ffn")
+             : std::string());  // names only for golden taps: nothing to format in the loop
 }
 
-void InfinityModel::cross_attn(int b, const Tensor& xs, const Text& t, Tensor& y) const {
-  const Block& Bk = blocks_[b];
-  const int R = static_cast<int>(xs.dim(0));
-  const int64_t n = xs.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
-  Tensor hbuf({R, n, C}), q({R, n, C}), o({R, n, C});
-  cpu::layernorm_modulate(xs.data(), hbuf.data(), R * n, C, cfg_.eps, Bk.ca_norm_w1.data(), Bk.ca_norm_b.data());
-  cpu::linear(hbuf.data(), Bk.ca_q, Bk.ca_q_b.data(), q.data(), R * n);
-  for (int r = 0; r < R; ++r) {
-    const int64_t nt = t.cu[r + 1] - t.cu[r];
-    cpu::attention(q.data() + r * n * C, C, t.ca_k[b].data() + t.kv_off[r], t.ca_v[b].data() + t.kv_off[r],
-                   nt * hd, o.data() + r * n * C, n, nt, H, hd, 1.f / std::sqrt(static_cast<float>(hd)));
-  }
-  cpu::linear(o.data(), Bk.ca_proj, Bk.ca_proj_b.data(), y.data(), R * n);
-}
-
-void InfinityModel::ffn(int b, const Tensor& xs, const float* ada, Tensor& y) const {
-  const Block& Bk = blocks_[b];
-  const int R = static_cast<int>(xs.dim(0));
-  const int64_t n = xs.dim(1), C = cfg_.C, F = cfg_.ffn;
-  Tensor hbuf({R, n, C}), mid({R, n, F});
-  for (int r = 0; r < R; ++r)
-    cpu::layernorm_modulate(xs.data() + r * n * C, hbuf.data() + r * n * C, n, C, cfg_.eps,
-                            ada + (r * 6 + 3) * C, ada + (r * 6 + 5) * C);
-  cpu::linear(hbuf.data(), Bk.fc1, Bk.fc1_b.data(), mid.data(), R * n);
-  cpu::gelu_tanh(mid.data(), R * n * F);
-  cpu::linear(mid.data(), Bk.fc2, Bk.fc2_b.data(), y.data(), R * n);
-}
-
-void InfinityModel::run_blocks(int si, int h, int w, Tensor& x, const Text& t, State& st, const Rope& rope,
-                               const ScalePlan& plan, const Tap& tap) const {
-  const int R = t.rows;
-  const int64_t C = cfg_.C;
+void InfinityNet::run_blocks(int si, int h, int w, State& st, const float* rope_cos, const float* rope_sin,
+                              const ScalePlan& plan, const DeviceTap& tap) const {
+  const int64_t L = int64_t(h) * w;
+  if (L > st.lmax) fail("InfinityNet: a %dx%d scale exceeds the state's %lld tokens", h, w, (long long)st.lmax);
+  if (st.cu.empty()) fail("InfinityNet: encode_text must run before the blocks");
   if (plan.store_cache) {
+    if (L != st.ctr_tokens)
+      fail("FastVAR: cache scale map %dx%d does not match the cache (%lld tokens)", h, w,
+           (long long)st.ctr_tokens);
     st.ctr_h = h;
     st.ctr_w = w;
   }
-  const std::string sp = strprintf("s%02d.", si);
-  // Multiplies the rows of y (R, n, C) by a per-row gate vector.
-  auto gate = [&](Tensor& y, const float* ada, int which) {
-    const int64_t n = y.dim(1);
-    for (int r = 0; r < R; ++r) {
-      const float* g = ada + (r * 6 + which) * C;
-      float* yr = y.data() + r * n * C;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t k = 0; k < C; ++k) yr[i * C + k] *= g[k];
-    }
-  };
   for (int b = 0; b < cfg_.depth; ++b) {
-    const float* ada = t.ada[b].data();  // (R, 6, C): g1 g2 s1 s2 b1 b2
-    const char* names[3] = {"sa", "ca", "ffn"};
-    Tensor* caches[3] = {&st.ctr_sa[b], &st.ctr_ca[b], &st.ctr_ffn[b]};
-    for (int which = 0; which < 3; ++which) {
-      BranchSpec bs;
-      bs.h = h;
-      bs.w = w;
-      bs.prune = plan.prunes(b);
-      bs.keep = plan.keep(h * w);
-      bs.score = plan.score;
-      bs.cache = caches[which];
-      bs.cache_h = st.ctr_h;
-      bs.cache_w = st.ctr_w;
-      bs.store = plan.caches(b);
-      BranchTap btap;
-      const std::string lp = sp + strprintf("block%d.%s.", b, names[which]);
-      if (tap) btap = [&](const char* what, const Tensor& v) { tap(lp + what, v); };
-      run_branch(x, bs, [&](const Tensor& xs, const int32_t* keep, Tensor& y) {
-        if (which == 0) {
-          self_attn(b, xs, keep, ada, st, rope, y);
-          gate(y, ada, 0);
-        } else if (which == 1) {
-          cross_attn(b, xs, t, y);
-        } else {
-          ffn(b, xs, ada, y);
-          gate(y, ada, 1);
-        }
-      }, btap);
-    }
-    if (tap) tap(sp + strprintf("block%d.out", b), x);
+    for (int which = 0; which < 3; ++which) branch(b, which, si, h, w, st, rope_cos, rope_sin, plan, tap);
+    if (tap) tap(strprintf("s%02d.block%d.out", si, b), st.x.f32(), {st.rows, L, cfg_.C});
   }
 }
 
-Tensor InfinityModel::head(const Tensor& x, const Text& t) const {
-  const int R = t.rows;
-  const int64_t L = x.dim(1), C = cfg_.C;
-  Tensor hbuf({R, L, C}), logits({R, L, cfg_.V});
-  for (int r = 0; r < R; ++r)
-    cpu::layernorm_modulate(x.data() + r * L * C, hbuf.data() + r * L * C, L, C, cfg_.eps,
-                            t.ada_head.data() + r * 2 * C, t.ada_head.data() + r * 2 * C + C);
-  cpu::linear(hbuf.data(), head_lin_, head_b_.data(), logits.data(), R * L);
-  return logits;
+void InfinityNet::head(int64_t L, State& st) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C;
+  be_.layernorm_modulate(st.x.f32(), st.h.f32(), R, L, C, cfg_.eps, st.ada_head.f32(), st.ada_head.f32() + C,
+                         2 * C);
+  be_.linear(st.h.f32(), head_, st.logits.f32(), R * L);
 }
 
 }  // namespace fastvar::infinity

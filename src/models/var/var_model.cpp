@@ -4,9 +4,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "backend/cpu/ops.h"
 #include "core/error.h"
-#include "fastvar/branch.h"
 
 namespace fastvar::var {
 namespace {
@@ -158,272 +156,255 @@ VarModel::VarModel(Weights& w, std::vector<int> patch_nums) : file_(&w.file()) {
     for (int h = 0; h < c.heads; ++h)
       B.head_scale.push_back(std::exp(std::min(B.scale_mul.data()[h], max_scale_mul)));
   }
-  set_dtype(cpu::DType::F32);
 }
 
-void VarModel::set_dtype(cpu::DType dt) {
-  const int64_t C = cfg_.C, F = cfg_.ffn;
-  for (Block& B : blocks_) {
-    B.qkv = cpu::LinearWeight(B.qkv_w.data(), 3 * C, C, dt);
-    B.proj = cpu::LinearWeight(B.proj_w.data(), C, C, dt);
-    B.fc1 = cpu::LinearWeight(B.fc1_w.data(), F, C, dt);
-    B.fc2 = cpu::LinearWeight(B.fc2_w.data(), C, F, dt);
+// ---- VarNet: the forward on a backend ---------------------------------------
+
+int64_t kv_capacity(const fastvar::PrunePlan* plan, const VarConfig& cfg) {
+  std::vector<int64_t> tokens;
+  for (int pn : cfg.patch_nums) tokens.push_back(int64_t(pn) * pn);
+  return fastvar::kv_capacity(plan, tokens, cfg.depth);
+}
+
+VarNet::VarNet(const VarModel& m, backend::Backend& be, backend::DType dtype)
+    : cfg_(m.config()), be_(be), dtype_(dtype) {
+  const int64_t C = cfg_.C, F = cfg_.ffn, H = cfg_.heads, L = cfg_.L;
+  // The conditioning products (AdaLN) run once per generation: float32 unless
+  // the backend keeps small weights in bfloat16 too.
+  const backend::DType small = be.bf16_storage() ? dtype : backend::DType::F32;
+  blocks_.resize(cfg_.depth);
+  for (int b = 0; b < cfg_.depth; ++b) {
+    const VarModel::Block& src = m.blocks_[b];
+    Block& d = blocks_[b];
+    if (cfg_.shared_aln)
+      d.ada_gss = backend::constant_f32(be, src.ada_gss.data(), 6 * C);
+    else
+      d.ada = be.linear(src.ada_w.data(), src.ada_b.data(), 6 * C, C, small);
+    d.qkv = be.linear(src.qkv_w.data(), src.qkv_bias.data(), 3 * C, C, dtype);
+    d.proj = be.linear(src.proj_w.data(), src.proj_b.data(), C, C, dtype);
+    d.fc1 = be.linear(src.fc1_w.data(), src.fc1_b.data(), F, C, dtype);
+    d.fc2 = be.linear(src.fc2_w.data(), src.fc2_b.data(), C, F, dtype);
+    d.head_scale = backend::constant_f32(be, src.head_scale.data(), H);
+    weight_bytes_ += int64_t(d.ada_gss.bytes() + d.head_scale.bytes()) + d.ada.bytes + d.qkv.bytes +
+                     d.proj.bytes + d.fc1.bytes + d.fc2.bytes;
   }
-  head_lin_ = cpu::LinearWeight(head_w_.data(), cfg_.V, C, dt);
-  dtype_ = dt;
-  if (dt != cpu::DType::F32 && file_) {
-    auto drop = [&](const Tensor& t) { file_->release_pages(t.data(), size_t(t.numel()) * sizeof(float)); };
-    for (const Block& B : blocks_)
+  if (cfg_.shared_aln) shared_ada_ = be.linear(m.shared_w_.data(), m.shared_b_.data(), 6 * C, C, small);
+  word_ = be.linear(m.word_w_.data(), m.word_b_.data(), C, cfg_.Cvae, backend::DType::F32);
+  head_ = be.linear(m.head_w_.data(), m.head_b_.data(), cfg_.V, C, dtype);
+  head_ada_ = be.linear(m.head_ada_w_.data(), m.head_ada_b_.data(), 2 * C, C, small);
+  // Positions plus level embeddings per token, and the SOS rows' constant part.
+  lvl_pos_host_.resize(size_t(L * C));
+  for (int si = 0; si < cfg_.SN(); ++si)
+    for (int64_t t = cfg_.scale_begin[si]; t < cfg_.scale_begin[si + 1]; ++t)
+      for (int64_t c = 0; c < C; ++c)
+        lvl_pos_host_[t * C + c] = m.lvl_embed_.data()[si * C + c] + m.pos_.data()[t * C + c];
+  lvl_pos_ = backend::constant_f32(be, lvl_pos_host_.data(), L * C);
+  const int64_t first_l = int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0];
+  sos_.resize(size_t(first_l * C));
+  for (int64_t i = 0; i < first_l * C; ++i) sos_[i] = m.pos_start_.data()[i] + lvl_pos_host_[i];
+  class_emb_.assign(m.class_emb_.data(), m.class_emb_.data() + (cfg_.num_classes + 1) * C);
+  weight_bytes_ += shared_ada_.bytes + word_.bytes + head_.bytes + head_ada_.bytes + int64_t(lvl_pos_.bytes());
+  be.synchronize();
+  // Float32 pages of the mapped checkpoint no longer read (the device holds a
+  // copy, or bfloat16 prepacked weights replace them) go back to the kernel;
+  // they are read from the file again if needed.
+  if (m.file_ && (!be.host_memory() || dtype != backend::DType::F32)) {
+    auto drop = [&](const Tensor& t) { m.file_->release_pages(t.data(), size_t(t.numel()) * sizeof(float)); };
+    for (const VarModel::Block& B : m.blocks_)
       for (const Tensor* t : {&B.qkv_w, &B.proj_w, &B.fc1_w, &B.fc2_w}) drop(*t);
-    drop(head_w_);
+    drop(m.head_w_);
   }
 }
 
-int64_t VarModel::gemm_weight_bytes() const {
-  int64_t b = head_lin_.bytes();
-  for (const Block& B : blocks_) b += B.qkv.bytes() + B.proj.bytes() + B.fc1.bytes() + B.fc2.bytes();
+int64_t VarNet::gemm_weight_bytes() const {
+  int64_t b = head_.bytes;
+  for (const Block& B : blocks_) b += B.qkv.bytes + B.proj.bytes + B.fc1.bytes + B.fc2.bytes;
   return b;
 }
 
-VarModel::Conditioning VarModel::condition(const std::vector<int>& labels, const Tap& tap) const {
-  const int B = static_cast<int>(labels.size()), R = 2 * B;
-  const int64_t C = cfg_.C;
-  Conditioning cd;
-  cd.rows = R;
-  cd.cond = Tensor({R, C});
-  for (int r = 0; r < R; ++r) {
-    int label = r < B ? labels[r] : cfg_.num_classes;
-    if (label < 0 || label > cfg_.num_classes)
-      fail("class %d out of range [0, %d)", label, cfg_.num_classes);
-    std::copy_n(class_emb_.data() + label * C, C, cd.cond.data() + r * C);
-  }
-  Tensor act({R, C});
-  cpu::silu(cd.cond.data(), act.data(), R * C);
-  Tensor shared;
-  if (cfg_.shared_aln) {
-    shared = Tensor({R, 6 * C});
-    cpu::linear(act.data(), shared_w_.data(), shared_b_.data(), shared.data(), R, 6 * C, C);
-  }
-  for (int b = 0; b < cfg_.depth; ++b) {
-    Tensor a({R, 6, C});
-    if (cfg_.shared_aln) {
-      for (int r = 0; r < R; ++r)
-        for (int64_t i = 0; i < 6 * C; ++i)
-          a.data()[r * 6 * C + i] = blocks_[b].ada_gss.data()[i] + shared.data()[r * 6 * C + i];
-    } else {
-      cpu::linear(act.data(), blocks_[b].ada_w.data(), blocks_[b].ada_b.data(), a.data(), R, 6 * C, C);
-    }
-    if (tap) tap("ada.l" + std::to_string(b), a);
-    cd.ada.push_back(a);
-  }
-  cd.ada_head = Tensor({R, 2, C});
-  cpu::linear(act.data(), head_ada_w_.data(), head_ada_b_.data(), cd.ada_head.data(), R, 2 * C, C);
-  if (tap) {
-    tap("cond_BD", cd.cond);
-    tap("ada.head", cd.ada_head);
-  }
-  return cd;
+int64_t VarNet::State::bytes() const {
+  int64_t b = 0;
+  for (const backend::Buffer* d : {&kv, &ctr_buf[0], &ctr_buf[1], &cond, &act, &x0, &ada, &ada_head, &x, &xs, &y,
+                                   &full, &h, &big, &o, &keep, &tok, &logits})
+    b += int64_t(d->bytes());
+  return b;
 }
 
-VarModel::State VarModel::new_state(int rows, const fastvar::PrunePlan* plan) const {
+int64_t var_state_bytes(const VarConfig& cfg, int rows, const fastvar::PrunePlan* plan, bool bf16_caches) {
+  const int64_t R = rows, C = cfg.C, H = cfg.heads, hd = cfg.head_dim, D = cfg.depth;
+  const int64_t P = cfg.patch_nums.back(), l = P * P, first_l = int64_t(cfg.patch_nums[0]) * cfg.patch_nums[0];
+  const int64_t elem = bf16_caches ? 2 : 4;
+  int64_t bytes = 2 * D * R * H * kv_capacity(plan, cfg) * hd * elem;
+  if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg.SN()) {
+    const int64_t pc = cfg.patch_nums[plan->cache_scale];
+    for (int b = std::max(plan->layer_begin, 0); b < cfg.depth && b <= plan->layer_end; ++b)
+      bytes += 2 * R * pc * pc * C * elem;
+  }
+  const int64_t floats = 2 * R * C + R * first_l * C + D * R * 6 * C + R * 2 * C + 6 * R * l * C +
+                         R * l * std::max<int64_t>(3 * C, cfg.ffn) + R * l + R * l * cfg.Cvae + R * l * cfg.V;
+  return bytes + floats * 4;
+}
+
+VarNet::State VarNet::new_state(int rows, const fastvar::PrunePlan* plan) const {
+  const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
+  const int64_t P = cfg_.patch_nums.back(), l = P * P;
+  backend::Backend& be = be_;
   State st;
   st.rows = rows;
-  st.cap = cfg_.L;
-  for (int b = 0; b < cfg_.depth; ++b) {
-    st.k.emplace_back(Shape{rows, cfg_.heads, st.cap, cfg_.head_dim});
-    st.v.emplace_back(Shape{rows, cfg_.heads, st.cap, cfg_.head_dim});
-  }
+  st.cap = static_cast<int>(kv_capacity(plan, cfg_));
+  st.lmax = l;
+  st.kv_bf16 = dtype_ == backend::DType::BF16 && be.bf16_storage();
+  const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+  const size_t half = size_t(D * R * H * st.cap * hd) * kv_elem;
+  st.kv = be.alloc(2 * half);
+  st.k = st.kv.view(0, half);
+  st.v = st.kv.view(half, half);
   st.len.assign(cfg_.depth, 0);
-  st.ctr_attn.resize(cfg_.depth);
-  st.ctr_ffn.resize(cfg_.depth);
   if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
     const int64_t pc = cfg_.patch_nums[plan->cache_scale];
-    st.ctr_attn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, cfg_.C);
-    st.ctr_ffn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, cfg_.C);
+    st.ctr_tokens = pc * pc;
+    st.ctr_layers = {plan->layer_begin, plan->layer_end};
   }
-  st.arena.reserve(workspace_floats(rows));
+  for (int k = 0; k < 2; ++k) {
+    size_t bytes = 0;
+    st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, rows, st.ctr_tokens, C, st.kv_bf16, &bytes);
+    st.ctr_buf[k] = be.alloc(bytes);
+    st.ctr[k].base = st.ctr_buf[k].data();
+  }
+  st.cond = backend::alloc_f32(be, R * C);
+  st.x0 = backend::alloc_f32(be, R * int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0] * C);
+  st.act = backend::alloc_f32(be, R * C);
+  st.ada = backend::alloc_f32(be, D * R * 6 * C);
+  st.ada_head = backend::alloc_f32(be, R * 2 * C);
+  for (backend::Buffer* d : {&st.x, &st.xs, &st.y, &st.full, &st.h, &st.o}) *d = backend::alloc_f32(be, R * l * C);
+  st.big = backend::alloc_f32(be, R * l * std::max<int64_t>(3 * C, cfg_.ffn));
+  st.keep = be.alloc(size_t(R * l) * sizeof(int32_t));
+  st.tok = backend::alloc_f32(be, R * l * cfg_.Cvae);
+  st.logits = backend::alloc_f32(be, R * l * cfg_.V);
   return st;
 }
 
-int64_t VarModel::state_bytes(int rows, const fastvar::PrunePlan* plan) const {
-  const int64_t R = rows, C = cfg_.C;
-  int64_t floats = 2 * int64_t(cfg_.depth) * R * cfg_.L * C + workspace_floats(rows);
-  if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
-    const int64_t pc = cfg_.patch_nums[plan->cache_scale];
-    for (int b = std::max(plan->layer_begin, 0); b < cfg_.depth && b <= plan->layer_end; ++b)
-      floats += 2 * R * pc * pc * C;
+void VarNet::condition(const std::vector<int>& labels, State& st, const DeviceTap& tap) const {
+  const int B = static_cast<int>(labels.size()), R = 2 * B;
+  if (R != st.rows) fail("VarNet: %d labels for a state of %d rows", B, st.rows);
+  backend::Backend& be = be_;
+  const int64_t C = cfg_.C;
+  std::vector<float> cond(size_t(R * C));
+  for (int r = 0; r < R; ++r) {
+    const int label = r < B ? labels[r] : cfg_.num_classes;
+    if (label < 0 || label > cfg_.num_classes) fail("class %d out of range [0, %d)", label, cfg_.num_classes);
+    std::copy_n(class_emb_.data() + label * C, C, cond.data() + r * C);
   }
-  return floats * int64_t(sizeof(float));
-}
-
-int64_t VarModel::workspace_floats(int rows) const {
-  // The largest scale, every tensor it can hold at once, summed (a bound, not
-  // the exact peak): the residual stream and head; a branch's scores, gathered
-  // input, output and restored map; the larger of attention (LN, qkv, out) and
-  // FFN (LN, hidden); CFG-mixed logits, token embeddings; 64-byte alignment.
-  const int64_t R = rows, B = (rows + 1) / 2, C = cfg_.C, F = cfg_.ffn, V = cfg_.V;
-  const int64_t P = cfg_.patch_nums.back(), l = P * P;
-  const int64_t scale = R * l * (2 * C + V) + B * l * (V + 2 * cfg_.Cvae) + l * cfg_.Cvae;
-  const int64_t branch = R * l * (3 * C + 1 + 1) + R * l * std::max(5 * C, C + F);
-  return scale + branch + 64 * 16;
-}
-
-Tensor VarModel::scale_input(int si, const Conditioning& cd, const float* next_in,
-                             Arena* arena) const {
-  const int R = cd.rows, B = R / 2;
-  const int64_t C = cfg_.C, pn = cfg_.patch_nums[si], l = pn * pn, t0 = cfg_.scale_begin[si];
-  Tensor x = scratch(arena, {R, l, C});
-  const float* lvl = lvl_embed_.data() + si * C;
-  if (si == 0) {
-    for (int r = 0; r < R; ++r)
-      for (int64_t t = 0; t < l; ++t)
-        for (int64_t c = 0; c < C; ++c) {
-          float sos = cd.cond.data()[r * C + c] + pos_start_.data()[t * C + c];
-          x.data()[(r * l + t) * C + c] = sos + (lvl[c] + pos_.data()[(t0 + t) * C + c]);
-        }
-    return x;
-  }
-  const int64_t Cv = cfg_.Cvae;
-  ArenaScope scope(arena);  // tok is released; x was taken before the mark
-  Tensor tok = scratch(arena, {B, l, Cv});
-  for (int b = 0; b < B; ++b)
-    for (int64_t t = 0; t < l; ++t)
-      for (int64_t c = 0; c < Cv; ++c) tok.data()[(b * l + t) * Cv + c] = next_in[(b * Cv + c) * l + t];
-  cpu::linear(tok.data(), word_w_.data(), word_b_.data(), x.data(), B * l, C, Cv);
-  for (int b = 0; b < B; ++b)
-    for (int64_t t = 0; t < l; ++t)
-      for (int64_t c = 0; c < C; ++c) {
-        float& v = x.data()[(b * l + t) * C + c];
-        v += lvl[c] + pos_.data()[(t0 + t) * C + c];
-      }
-  std::copy_n(x.data(), B * l * C, x.data() + B * l * C);
-  return x;
-}
-
-void VarModel::attn_branch(int b, const Tensor& xs, const float* scale, const float* shift,
-                           State& st, Tensor& out, const Tap& tap,
-                           const std::string& tap_prefix) const {
-  const Block& B = blocks_[b];
-  const int R = static_cast<int>(xs.dim(0));
-  const int64_t n = xs.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
-  Arena* arena = &st.arena;
-  Tensor h = scratch(arena, {R, n, C});
+  be.upload(st.cond.data(), cond.data(), cond.size() * sizeof(float));
+  // Scale 0's input: x0[r, t] = cond[r] + pos_start[t] + lvl[0] + pos[t].
+  const int64_t first_l = int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0];
+  std::vector<float> x0(size_t(R * first_l * C));
   for (int r = 0; r < R; ++r)
-    cpu::layernorm_modulate(xs.data() + r * n * C, h.data() + r * n * C, n, C, cfg_.eps,
-                            scale + r * 6 * C, shift + r * 6 * C);
-  if (tap) tap(tap_prefix + "attn_in", h);
-  Tensor qkv = scratch(arena, {R, n, 3 * C});
-  cpu::linear(h.data(), B.qkv, B.qkv_bias.data(), qkv.data(), R * n);
-  const int len0 = st.len[b];
-  if (len0 + n > st.cap) fail("KV cache overflow in block %d", b);
-  auto l2norm = [&](float* v, float mul) {
-    float ss = 0.f;
-    for (int64_t c = 0; c < hd; ++c) ss += v[c] * v[c];
-    float inv = mul / std::max(std::sqrt(ss), 1e-12f);
-    for (int64_t c = 0; c < hd; ++c) v[c] *= inv;
-  };
-  for (int r = 0; r < R; ++r)
-    for (int64_t t = 0; t < n; ++t) {
-      float* row = qkv.data() + (r * n + t) * 3 * C;
-      for (int64_t hh = 0; hh < H; ++hh) {
-        float* q = row + hh * hd;
-        float* k = row + C + hh * hd;
-        const float* v = row + 2 * C + hh * hd;
-        if (cfg_.attn_l2_norm) {
-          l2norm(q, 1.f);
-          for (int64_t c = 0; c < hd; ++c) q[c] *= B.head_scale[hh];
-          l2norm(k, 1.f);
-        }
-        const int64_t off = ((r * H + hh) * st.cap + len0 + t) * hd;
-        std::copy_n(k, hd, st.k[b].data() + off);
-        std::copy_n(v, hd, st.v[b].data() + off);
-      }
+    for (int64_t t = 0; t < first_l; ++t)
+      for (int64_t c = 0; c < C; ++c) x0[(r * first_l + t) * C + c] = cond[r * C + c] + sos_[t * C + c];
+  be.upload(st.x0.data(), x0.data(), x0.size() * sizeof(float));
+  be.silu(st.cond.f32(), st.act.f32(), R * C);
+  for (int b = 0; b < cfg_.depth; ++b) {
+    float* a = st.ada.f32() + int64_t(b) * R * 6 * C;
+    if (cfg_.shared_aln) {
+      be.linear(st.act.f32(), shared_ada_, a, R);
+      be.add_broadcast(a, blocks_[b].ada_gss.f32(), R, 1, 6 * C);
+    } else {
+      be.linear(st.act.f32(), blocks_[b].ada, a, R);
     }
-  st.len[b] = len0 + static_cast<int>(n);
-  const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
-  Tensor o = scratch(arena, {R, n, C});
-  for (int r = 0; r < R; ++r)
-    cpu::attention(qkv.data() + r * n * 3 * C, 3 * C, st.k[b].data() + r * H * st.cap * hd,
-                   st.v[b].data() + r * H * st.cap * hd, st.cap * hd, o.data() + r * n * C, n,
-                   st.len[b], H, hd, sm_scale);
-  cpu::linear(o.data(), B.proj, B.proj_b.data(), out.data(), R * n);
-  if (tap) tap(tap_prefix + "attn_out", out);
+    if (tap) tap("ada.l" + std::to_string(b), a, {R, 6, C});
+  }
+  be.linear(st.act.f32(), head_ada_, st.ada_head.f32(), R);
+  if (tap) {
+    tap("cond_BD", st.cond.f32(), {R, C});
+    tap("ada.head", st.ada_head.f32(), {R, 2, C});
+  }
 }
 
-void VarModel::ffn_branch(int b, const Tensor& xs, const float* scale, const float* shift,
-                          Tensor& out, Arena* arena) const {
-  const Block& B = blocks_[b];
-  const int R = static_cast<int>(xs.dim(0));
-  const int64_t n = xs.dim(1), C = cfg_.C, F = cfg_.ffn;
-  Tensor h = scratch(arena, {R, n, C});
-  for (int r = 0; r < R; ++r)
-    cpu::layernorm_modulate(xs.data() + r * n * C, h.data() + r * n * C, n, C, cfg_.eps,
-                            scale + r * 6 * C, shift + r * 6 * C);
-  Tensor mid = scratch(arena, {R, n, F});
-  cpu::linear(h.data(), B.fc1, B.fc1_b.data(), mid.data(), R * n);
-  cpu::gelu_tanh(mid.data(), R * n * F);
-  cpu::linear(mid.data(), B.fc2, B.fc2_b.data(), out.data(), R * n);
+void VarNet::scale_input(int si, const float* next_in, State& st) const {
+  const int R = st.rows, B = R / 2;
+  const int64_t C = cfg_.C, pn = cfg_.patch_nums[si], l = pn * pn, t0 = cfg_.scale_begin[si];
+  backend::Backend& be = be_;
+  float* x = st.x.f32();
+  if (si == 0) {  // made by condition()
+    be.copy(x, st.x0.f32(), R * l * C);
+    return;
+  }
+  if (!next_in) fail("VarNet: scale %d needs the next-scale input", si);
+  be.transpose_cn(next_in, st.tok.f32(), B, cfg_.Cvae, l);
+  be.linear(st.tok.f32(), word_, x, B * l);
+  be.add_broadcast(x, lvl_pos_.f32() + t0 * C, B, l, C);
+  be.copy(x + B * l * C, x, B * l * C);
 }
 
-void VarModel::run_blocks(int si, int ph, int pw, Tensor& x, const Conditioning& cd, State& st,
-                          const fastvar::ScalePlan& plan, const Tap& tap) const {
-  const int R = cd.rows;
-  const int64_t C = cfg_.C, l = int64_t(ph) * pw;
-  const std::string sp = "s" + std::to_string(si) + ".";
+void VarNet::branch(int b, int which, int si, int ph, int pw, State& st, const fastvar::ScalePlan& plan,
+                    const DeviceTap& tap) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
+  backend::Backend& be = be_;
+  const Block& blk = blocks_[b];
+  const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
+  const int64_t ada_stride = 6 * C;
+  DeviceBranch s = device_branch_for(plan, b, R, ph, pw, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w);
+  s.x = st.x.f32();
+  s.xs = st.xs.f32();
+  s.y = st.y.f32();
+  s.full = st.full.f32();
+  s.keep_idx = st.keep.i32();
+  s.gamma = ada + which * C;  // gamma1 or gamma2
+  s.gamma_stride = ada_stride;
+  // Tap names only (built when a tap is set).
+  const std::string lp = tap ? "s" + std::to_string(si) + ".l" + std::to_string(b) + "." : std::string();
+  float* h = st.h.f32();
+  run_device_branch(be, s, [&](const float* xs, const int32_t*, int64_t K, float* y) {
+    if (which == 0) {
+      be.layernorm_modulate(xs, h, R, K, C, cfg_.eps, ada + 2 * C, ada + 4 * C, ada_stride);
+      if (tap) tap(lp + "attn_in", h, {R, K, C});
+      float* qkv = st.big.f32();
+      be.linear(h, blk.qkv, qkv, R * K);
+      const int len0 = st.len[b];
+      if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
+      const int64_t kv_row = H * st.cap * hd;
+      const size_t elem = st.kv_bf16 ? 2 : 4;
+      void* kc = static_cast<char*>(st.k.data()) + size_t(b) * R * kv_row * elem;
+      void* vc = static_cast<char*>(st.v.data()) + size_t(b) * R * kv_row * elem;
+      be.qkv_to_cache(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc, st.kv_bf16, st.cap, len0);
+      st.len[b] = len0 + static_cast<int>(K);
+      const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
+      be.attention(qkv, 3 * C, kc, vc, st.kv_bf16, st.cap * hd, st.o.f32(), K, st.len[b], H, hd, sm_scale, R,
+                   K * 3 * C, kv_row, K * C);
+      be.linear(st.o.f32(), blk.proj, y, R * K);
+      if (tap) tap(lp + "attn_out", y, {R, K, C});
+    } else {
+      be.layernorm_modulate(xs, h, R, K, C, cfg_.eps, ada + 3 * C, ada + 5 * C, ada_stride);
+      float* mid = st.big.f32();
+      be.linear(h, blk.fc1, mid, R * K);
+      be.gelu_tanh(mid, R * K * cfg_.ffn);
+      be.linear(mid, blk.fc2, y, R * K);
+    }
+  }, tap, tap ? lp + (which ? "ffn_" : "attn_") : std::string());
+}
+
+void VarNet::run_blocks(int si, int ph, int pw, State& st, const fastvar::ScalePlan& plan,
+                        const DeviceTap& tap) const {
   if (plan.store_cache) {
     st.ctr_h = ph;
     st.ctr_w = pw;
   }
-  // One branch (0 = attention, 1 = FFN): the gated output, computed on the
-  // tokens PTS keeps when the block is pruned at this scale.
-  auto branch = [&](int b, int which) {
-    const float* ada = cd.ada[b].data();  // (R, 6, C): g1 g2 s1 s2 b1 b2
-    BranchSpec bs;
-    bs.h = ph;
-    bs.w = pw;
-    bs.prune = plan.prunes(b);
-    bs.keep = plan.keep(static_cast<int>(l));
-    bs.score = plan.score;
-    bs.cache = which ? &st.ctr_ffn[b] : &st.ctr_attn[b];
-    bs.cache_h = st.ctr_h;
-    bs.cache_w = st.ctr_w;
-    bs.store = plan.caches(b);
-    bs.arena = &st.arena;
-    const std::string lp = sp + "l" + std::to_string(b) + (which ? ".ffn_" : ".attn_");
-    BranchTap btap;
-    if (tap) btap = [&](const char* what, const Tensor& t) { tap(lp + what, t); };
-    run_branch(x, bs, [&](const Tensor& xs, const int32_t*, Tensor& y) {
-      if (which == 0)
-        attn_branch(b, xs, ada + 2 * C, ada + 4 * C, st, y, tap, sp + "l" + std::to_string(b) + ".");
-      else
-        ffn_branch(b, xs, ada + 3 * C, ada + 5 * C, y, &st.arena);
-      const int64_t n = xs.dim(1);
-      for (int r = 0; r < R; ++r) {
-        const float* gam = ada + (r * 6 + which) * C;  // gamma1 or gamma2
-        float* yr = y.data() + r * n * C;
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t c = 0; c < C; ++c) yr[t * C + c] *= gam[c];
-      }
-    }, btap);
-  };
+  const int64_t l = int64_t(ph) * pw;
   for (int b = 0; b < cfg_.depth; ++b) {
-    branch(b, 0);
-    branch(b, 1);
-    if (tap) tap(sp + "block" + std::to_string(b), x);
+    branch(b, 0, si, ph, pw, st, plan, tap);
+    branch(b, 1, si, ph, pw, st, plan, tap);
+    if (tap) tap("s" + std::to_string(si) + ".block" + std::to_string(b), st.x.f32(), {st.rows, l, cfg_.C});
   }
 }
 
-Tensor VarModel::head(const Tensor& x, const Conditioning& cd, Arena* arena) const {
-  const int R = cd.rows;
-  const int64_t l = x.dim(1), C = cfg_.C, V = cfg_.V;
-  Tensor logits = scratch(arena, {R, l, V});  // before the mark: returned
-  ArenaScope scope(arena);
-  Tensor h = scratch(arena, {R, l, C});
-  for (int r = 0; r < R; ++r)
-    cpu::layernorm_modulate(x.data() + r * l * C, h.data() + r * l * C, l, C, cfg_.eps,
-                            cd.ada_head.data() + r * 2 * C, cd.ada_head.data() + r * 2 * C + C);
-  cpu::linear(h.data(), head_lin_, head_b_.data(), logits.data(), R * l);
-  return logits;
+void VarNet::head(int64_t l, State& st) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C;
+  be_.layernorm_modulate(st.x.f32(), st.h.f32(), R, l, C, cfg_.eps, st.ada_head.f32(), st.ada_head.f32() + C,
+                         2 * C);
+  be_.linear(st.h.f32(), head_, st.logits.f32(), R * l);
 }
 
 }  // namespace fastvar::var

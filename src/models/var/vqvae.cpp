@@ -7,9 +7,7 @@
 #include <numeric>
 #include <utility>
 
-#include "backend/cpu/ops.h"
 #include "core/error.h"
-#include "core/threadpool.h"
 
 namespace fastvar::var {
 namespace {
@@ -53,18 +51,10 @@ int count_indexed(const Weights& w, const char* fmt) {
   return n;
 }
 
-void add_inplace(float* y, const float* x, int64_t n) {
-  parallel_for(
-      n,
-      [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) y[i] += x[i];
-      },
-      1 << 14);
-}
-
-// Scores are computed for blocks of queries so the (queries x keys) matrix stays
-// bounded (16 MB) even for 64x64 latents.
-constexpr int64_t kScoreBudget = int64_t(4) << 20;
+// Memory the decoder's activations may take per pass on a device; larger
+// batches are decoded in several passes (at 512 px, ~0.5 GB per image with the
+// release VAE). On the CPU one image per pass: the same work, the least memory.
+constexpr int64_t kActBudget = int64_t(2) << 30;
 
 }  // namespace
 
@@ -214,144 +204,6 @@ int phi_index(const VQVAEConfig& cfg, int si, int SN) {
   return best;
 }
 
-void VQVAE::embed(const int64_t* idx, int B, int ph, int pw, float* h) const {
-  const int64_t n = int64_t(ph) * pw, C = cfg_.Cvae;
-  const float* E = codebook_.data();
-  for (int b = 0; b < B; ++b)
-    for (int64_t p = 0; p < n; ++p) {
-      const int64_t v = idx[b * n + p];
-      if (v < 0 || v >= cfg_.vocab_size)
-        fail("token index %lld at (image %d, position %lld) is outside the codebook [0, %d)",
-             (long long)v, b, (long long)p, cfg_.vocab_size);
-      for (int64_t c = 0; c < C; ++c) h[(b * C + c) * n + p] = E[v * C + c];
-    }
-}
-
-void VQVAE::conv(const Conv& c, const float* x, int H, int W, float* y) const {
-  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y, dtype_);
-}
-
-void VQVAE::phi(int k, const float* x, int H, int W, float* y) const {
-  if (k < 0 || k >= cfg_.n_phi) fail("phi index %d out of range [0, %d)", k, cfg_.n_phi);
-  const Conv& c = phis_[k];
-  cpu::conv2d(x, c.cin, H, W, c.w.data(), c.b.data(), c.cout, c.k, (c.k - 1) / 2, y);
-  // Upstream: h.mul(1 - q) + conv(h).mul_(q), each product rounded separately.
-  const float q = cfg_.quant_resi, omq = float(1.0 - double(cfg_.quant_resi));
-  const int64_t n = int64_t(cfg_.Cvae) * H * W;
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * omq + y[i] * q;
-}
-
-void VQVAE::accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat, int PH,
-                       int PW, Arena* arena) const {
-  const int k = phi_index(si, SN);
-  const bool last = si == SN - 1;
-  if (last && (ph != PH || pw != PW))
-    fail("last scale is %dx%d but f_hat is %dx%d", ph, pw, PH, PW);
-  const int64_t C = cfg_.Cvae, n = C * PH * PW;
-  ArenaScope scope(arena);
-  Tensor up, out = scratch(arena, {C, PH, PW});
-  if (!last) {  // resize first, conv at full resolution (spec section 6)
-    up = scratch(arena, {int64_t(B), C, PH, PW});
-    cpu::resize_bicubic(h, B * C, ph, pw, up.data(), PH, PW);  // batch = more channels
-  }
-  for (int b = 0; b < B; ++b) {
-    const float* src = last ? h + b * n : up.data() + b * n;
-    phi(k, src, PH, PW, out.data());
-    float* f = f_hat + b * n;
-    for (int64_t i = 0; i < n; ++i) f[i] += out.data()[i];
-  }
-}
-
-void VQVAE::next_input(const float* f_hat, int B, int PH, int PW, int ph, int pw,
-                       float* out) const {
-  cpu::resize_area(f_hat, int64_t(B) * cfg_.Cvae, PH, PW, out, ph, pw);
-}
-
-// ---- decoder ----------------------------------------------------------------
-// Activations live in three rotating buffers; bufs[0] always holds the current
-// map, bufs[1] and bufs[2] are scratch. Each buffer is sized for the largest map.
-
-void VQVAE::resblock(const ResBlock& rb, int Cin, int H, int W, float* bufs[3]) const {
-  const int64_t HW = int64_t(H) * W;
-  const int Cout = rb.conv1.cout;
-  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
-  cpu::group_norm(x, t1, Cin, HW, cfg_.gn_groups, cfg_.gn_eps, rb.norm1.g.data(), rb.norm1.b.data(),
-                  true);
-  conv(rb.conv1, t1, H, W, t2);
-  cpu::group_norm(t2, t2, Cout, HW, cfg_.gn_groups, cfg_.gn_eps, rb.norm2.g.data(),
-                  rb.norm2.b.data(), true);
-  conv(rb.conv2, t2, H, W, t1);
-  if (!rb.nin.w.empty()) {
-    conv(rb.nin, x, H, W, t2);
-    add_inplace(t1, t2, Cout * HW);
-  } else {
-    add_inplace(t1, x, Cout * HW);
-  }
-  bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
-}
-
-void VQVAE::attn(const Attn& a, int C, int H, int W, float* bufs[3]) const {
-  const int64_t HW = int64_t(H) * W;
-  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
-  cpu::group_norm(x, t1, C, HW, cfg_.gn_groups, cfg_.gn_eps, a.norm.g.data(), a.norm.b.data(),
-                  false);
-  Tensor qkv({3 * int64_t(C), HW});
-  conv(a.qkv, t1, H, W, qkv.data());
-  const float *q = qkv.data(), *k = q + C * HW, *v = k + C * HW;
-  const float scale = float(1.0 / std::sqrt(double(C)));  // upstream: C ** -0.5
-  const int64_t Qc = std::clamp<int64_t>(kScoreBudget / HW, 1, HW);
-  Tensor S({Qc, HW});
-  for (int64_t i0 = 0; i0 < HW; i0 += Qc) {
-    const int64_t n = std::min(Qc, HW - i0);
-    // S[i, j] = scale * sum_c q[c, i] k[c, j]   (q read transposed in place)
-    cpu::gemm(true, false, n, HW, C, scale, q + i0, HW, k, HW, 0.f, S.data(), HW);
-    parallel_for(n, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float* s = S.data() + r * HW;
-        const float m = *std::max_element(s, s + HW);
-        double sum = 0;
-        for (int64_t j = 0; j < HW; ++j) sum += (s[j] = std::exp(s[j] - m));
-        const float inv = float(1.0 / sum);
-        for (int64_t j = 0; j < HW; ++j) s[j] *= inv;
-      }
-    });
-    // h[c, i] = sum_j v[c, j] S[i, j], written into columns [i0, i0+n) of t1.
-    cpu::gemm(false, true, C, n, HW, 1.f, v, HW, S.data(), HW, 0.f, t1 + i0, HW);
-  }
-  conv(a.proj, t1, H, W, t2);
-  add_inplace(x, t2, C * HW);
-}
-
-void VQVAE::decode_one(const float* z, int PH, int PW, float* img, float* bufs[3]) const {
-  const int L = cfg_.levels();
-  int H = PH, W = PW, C = conv_in_.cout;
-  conv(post_quant_conv_, z, H, W, bufs[1]);
-  conv(conv_in_, bufs[1], H, W, bufs[0]);
-  resblock(mid_block1_, C, H, W, bufs);
-  if (cfg_.mid_attn) attn(mid_attn_, C, H, W, bufs);
-  resblock(mid_block2_, C, H, W, bufs);
-  for (int l = L - 1; l >= 0; --l) {  // numbered by resolution, run lowest first
-    const Level& lv = up_[l];
-    for (size_t b = 0; b < lv.blocks.size(); ++b) {
-      resblock(lv.blocks[b], C, H, W, bufs);
-      C = lv.blocks[b].conv1.cout;
-      if (!lv.attn.empty()) attn(lv.attn[b], C, H, W, bufs);
-    }
-    if (l != 0) {
-      cpu::upsample_nearest2x(bufs[0], C, H, W, bufs[1]);
-      H *= 2, W *= 2;
-      conv(lv.upsample, bufs[1], H, W, bufs[2]);
-      std::swap(bufs[0], bufs[2]);
-    }
-  }
-  const int64_t HW = int64_t(H) * W;
-  cpu::group_norm(bufs[0], bufs[1], C, HW, cfg_.gn_groups, cfg_.gn_eps, norm_out_.g.data(),
-                  norm_out_.b.data(), true);
-  conv(conv_out_, bufs[1], H, W, bufs[2]);
-  // Upstream: decoder(...).clamp_(-1, 1), then .add_(1).mul_(0.5).
-  for (int64_t i = 0; i < 3 * HW; ++i) img[i] = (std::clamp(bufs[2][i], -1.f, 1.f) + 1.f) * 0.5f;
-}
-
 int64_t VQVAE::max_map(int PH, int PW) const {
   // Largest map any step holds: widest input/output of a block at its level,
   // and the upsampled map before each level's upsample conv.
@@ -367,22 +219,257 @@ int64_t VQVAE::max_map(int PH, int PW) const {
   return maxel;
 }
 
+// ---- host conveniences (the CPU backend) -----------------------------------------
+
+VQVAE::~VQVAE() = default;
+
+const VqvaeNet& VQVAE::cpu_net() const {
+  if (!cpu_net_ || cpu_net_->dtype() != dtype_) cpu_net_ = std::make_unique<VqvaeNet>(*this, backend::cpu(), dtype_);
+  return *cpu_net_;
+}
+
+void VQVAE::embed(const int64_t* idx, int B, int ph, int pw, float* h) const {
+  const int64_t n = int64_t(ph) * pw;
+  std::vector<int32_t> ids(size_t(B * n));
+  for (int b = 0; b < B; ++b)
+    for (int64_t p = 0; p < n; ++p) {
+      const int64_t v = idx[b * n + p];
+      if (v < 0 || v >= cfg_.vocab_size)
+        fail("token index %lld at (image %d, position %lld) is outside the codebook [0, %d)", (long long)v, b,
+             (long long)p, cfg_.vocab_size);
+      ids[b * n + p] = static_cast<int32_t>(v);
+    }
+  cpu_net().embed(ids.data(), B, ph, pw, h);
+}
+
+void VQVAE::accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat, int PH,
+                       int PW) const {
+  cpu_net().accumulate(h, B, ph, pw, si, SN, f_hat, PH, PW);
+}
+
+void VQVAE::next_input(const float* f_hat, int B, int PH, int PW, int ph, int pw, float* out) const {
+  cpu_net().next_input(f_hat, B, PH, PW, ph, pw, out);
+}
+
 Tensor VQVAE::decode(const Tensor& f_hat) const {
   if (f_hat.ndim() != 4 || f_hat.dim(1) != cfg_.Cvae || f_hat.dim(2) <= 0 || f_hat.dim(3) <= 0)
-    fail("VQVAE::decode: f_hat has shape %s, expected (B, %d, H, W)",
-         shape_str(f_hat.shape()).c_str(), cfg_.Cvae);
-  const int B = int(f_hat.dim(0)), PH = int(f_hat.dim(2)), PW = int(f_hat.dim(3));
-  const int f = cfg_.downsample;
-  const int64_t maxel = max_map(PH, PW);
-  // Uninitialised on purpose: every step writes its output before reading it.
-  std::unique_ptr<float[]> storage(new float[3 * maxel]);
+    fail("VQVAE::decode: f_hat has shape %s, expected (B, %d, H, W)", shape_str(f_hat.shape()).c_str(), cfg_.Cvae);
+  const int B = int(f_hat.dim(0)), PH = int(f_hat.dim(2)), PW = int(f_hat.dim(3)), f = cfg_.downsample;
   Tensor img({int64_t(B), 3, int64_t(PH) * f, int64_t(PW) * f});
-  const int64_t zn = int64_t(cfg_.Cvae) * PH * PW, in = 3 * int64_t(PH) * f * PW * f;
-  for (int b = 0; b < B; ++b) {
-    float* bufs[3] = {storage.get(), storage.get() + maxel, storage.get() + 2 * maxel};
-    decode_one(f_hat.data() + b * zn, PH, PW, img.data() + b * in, bufs);
-  }
+  if (B > 0) cpu_net().decode(f_hat.data(), B, PH, PW, img.data());
   return img;
+}
+
+// ---- VqvaeNet: the VQVAE on a backend ------------------------------------------------
+
+float* VqvaeNet::grow(backend::Buffer& buf, int64_t floats) const {
+  // Growing waits for the enqueued work, which may still use the old memory.
+  const size_t bytes = size_t(floats) * sizeof(float);
+  if (buf.bytes() < bytes) {
+    if (buf.data()) {
+      be_.synchronize();
+      buf = backend::Buffer();
+    }
+    buf = be_.alloc(bytes);
+  }
+  return buf.f32();
+}
+
+// ---- weights ------------------------------------------------------------------
+
+VqvaeNet::Conv VqvaeNet::upload(const VQVAE::Conv& c, backend::DType dt) {
+  Conv d = be_.conv(c.w.data(), c.b.data(), c.cin, c.cout, c.k, dt);
+  weight_bytes_ += d.bytes;
+  return d;
+}
+
+VqvaeNet::Norm VqvaeNet::upload(const VQVAE::Norm& n) {
+  Norm d;
+  d.g = backend::constant_f32(be_, n.g.data(), n.g.numel());
+  d.b = backend::constant_f32(be_, n.b.data(), n.b.numel());
+  weight_bytes_ += int64_t(d.g.bytes() + d.b.bytes());
+  return d;
+}
+
+VqvaeNet::ResBlock VqvaeNet::upload(const VQVAE::ResBlock& r, backend::DType dt) {
+  ResBlock d;
+  d.norm1 = upload(r.norm1);
+  d.conv1 = upload(r.conv1, dt);
+  d.norm2 = upload(r.norm2);
+  d.conv2 = upload(r.conv2, dt);
+  if (!r.nin.w.empty()) d.nin = upload(r.nin, dt);
+  return d;
+}
+
+VqvaeNet::Attn VqvaeNet::upload(const VQVAE::Attn& a, backend::DType dt) {
+  Attn d;
+  d.norm = upload(a.norm);
+  d.qkv = upload(a.qkv, dt);
+  d.proj = upload(a.proj, dt);
+  return d;
+}
+
+VqvaeNet::VqvaeNet(const VQVAE& vae, backend::Backend& be, backend::DType dtype)
+    : cfg_(vae.cfg_), be_(be), dtype_(dtype) {
+  const backend::DType dt = dtype;
+  codebook_ = backend::constant_f32(be, vae.codebook_.data(), vae.codebook_.numel());
+  weight_bytes_ += int64_t(codebook_.bytes());
+  for (const auto& p : vae.phis_) phis_.push_back(upload(p, backend::DType::F32));
+  post_quant_conv_ = upload(vae.post_quant_conv_, dt);
+  conv_in_ = upload(vae.conv_in_, dt);
+  mid_block1_ = upload(vae.mid_block1_, dt);
+  if (cfg_.mid_attn) mid_attn_ = upload(vae.mid_attn_, dt);
+  mid_block2_ = upload(vae.mid_block2_, dt);
+  up_.resize(vae.up_.size());
+  for (size_t l = 0; l < vae.up_.size(); ++l) {
+    const VQVAE::Level& src = vae.up_[l];
+    for (const auto& b : src.blocks) up_[l].blocks.push_back(upload(b, dt));
+    for (const auto& a : src.attn) up_[l].attn.push_back(upload(a, dt));
+    if (!src.upsample.w.empty()) up_[l].upsample = upload(src.upsample, dt);
+  }
+  norm_out_ = upload(vae.norm_out_);
+  conv_out_ = upload(vae.conv_out_, dt);
+}
+
+// ---- quantiser ------------------------------------------------------------------
+
+void VqvaeNet::embed(const int32_t* idx, int B, int ph, int pw, float* h) const {
+  if (B <= 0 || ph <= 0 || pw <= 0) fail("VqvaeNet::embed: bad sizes B=%d %dx%d", B, ph, pw);
+  be_.embed_codebook(idx, codebook_.f32(), cfg_.vocab_size, cfg_.Cvae, B, int64_t(ph) * pw, h);
+}
+
+void VqvaeNet::accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat,
+                           int PH, int PW) const {
+  const int k = phi_index(cfg_, si, SN);
+  const bool last = si == SN - 1;
+  if (B <= 0 || ph <= 0 || pw <= 0 || PH <= 0 || PW <= 0)
+    fail("VqvaeNet::accumulate: bad sizes B=%d %dx%d -> %dx%d", B, ph, pw, PH, PW);
+  if (last && (ph != PH || pw != PW))
+    fail("last scale is %dx%d but f_hat is %dx%d", ph, pw, PH, PW);
+  const int64_t C = cfg_.Cvae, n = int64_t(B) * C * PH * PW;
+  const float* src = h;
+  if (!last) {  // resize first, conv at full resolution (spec section 6)
+    float* up = grow(resized_, n);
+    be_.resize_bicubic(h, int64_t(B) * C, ph, pw, up, PH, PW);  // batch = more channels
+    src = up;
+  }
+  float* out = grow(phi_out_, n);
+  be_.conv2d(src, B, PH, PW, phis_[k], out);
+  be_.quant_resi_add(src, out, f_hat, n, cfg_.quant_resi);
+}
+
+void VqvaeNet::next_input(const float* f_hat, int B, int PH, int PW, int ph, int pw,
+                           float* out) const {
+  if (B <= 0) fail("VqvaeNet::next_input: bad batch %d", B);
+  be_.resize_area(f_hat, int64_t(B) * cfg_.Cvae, PH, PW, out, ph, pw);
+}
+
+// ---- decoder --------------------------------------------------------------------
+// As in VQVAE: bufs[0] holds the current map (B images), bufs[1] and bufs[2]
+// are scratch; each buffer holds B of the largest maps.
+
+void VqvaeNet::norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW,
+                     bool silu) const {
+  be_.group_norm(x, y, B, C, HW, cfg_.gn_groups, cfg_.gn_eps, n.g.f32(), n.b.f32(), silu);
+}
+
+void VqvaeNet::resblock(const ResBlock& rb, int B, int Cin, int H, int W, float* bufs[3]) const {
+  const int64_t HW = int64_t(H) * W;
+  const int Cout = rb.conv1.cout;
+  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
+  norm(rb.norm1, x, t1, B, Cin, HW, true);
+  be_.conv2d(t1, B, H, W, rb.conv1, t2);
+  norm(rb.norm2, t2, t2, B, Cout, HW, true);
+  be_.conv2d(t2, B, H, W, rb.conv2, t1);
+  if (!rb.nin.empty())
+    be_.conv2d(x, B, H, W, rb.nin, t1, /*accumulate=*/true);  // t1 += nin(x)
+  else
+    be_.add(t1, x, int64_t(B) * Cout * HW);
+  bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
+}
+
+void VqvaeNet::attn(const Attn& a, int B, int C, int H, int W, float* bufs[3]) const {
+  const int64_t HW = int64_t(H) * W;
+  float *x = bufs[0], *t1 = bufs[1];
+  norm(a.norm, x, t1, B, C, HW, false);
+  float* qkv = qkv_cur_;  // sized by decode (decode_sizes)
+  be_.conv2d(t1, B, H, W, a.qkv, qkv);
+  be_.spatial_attention(qkv, B, C, HW, t1);
+  be_.conv2d(t1, B, H, W, a.proj, x, /*accumulate=*/true);  // x += proj(h)
+}
+
+void VqvaeNet::decode_sizes(int PH, int PW, int64_t* maxel, int64_t* maxqkv) const {
+  // As VQVAE::decode: the widest input/output of a block at its level, and the
+  // upsampled map before each level's upsample conv; plus the qkv maps.
+  const int L = cfg_.levels();
+  int64_t el = int64_t(cfg_.Cvae) * PH * PW, qkv = 0;
+  int C = conv_in_.cout;
+  if (cfg_.mid_attn) qkv = 3 * int64_t(C) * PH * PW;
+  for (int l = L - 1; l >= 0; --l) {
+    const int64_t hw = int64_t(PH) * PW << (2 * (L - 1 - l));
+    const int cout = up_[l].blocks[0].conv1.cout;
+    el = std::max(el, std::max(C, cout) * hw);
+    C = cout;
+    if (!up_[l].attn.empty()) qkv = std::max(qkv, 3 * int64_t(C) * hw);
+    if (l != 0) el = std::max(el, C * hw * 4);
+  }
+  *maxel = el, *maxqkv = qkv;
+}
+
+void VqvaeNet::decode_batch(const float* z, int B, int PH, int PW, float* img,
+                             float* bufs[3]) const {
+  const int L = cfg_.levels();
+  int H = PH, W = PW, C = conv_in_.cout;
+  be_.conv2d(z, B, H, W, post_quant_conv_, bufs[1]);
+  be_.conv2d(bufs[1], B, H, W, conv_in_, bufs[0]);
+  resblock(mid_block1_, B, C, H, W, bufs);
+  if (cfg_.mid_attn) attn(mid_attn_, B, C, H, W, bufs);
+  resblock(mid_block2_, B, C, H, W, bufs);
+  for (int l = L - 1; l >= 0; --l) {  // numbered by resolution, run lowest first
+    const Level& lv = up_[l];
+    for (size_t b = 0; b < lv.blocks.size(); ++b) {
+      resblock(lv.blocks[b], B, C, H, W, bufs);
+      C = lv.blocks[b].conv1.cout;
+      if (!lv.attn.empty()) attn(lv.attn[b], B, C, H, W, bufs);
+    }
+    if (l != 0) {
+      be_.upsample_nearest2x(bufs[0], int64_t(B) * C, H, W, bufs[1]);
+      H *= 2, W *= 2;
+      be_.conv2d(bufs[1], B, H, W, lv.upsample, bufs[2]);
+      std::swap(bufs[0], bufs[2]);
+    }
+  }
+  const int64_t HW = int64_t(H) * W;
+  norm(norm_out_, bufs[0], bufs[1], B, C, HW, true);
+  be_.conv2d(bufs[1], B, H, W, conv_out_, img);
+  // Upstream: decoder(...).clamp_(-1, 1), then .add_(1).mul_(0.5).
+  be_.to_image(img, img, int64_t(B) * 3 * HW);
+}
+
+void VqvaeNet::decode(const float* f_hat, int B, int PH, int PW, float* img, void* workspace,
+                       size_t workspace_bytes) const {
+  if (B <= 0 || PH <= 0 || PW <= 0) fail("VqvaeNet::decode: bad sizes B=%d %dx%d", B, PH, PW);
+  const int f = cfg_.downsample;
+  int64_t maxel = 0, maxqkv = 0;
+  decode_sizes(PH, PW, &maxel, &maxqkv);
+  const int64_t per_image = (3 * maxel + maxqkv) * int64_t(sizeof(float));
+  const int nb = be_.host_memory() ? 1 : int(std::clamp<int64_t>(kActBudget / per_image, 1, B));
+  const int64_t need = (3 * maxel + maxqkv) * nb;  // floats
+  float* acts = nullptr;
+  if (workspace && reinterpret_cast<uintptr_t>(workspace) % 64 == 0 &&
+      int64_t(workspace_bytes / sizeof(float)) >= need) {
+    acts = static_cast<float*>(workspace);
+    qkv_cur_ = acts + 3 * maxel * nb;
+  } else {
+    acts = grow(acts_, 3 * maxel * nb);
+    qkv_cur_ = maxqkv > 0 ? grow(qkv_, maxqkv * nb) : nullptr;
+  }
+  const int64_t zn = int64_t(cfg_.Cvae) * PH * PW, in = 3 * int64_t(PH) * f * PW * f;
+  for (int b0 = 0; b0 < B; b0 += nb) {
+    const int bb = std::min(nb, B - b0);
+    float* bufs[3] = {acts, acts + maxel * nb, acts + 2 * maxel * nb};
+    decode_batch(f_hat + b0 * zn, bb, PH, PW, img + b0 * in, bufs);
+  }
 }
 
 }  // namespace fastvar::var

@@ -1,4 +1,4 @@
-#include "models/infinity/codes.h"
+#include "backend/cpu/bitcodes.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,6 +6,8 @@
 
 #include "backend/cpu/ops.h"
 #include "core/error.h"
+#include "core/rng.h"
+#include "core/threadpool.h"
 
 namespace fastvar::infinity {
 namespace {
@@ -16,6 +18,43 @@ void check_dims(const char* fn, int B, int d, int h, int w) {
 }
 
 }  // namespace
+
+// One bit from its two logits (value 0, value 1): top-k (k = 1 keeps the
+// larger), top-p on the two-way softmax (the smaller class goes when its
+// probability is <= 1 - top_p), then a draw with the uniform u.
+uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u) {
+  const float mx = std::max(l0, l1);
+  float p0 = std::exp(l0 - mx), p1 = std::exp(l1 - mx);
+  const float s = p0 + p1;
+  p0 /= s;
+  p1 /= s;
+  if (top_k == 1) return l1 > l0 ? 1 : 0;
+  if (top_p > 0.0) {
+    const float limit = static_cast<float>(1.0 - top_p);
+    if (std::min(p0, p1) <= limit) return p1 > p0 || (p1 == p0 && l1 > l0) ? 1 : 0;
+  }
+  return u < p0 ? 0 : 1;
+}
+
+void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k,
+                 double top_p, uint64_t seed, uint32_t si, uint8_t* bits) {
+  if (B <= 0 || L <= 0 || d <= 0) fail("sample_bits: bad sizes");
+  if (!std::isfinite(cfg) || !(tau > 0.f) || top_k < 0 || !(top_p >= 0.0 && top_p <= 1.0))
+    fail("sample_bits: bad cfg %g / tau %g / top-k %d / top-p %g", double(cfg), double(tau), top_k, top_p);
+  const int64_t V = 2 * int64_t(d);
+  parallel_for(int64_t(B) * L, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int j = 0; j < d; ++j) {
+        const float* c = logits + i * V + 2 * j;
+        const float* u = logits + (B * L + i) * V + 2 * j;
+        const float l0 = cfg * (c[0] / tau) + (1.f - cfg) * (u[0] / tau);
+        const float l1 = cfg * (c[1] / tau) + (1.f - cfg) * (u[1] / tau);
+        const float r = philox_uniform(seed, static_cast<uint32_t>(i % L), si, static_cast<uint32_t>(i / L),
+                                       0x10000u + static_cast<uint32_t>(j));
+        bits[i * d + j] = sample_infinity_bit(l0, l1, top_k, top_p, r);
+      }
+  }, 16);
+}
 
 void bits_to_codes(const uint8_t* bits, int B, int h, int w, int d, float* codes) {
   check_dims("bits_to_codes", B, d, h, w);

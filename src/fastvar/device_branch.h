@@ -1,17 +1,16 @@
-// One residual branch of a transformer block under FastVAR on a CUDA device:
-// the device counterpart of run_branch (branch.h), shared by the CUDA
-// backbones. PTS picks the tokens the branch computes, the branch runs on them,
-// CTR fills the others from the cache scale's output, and the (gated) result is
-// added to the residual stream, all on the device. Only with FASTVAR_HAS_CUDA.
+// One residual branch of a transformer block under FastVAR, on any backend
+// (backend/backend.h): PTS picks the tokens the branch computes, the branch
+// runs on them, CTR fills the others from the cache scale's output, and the
+// (gated) result is added to the residual stream, all on the backend's device.
+// Shared by every backbone written over the backend.
 #pragma once
-
-#ifdef FASTVAR_HAS_CUDA
 
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/tensor.h"
 #include "fastvar/plan.h"
 
@@ -21,7 +20,7 @@ namespace fastvar {
 // Called only where a tap is set; it may download (which synchronises).
 using DeviceTap = std::function<void(const std::string&, const float*, const Shape&)>;
 
-struct CudaBranch {
+struct DeviceBranch {
   int rows = 0, h = 0, w = 0, C = 0;  // residual stream x (rows, h*w, C)
   bool prune = false;                 // run PTS + CTR
   int keep = 0;                       // tokens kept when pruning
@@ -43,16 +42,16 @@ struct CudaBranch {
   int64_t gamma_stride = 0;
 };
 
-// The plan's part of a CudaBranch for block `block` of a scale with an h x w
+// The plan's part of a DeviceBranch for block `block` of a scale with an h x w
 // map (prune, keep, score, store) and the CTR cache of `caches` (may be
 // null) with its map; the caller sets the buffers and the gate.
-struct CudaCtrCaches;
-CudaBranch cuda_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
-                           const CudaCtrCaches* caches, int cache_h, int cache_w);
+struct CtrCaches;
+DeviceBranch device_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
+                           const CtrCaches* caches, int cache_h, int cache_w);
 
 // The CTR caches of one branch kind on the device: one (rows, tokens, C) slab
 // per block the plan prunes, float32 or bfloat16, in one allocation.
-struct CudaCtrCaches {
+struct CtrCaches {
   std::vector<int> slot;  // per block: its slab, or -1
   int64_t tokens = 0, slab = 0;  // tokens of the cache scale; elements per slab
   bool bf16 = false;
@@ -61,17 +60,15 @@ struct CudaCtrCaches {
 };
 // Slots for `depth` blocks under `plan` (none when it is off or tokens == 0),
 // and the bytes the slabs need.
-CudaCtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64_t tokens, int64_t C, bool bf16,
+CtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64_t tokens, int64_t C, bool bf16,
                                size_t* bytes);
 
 // body(xs, keep, K, y): writes the ungated branch output y (rows, K, C) for the
 // tokens xs (rows, K, C); keep (rows, K) holds their positions in the map (null
 // when nothing is pruned). With a tap, the pruned branch reports
 // tap_prefix + "keep" (as floats) and tap_prefix + "score".
-using CudaBranchFn = std::function<void(const float* xs, const int32_t* keep, int64_t K, float* y)>;
-void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const DeviceTap& tap = nullptr,
+using DeviceBranchFn = std::function<void(const float* xs, const int32_t* keep, int64_t K, float* y)>;
+void run_device_branch(backend::Backend& be, const DeviceBranch& s, const DeviceBranchFn& body, const DeviceTap& tap = nullptr,
                      const std::string& tap_prefix = std::string());
 
 }  // namespace fastvar
-
-#endif  // FASTVAR_HAS_CUDA

@@ -9,7 +9,10 @@ namespace fastvar {
 
 // out[b, t, :] = (1 + w) * logits[b] - w * logits[B + b] for the 2B rows of a
 // CFG batch (rows 0..B-1 conditional). logits: (2B, n, V); out: (B, n, V).
-void cfg_mix(const float* logits, int B, int64_t n, int64_t V, float w, float* out);
+// uncond (non-null): the B unconditional rows are there instead of after the
+// conditional ones.
+void cfg_mix(const float* logits, int B, int64_t n, int64_t V, float w, float* out,
+             const float* uncond = nullptr);
 
 // In-place top-k then top-p filtering of one token's logits (V values);
 // removed entries become -inf. top_k <= 0 or >= V and top_p <= 0 disable them.

@@ -1,25 +1,22 @@
-// FastVAR's branch on a CUDA device (see branch_cuda.h); the order of the steps
+// FastVAR's branch on a backend (see device_branch.h); the order of the steps
 // follows run_branch (branch.cpp).
-#ifdef FASTVAR_HAS_CUDA
-
-#include "fastvar/branch_cuda.h"
+#include "fastvar/device_branch.h"
 
 #include <algorithm>
 #include <vector>
 
-#include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
 
 namespace fastvar {
 
-void* CudaCtrCaches::of(int block) const {
+void* CtrCaches::of(int block) const {
   if (block < 0 || block >= static_cast<int>(slot.size()) || slot[block] < 0 || !base) return nullptr;
   return static_cast<char*>(base) + size_t(slot[block]) * size_t(slab) * (bf16 ? 2 : 4);
 }
 
-CudaCtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64_t tokens, int64_t C, bool bf16,
+CtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64_t tokens, int64_t C, bool bf16,
                                size_t* bytes) {
-  CudaCtrCaches c;
+  CtrCaches c;
   c.slot.assign(depth, -1);
   c.bf16 = bf16;
   *bytes = 0;
@@ -32,9 +29,9 @@ CudaCtrCaches ctr_cache_layout(const PrunePlan* plan, int depth, int rows, int64
   return c;
 }
 
-CudaBranch cuda_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
-                           const CudaCtrCaches* caches, int cache_h, int cache_w) {
-  CudaBranch s;
+DeviceBranch device_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
+                           const CtrCaches* caches, int cache_h, int cache_w) {
+  DeviceBranch s;
   s.rows = rows;
   s.h = h;
   s.w = w;
@@ -52,7 +49,7 @@ CudaBranch cuda_branch_for(const ScalePlan& plan, int block, int rows, int h, in
   return s;
 }
 
-void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const DeviceTap& tap,
+void run_device_branch(backend::Backend& be, const DeviceBranch& s, const DeviceBranchFn& body, const DeviceTap& tap,
                      const std::string& tap_prefix) {
   const int R = s.rows, C = s.C;
   const int64_t L = int64_t(s.h) * s.w;
@@ -63,34 +60,31 @@ void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const Device
     if (!s.cache || s.cache_h <= 0)
       fail("FastVAR: a pruned scale runs before its cache scale (check --cache-scale)");
     float* scores = tap ? s.full : nullptr;  // full is free until the restore
-    cuda::pts_select(s.x, R, s.h, s.w, C, static_cast<int>(K), s.score, s.keep_idx, scores);
+    be.pts_select(s.x, R, s.h, s.w, C, static_cast<int>(K), s.score, s.keep_idx, scores);
     if (tap) {
       std::vector<int32_t> kh(size_t(R * K));
-      cuda::memcpy_d2h(kh.data(), s.keep_idx, kh.size() * sizeof(int32_t));
+      be.download(kh.data(), s.keep_idx, kh.size() * sizeof(int32_t));
       std::vector<float> kf(kh.begin(), kh.end());
-      cuda::DeviceBuffer kd = cuda::DeviceBuffer::from_host(kf.data(), kf.size());
+      backend::Buffer kd = backend::alloc_f32(be, int64_t(kf.size()));
+      be.upload(kd.data(), kf.data(), kf.size() * sizeof(float));
       tap(tap_prefix + "keep", kd.f32(), {R, K});
       tap(tap_prefix + "score", scores, {R, L});
     }
-    cuda::gather_tokens(s.x, R, static_cast<int>(L), C, s.keep_idx, static_cast<int>(K), s.xs);
+    be.gather_tokens(s.x, R, static_cast<int>(L), C, s.keep_idx, static_cast<int>(K), s.xs);
     xs = s.xs;
     keep = s.keep_idx;
   }
   body(xs, keep, K, s.y);
   const bool store = s.store && s.cache;
   if (!s.prune && !store) {
-    cuda::residual_add(s.x, s.y, R, L, C, s.gamma, s.gamma_stride);
+    be.residual_add(s.x, s.y, R, L, C, s.gamma, s.gamma_stride);
     return;
   }
-  if (s.gamma) cuda::scale_groups(s.y, R, K, C, s.gamma, s.gamma_stride);
+  if (s.gamma) be.scale_groups(s.y, R, K, C, s.gamma, s.gamma_stride);
   const float* full = s.y;
   if (s.prune) {
-    if (s.cache_bf16)
-      cuda::restore_tokens_bf16(static_cast<const uint16_t*>(s.cache), s.cache_h, s.cache_w, s.y, keep, R,
-                                static_cast<int>(K), s.h, s.w, C, s.full);
-    else
-      cuda::restore_tokens(static_cast<const float*>(s.cache), s.cache_h, s.cache_w, s.y, keep, R,
-                           static_cast<int>(K), s.h, s.w, C, s.full);
+    be.restore_tokens(s.cache, s.cache_bf16, s.cache_h, s.cache_w, s.y, keep, R, static_cast<int>(K), s.h,
+                      s.w, C, s.full);
     full = s.full;
   }
   if (store) {
@@ -98,13 +92,11 @@ void cuda_run_branch(const CudaBranch& s, const CudaBranchFn& body, const Device
       fail("FastVAR: cache scale map %dx%d does not match the cache (%dx%d)", s.h, s.w, s.cache_h,
            s.cache_w);
     if (s.cache_bf16)
-      cuda::to_bf16(full, static_cast<uint16_t*>(s.cache), R * L * C);
+      be.to_bf16(full, static_cast<uint16_t*>(s.cache), R * L * C);
     else
-      cuda::copy(static_cast<float*>(s.cache), full, R * L * C);
+      be.copy(static_cast<float*>(s.cache), full, R * L * C);
   }
-  cuda::residual_add(s.x, full, R, L, C, nullptr, 0);
+  be.residual_add(s.x, full, R, L, C, nullptr, 0);
 }
 
 }  // namespace fastvar
-
-#endif  // FASTVAR_HAS_CUDA

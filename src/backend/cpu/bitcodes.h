@@ -1,6 +1,8 @@
-// Infinity's code path between the transformer and the BSQ-VAE decoder: sampled
-// bits -> codes, the running sum at the final latent size, and the next scale's
-// transformer input. Spec: shared/spec/infinity.md sections 10.1-10.3.
+// Infinity's code path between the transformer and the BSQ-VAE decoder, as CPU
+// kernels: per-bit sampling, sampled bits -> codes, the running sum at the
+// final latent size, and the next scale's transformer input. Spec:
+// shared/spec/infinity.md sections 10.1-10.3. The CPU backend runs these; they
+// are the reference of the other backends' bit-code ops.
 //
 // Every function here reproduces the official float32 ops exactly (the golden
 // sNN.codes / sNN.summed_codes / sNN.next_in_codes match bit for bit), because
@@ -10,6 +12,18 @@
 #include <cstdint>
 
 namespace fastvar::infinity {
+
+// One bit from its two (guided) logits for values 0 and 1: top-k 1 keeps the
+// larger; top-p > 0 drops the smaller class when its two-way softmax
+// probability is <= 1 - top_p; otherwise bit = (u < p0 ? 0 : 1).
+uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u);
+
+// Per-bit sampling of one scale: logits (2B, L, 2d), rows B..2B-1 the
+// unconditional copies; guided = cfg * (cond / tau) + (1 - cfg) * (uncond / tau);
+// bit j of token t of image b drawn with philox_uniform(seed, t, si, b,
+// 0x10000 + j). bits (B, L, d).
+void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k,
+                 double top_p, uint64_t seed, uint32_t si, uint8_t* bits);
 
 // bits (B, h, w, d) of 0/1 (any non-zero byte counts as 1) -> codes (B, d, h, w):
 // (2*bit - 1) / sqrt(d), then L2-normalised over the d channels as upstream does

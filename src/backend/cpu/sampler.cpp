@@ -1,4 +1,4 @@
-#include "pipeline/sampler.h"
+#include "backend/cpu/sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,11 +8,11 @@
 
 namespace fastvar {
 
-void cfg_mix(const float* logits, int B, int64_t n, int64_t V, float w, float* out) {
+void cfg_mix(const float* logits, int B, int64_t n, int64_t V, float w, float* out, const float* uncond) {
   const int64_t per = n * V;
   for (int b = 0; b < B; ++b) {
     const float* c = logits + b * per;
-    const float* u = logits + (B + b) * per;
+    const float* u = (uncond ? uncond : logits + B * per) + b * per;
     float* o = out + b * per;
     for (int64_t i = 0; i < per; ++i) o[i] = (1.f + w) * c[i] - w * u[i];
   }
