@@ -18,6 +18,7 @@ using test::expect_clean_error;
 using test::gen;
 using test::read_file;
 using test::run_cli;
+using test::run_cli_env;
 std::string model() { return test::var_model(); }
 std::string vae() { return test::var_vae(); }
 
@@ -172,6 +173,30 @@ TEST(CliErrors, UnwritableOutputLeavesNothing) {
     EXPECT_FALSE(fs::exists("/proc/fastvar_cli_test.png"));
   }
   EXPECT_TRUE(fs::is_empty(d.path / "ro"));
+}
+
+// The engine links no CUDA library: --help and a CPU generation map none (the
+// dynamic loader's own log, LD_DEBUG=files, names every object it maps), while
+// listing the devices loads the CUDA module where the build has one.
+TEST(Cli, CpuRunsLoadNoCudaLibrary) {
+  auto mapped = [](const std::string& args) {
+    return run_cli_env("LD_DEBUG=files", args).out;
+  };
+  auto names_cuda = [](const std::string& log) {
+    for (const char* lib : {"libcublas", "libcudart", "libcuda.so", "fastvar-cuda"})
+      if (log.find(lib) != std::string::npos) return true;
+    return false;
+  };
+  const std::string help = mapped("--help");
+  ASSERT_NE(help.find("file="), std::string::npos) << "LD_DEBUG gave no log: " << help.substr(0, 500);
+  EXPECT_FALSE(names_cuda(help));
+  test::TempDir d;
+  const std::string png = d / "a.png";
+  const std::string cpu = mapped(gen("--class 1 -s 3 -q -o " + png));
+  EXPECT_TRUE(fs::exists(png)) << cpu.substr(cpu.size() > 2000 ? cpu.size() - 2000 : 0);
+  EXPECT_FALSE(names_cuda(cpu));
+  // The control: where the module exists, asking for the devices maps it.
+  if (fs::exists(fs::path(FASTVAR_CLI).parent_path() / "libfastvar-cuda.so")) EXPECT_TRUE(names_cuda(mapped("info")));
 }
 
 }  // namespace

@@ -88,9 +88,10 @@ struct CliResult {
   std::string out;  // stdout and stderr together
 };
 
-// Runs the fastvar CLI with `args` (already shell-quoted as needed).
-inline CliResult run_cli(const std::string& args) {
-  std::string cmd = std::string(FASTVAR_CLI) + " " + args + " 2>&1";
+// Runs the fastvar CLI with `args` (already shell-quoted as needed), with the
+// environment assignments `env` ("NAME=value ...") in front.
+inline CliResult run_cli_env(const std::string& env, const std::string& args) {
+  std::string cmd = env + " " + std::string(FASTVAR_CLI) + " " + args + " 2>&1";
   CliResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -101,5 +102,6 @@ inline CliResult run_cli(const std::string& args) {
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   return r;
 }
+inline CliResult run_cli(const std::string& args) { return run_cli_env("", args); }
 
 }  // namespace fastvar::test

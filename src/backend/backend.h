@@ -100,6 +100,12 @@ class Backend {
   // Device memory in use (every allocation of the process on the device; on the
   // CPU the backend's own allocations), for memory reports.
   virtual int64_t memory_in_use() = 0;
+  // Bytes of the backend's own allocations at their highest since the start or
+  // the last reset_peak() (as torch.cuda.max_memory_allocated).
+  virtual int64_t peak_allocated() = 0;
+  virtual void reset_peak() = 0;
+  // One line: "cpu", or "NAME, 139.8 GiB, compute capability 9.0, 132 SMs".
+  virtual std::string describe() = 0;
 
   // ---- weights ----------------------------------------------------------
   // W (N, K) float32 host (the mapped checkpoint; a host backend may keep
@@ -220,9 +226,16 @@ class Backend {
 
 // The CPU backend (one per process, stateless but for scratch).
 Backend& cpu();
-// The backend of "cpu" or CUDA device `index`; fastvar::Error in a build
-// without CUDA or for a device that does not exist.
+// The backend of "cpu" or CUDA device `index`; fastvar::Error (one line) where
+// the CUDA module (backend/cuda_module.h) is missing or does not load, and for
+// a device that does not exist.
 Backend& get(bool cuda, int index);
+// CUDA devices, through the module (loaded on the first call): their number
+// (0 without the module, a driver or a GPU; never throws), a one-line
+// description of one, and why there is no CUDA backend ("" when there is).
+int cuda_device_count();
+std::string cuda_device_info(int dev);
+std::string cuda_unavailable_reason();
 
 // Typed helpers over a backend's memory.
 Buffer alloc_f32(Backend& be, int64_t n);

@@ -24,9 +24,6 @@
 #include "models/var/random_weights.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_pipeline.h"
-#ifdef FASTVAR_HAS_CUDA
-#include "backend/cuda/cuda_ops.h"
-#endif
 
 namespace fastvar::cli {
 namespace {
@@ -185,23 +182,22 @@ PrunePlan plan_for_mode(const std::string& mode, PrunePlan base, int S, int dept
   return plan_from_params(base, S, depth, q);
 }
 
-#ifdef FASTVAR_HAS_CUDA
 // The device memory of a CUDA engine, into the JSON and on stdout.
 void device_memory_report(nlohmann::json& out, const DeviceSpec& dev, int64_t weights, int64_t baseline,
                           int64_t peak) {
   const double mib = 1.0 / 1048576.0;
-  out["device_name"] = cuda::device_info(dev.index);
+  backend::Backend& be = backend::get(dev.cuda, dev.index);
+  out["device_name"] = be.describe();
   out["device_weight_mib"] = weights * mib;
   out["device_peak_mib"] = (peak - baseline) * mib;
   out["device_context_mib"] = baseline * mib;
-  out["device_peak_allocated_mib"] = cuda::peak_allocated_bytes() * mib;
+  out["device_peak_allocated_mib"] = be.peak_allocated() * mib;
   std::printf("   %s: weights %.0f MiB, peak allocated %.0f MiB (our buffers, as torch's "
               "max_memory_allocated), peak in use %.0f MiB above the %.0f MiB before loading "
               "(cudaMemGetInfo: context and libraries too)\n",
-              dev.name().c_str(), weights * mib, cuda::peak_allocated_bytes() * mib, (peak - baseline) * mib,
+              dev.name().c_str(), weights * mib, be.peak_allocated() * mib, (peak - baseline) * mib,
               baseline * mib);
 }
-#endif
 
 // gbs: the streaming bandwidth measured before any model was loaded.
 nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double gbs) {
@@ -229,9 +225,7 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
       p.plan = r[m].plan;
       gen(p);
     }
-#ifdef FASTVAR_HAS_CUDA
-    cuda::reset_peak_allocated();
-#endif
+    backend::get(dev.cuda, dev.index).reset_peak();
   }
   for (int run = 0; run < a.runs; ++run)
     for (const auto& m : a.modes) {
@@ -251,9 +245,7 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
   out["device"] = dev.name();
   for (const auto& m : a.modes)
     out["modes"][m]["images_per_s"] = a.count / (median(r[m].total_ms) * 1e-3);
-#ifdef FASTVAR_HAS_CUDA
   if (dev.cuda) device_memory_report(out, dev, runner.weight_bytes(), runner.baseline_bytes(), runner.peak_bytes());
-#endif
   std::printf("   images/s");
   for (const auto& m : a.modes) std::printf("  %s %.2f", m.c_str(), a.count / (median(r[m].total_ms) * 1e-3));
   std::printf("\n");
@@ -309,9 +301,7 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   };
   if (dev.cuda) {  // one untimed run per mode: lazy module loading, GEMM heuristics, buffers
     for (const auto& m : a.modes) gen(params(m, 0));
-#ifdef FASTVAR_HAS_CUDA
-    cuda::reset_peak_allocated();
-#endif
+    backend::get(dev.cuda, dev.index).reset_peak();
   }
   for (int run = 0; run < a.runs; ++run)
     for (const auto& m : a.modes) {
@@ -325,9 +315,7 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   out["device"] = dev.name();
   for (const auto& m : a.modes)
     out["modes"][m]["images_per_s"] = a.count / (median(r[m].total_ms) * 1e-3);
-#ifdef FASTVAR_HAS_CUDA
   if (dev.cuda) device_memory_report(out, dev, runner.weight_bytes(), runner.baseline_bytes(), runner.peak_bytes());
-#endif
   return out;
 }
 

@@ -4,11 +4,9 @@
 #include <cstring>
 #include <fstream>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "core/threadpool.h"
-#ifdef FASTVAR_HAS_CUDA
-#include "backend/cuda/cuda_ops.h"
-#endif
 
 namespace fastvar {
 
@@ -25,13 +23,13 @@ DeviceSpec parse_device(const char* s) {
       fail("bad CUDA device '%s' (expected cuda:N with N a device ordinal)", s);
     d.index = static_cast<int>(v);
   }
-#ifdef FASTVAR_HAS_CUDA
-  const int n = cuda::device_count();
-  if (n == 0) fail("device %s: no usable CUDA device (no GPU or no driver)", s);
+  const int n = backend::cuda_device_count();  // loads the CUDA module
+  if (n == 0) {
+    const std::string why = backend::cuda_unavailable_reason();
+    if (!why.empty()) fail("device %s: %s", s, why.c_str());
+    fail("device %s: no usable CUDA device (no GPU or no driver)", s);
+  }
   if (d.index >= n) fail("device %s: no such CUDA device (%d found)", s, n);
-#else
-  fail("device %s: this build has no CUDA backend (nvcc was not found at build time)", s);
-#endif
   return d;
 }
 
@@ -46,13 +44,12 @@ std::vector<std::string> list_devices() {
       break;
     }
   out.push_back("cpu: " + cpu + ", " + std::to_string(num_threads()) + " threads");
-#ifdef FASTVAR_HAS_CUDA
-  const int n = cuda::device_count();
-  for (int i = 0; i < n; ++i) out.push_back("cuda:" + std::to_string(i) + ": " + cuda::device_info(i));
-  if (n == 0) out.push_back("cuda: built with the CUDA backend, but no usable device");
-#else
-  out.push_back("cuda: not in this build");
-#endif
+  const int n = backend::cuda_device_count();
+  for (int i = 0; i < n; ++i) out.push_back("cuda:" + std::to_string(i) + ": " + backend::cuda_device_info(i));
+  if (n == 0) {
+    const std::string why = backend::cuda_unavailable_reason();
+    out.push_back("cuda: " + (why.empty() ? std::string("the CUDA backend loaded, but no usable device") : why));
+  }
   return out;
 }
 

@@ -1,6 +1,6 @@
 // Where a generation runs: "cpu" or "cuda[:N]" (the CLI's --device, the C
 // API's fastvar_params.device). Available in every build; CUDA devices exist
-// only in builds with the CUDA backend (FASTVAR_HAS_CUDA).
+// where the CUDA module (backend/cuda_module.h) loads.
 #pragma once
 
 #include <string>

@@ -26,9 +26,6 @@
 #include "pipeline/infinity_pipeline.h"
 #include "backend/cpu/sampler.h"
 #include "pipeline/var_pipeline.h"
-#ifdef FASTVAR_HAS_CUDA
-#include "backend/cuda/cuda_ops.h"
-#endif
 
 namespace fastvar {
 namespace {
@@ -271,12 +268,9 @@ void check_var(const fs::path& dir, const json& cfg, std::FILE* out, Checker& ck
   std::fprintf(out, "model: %s\nvae:   %s\n", model.config().describe().c_str(), vae.config().describe().c_str());
   // The one scale loop on the chosen device's backend.
   VarRunner runner(model, vae, backend::get(opt.device.cuda, opt.device.index), opt.dtype);
-  if (opt.device.cuda) {
-#ifdef FASTVAR_HAS_CUDA
-    std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(),
-                 cuda::device_name(opt.device.index).c_str(), cpu::dtype_name(opt.dtype));
-#endif
-  }
+  if (opt.device.cuda)
+    std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(), runner.backend().describe().c_str(),
+                 cpu::dtype_name(opt.dtype));
   std::function<void(const VarGenParams&)> run_engine = [&](const VarGenParams& q) { runner.generate(q); };
   const json& run = cfg.at("run");
   VarGenParams p;
@@ -368,12 +362,9 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
   InfinityGenParams p = golden_infinity_params(dir.string());
   // The one scale loop on the chosen device's backend.
   InfinityRunner runner(model, vae, backend::get(opt.device.cuda, opt.device.index), opt.dtype);
-  if (opt.device.cuda) {
-#ifdef FASTVAR_HAS_CUDA
-    std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(),
-                 cuda::device_name(opt.device.index).c_str(), cpu::dtype_name(opt.dtype));
-#endif
-  }
+  if (opt.device.cuda)
+    std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(), runner.backend().describe().c_str(),
+                 cpu::dtype_name(opt.dtype));
   std::function<void(const InfinityGenParams&)> run_engine = [&](const InfinityGenParams& q) { runner.generate(q); };
   Checker::TolFn tol = infinity_tolerance;
   if (opt.dtype == cpu::DType::BF16) tol = infinity_tolerance_bf16;  // CPU or CUDA

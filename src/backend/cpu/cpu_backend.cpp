@@ -86,7 +86,9 @@ class CpuBackend : public Backend {
     const size_t n = std::max<size_t>(bytes, 1);
     void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
     if (!p) fail("out of memory allocating %zu bytes", bytes);
-    live_ += int64_t(bytes);
+    const int64_t now = live_ += int64_t(bytes);
+    for (int64_t p0 = peak_; now > p0 && !peak_.compare_exchange_weak(p0, now);) {
+    }
     std::atomic<int64_t>* live = &live_;
     return Buffer(std::shared_ptr<void>(p, [live, bytes](void* q) {
                     std::free(q);
@@ -109,6 +111,9 @@ class CpuBackend : public Backend {
   void synchronize() override {}
   std::unique_ptr<Timer> timer(int points) override { return std::make_unique<CpuTimer>(points); }
   int64_t memory_in_use() override { return live_; }
+  int64_t peak_allocated() override { return peak_; }
+  void reset_peak() override { peak_ = live_.load(); }
+  std::string describe() override { return "cpu"; }
 
   Linear linear(const float* w, const float* bias, int64_t N, int64_t K, DType dt) override {
     check(N > 0 && K > 0, "linear weight");
@@ -391,7 +396,7 @@ class CpuBackend : public Backend {
   }
 
  private:
-  std::atomic<int64_t> live_{0};
+  std::atomic<int64_t> live_{0}, peak_{0};
 };
 
 // Scores for blocks of queries, so the (queries x keys) matrix stays bounded

@@ -66,6 +66,9 @@ class CudaBackend : public Backend {
     use();
     return cuda::memory_used_bytes();
   }
+  int64_t peak_allocated() override { return cuda::peak_allocated_bytes(); }
+  void reset_peak() override { cuda::reset_peak_allocated(); }
+  std::string describe() override { return cuda::device_info(dev_); }
 
   Linear linear(const float* w, const float* bias, int64_t N, int64_t K, DType dt) override {
     use();
