@@ -219,12 +219,7 @@ BsqNet::Conv BsqNet::upload(const BSQDecoder::Conv& c) {
 }
 
 BsqNet::Norm BsqNet::upload(const BSQDecoder::Norm& n) {
-  Norm d;
-  d.g = backend::constant_f32(be_, n.g.data(), n.g.numel());
-  d.b = backend::constant_f32(be_, n.b.data(), n.b.numel());
-  d.groups = n.groups;
-  weight_bytes_ += int64_t(d.g.bytes() + d.b.bytes());
-  return d;
+  return common::ldm_norm(be_, n.g, n.b, n.groups, kGnEps, &weight_bytes_);
 }
 
 BsqNet::ResBlock BsqNet::upload(const BSQDecoder::ResBlock& r) {
@@ -253,29 +248,7 @@ BsqNet::BsqNet(const BSQDecoder& cpu, backend::Backend& be, backend::DType dtype
 }
 
 // ---- decoder --------------------------------------------------------------------
-// As in BSQDecoder: bufs[0] holds the current map (B images), bufs[1] and
-// bufs[2] are scratch; each buffer holds B of the largest maps.
-
-// GroupNorm + SiLU (every norm of the decoder is followed by swish).
-void BsqNet::norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW) const {
-  be_.group_norm(x, y, B, C, HW, n.groups, kGnEps, n.g.f32(), n.b.f32(), /*fuse_silu=*/true);
-}
-
-void BsqNet::resblock(const ResBlock& rb, int B, int H, int W, float* bufs[3]) const {
-  const int64_t HW = int64_t(H) * W;
-  const int Cin = rb.conv1.cin, Cout = rb.conv1.cout;
-  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
-  norm(rb.norm1, x, t1, B, Cin, HW);
-  be_.conv2d(t1, B, H, W, rb.conv1, t2);
-  norm(rb.norm2, t2, t2, B, Cout, HW);
-  if (!rb.nin.empty()) {
-    be_.conv2d(t2, B, H, W, rb.conv2, t1);
-    be_.conv2d(x, B, H, W, rb.nin, t1, /*accumulate=*/true);  // t1 = h + nin_shortcut(x)
-    bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
-  } else {
-    be_.conv2d(t2, B, H, W, rb.conv2, x, /*accumulate=*/true);  // x += h, in place
-  }
-}
+// The blocks of models/common/ldm_decoder.h.
 
 int64_t BsqNet::max_map(int H, int W) const {
   // The maps held in the buffers: conv_in's output, each block's input and
@@ -310,24 +283,22 @@ void BsqNet::decode_batch(const float* summed, int B, int H, int W, float* img, 
   const int64_t maxel = int64_t(B) * max_map(H, W);
   float* bufs[3] = {workspace, workspace + maxel, workspace + 2 * maxel};
   be_.conv2d(summed, B, H, W, conv_in_, bufs[0]);
-  resblock(mid_block1_, B, H, W, bufs);
-  resblock(mid_block2_, B, H, W, bufs);
+  common::ldm_resblock(be_, mid_block1_, B, H, W, bufs);
+  common::ldm_resblock(be_, mid_block2_, B, H, W, bufs);
   int C = conv_in_.cout;
   for (int l = cfg_.levels() - 1; l >= 0; --l) {  // numbered by resolution, run lowest first
     const Level& lv = up_[l];
     for (const ResBlock& rb : lv.blocks) {
-      resblock(rb, B, H, W, bufs);
+      common::ldm_resblock(be_, rb, B, H, W, bufs);
       C = rb.conv1.cout;
     }
     if (!lv.upsample.empty()) {
-      be_.upsample_nearest2x(bufs[0], int64_t(B) * C, H, W, bufs[1]);  // batch = channels
+      common::ldm_upsample(be_, lv.upsample, B, C, H, W, bufs);
       H *= 2, W *= 2;
-      be_.conv2d(bufs[1], B, H, W, lv.upsample, bufs[2]);
-      std::swap(bufs[0], bufs[2]);
     }
   }
   const int64_t HW = int64_t(H) * W;
-  norm(norm_out_, bufs[0], bufs[1], B, C, HW);
+  common::ldm_group_norm(be_, norm_out_, bufs[0], bufs[1], B, C, HW, true);
   be_.conv2d(bufs[1], B, H, W, conv_out_, img);
   be_.clamp_range(img, img, int64_t(B) * 3 * HW, -1.f, 1.f);  // upstream: clamp(-1, 1)
 }

@@ -16,6 +16,7 @@
 
 #include "backend/backend.h"
 #include "core/tensor.h"
+#include "models/common/ldm_decoder.h"
 #include "models/weights.h"
 
 namespace fastvar::infinity {
@@ -117,14 +118,8 @@ class BsqNet {
 
  private:
   using Conv = backend::Conv;
-  struct Norm {
-    backend::Buffer g, b;
-    int groups = 32;
-  };
-  struct ResBlock {
-    Norm norm1, norm2;
-    Conv conv1, conv2, nin;  // nin empty when in == out
-  };
+  using Norm = common::LdmNorm;
+  using ResBlock = common::LdmResBlock;
   struct Level {
     std::vector<ResBlock> blocks;
     Conv upsample;  // empty when the level does not upsample
@@ -132,8 +127,6 @@ class BsqNet {
   Conv upload(const BSQDecoder::Conv& c);
   Norm upload(const BSQDecoder::Norm& n);
   ResBlock upload(const BSQDecoder::ResBlock& r);
-  void norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW) const;
-  void resblock(const ResBlock& rb, int B, int H, int W, float* bufs[3]) const;
   void decode_batch(const float* summed, int B, int H, int W, float* img, float* workspace) const;
   int64_t max_map(int H, int W) const;  // largest activation of one image (floats)
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "models/common/adaln_block.h"
 #include "core/threadpool.h"
 
 namespace fastvar::infinity {
@@ -406,23 +407,26 @@ void InfinityNet::branch(int b, int which, int si, int h, int w, State& st, cons
   s.gamma_stride = ada_stride;
   float* hb = st.h.f32();
   backend::Backend& be = be_;
+  const common::BranchScratch scratch{hb, st.big.f32(), st.o.f32()};
   run_device_branch(be, s, [&](const float* xs, const int32_t* keep, int64_t K, float* y) {
     if (which == 0) {
-      be.layernorm_modulate(xs, hb, R, K, C, cfg_.eps, ada + 2 * C, ada + 4 * C, ada_stride);
-      float* qkv = st.big.f32();
-      be.linear(hb, blk.qkv, qkv, R * K);
-      const int len0 = st.len[b];
-      if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
-      const int64_t kv_row = H * st.cap * hd;
-      const size_t elem = st.kv_bf16 ? 2 : 4;
-      char* kc = static_cast<char*>(st.kv.data()) + size_t(b) * R * kv_row * elem;
-      char* vc = kc + size_t(st.kv_elems) * elem;
-      be.qkv_to_cache(qkv, R, K, H, hd, true, blk.head_scale.f32(), kc, vc, st.kv_bf16, st.cap, len0, rope_cos,
-                      rope_sin, keep);
-      st.len[b] = len0 + static_cast<int>(K);
-      be.attention(qkv, 3 * C, kc, vc, st.kv_bf16, st.cap * hd, st.o.f32(), K, st.len[b], H, hd, 1.f, R, K * 3 * C,
-                   kv_row, K * C);
-      be.linear(st.o.f32(), blk.proj, y, R * K);
+      common::SelfAttention sa;
+      sa.qkv = &blk.qkv;
+      sa.proj = &blk.proj;
+      sa.heads = H;
+      sa.head_dim = hd;
+      sa.head_scale = blk.head_scale.f32();
+      sa.rope_cos = rope_cos;
+      sa.rope_sin = rope_sin;
+      sa.pos = keep;
+      const size_t elem = st.kv_bf16 ? 2 : 4, at = size_t(b) * R * H * st.cap * hd * elem;
+      sa.k = static_cast<char*>(st.kv.data()) + at;
+      sa.v = static_cast<char*>(sa.k) + size_t(st.kv_elems) * elem;
+      sa.kv_bf16 = st.kv_bf16;
+      sa.cap = st.cap;
+      sa.len = &st.len[b];
+      sa.block = b;
+      common::adaln_self_attention(be, xs, R, K, C, {ada + 2 * C, ada + 4 * C, ada_stride, cfg_.eps}, sa, scratch, y);
     } else if (which == 1) {
       be.layernorm_modulate(xs, hb, 1, R * K, C, cfg_.eps, blk.ca_norm_w1.f32(), blk.ca_norm_b.f32(), 0);
       float* q = st.q.f32();
@@ -438,11 +442,8 @@ void InfinityNet::branch(int b, int which, int si, int h, int w, State& st, cons
       }
       be.linear(st.o.f32(), blk.ca_proj, y, R * K);
     } else {
-      be.layernorm_modulate(xs, hb, R, K, C, cfg_.eps, ada + 3 * C, ada + 5 * C, ada_stride);
-      float* mid = st.big.f32();
-      be.linear(hb, blk.fc1, mid, R * K);
-      be.gelu_tanh(mid, R * K * cfg_.ffn);
-      be.linear(mid, blk.fc2, y, R * K);
+      common::adaln_ffn(be, xs, R, K, C, {ada + 3 * C, ada + 5 * C, ada_stride, cfg_.eps}, blk.fc1, blk.fc2, scratch,
+                        y);
     }
   }, tap, tap ? strprintf("s%02d.block%d.%s.", si, b, which == 0 ? "sa" : which == 1 ? "ca" : "ffn")
              : std::string());  // names only for golden taps: nothing to format in the loop

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "models/common/adaln_block.h"
 
 namespace fastvar::var {
 namespace {
@@ -355,32 +356,29 @@ void VarNet::branch(int b, int which, int si, int ph, int pw, State& st, const f
   s.gamma_stride = ada_stride;
   // Tap names only (built when a tap is set).
   const std::string lp = tap ? "s" + std::to_string(si) + ".l" + std::to_string(b) + "." : std::string();
-  float* h = st.h.f32();
+  const common::BranchScratch scratch{st.h.f32(), st.big.f32(), st.o.f32()};
   run_device_branch(be, s, [&](const float* xs, const int32_t*, int64_t K, float* y) {
     if (which == 0) {
-      be.layernorm_modulate(xs, h, R, K, C, cfg_.eps, ada + 2 * C, ada + 4 * C, ada_stride);
-      if (tap) tap(lp + "attn_in", h, {R, K, C});
-      float* qkv = st.big.f32();
-      be.linear(h, blk.qkv, qkv, R * K);
-      const int len0 = st.len[b];
-      if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
-      const int64_t kv_row = H * st.cap * hd;
-      const size_t elem = st.kv_bf16 ? 2 : 4;
-      void* kc = static_cast<char*>(st.k.data()) + size_t(b) * R * kv_row * elem;
-      void* vc = static_cast<char*>(st.v.data()) + size_t(b) * R * kv_row * elem;
-      be.qkv_to_cache(qkv, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), kc, vc, st.kv_bf16, st.cap, len0);
-      st.len[b] = len0 + static_cast<int>(K);
-      const float sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
-      be.attention(qkv, 3 * C, kc, vc, st.kv_bf16, st.cap * hd, st.o.f32(), K, st.len[b], H, hd, sm_scale, R,
-                   K * 3 * C, kv_row, K * C);
-      be.linear(st.o.f32(), blk.proj, y, R * K);
-      if (tap) tap(lp + "attn_out", y, {R, K, C});
+      common::SelfAttention sa;
+      sa.qkv = &blk.qkv;
+      sa.proj = &blk.proj;
+      sa.heads = H;
+      sa.head_dim = hd;
+      sa.l2norm = cfg_.attn_l2_norm;
+      sa.head_scale = blk.head_scale.f32();
+      sa.sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
+      const size_t elem = st.kv_bf16 ? 2 : 4, at = size_t(b) * R * H * st.cap * hd * elem;
+      sa.k = static_cast<char*>(st.k.data()) + at;
+      sa.v = static_cast<char*>(st.v.data()) + at;
+      sa.kv_bf16 = st.kv_bf16;
+      sa.cap = st.cap;
+      sa.len = &st.len[b];
+      sa.block = b;
+      common::adaln_self_attention(be, xs, R, K, C, {ada + 2 * C, ada + 4 * C, ada_stride, cfg_.eps}, sa, scratch, y,
+                                   tap, lp);
     } else {
-      be.layernorm_modulate(xs, h, R, K, C, cfg_.eps, ada + 3 * C, ada + 5 * C, ada_stride);
-      float* mid = st.big.f32();
-      be.linear(h, blk.fc1, mid, R * K);
-      be.gelu_tanh(mid, R * K * cfg_.ffn);
-      be.linear(mid, blk.fc2, y, R * K);
+      common::adaln_ffn(be, xs, R, K, C, {ada + 3 * C, ada + 5 * C, ada_stride, cfg_.eps}, blk.fc1, blk.fc2, scratch,
+                        y);
     }
   }, tap, tap ? lp + (which ? "ffn_" : "attn_") : std::string());
 }

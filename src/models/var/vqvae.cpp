@@ -284,11 +284,7 @@ VqvaeNet::Conv VqvaeNet::upload(const VQVAE::Conv& c, backend::DType dt) {
 }
 
 VqvaeNet::Norm VqvaeNet::upload(const VQVAE::Norm& n) {
-  Norm d;
-  d.g = backend::constant_f32(be_, n.g.data(), n.g.numel());
-  d.b = backend::constant_f32(be_, n.b.data(), n.b.numel());
-  weight_bytes_ += int64_t(d.g.bytes() + d.b.bytes());
-  return d;
+  return common::ldm_norm(be_, n.g, n.b, cfg_.gn_groups, cfg_.gn_eps, &weight_bytes_);
 }
 
 VqvaeNet::ResBlock VqvaeNet::upload(const VQVAE::ResBlock& r, backend::DType dt) {
@@ -365,33 +361,12 @@ void VqvaeNet::next_input(const float* f_hat, int B, int PH, int PW, int ph, int
 }
 
 // ---- decoder --------------------------------------------------------------------
-// As in VQVAE: bufs[0] holds the current map (B images), bufs[1] and bufs[2]
-// are scratch; each buffer holds B of the largest maps.
-
-void VqvaeNet::norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW,
-                     bool silu) const {
-  be_.group_norm(x, y, B, C, HW, cfg_.gn_groups, cfg_.gn_eps, n.g.f32(), n.b.f32(), silu);
-}
-
-void VqvaeNet::resblock(const ResBlock& rb, int B, int Cin, int H, int W, float* bufs[3]) const {
-  const int64_t HW = int64_t(H) * W;
-  const int Cout = rb.conv1.cout;
-  float *x = bufs[0], *t1 = bufs[1], *t2 = bufs[2];
-  norm(rb.norm1, x, t1, B, Cin, HW, true);
-  be_.conv2d(t1, B, H, W, rb.conv1, t2);
-  norm(rb.norm2, t2, t2, B, Cout, HW, true);
-  be_.conv2d(t2, B, H, W, rb.conv2, t1);
-  if (!rb.nin.empty())
-    be_.conv2d(x, B, H, W, rb.nin, t1, /*accumulate=*/true);  // t1 += nin(x)
-  else
-    be_.add(t1, x, int64_t(B) * Cout * HW);
-  bufs[0] = t1, bufs[1] = x, bufs[2] = t2;
-}
+// The blocks of models/common/ldm_decoder.h, and the AttnBlock.
 
 void VqvaeNet::attn(const Attn& a, int B, int C, int H, int W, float* bufs[3]) const {
   const int64_t HW = int64_t(H) * W;
   float *x = bufs[0], *t1 = bufs[1];
-  norm(a.norm, x, t1, B, C, HW, false);
+  common::ldm_group_norm(be_, a.norm, x, t1, B, C, HW, false);
   float* qkv = qkv_cur_;  // sized by decode (decode_sizes)
   be_.conv2d(t1, B, H, W, a.qkv, qkv);
   be_.spatial_attention(qkv, B, C, HW, t1);
@@ -422,25 +397,23 @@ void VqvaeNet::decode_batch(const float* z, int B, int PH, int PW, float* img,
   int H = PH, W = PW, C = conv_in_.cout;
   be_.conv2d(z, B, H, W, post_quant_conv_, bufs[1]);
   be_.conv2d(bufs[1], B, H, W, conv_in_, bufs[0]);
-  resblock(mid_block1_, B, C, H, W, bufs);
+  common::ldm_resblock(be_, mid_block1_, B, H, W, bufs);
   if (cfg_.mid_attn) attn(mid_attn_, B, C, H, W, bufs);
-  resblock(mid_block2_, B, C, H, W, bufs);
+  common::ldm_resblock(be_, mid_block2_, B, H, W, bufs);
   for (int l = L - 1; l >= 0; --l) {  // numbered by resolution, run lowest first
     const Level& lv = up_[l];
     for (size_t b = 0; b < lv.blocks.size(); ++b) {
-      resblock(lv.blocks[b], B, C, H, W, bufs);
+      common::ldm_resblock(be_, lv.blocks[b], B, H, W, bufs);
       C = lv.blocks[b].conv1.cout;
       if (!lv.attn.empty()) attn(lv.attn[b], B, C, H, W, bufs);
     }
     if (l != 0) {
-      be_.upsample_nearest2x(bufs[0], int64_t(B) * C, H, W, bufs[1]);
+      common::ldm_upsample(be_, lv.upsample, B, C, H, W, bufs);
       H *= 2, W *= 2;
-      be_.conv2d(bufs[1], B, H, W, lv.upsample, bufs[2]);
-      std::swap(bufs[0], bufs[2]);
     }
   }
   const int64_t HW = int64_t(H) * W;
-  norm(norm_out_, bufs[0], bufs[1], B, C, HW, true);
+  common::ldm_group_norm(be_, norm_out_, bufs[0], bufs[1], B, C, HW, true);
   be_.conv2d(bufs[1], B, H, W, conv_out_, img);
   // Upstream: decoder(...).clamp_(-1, 1), then .add_(1).mul_(0.5).
   be_.to_image(img, img, int64_t(B) * 3 * HW);

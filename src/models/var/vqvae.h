@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "core/tensor.h"
+#include "models/common/ldm_decoder.h"
 #include "models/weights.h"
 
 namespace fastvar::var {
@@ -150,13 +151,8 @@ class VqvaeNet {
 
  private:
   using Conv = backend::Conv;
-  struct Norm {
-    backend::Buffer g, b;
-  };
-  struct ResBlock {
-    Norm norm1, norm2;
-    Conv conv1, conv2, nin;  // nin empty when in == out
-  };
+  using Norm = common::LdmNorm;
+  using ResBlock = common::LdmResBlock;
   struct Attn {
     Norm norm;
     Conv qkv, proj;
@@ -173,8 +169,6 @@ class VqvaeNet {
   Attn upload(const VQVAE::Attn& a, backend::DType dt);
   float* grow(backend::Buffer& buf, int64_t floats) const;
 
-  void norm(const Norm& n, const float* x, float* y, int B, int C, int64_t HW, bool silu) const;
-  void resblock(const ResBlock& rb, int B, int Cin, int H, int W, float* bufs[3]) const;
   void attn(const Attn& a, int B, int C, int H, int W, float* bufs[3]) const;
   void decode_batch(const float* z, int B, int PH, int PW, float* img, float* bufs[3]) const;
 
