@@ -285,6 +285,66 @@ std::vector<OpCase> cases() {
                  for (int64_t i = 0; i < n; ++i) f[i] += a[i] * 0.5f + cv[i] * 0.5f;
                  return f;
                }});
+  {  // the text encoders' ops
+    const int64_t rows = 9, C = 40;
+    const V x = randn(rows * C, 24), w = randn(C, 25);
+    t.push_back({"rms_norm", 2e-6, 0, false,
+                 [=](Ctx& c) { float* y = c.out(x.size()); c.be.rms_norm(c.in(x), y, rows, C, 1e-6f, c.in(w)); return c.get(y, x.size()); },
+                 [=] {
+                   V y(x.size());
+                   for (int64_t r = 0; r < rows; ++r) {
+                     double ss = 0;
+                     for (int64_t k = 0; k < C; ++k) ss += double(x[r * C + k]) * x[r * C + k];
+                     for (int64_t k = 0; k < C; ++k) y[r * C + k] = float(x[r * C + k] / std::sqrt(ss / C + 1e-6) * w[k]);
+                   }
+                   return y;
+                 }});
+    t.push_back({"relu", 0, 0, false, [=](Ctx& c) { float* y = c.in(a); c.be.relu(y, n); return c.get(y, n); },
+                 [=] { V y(a); for (float& v : y) v = std::max(v, 0.f); return y; }});
+    t.push_back({"gelu_erf", 1e-6, 0, false, [=](Ctx& c) { float* y = c.in(a); c.be.gelu_erf(y, n); return c.get(y, n); },
+                 [=] { V y(a); for (float& v : y) v = float(0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))); return y; }});
+    t.push_back({"mul", 0, 0, false, [=](Ctx& c) { float* y = c.in(a); c.be.mul(y, c.in(bvec), n); return c.get(y, n); },
+                 [=] { V y(a); for (int64_t i = 0; i < n; ++i) y[i] *= bvec[i]; return y; }});
+    // Attention with an additive bias: 4 query heads over 2 KV heads, strided
+    // rows, a causal mask with -inf (the first query sees one key).
+    const int64_t Lq = 7, Lk = 7, H = 4, Hkv = 2, hd = 8, qs = H * hd + 3, ks = Hkv * hd + 5, os = H * hd + 1;
+    const V q = randn(Lq * qs, 26), k = randn(Lk * ks, 27), v = randn(Lk * ks, 28);
+    V bias = randn(H * Lq * Lk, 29);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Lq; ++i)
+        for (int64_t j = i + 1; j < Lk; ++j) bias[(h * Lq + i) * Lk + j] = -INFINITY;
+    t.push_back({"attention_bias_gqa_causal", 2e-6, 0, false,
+                 [=](Ctx& c) {
+                   float* o = c.out(size_t(Lq * os));
+                   c.be.attention_bias(c.in(q), qs, c.in(k), c.in(v), ks, c.in(bias), o, os, Lq, Lk, H, Hkv, hd, 0.3f,
+                                       c.out(size_t(H * Lq * Lk)));
+                   V g = c.get(o, size_t(Lq * os)), r;
+                   for (int64_t i = 0; i < Lq; ++i) r.insert(r.end(), g.begin() + i * os, g.begin() + i * os + H * hd);
+                   return r;
+                 },
+                 [=] {
+                   V r(size_t(Lq * H * hd));
+                   for (int64_t h = 0; h < H; ++h)
+                     for (int64_t i = 0; i < Lq; ++i) {
+                       const int64_t g = h / (H / Hkv);
+                       std::vector<double> sc(static_cast<size_t>(Lk));
+                       double m = -1e300, l = 0;
+                       for (int64_t j = 0; j < Lk; ++j) {
+                         double d = 0;
+                         for (int64_t e = 0; e < hd; ++e) d += double(q[i * qs + h * hd + e]) * k[j * ks + g * hd + e];
+                         sc[j] = 0.3 * d + bias[(h * Lq + i) * Lk + j];
+                         m = std::max(m, sc[j]);
+                       }
+                       for (int64_t j = 0; j < Lk; ++j) l += (sc[j] = std::exp(sc[j] - m));
+                       for (int64_t e = 0; e < hd; ++e) {
+                         double o = 0;
+                         for (int64_t j = 0; j < Lk; ++j) o += sc[j] * v[j * ks + g * hd + e];
+                         r[i * H * hd + h * hd + e] = float(o / l);
+                       }
+                     }
+                   return r;
+                 }});
+  }
   {  // grouped token ops: R groups of nt tokens of C channels, per-group vectors
     const int R = 3;
     const int64_t nt = 11, C = 24, S = 6 * C;

@@ -204,11 +204,16 @@ fastvar::InfinityGenParams to_inf_params(const fastvar_engine* e, const fastvar_
   const float hw = q->h_div_w > 0 ? q->h_div_w : 1.f;
   const std::string res = q->resolution ? q->resolution : "1M";
   p.schedule = fastvar::infinity::make_schedule(hw, res);
+  // The text encoder runs where the generation runs (on a GPU in the engine's
+  // dtype: the prompt does not wait on the host).
+  const fastvar::DeviceSpec dev = fastvar::parse_device(q->device);
+  fastvar::backend::Backend& be = fastvar::backend::get(dev.cuda, dev.index);
+  const fastvar::cpu::DType t5_dtype = dev.cuda ? fastvar::compute_dtype(q->dtype, dev) : fastvar::cpu::DType::F32;
   for (int i = 0; i < q->num_images; ++i) {
     const char* text = q->prompts ? q->prompts[i] : q->prompt;
     if (!text || !*text) fastvar::fail("prompt %d is empty", i);
     std::vector<int32_t> ids = ie.tokenizer->encode(text, c.text_rows);
-    if (encode) p.text.push_back(ie.encoder->encode(ids));
+    if (encode) p.text.push_back(ie.encoder->encode(ids, be, t5_dtype));
     else p.text.push_back(fastvar::Tensor({static_cast<int64_t>(ids.size()), c.Ct5}));
   }
   p.cfg = {q->cfg};

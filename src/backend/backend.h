@@ -192,6 +192,21 @@ class Backend {
   virtual void restore_tokens(const void* cache, bool cache_bf16, int hc, int wc, const float* y,
                               const int32_t* keep, int R, int K, int h, int w, int C, float* out) = 0;
 
+  // ---- the text encoders (T5, Qwen2) -------------------------------------------
+  // y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w over rows of C (the sum in
+  // double); x may equal y.
+  virtual void rms_norm(const float* x, float* y, int64_t rows, int64_t C, float eps, const float* w) = 0;
+  virtual void relu(float* x, int64_t n) = 0;
+  virtual void gelu_erf(float* x, int64_t n) = 0;  // 0.5 x (1 + erf(x / sqrt 2))
+  virtual void mul(float* y, const float* x, int64_t n) = 0;  // y *= x
+  // out (Lq, H*hd; row stride out_stride) = softmax(scale * q k^T + bias) v for
+  // every head h, q (Lq, H*hd; q_stride) and k, v (Lk, Hkv*hd; kv_stride)
+  // token-major, head h reading KV head h / (H / Hkv); bias (H, Lq, Lk) or null
+  // (relative positions, masks: -inf drops a key). scratch: H*Lq*Lk floats.
+  virtual void attention_bias(const float* q, int64_t q_stride, const float* k, const float* v,
+                              int64_t kv_stride, const float* bias, float* out, int64_t out_stride, int64_t Lq,
+                              int64_t Lk, int64_t H, int64_t Hkv, int64_t hd, float scale, float* scratch) = 0;
+
   // ---- Infinity's bit codes (backend/cpu/bitcodes.h is the reference) ----------
   // Per-bit sampling of a scale's guided logits (2B, L, 2d) -> bits (B, L, d).
   virtual void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k,

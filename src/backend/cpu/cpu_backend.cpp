@@ -342,6 +342,59 @@ class CpuBackend : public Backend {
     fastvar::restore_tokens(c.data(), hc, wc, y, keep, R, K, h, w, C, out);
   }
 
+  void rms_norm(const float* x, float* y, int64_t rows, int64_t C, float eps, const float* w) override {
+    check(rows >= 0 && C > 0 && w, "rms_norm");
+    parallel_for(rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * C;
+        float* yr = y + r * C;
+        double ss = 0;
+        for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * xr[c];
+        const float inv = 1.f / std::sqrt(float(ss / double(C)) + eps);
+        for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * inv * w[c];
+      }
+    });
+  }
+  void relu(float* x, int64_t n) override {
+    each(n, [&](int64_t i) { x[i] = std::max(x[i], 0.f); });
+  }
+  void gelu_erf(float* x, int64_t n) override {
+    each(n, [&](int64_t i) { x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * float(M_SQRT1_2))); });
+  }
+  void mul(float* y, const float* x, int64_t n) override {
+    each(n, [&](int64_t i) { y[i] *= x[i]; });
+  }
+  void attention_bias(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride,
+                      const float* bias, float* out, int64_t out_stride, int64_t Lq, int64_t Lk, int64_t H,
+                      int64_t Hkv, int64_t hd, float scale, float* scratch) override {
+    check(Lq > 0 && Lk > 0 && H > 0 && Hkv > 0 && H % Hkv == 0 && hd > 0 && scratch, "attention_bias");
+    const int64_t group = H / Hkv;
+    for (int64_t h = 0; h < H; ++h) {  // scores = scale * q_h k_g^T + bias_h
+      float* sh = scratch + h * Lq * Lk;
+      if (bias)
+        std::copy_n(bias + h * Lq * Lk, Lq * Lk, sh);
+      cpu::gemm(false, true, Lq, Lk, hd, scale, q + h * hd, q_stride, k + (h / group) * hd, kv_stride,
+                bias ? 1.f : 0.f, sh, Lk);
+    }
+    parallel_for(H * Lq, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) {
+        float* row = scratch + r * Lk;
+        const float mx = *std::max_element(row, row + Lk);
+        if (mx == -std::numeric_limits<float>::infinity()) {  // every key masked
+          std::fill(row, row + Lk, 0.f);
+          continue;
+        }
+        float sum = 0.f;
+        for (int64_t j = 0; j < Lk; ++j) sum += (row[j] = std::exp(row[j] - mx));
+        const float inv = 1.f / sum;
+        for (int64_t j = 0; j < Lk; ++j) row[j] *= inv;
+      }
+    }, 8);
+    for (int64_t h = 0; h < H; ++h)
+      cpu::gemm(false, false, Lq, hd, Lk, 1.f, scratch + h * Lq * Lk, Lk, v + (h / group) * hd, kv_stride, 0.f,
+                out + h * hd, out_stride);
+  }
+
   void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k, double top_p,
                    uint64_t seed, uint32_t si, uint8_t* bits) override {
     infinity::sample_bits(logits, B, L, d, cfg, tau, top_k, top_p, seed, si, bits);

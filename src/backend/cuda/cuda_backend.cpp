@@ -9,6 +9,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/infinity_codes.h"
+#include "backend/cuda/text_ops.h"
 #include "backend/cuda/vision_ops.h"
 #include "core/error.h"
 
@@ -194,6 +195,20 @@ class CudaBackend : public Backend {
       cuda::restore_tokens_bf16(static_cast<const uint16_t*>(cache), hc, wc, y, keep, R, K, h, w, C, out);
     else
       cuda::restore_tokens(static_cast<const float*>(cache), hc, wc, y, keep, R, K, h, w, C, out);
+  }
+
+  void rms_norm(const float* x, float* y, int64_t rows, int64_t C, float eps, const float* w) override {
+    use();
+    cuda::rms_norm(x, y, rows, C, eps, w);
+  }
+  void relu(float* x, int64_t n) override { use(), cuda::relu(x, n); }
+  void gelu_erf(float* x, int64_t n) override { use(), cuda::gelu_erf(x, n); }
+  void mul(float* y, const float* x, int64_t n) override { use(), cuda::mul(y, x, n); }
+  void attention_bias(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride,
+                      const float* bias, float* out, int64_t out_stride, int64_t Lq, int64_t Lk, int64_t H,
+                      int64_t Hkv, int64_t hd, float scale, float* scratch) override {
+    use();
+    cuda::attention_bias(q, q_stride, k, v, kv_stride, bias, out, out_stride, Lq, Lk, H, Hkv, hd, scale, scratch);
   }
 
   void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k, double top_p,

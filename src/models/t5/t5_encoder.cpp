@@ -9,7 +9,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/hf_index.h"
@@ -28,35 +27,6 @@ bool has_prefix(const std::string& s, const char* p) { return s.rfind(p, 0) == 0
 // Tensors the encoder reads: everything else in an HF T5 checkpoint is decoder-side.
 bool encoder_side(const std::string& name) {
   return has_prefix(name, "encoder.") || name == "shared.weight";
-}
-
-// RMS norm (T5LayerNorm): y = x * rsqrt(mean(x^2) + eps) * w. No mean subtraction, no bias.
-void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t C, float eps) {
-  parallel_for(rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * C;
-      float* yr = y + r * C;
-      double ss = 0;  // double: the reference's float32 mean is at least this accurate
-      for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * xr[c];
-      float inv = 1.f / std::sqrt(float(ss / double(C)) + eps);
-      for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * inv * w[c];
-    }
-  });
-}
-
-void activate(const std::string& act, float* x, int64_t n) {
-  if (act == "relu") {
-    parallel_for(n, [&](int64_t a, int64_t b) {
-      for (int64_t i = a; i < b; ++i) x[i] = std::max(x[i], 0.f);
-    }, 1 << 14);
-  } else if (act == "gelu") {  // erf form
-    parallel_for(n, [&](int64_t a, int64_t b) {
-      for (int64_t i = a; i < b; ++i)
-        x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * float(M_SQRT1_2)));
-    }, 1 << 14);
-  } else {  // gelu_new / gelu_pytorch_tanh: the tanh approximation (validated in from_json)
-    cpu::gelu_tanh(x, n);
-  }
 }
 
 // Opens every checkpoint file that holds encoder tensors and returns name -> file lookups.
@@ -251,7 +221,45 @@ void T5Encoder::load(const TensorSource& get, const std::string& embed_name) {
   final_ln_ = get("encoder.final_layer_norm.weight", {D});
 }
 
-Tensor T5Encoder::encode(const std::vector<int32_t>& ids) const {
+struct T5Encoder::Prepared {
+  backend::Backend* be = nullptr;
+  backend::DType dtype = backend::DType::F32;
+  struct Layer {
+    backend::Linear q, k, v, o, wi0, wi1, wo;
+    backend::Buffer ln0, ln1;
+  };
+  std::vector<Layer> layers;
+  backend::Buffer final_ln;
+};
+
+const T5Encoder::Prepared& T5Encoder::prepared(backend::Backend& be, backend::DType dtype) const {
+  for (const auto& p : prepared_)
+    if (p->be == &be && p->dtype == dtype) return *p;
+  const int64_t D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff;
+  auto p = std::make_unique<Prepared>();
+  p->be = &be;
+  p->dtype = dtype;
+  auto lin = [&](const Tensor& w, int64_t N, int64_t K) { return be.linear(w.data(), nullptr, N, K, dtype); };
+  for (const Layer& L : layers_) {
+    Prepared::Layer d;
+    d.q = lin(L.q, I, D);
+    d.k = lin(L.k, I, D);
+    d.v = lin(L.v, I, D);
+    d.o = lin(L.o, D, I);
+    d.wi0 = lin(L.wi0, F, D);
+    if (cfg_.gated) d.wi1 = lin(L.wi1, F, D);
+    d.wo = lin(L.wo, D, F);
+    d.ln0 = backend::constant_f32(be, L.ln0.data(), D);
+    d.ln1 = backend::constant_f32(be, L.ln1.data(), D);
+    p->layers.push_back(std::move(d));
+  }
+  p->final_ln = backend::constant_f32(be, final_ln_.data(), D);
+  be.synchronize();
+  prepared_.push_back(std::move(p));
+  return *prepared_.back();
+}
+
+Tensor T5Encoder::encode(const std::vector<int32_t>& ids, backend::Backend& be, backend::DType dtype) const {
   const int64_t n = static_cast<int64_t>(ids.size());
   const int64_t D = cfg_.d_model, I = cfg_.inner(), F = cfg_.d_ff, H = cfg_.num_heads,
                 hd = cfg_.d_kv;
@@ -259,13 +267,13 @@ Tensor T5Encoder::encode(const std::vector<int32_t>& ids) const {
   for (int32_t t : ids)
     if (t < 0 || t >= cfg_.vocab_size)
       fail("T5 encoder: token id %d out of range [0, %lld)", t, (long long)cfg_.vocab_size);
+  const Prepared& P = prepared(be, dtype);
 
-  // x = shared[ids], no sqrt(d_model) scaling.
-  Tensor x({n, D});
+  // On the host: x = shared[ids] (no sqrt(d_model) scaling), and the relative
+  // position bias (H, n, n) from layer 0's table, reused by every layer.
+  Tensor x0({n, D});
   for (int64_t i = 0; i < n; ++i)
-    std::copy_n(embed_.data() + int64_t(ids[i]) * D, D, x.data() + i * D);
-
-  // Relative position bias (H, n, n) from layer 0's table, reused by every layer.
+    std::copy_n(embed_.data() + int64_t(ids[i]) * D, D, x0.data() + i * D);
   std::vector<int> bucket(2 * n - 1);  // r = j - i in [-(n-1), n-1]
   for (int64_t r = -(n - 1); r <= n - 1; ++r)
     bucket[r + n - 1] = relative_bucket(r, cfg_.num_buckets, cfg_.max_distance);
@@ -278,52 +286,40 @@ Tensor T5Encoder::encode(const std::vector<int32_t>& ids) const {
     }
   });
 
-  Tensor y({n, D}), q({n, I}), k({n, I}), v({n, I}), att({n, I}), s({H, n, n}), h0({n, F});
-  Tensor h1 = cfg_.gated ? Tensor({n, F}) : Tensor();
-  for (const Layer& L : layers_) {
+  // On the backend: the layers.
+  auto buf = [&](int64_t count) { return backend::alloc_f32(be, count); };
+  backend::Buffer x = buf(n * D), y = buf(n * D), q = buf(n * I), k = buf(n * I), v = buf(n * I), att = buf(n * I),
+                  h0 = buf(n * F), h1 = cfg_.gated ? buf(n * F) : backend::Buffer(), bias_d = buf(H * n * n),
+                  scores = buf(H * n * n);
+  be.upload(x.data(), x0.data(), size_t(n * D) * sizeof(float));
+  be.upload(bias_d.data(), bias.data(), size_t(H * n * n) * sizeof(float));
+  for (const Prepared::Layer& L : P.layers) {
     // --- self-attention: softmax(q k^T + bias) v, no 1/sqrt(d_kv) (T5 folds it into Wq).
-    rms_norm(x.data(), L.ln0.data(), y.data(), n, D, cfg_.eps);
-    cpu::linear(y.data(), L.q.data(), nullptr, q.data(), n, I, D);
-    cpu::linear(y.data(), L.k.data(), nullptr, k.data(), n, I, D);
-    cpu::linear(y.data(), L.v.data(), nullptr, v.data(), n, I, D);
-    // cpu::attention takes no additive bias, so scores are materialised: n <= 512 keeps the
-    // (H, n, n) buffer small, and the QK^T / PV products go through BLAS per head.
-    for (int64_t h = 0; h < H; ++h) {
-      float* sh = s.data() + h * n * n;
-      std::copy_n(bias.data() + h * n * n, n * n, sh);
-      cpu::gemm(false, true, n, n, hd, 1.f, q.data() + h * hd, I, k.data() + h * hd, I, 1.f,
-                sh, n);
-    }
-    parallel_for(H * n, [&](int64_t a, int64_t b) {
-      for (int64_t r = a; r < b; ++r) {
-        float* row = s.data() + r * n;
-        float mx = *std::max_element(row, row + n), sum = 0.f;
-        for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
-        float inv = 1.f / sum;
-        for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-      }
-    }, 8);
-    for (int64_t h = 0; h < H; ++h)
-      cpu::gemm(false, false, n, hd, n, 1.f, s.data() + h * n * n, n, v.data() + h * hd, I, 0.f,
-                att.data() + h * hd, I);
-    cpu::linear(att.data(), L.o.data(), nullptr, x.data(), n, D, I, /*accumulate=*/true);
-
+    be.rms_norm(x.f32(), y.f32(), n, D, cfg_.eps, L.ln0.f32());
+    be.linear(y.f32(), L.q, q.f32(), n);
+    be.linear(y.f32(), L.k, k.f32(), n);
+    be.linear(y.f32(), L.v, v.f32(), n);
+    be.attention_bias(q.f32(), I, k.f32(), v.f32(), I, bias_d.f32(), att.f32(), I, n, n, H, H, hd, 1.f,
+                      scores.f32());
+    be.linear(att.f32(), L.o, x.f32(), n, /*accumulate=*/true);
     // --- feed-forward: act(y wi_0^T) (* y wi_1^T if gated), then wo.
-    rms_norm(x.data(), L.ln1.data(), y.data(), n, D, cfg_.eps);
-    cpu::linear(y.data(), L.wi0.data(), nullptr, h0.data(), n, F, D);
-    activate(cfg_.act, h0.data(), n * F);
+    be.rms_norm(x.f32(), y.f32(), n, D, cfg_.eps, L.ln1.f32());
+    be.linear(y.f32(), L.wi0, h0.f32(), n);
+    if (cfg_.act == "relu")
+      be.relu(h0.f32(), n * F);
+    else if (cfg_.act == "gelu")  // erf form
+      be.gelu_erf(h0.f32(), n * F);
+    else  // gelu_new / gelu_pytorch_tanh: the tanh approximation (validated in from_json)
+      be.gelu_tanh(h0.f32(), n * F);
     if (cfg_.gated) {
-      cpu::linear(y.data(), L.wi1.data(), nullptr, h1.data(), n, F, D);
-      float* a = h0.data();
-      const float* g = h1.data();
-      parallel_for(n * F, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) a[i] *= g[i];
-      }, 1 << 14);
+      be.linear(y.f32(), L.wi1, h1.f32(), n);
+      be.mul(h0.f32(), h1.f32(), n * F);
     }
-    cpu::linear(h0.data(), L.wo.data(), nullptr, x.data(), n, D, F, /*accumulate=*/true);
+    be.linear(h0.f32(), L.wo, x.f32(), n, /*accumulate=*/true);
   }
+  be.rms_norm(x.f32(), y.f32(), n, D, cfg_.eps, P.final_ln.f32());
   Tensor out({n, D});
-  rms_norm(x.data(), final_ln_.data(), out.data(), n, D, cfg_.eps);
+  be.download(out.data(), y.f32(), size_t(n * D) * sizeof(float));
   return out;
 }
 

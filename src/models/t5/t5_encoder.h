@@ -1,5 +1,5 @@
-// Encoder half of a Hugging Face T5 model (Flan-T5-XL for Infinity; spec 13), fp32 on the
-// CPU. Loads the HF folder (config.json + model.safetensors / sharded safetensors /
+// Encoder half of a Hugging Face T5 model (Flan-T5-XL for Infinity; spec 13), written once
+// over the backend (fp32 on the CPU; a CUDA device runs it in the engine's dtype). Loads the HF folder (config.json + model.safetensors / sharded safetensors /
 // pytorch_model*.bin, with or without an index json) and never touches decoder weights.
 #pragma once
 
@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/tensor.h"
 
 namespace fastvar {
@@ -56,9 +57,12 @@ class T5Encoder {
 
   const T5Config& config() const { return cfg_; }
 
-  // Features of one unpadded sequence: (n, d_model) float32. Equals the rows 0..n-1 of HF's
-  // masked, padded batch (padded keys are masked, so they never influence real rows).
-  Tensor encode(const std::vector<int32_t>& ids) const;
+  // Features of one unpadded sequence: (n, d_model) float32 on the host, computed on `be`
+  // with its products in `dtype` (weights prepared there on first use). Equals the rows
+  // 0..n-1 of HF's masked, padded batch (padded keys are masked, so they never influence
+  // real rows).
+  Tensor encode(const std::vector<int32_t>& ids, backend::Backend& be = backend::cpu(),
+                backend::DType dtype = backend::DType::F32) const;
   // Several sequences concatenated ("compact", spec 4.1): (sum n_b, d_model), with
   // cu_seqlens = [0, n_0, n_0 + n_1, ...] written if non-null.
   Tensor encode_batch(const std::vector<std::vector<int32_t>>& batch,
@@ -70,6 +74,10 @@ class T5Encoder {
   };
 
   void load(const TensorSource& get, const std::string& embed_name);
+  // The weights on one backend in one dtype, prepared on first use.
+  struct Prepared;
+  const Prepared& prepared(backend::Backend& be, backend::DType dtype) const;
+  mutable std::vector<std::unique_ptr<Prepared>> prepared_;
 
   T5Config cfg_;
   Tensor embed_;     // (vocab, d_model)
