@@ -76,6 +76,12 @@ fastvar_params fastvar_params_default(void);
  * builds made without models/fmnist_var.safetensors fail with "no embedded
  * model in this build; pass -m and --vae". */
 fastvar_engine* fastvar_load(const char* model_path, const char* vae_path);
+/* Loads any architecture the engine knows (VAR, Infinity; HART is recognised),
+ * detected from the transformer file's tensors: the transformer, its VAE and,
+ * for text-to-image models, the text encoder's Hugging Face folder (may be
+ * NULL: prompts then fail). All three NULL: the embedded model. NULL on error,
+ * with a message naming what the files are and what is missing. */
+fastvar_engine* fastvar_load_auto(const char* model_path, const char* vae_path, const char* text_encoder_dir);
 /* Loads a text-to-image Infinity transformer, its BSQ VAE and a Hugging Face
  * T5 encoder folder (config.json, spiece.model, weights). NULL on error. */
 fastvar_engine* fastvar_load_t2i(const char* model_path, const char* vae_path, const char* t5_dir);

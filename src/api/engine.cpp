@@ -10,6 +10,7 @@
 #include "core/sysinfo.h"
 #include "core/threadpool.h"
 #include "io/png.h"
+#include "models/registry.h"
 #include "models/embedded.h"
 
 namespace fastvar {
@@ -259,6 +260,45 @@ fastvar_params fastvar_params_default(void) {
   return p;
 }
 
+fastvar_engine* fastvar_load_auto(const char* model_path, const char* vae_path, const char* text_encoder_dir) {
+  fastvar_engine* out = nullptr;
+  guarded([&] {
+    const bool model = model_path && *model_path, vae = vae_path && *vae_path;
+    const bool text = text_encoder_dir && *text_encoder_dir;
+    if (!model && !vae && !text) {
+      out = new fastvar_engine{fastvar::VarEngine::load_embedded(), nullptr};
+      return;
+    }
+    if (!model) fastvar::fail("no model given: the transformer checkpoint comes first (-m)");
+    // The architecture from the transformer file's tensors (models/registry.h).
+    fastvar::models::Role role;
+    const fastvar::models::Architecture* arch = nullptr;
+    {
+      auto f = fastvar::io::TensorFile::open(model_path);
+      arch = fastvar::models::detect(*f, &role);
+    }
+    if (!arch)
+      fastvar::fail("%s: not a checkpoint of a known architecture (%s)", model_path,
+                    fastvar::models::known_architectures().c_str());
+    if (role == fastvar::models::Role::Vae)
+      fastvar::fail("%s is a %s VAE, not a transformer: give the transformer first and this file as the VAE",
+                    model_path, arch->name);
+    if (!arch->generates)
+      fastvar::fail("%s is a %s transformer (%s): recognised, but this build cannot generate with it yet",
+                    model_path, arch->name, arch->summary);
+    if (!vae) fastvar::fail("a %s transformer needs its VAE (--vae)", arch->name);
+    if (text && !arch->text_to_image)
+      fastvar::fail("%s is class-conditional (%s): it takes no text encoder", model_path, arch->name);
+    if (std::string(arch->name) == "var") {
+      out = new fastvar_engine{fastvar::VarEngine::load(model_path, vae_path), nullptr};
+    } else {
+      out = new fastvar_engine{nullptr,
+                               fastvar::InfinityEngine::load(model_path, vae_path, text ? text_encoder_dir : "")};
+    }
+  });
+  return out;
+}
+
 fastvar_engine* fastvar_load(const char* model_path, const char* vae_path) {
   fastvar_engine* out = nullptr;
   guarded([&] {
@@ -275,14 +315,11 @@ fastvar_engine* fastvar_load(const char* model_path, const char* vae_path) {
 }
 
 fastvar_engine* fastvar_load_t2i(const char* model_path, const char* vae_path, const char* t5_dir) {
-  fastvar_engine* out = nullptr;
-  guarded([&] {
-    if (!model_path || !vae_path || !t5_dir)
-      fastvar::fail("fastvar_load_t2i: model, VAE and T5 folder paths are required");
-    auto impl = fastvar::InfinityEngine::load(model_path, vae_path, t5_dir);
-    out = new fastvar_engine{nullptr, std::move(impl)};
-  });
-  return out;
+  if (!model_path || !vae_path || !t5_dir) {
+    guarded([] { fastvar::fail("fastvar_load_t2i: model, VAE and T5 folder paths are required"); });
+    return nullptr;
+  }
+  return fastvar_load_auto(model_path, vae_path, t5_dir);
 }
 
 void fastvar_free(fastvar_engine* e) { delete e; }

@@ -29,6 +29,8 @@
 #include "fastvar/fastvar.h"
 #include "io/png.h"
 #include "io/tensor_file.h"
+#include "models/hart/hart_model.h"
+#include "models/registry.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 #include "models/weights.h"
@@ -241,12 +243,15 @@ int run_generate(GenerateArgs a) {
   a.threads = capped_threads(a.threads);
   set_num_threads(a.threads);
   auto t0 = std::chrono::steady_clock::now();
-  // Neither -m nor --vae: the default model compiled into the binary (NULL, NULL).
-  fastvar_engine* e = t2i ? fastvar_load_t2i(a.model.c_str(), a.vae.c_str(), a.t5.c_str())
-                    : a.model.empty() ? fastvar_load(nullptr, nullptr)
-                                      : fastvar_load(a.model.c_str(), a.vae.c_str());
+  // The architecture comes from the files (models/registry.h); no files at
+  // all: the default model compiled into the binary.
+  fastvar_engine* e = fastvar_load_auto(a.model.empty() ? nullptr : a.model.c_str(),
+                                        a.vae.empty() ? nullptr : a.vae.c_str(), a.t5.empty() ? nullptr : a.t5.c_str());
   if (!e) fail("%s", fastvar_last_error());
   std::unique_ptr<fastvar_engine, void (*)(fastvar_engine*)> guard(e, fastvar_free);
+  if (!t2i && fastvar_is_text_to_image(e))
+    fail("%s is a text-to-image model: give a prompt (-p) and its text encoder folder (--t5), not --class",
+         a.model.c_str());
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   fastvar_params p = fastvar_params_default();
@@ -330,27 +335,30 @@ int run_info(const std::string& path) {
   std::map<std::string, size_t> by_dtype;
   for (const auto& t : f->tensors()) by_dtype[io::dtype_name(t.dtype)] += 1;
   for (const auto& [d, n] : by_dtype) out += strprintf(" %s x%zu", d.c_str(), n);
-  const bool is_var = f->find("pos_1LC") != nullptr, is_vae = f->find("quantize.embedding.weight") != nullptr;
-  const bool is_inf = f->find("cfg_uncond") != nullptr;
-  const bool is_bsq = !is_vae && (f->find("decoder.conv_in.conv.weight") || f->find("decoder.conv_in.weight"));
+  models::Role role;
+  const models::Architecture* arch = models::detect(*f, &role);
   Weights w(std::move(f));
-  std::string desc = "unknown (not a VAR/Infinity transformer or a VQVAE/BSQ-VAE)";
-  if (is_inf) {
+  std::string desc = "unknown (" + models::known_architectures() + ")";
+  const std::string name = arch ? arch->name : "";
+  if (name == "infinity" && role == models::Role::Transformer) {
     infinity::InfinityModel m(w);
     w.check_all_used();
     desc = m.config().describe();
-  } else if (is_bsq) {
+  } else if (name == "infinity") {
     infinity::BSQDecoder v(w);
     w.check_all_used();
     desc = v.config().describe();
-  } else if (is_var) {
+  } else if (name == "var" && role == models::Role::Transformer) {
     var::VarModel m(w);
     w.check_all_used();
     desc = m.config().describe();
-  } else if (is_vae) {
+  } else if (name == "var") {
     var::VQVAE v(w);
     w.check_all_used();
     desc = v.config().describe();
+  } else if (name == "hart") {
+    hart::HartModel m(w);
+    desc = "HART transformer: " + m.config().describe() + " (recognised; generation not in this build yet)";
   }
   std::printf("%s\nmodel:   %s\n", out.c_str(), desc.c_str());
   return 0;
