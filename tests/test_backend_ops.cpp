@@ -305,6 +305,28 @@ std::vector<OpCase> cases() {
                  [=] { V y(a); for (float& v : y) v = float(0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))); return y; }});
     t.push_back({"mul", 0, 0, false, [=](Ctx& c) { float* y = c.in(a); c.be.mul(y, c.in(bvec), n); return c.get(y, n); },
                  [=] { V y(a); for (int64_t i = 0; i < n; ++i) y[i] *= bvec[i]; return y; }});
+    {  // rotate-half RoPE over strided rows, positions t % L
+      const int64_t T = 10, Hh = 3, d = 8, stride = Hh * d + 2, Lp = 4;
+      const V xr = randn(T * stride, 34), cs = randn(Lp * d / 2, 35), sn = randn(Lp * d / 2, 36);
+      t.push_back({"rope_rotate_half", 1e-6, 0, false,
+                   [=](Ctx& c) {
+                     float* y = c.in(xr);
+                     c.be.rope_rotate_half(y, T, Hh, d, stride, c.in(cs), c.in(sn), Lp);
+                     return c.get(y, xr.size());
+                   },
+                   [=] {
+                     V y(xr);
+                     for (int64_t tt = 0; tt < T; ++tt)
+                       for (int64_t h = 0; h < Hh; ++h)
+                         for (int64_t i = 0; i < d / 2; ++i) {
+                           float* e = y.data() + tt * stride + h * d;
+                           const float aa = e[i], bb = e[i + d / 2], co = cs[(tt % Lp) * d / 2 + i], si = sn[(tt % Lp) * d / 2 + i];
+                           e[i] = aa * co - bb * si;
+                           e[i + d / 2] = bb * co + aa * si;
+                         }
+                     return y;
+                   }});
+    }
     // Attention with an additive bias: 4 query heads over 2 KV heads, strided
     // rows, a causal mask with -inf (the first query sees one key).
     const int64_t Lq = 7, Lk = 7, H = 4, Hkv = 2, hd = 8, qs = H * hd + 3, ks = Hkv * hd + 5, os = H * hd + 1;

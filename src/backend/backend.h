@@ -199,6 +199,11 @@ class Backend {
   virtual void relu(float* x, int64_t n) = 0;
   virtual void gelu_erf(float* x, int64_t n) = 0;  // 0.5 x (1 + erf(x / sqrt 2))
   virtual void mul(float* y, const float* x, int64_t n) = 0;  // y *= x
+  // Rotate-half RoPE in place on rows (T, heads * hd) with row stride
+  // `stride`: token t at position t % L, pair (i, i + hd/2) -> (a c - b s, b c + a s)
+  // with c, s = cos/sin[p, i] from tables (L, hd/2).
+  virtual void rope_rotate_half(float* x, int64_t T, int64_t heads, int64_t hd, int64_t stride, const float* cos,
+                                const float* sin, int64_t L) = 0;
   // out (Lq, H*hd; row stride out_stride) = softmax(scale * q k^T + bias) v for
   // every head h, q (Lq, H*hd; q_stride) and k, v (Lk, Hkv*hd; kv_stride)
   // token-major, head h reading KV head h / (H / Hkv); bias (H, Lq, Lk) or null

@@ -364,6 +364,24 @@ class CpuBackend : public Backend {
   void mul(float* y, const float* x, int64_t n) override {
     each(n, [&](int64_t i) { y[i] *= x[i]; });
   }
+  void rope_rotate_half(float* x, int64_t T, int64_t heads, int64_t hd, int64_t stride, const float* cs,
+                        const float* sn, int64_t L) override {
+    check(T >= 0 && heads > 0 && hd > 0 && hd % 2 == 0 && stride >= heads * hd && L > 0, "rope_rotate_half");
+    const int64_t half = hd / 2;
+    parallel_for(T, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t p = t % L;
+        for (int64_t h = 0; h < heads; ++h) {
+          float* e = x + t * stride + h * hd;
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = e[i], b = e[i + half], co = cs[p * half + i], si = sn[p * half + i];
+            e[i] = a * co - b * si;
+            e[i + half] = b * co + a * si;
+          }
+        }
+      }
+    });
+  }
   void attention_bias(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride,
                       const float* bias, float* out, int64_t out_stride, int64_t Lq, int64_t Lk, int64_t H,
                       int64_t Hkv, int64_t hd, float scale, float* scratch) override {

@@ -204,6 +204,11 @@ class CudaBackend : public Backend {
   void relu(float* x, int64_t n) override { use(), cuda::relu(x, n); }
   void gelu_erf(float* x, int64_t n) override { use(), cuda::gelu_erf(x, n); }
   void mul(float* y, const float* x, int64_t n) override { use(), cuda::mul(y, x, n); }
+  void rope_rotate_half(float* x, int64_t T, int64_t heads, int64_t hd, int64_t stride, const float* cs,
+                        const float* sn, int64_t L) override {
+    use();
+    cuda::rope_rotate_half(x, T, heads, hd, stride, cs, sn, L);
+  }
   void attention_bias(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride,
                       const float* bias, float* out, int64_t out_stride, int64_t Lq, int64_t Lk, int64_t H,
                       int64_t Hkv, int64_t hd, float scale, float* scratch) override {

@@ -42,6 +42,19 @@ __global__ void mul_kernel(float* y, const float* __restrict__ x, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) y[i] *= x[i];
 }
 
+// One thread per (token, head, pair).
+__global__ void rope_rotate_half_kernel(float* x, int64_t T, int64_t heads, int64_t half, int64_t stride,
+                                        const float* __restrict__ cs, const float* __restrict__ sn, int64_t L) {
+  const int64_t n = T * heads * half, step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t w = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; w < n; w += step) {
+    const int64_t i = w % half, h = (w / half) % heads, t = w / (half * heads), p = t % L;
+    float* e = x + t * stride + h * 2 * half;
+    const float a = e[i], b = e[i + half], co = cs[p * half + i], si = sn[p * half + i];
+    e[i] = __fsub_rn(__fmul_rn(a, co), __fmul_rn(b, si));
+    e[i + half] = __fadd_rn(__fmul_rn(b, co), __fmul_rn(a, si));
+  }
+}
+
 // One block per score row (h, t): s = scale * s + bias, then the softmax in place.
 __global__ void __launch_bounds__(kThreads)
     softmax_bias_kernel(float* s, const float* __restrict__ bias, int64_t Lk, float scale) {
@@ -91,6 +104,16 @@ void mul(float* y, const float* x, int64_t n) {
   if (n <= 0) return;
   mul_kernel<<<grid_for(n), kThreads, 0, detail::stream()>>>(y, x, n);
   FASTVAR_CUDA_CHECK_LAUNCH("mul");
+}
+
+void rope_rotate_half(float* x, int64_t T, int64_t heads, int64_t hd, int64_t stride, const float* cs,
+                      const float* sn, int64_t L) {
+  if (T < 0 || heads <= 0 || hd <= 0 || hd % 2 || stride < heads * hd || L <= 0)
+    fail("cuda::rope_rotate_half: bad shape");
+  const int64_t n = T * heads * (hd / 2);
+  if (n == 0) return;
+  rope_rotate_half_kernel<<<grid_for(n), kThreads, 0, detail::stream()>>>(x, T, heads, hd / 2, stride, cs, sn, L);
+  FASTVAR_CUDA_CHECK_LAUNCH("rope_rotate_half");
 }
 
 void attention_bias(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride,

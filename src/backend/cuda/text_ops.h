@@ -14,6 +14,9 @@ void rms_norm(const float* x, float* y, int64_t rows, int64_t C, float eps, cons
 void relu(float* x, int64_t n);
 void gelu_erf(float* x, int64_t n);
 void mul(float* y, const float* x, int64_t n);  // y[i] *= x[i]
+// Rotate-half RoPE in place (backend.h: Backend::rope_rotate_half).
+void rope_rotate_half(float* x, int64_t T, int64_t heads, int64_t hd, int64_t stride, const float* cos,
+                      const float* sin, int64_t L);
 // out (Lq, H*hd; row stride out_stride) = softmax(scale * q k^T + bias) v per
 // head h, with q (Lq, H*hd; q_stride), k, v (Lk, Hkv*hd; kv_stride), head h
 // reading KV head h / (H / Hkv); bias (H, Lq, Lk) or null. scratch holds

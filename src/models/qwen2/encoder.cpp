@@ -30,19 +30,6 @@ bool ignored(const std::string& name) {
 }
 std::string bare(const std::string& name) { return name.rfind("model.", 0) == 0 ? name.substr(6) : name; }
 
-void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t C, float eps) {
-  parallel_for(rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * C;
-      float* yr = y + r * C;
-      double ss = 0;
-      for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * xr[c];
-      const float inv = 1.f / std::sqrt(float(ss / double(C)) + eps);
-      for (int64_t c = 0; c < C; ++c) yr[c] = w[c] * (xr[c] * inv);
-    }
-  });
-}
-
 }  // namespace
 
 Qwen2Config Qwen2Config::from_json_text(const std::string& text, const std::string& label) {
@@ -165,19 +152,59 @@ Qwen2Encoder::Qwen2Encoder(const std::string& dir) {
   }
 }
 
+struct Qwen2Encoder::Prepared {
+  backend::Backend* be = nullptr;
+  backend::DType dtype = backend::DType::F32;
+  struct Layer {
+    backend::Linear q, k, v, o, g, u, d;
+    backend::Buffer in_norm, post_norm;
+  };
+  std::vector<Layer> layers;
+  backend::Buffer norm;
+};
+
+const Qwen2Encoder::Prepared& Qwen2Encoder::prepared(backend::Backend& be, backend::DType dtype) const {
+  for (const auto& p : prepared_)
+    if (p->be == &be && p->dtype == dtype) return *p;
+  const Qwen2Config& c = cfg_;
+  const int64_t C = c.hidden, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim, F = c.intermediate;
+  auto p = std::make_unique<Prepared>();
+  p->be = &be;
+  p->dtype = dtype;
+  for (const Layer& L : layers_) {
+    Prepared::Layer d;
+    d.q = be.linear(L.wq.data(), L.bq.data(), qd, C, dtype);
+    d.k = be.linear(L.wk.data(), L.bk.data(), kvd, C, dtype);
+    d.v = be.linear(L.wv.data(), L.bv.data(), kvd, C, dtype);
+    d.o = be.linear(L.wo.data(), nullptr, C, qd, dtype);
+    d.g = be.linear(L.wg.data(), nullptr, F, C, dtype);
+    d.u = be.linear(L.wu.data(), nullptr, F, C, dtype);
+    d.d = be.linear(L.wd.data(), nullptr, C, F, dtype);
+    d.in_norm = backend::constant_f32(be, L.in_norm.data(), C);
+    d.post_norm = backend::constant_f32(be, L.post_norm.data(), C);
+    p->layers.push_back(std::move(d));
+  }
+  p->norm = backend::constant_f32(be, norm_.data(), C);
+  be.synchronize();
+  prepared_.push_back(std::move(p));
+  return *prepared_.back();
+}
+
 Tensor Qwen2Encoder::forward(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int B, int L,
-                             std::vector<Tensor>* layer_inputs) const {
+                             std::vector<Tensor>* layer_inputs, backend::Backend& be, backend::DType dtype) const {
   const Qwen2Config& c = cfg_;
   const int64_t T = int64_t(B) * L, C = c.hidden, H = c.heads, KV = c.kv_heads, hd = c.head_dim, half = hd / 2;
-  const int64_t F = c.intermediate, r = H / KV;
+  const int64_t F = c.intermediate;
   if (B < 1 || L < 1 || int64_t(ids.size()) != T || int64_t(mask.size()) != T)
     fail("Qwen2 encoder: %zu ids and %zu mask values for %d x %d tokens", ids.size(), mask.size(), B, L);
-  Tensor x({B, L, C});
+  // On the host: the embeddings, the RoPE tables (rotate-half, in float32 as
+  // the reference computes them) and each row's attention bias (0 for a
+  // visible key j <= i with mask[b, j], else -inf; the same for every head).
+  Tensor x0({B, L, C});
   for (int64_t t = 0; t < T; ++t) {
     if (ids[t] < 0 || ids[t] >= c.vocab_size) fail("Qwen2 encoder: token id %d outside the vocabulary", ids[t]);
-    std::copy_n(embed_.data() + int64_t(ids[t]) * C, C, x.data() + t * C);
+    std::copy_n(embed_.data() + int64_t(ids[t]) * C, C, x0.data() + t * C);
   }
-  // RoPE tables (rotate-half), computed in float32 as the reference does.
   std::vector<float> cs(size_t(L * half)), sn(size_t(L * half));
   for (int64_t i = 0; i < half; ++i) {
     const float inv = 1.f / std::pow(float(c.rope_theta), float(2 * i) / float(hd));
@@ -187,77 +214,54 @@ Tensor Qwen2Encoder::forward(const std::vector<int32_t>& ids, const std::vector<
       sn[p * half + i] = std::sin(a);
     }
   }
-  auto rope = [&](float* v, int64_t heads) {  // v: [T, heads * hd]
-    parallel_for(T, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t p = t % L;
-        for (int64_t h = 0; h < heads; ++h) {
-          float* e = v + (t * heads + h) * hd;
-          for (int64_t i = 0; i < half; ++i) {
-            const float a = e[i], b = e[i + half], co = cs[p * half + i], si = sn[p * half + i];
-            e[i] = a * co - b * si;
-            e[i + half] = b * co + a * si;
-          }
-        }
-      }
-    });
+  std::vector<float> bias(size_t(B * H * L * L));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t j = 0; j < L; ++j)
+          bias[((b * H + h) * L + i) * L + j] = j <= i && mask[b * L + j] ? 0.f : -INFINITY;
+
+  // On the backend: the layers.
+  const Prepared& P = prepared(be, dtype);
+  auto buf = [&](int64_t n) { return backend::alloc_f32(be, n); };
+  backend::Buffer x = buf(T * C), h = buf(T * C), q = buf(T * H * hd), k = buf(T * KV * hd), v = buf(T * KV * hd),
+                  a = buf(T * H * hd), g = buf(T * F), u = buf(T * F), cos_d = buf(L * half), sin_d = buf(L * half),
+                  bias_d = buf(B * H * L * L), scores = buf(H * L * L);
+  be.upload(x.data(), x0.data(), size_t(T * C) * 4);
+  be.upload(cos_d.data(), cs.data(), cs.size() * 4);
+  be.upload(sin_d.data(), sn.data(), sn.size() * 4);
+  be.upload(bias_d.data(), bias.data(), bias.size() * 4);
+  auto tap_x = [&] {
+    Tensor t({B, L, C});
+    be.download(t.data(), x.f32(), size_t(T * C) * 4);
+    layer_inputs->push_back(t);
   };
-  Tensor h({T, C}), q({T, H * hd}), k({T, KV * hd}), v({T, KV * hd}), a({T, H * hd}), o({T, C});
-  Tensor g({T, F}), u({T, F});
   const float scale = 1.f / std::sqrt(float(hd));
-  for (const Layer& ly : layers_) {
-    if (layer_inputs) layer_inputs->push_back(x.clone());
-    rms_norm(x.data(), ly.in_norm.data(), h.data(), T, C, c.eps);
-    cpu::linear(h.data(), ly.wq.data(), ly.bq.data(), q.data(), T, H * hd, C);
-    cpu::linear(h.data(), ly.wk.data(), ly.bk.data(), k.data(), T, KV * hd, C);
-    cpu::linear(h.data(), ly.wv.data(), ly.bv.data(), v.data(), T, KV * hd, C);
-    rope(q.data(), H);
-    rope(k.data(), KV);
-    // Causal attention over the visible keys of each row; KV head g serves query heads g*r .. g*r+r-1.
-    parallel_for(int64_t(B) * H * L, [&](int64_t w0, int64_t w1) {
-      std::vector<float> s(static_cast<size_t>(L));
-      for (int64_t w = w0; w < w1; ++w) {
-        const int64_t b = w / (H * L), hh = (w / L) % H, i = w % L, g2 = hh / r;
-        const float* qi = q.data() + ((b * L + i) * H + hh) * hd;
-        float* out = a.data() + ((b * L + i) * H + hh) * hd;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j <= i; ++j) {
-          if (!mask[b * L + j]) {
-            s[j] = -INFINITY;
-            continue;
-          }
-          const float* kj = k.data() + ((b * L + j) * KV + g2) * hd;
-          float d = 0.f;
-          for (int64_t e = 0; e < hd; ++e) d += qi[e] * kj[e];
-          s[j] = d * scale;
-          mx = std::max(mx, s[j]);
-        }
-        std::fill(out, out + hd, 0.f);
-        if (mx == -INFINITY) continue;  // no visible key: a zero row
-        double sum = 0;
-        for (int64_t j = 0; j <= i; ++j) sum += s[j] = s[j] == -INFINITY ? 0.f : std::exp(s[j] - mx);
-        const float inv = float(1.0 / sum);
-        for (int64_t j = 0; j <= i; ++j) {
-          if (s[j] == 0.f) continue;
-          const float pj = s[j] * inv;
-          const float* vj = v.data() + ((b * L + j) * KV + g2) * hd;
-          for (int64_t e = 0; e < hd; ++e) out[e] += pj * vj[e];
-        }
-      }
-    });
-    cpu::linear(a.data(), ly.wo.data(), nullptr, o.data(), T, C, H * hd);
-    for (int64_t i = 0; i < T * C; ++i) x.data()[i] += o.data()[i];
-    rms_norm(x.data(), ly.post_norm.data(), h.data(), T, C, c.eps);
-    cpu::linear(h.data(), ly.wg.data(), nullptr, g.data(), T, F, C);
-    cpu::linear(h.data(), ly.wu.data(), nullptr, u.data(), T, F, C);
-    cpu::silu(g.data(), g.data(), T * F);
-    for (int64_t i = 0; i < T * F; ++i) g.data()[i] *= u.data()[i];
-    cpu::linear(g.data(), ly.wd.data(), nullptr, o.data(), T, C, F);
-    for (int64_t i = 0; i < T * C; ++i) x.data()[i] += o.data()[i];
+  for (const Prepared::Layer& ly : P.layers) {
+    if (layer_inputs) tap_x();
+    be.rms_norm(x.f32(), h.f32(), T, C, c.eps, ly.in_norm.f32());
+    be.linear(h.f32(), ly.q, q.f32(), T);
+    be.linear(h.f32(), ly.k, k.f32(), T);
+    be.linear(h.f32(), ly.v, v.f32(), T);
+    be.rope_rotate_half(q.f32(), T, H, hd, H * hd, cos_d.f32(), sin_d.f32(), L);
+    be.rope_rotate_half(k.f32(), T, KV, hd, KV * hd, cos_d.f32(), sin_d.f32(), L);
+    // Causal attention over each row's visible keys; KV head g serves query heads g*H/KV ...
+    for (int64_t b = 0; b < B; ++b)
+      be.attention_bias(q.f32() + b * L * H * hd, H * hd, k.f32() + b * L * KV * hd, v.f32() + b * L * KV * hd,
+                        KV * hd, bias_d.f32() + b * H * L * L, a.f32() + b * L * H * hd, H * hd, L, L, H, KV, hd, scale,
+                        scores.f32());
+    be.linear(a.f32(), ly.o, x.f32(), T, /*accumulate=*/true);
+    be.rms_norm(x.f32(), h.f32(), T, C, c.eps, ly.post_norm.f32());
+    be.linear(h.f32(), ly.g, g.f32(), T);
+    be.linear(h.f32(), ly.u, u.f32(), T);
+    be.silu(g.f32(), g.f32(), T * F);
+    be.mul(g.f32(), u.f32(), T * F);
+    be.linear(g.f32(), ly.d, x.f32(), T, /*accumulate=*/true);
   }
-  if (layer_inputs) layer_inputs->push_back(x.clone());  // the last layer's output, before the norm
+  if (layer_inputs) tap_x();  // the last layer's output, before the norm
+  be.rms_norm(x.f32(), h.f32(), T, C, c.eps, P.norm.f32());
   Tensor y({B, L, C});
-  rms_norm(x.data(), norm_.data(), y.data(), T, C, c.eps);
+  be.download(y.data(), h.f32(), size_t(T * C) * 4);
   return y;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/tensor.h"
 #include "models/qwen2/tokenizer.h"
 
@@ -44,11 +45,17 @@ class Qwen2Encoder {
   // with positions 0..L-1 in every row; key j is visible to query i iff j <= i
   // and mask[b, j] (pad queries are computed like any token). `layer_inputs`,
   // when given, receives the input of every layer (index 0: the embeddings).
+  // Runs on `be` with its products in `dtype` (weights prepared there on first
+  // use); the result comes back to the host.
   Tensor forward(const std::vector<int32_t>& ids, const std::vector<uint8_t>& mask, int B, int L,
-                 std::vector<Tensor>* layer_inputs = nullptr) const;
+                 std::vector<Tensor>* layer_inputs = nullptr, backend::Backend& be = backend::cpu(),
+                 backend::DType dtype = backend::DType::F32) const;
 
  private:
   struct Layer;
+  struct Prepared;  // the weights on one backend in one dtype
+  const Prepared& prepared(backend::Backend& be, backend::DType dtype) const;
+  mutable std::vector<std::unique_ptr<Prepared>> prepared_;
   Qwen2Config cfg_;
   std::vector<std::shared_ptr<Weights>> files_;
   Tensor embed_, norm_;
