@@ -13,23 +13,23 @@
 
 #include "io/tensor_file.h"
 #include "models/weights.h"
+#include "pipeline/golden_check.h"
 #include "test_util.h"
 
 namespace fastvar::test {
 
 inline std::string hart_dir() { return std::string(FASTVAR_TEST_DATA) + "/golden/hart_tiny_a"; }
 
-// max-abs error of got vs ref against the README tolerance rel * max|ref|
-// (1e-4 unless stated); FASTVAR_HART_VERBOSE=1 prints every comparison.
+// got vs ref through check-golden's comparison (pipeline/golden_check.h)
+// against the README tolerance rel * max|ref| (1e-4 unless stated);
+// FASTVAR_HART_VERBOSE=1 prints every comparison.
 inline void expect_close(const std::string& name, const float* got, const float* ref, size_t n,
                          double rel = 1e-4) {
-  double mref = 0;
-  for (size_t i = 0; i < n; ++i) mref = std::max(mref, std::fabs(double(ref[i])));
-  const double err = max_abs_diff(got, ref, n);
-  EXPECT_LE(err, rel * mref) << name << ": max-abs " << err << " vs tolerance " << rel * mref;
-  if (std::getenv("FASTVAR_HART_VERBOSE"))
-    std::printf("%-28s max-abs %.3g  max|ref| %.3g  rel %.3g\n", name.c_str(), err, mref,
-                mref > 0 ? err / mref : err);
+  Tolerance tol;
+  tol.max_rel = rel;
+  const Comparison c = compare_values(got, ref, int64_t(n), tol);
+  EXPECT_TRUE(c.ok) << name << ": " << c.detail;
+  if (std::getenv("FASTVAR_HART_VERBOSE")) std::printf("%-28s %s\n", name.c_str(), c.detail.c_str());
 }
 
 inline void expect_close(const std::string& name, const Tensor& got, Weights& ref) {

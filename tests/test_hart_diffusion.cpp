@@ -20,22 +20,14 @@
 #include "models/hart/hart_diffusion.h"
 #include "models/hart/hart_model.h"
 #include "models/weights.h"
+#include "hart_test_util.h"
 #include "test_util.h"
 
 namespace fastvar {
 namespace {
 
-std::string hart_dir() { return std::string(FASTVAR_TEST_DATA) + "/golden/hart_tiny_a"; }
-
-void expect_close(const std::string& name, const float* got, const float* ref, size_t n, double rel) {
-  double mref = 0;
-  for (size_t i = 0; i < n; ++i) mref = std::max(mref, std::fabs(double(ref[i])));
-  const double err = test::max_abs_diff(got, ref, n);
-  EXPECT_LE(err, rel * mref) << name << ": max-abs " << err << " vs tolerance " << rel * mref;
-  if (std::getenv("FASTVAR_HART_VERBOSE"))
-    std::printf("%-26s max-abs %.3g  max|ref| %.3g  rel %.3g (tol %.0e)\n", name.c_str(), err, mref,
-                mref > 0 ? err / mref : err, rel);
-}
+using test::hart_dir;
+using test::expect_close;
 
 // Any float table (F32 or F64) as doubles.
 std::vector<double> read_f(const io::TensorFile& f, const std::string& name) {

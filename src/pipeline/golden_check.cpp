@@ -35,14 +35,6 @@ using json = nlohmann::json;
 
 // How a reference tensor is compared. Pass: |got - ref| <= atol + rtol * |ref|
 // elementwise; -inf must match -inf exactly. Sets: per-row set equality.
-struct Tolerance {
-  double atol = 0, rtol = 0;
-  bool set_per_row = false;
-  double max_rel = 0;  // adds max_rel * max|ref| to every element's bound
-  double set_max_mismatch = 0;  // sets: fraction of kept tokens allowed outside the reference set
-  double outlier_frac = 0;      // fraction of elements allowed beyond the bound
-};
-
 bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
@@ -187,38 +179,8 @@ class Checker {
                                                 : "sets equal"));
       return;
     }
-    double max_abs = 0, max_ref = 0, worst_excess = -1;
-    int64_t beyond = 0;
-    bool inf_mismatch = false;
-    for (double r : ref)
-      if (std::isfinite(r)) max_ref = std::max(max_ref, std::fabs(r));
-    const double floor = tol.max_rel * max_ref;
-    for (int64_t i = 0; i < got.numel(); ++i) {
-      const double r = ref[i], x = g[i];
-      if (std::isinf(r) || std::isinf(x)) {
-        if (r != x) inf_mismatch = true;
-        continue;
-      }
-      const double d = std::fabs(x - r);
-      if (!(d == d)) { inf_mismatch = true; continue; }  // NaN
-      max_abs = std::max(max_abs, d);
-      const double excess = d - (floor + tol.atol + tol.rtol * std::fabs(r));
-      worst_excess = std::max(worst_excess, excess);
-      beyond += excess > 0;
-    }
-    const bool ok = !inf_mismatch && (tol.outlier_frac > 0
-                                          ? double(beyond) <= tol.outlier_frac * double(got.numel())
-                                          : worst_excess <= 0);
-    std::string tol_s = tol.max_rel > 0 ? strprintf("%.0e x max|ref|", tol.max_rel)
-                        : tol.rtol > 0  ? strprintf("atol %.0e + rtol %.0e", tol.atol, tol.rtol)
-                                        : strprintf("atol %.0e", tol.atol);
-    if (tol.outlier_frac > 0)
-      tol_s += strprintf(" but for %.0f%% (%lld of %lld beyond)", 100 * tol.outlier_frac, (long long)beyond,
-                         (long long)got.numel());
-    report(ref_name, ok,
-           strprintf("max abs %.3e  max rel %.3e   tol: %s%s", max_abs,
-                     max_ref > 0 ? max_abs / max_ref : 0.0, tol_s.c_str(),
-                     inf_mismatch ? "  (-inf/NaN pattern differs)" : ""));
+    const Comparison c = compare_values(g, ref.data(), got.numel(), tol);
+    report(ref_name, c.ok, c.detail);
   }
 
   void not_compared(const std::string& what, const std::string& why) {
@@ -566,6 +528,48 @@ GoldenSummary check_qwen2(const fs::path& dir, const json& cfg, std::FILE* out) 
     sum.not_compared += s.not_compared;
   }
   return sum;
+}
+
+Comparison compare_values(const float* g, const double* ref, int64_t n, const Tolerance& tol) {
+  double max_abs = 0, max_ref = 0, worst_excess = -1;
+  int64_t beyond = 0;
+  bool inf_mismatch = false;
+  for (int64_t i = 0; i < n; ++i)
+    if (std::isfinite(ref[i])) max_ref = std::max(max_ref, std::fabs(ref[i]));
+  const double floor = tol.max_rel * max_ref;
+  for (int64_t i = 0; i < n; ++i) {
+    const double r = ref[i], x = g[i];
+    if (std::isinf(r) || std::isinf(x)) {
+      if (r != x) inf_mismatch = true;
+      continue;
+    }
+    const double d = std::fabs(x - r);
+    if (!(d == d)) {  // NaN
+      inf_mismatch = true;
+      continue;
+    }
+    max_abs = std::max(max_abs, d);
+    const double excess = d - (floor + tol.atol + tol.rtol * std::fabs(r));
+    worst_excess = std::max(worst_excess, excess);
+    beyond += excess > 0;
+  }
+  Comparison c;
+  c.ok = !inf_mismatch && (tol.outlier_frac > 0 ? double(beyond) <= tol.outlier_frac * double(n) : worst_excess <= 0);
+  c.max_abs = max_abs;
+  c.max_ref = max_ref;
+  std::string tol_s = tol.max_rel > 0 ? strprintf("%.0e x max|ref|", tol.max_rel)
+                      : tol.rtol > 0  ? strprintf("atol %.0e + rtol %.0e", tol.atol, tol.rtol)
+                                      : strprintf("atol %.0e", tol.atol);
+  if (tol.outlier_frac > 0)
+    tol_s += strprintf(" but for %.0f%% (%lld of %lld beyond)", 100 * tol.outlier_frac, (long long)beyond, (long long)n);
+  c.detail = strprintf("max abs %.3e  max rel %.3e   tol: %s%s", max_abs, max_ref > 0 ? max_abs / max_ref : 0.0,
+                       tol_s.c_str(), inf_mismatch ? "  (-inf/NaN pattern differs)" : "");
+  return c;
+}
+
+Comparison compare_values(const float* got, const float* ref, int64_t n, const Tolerance& tol) {
+  const std::vector<double> r(ref, ref + n);
+  return compare_values(got, r.data(), n, tol);
 }
 
 GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const GoldenOptions& opt) {

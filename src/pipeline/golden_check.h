@@ -24,6 +24,29 @@ struct GoldenOptions {
   cpu::DType dtype = cpu::DType::F32;
 };
 
+// How close an engine tensor must be to its reference: per element
+// |got - ref| <= max_rel * max|ref| + atol + rtol * |ref|, allowing a fraction
+// outlier_frac of elements beyond it; +-inf and NaN must match exactly. Sets
+// (kept-token lists) compare per row as sets.
+struct Tolerance {
+  double atol = 0, rtol = 0;
+  bool set_per_row = false;
+  double max_rel = 0;            // adds max_rel * max|ref| to every element's bound
+  double set_max_mismatch = 0;   // sets: fraction of kept tokens allowed outside the reference set
+  double outlier_frac = 0;       // fraction of elements allowed beyond the bound
+};
+
+// The one comparison of an engine tensor with a reference (check-golden and
+// the golden tests use it): ok, the largest |got - ref| and |ref|, and a line
+// describing both and the tolerance.
+struct Comparison {
+  bool ok = false;
+  double max_abs = 0, max_ref = 0;
+  std::string detail;
+};
+Comparison compare_values(const float* got, const double* ref, int64_t n, const Tolerance& tol);
+Comparison compare_values(const float* got, const float* ref, int64_t n, const Tolerance& tol);
+
 // Prints one line per comparison to `out` and returns the counts. Throws
 // fastvar::Error if the folder cannot be read.
 GoldenSummary check_golden(const std::string& dir, std::FILE* out,
