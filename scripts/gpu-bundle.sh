@@ -20,6 +20,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib"
 cp build-gpu/fastvar build-gpu/tests/fastvar_tests build-gpu/bench/fastvar_bench "$stage/bin/"
+# The CUDA backend module, beside the binary that loads it.
+cp build-gpu/libfastvar-cuda.so "$stage/bin/"
 for f in "$stage"/bin/*; do ldd "$f"; done | awk '/=> \//{print $3}' | sort -u |
   grep -v -E '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libcublas[^/]*|libcudart)\.so' |
   xargs -I{} cp -L {} "$stage/lib/"

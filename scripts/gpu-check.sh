@@ -7,8 +7,9 @@
 #   1. the engine: the bundle of scripts/gpu-bundle.sh when .devbundle/ holds
 #      one (a GPU machine without our Debian packages), else a build with
 #      -DFASTVAR_CUDA=ON into build-cuda;
-#   2. the Cuda* tests: every CUDA op against the CPU op, the CUDA VAR and
-#      Infinity engines against the golden tensors and the CPU engine (a
+#   2. the Cuda* tests and the backend-op table (BackendOps*, which runs every
+#      op on the CUDA backend too): the kernels, VAR and Infinity on the CUDA
+#      backend against the golden tensors and the CPU engine (a
 #      skipped test means no usable device and counts as a failure); failed
 #      tests are rerun with FASTVAR_CUDA_SYNC=1 and under compute-sanitizer;
 #   3. check-golden --device cuda, fp32 and bf16, on every VAR and Infinity
@@ -48,7 +49,7 @@ if [ -f .devbundle/bundle.tar.xz ]; then
   export LD_LIBRARY_PATH=/tmp/fv/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
   if [ "$(pwd)" != "$src" ]; then mkdir -p "$(dirname "$src")" && ln -sfn "$(pwd)" "$src"; fi
   mkdir -p build-gpu/tests build-gpu/bench
-  cp /tmp/fv/bin/fastvar build-gpu/ && cp /tmp/fv/bin/fastvar_tests build-gpu/tests/ &&
+  cp /tmp/fv/bin/fastvar /tmp/fv/bin/libfastvar-cuda.so build-gpu/ && cp /tmp/fv/bin/fastvar_tests build-gpu/tests/ &&
     cp /tmp/fv/bin/fastvar_bench build-gpu/bench/ || exit 1
   bin=build-gpu
 else
@@ -60,7 +61,7 @@ fi
 $bin/fastvar info
 
 stamp "Cuda* tests"
-timeout 300 $bin/tests/fastvar_tests --gtest_filter='Cuda*' --gtest_color=no > "$out/cuda_tests.log" 2>&1
+timeout 300 $bin/tests/fastvar_tests --gtest_filter='Cuda*:BackendOps*' --gtest_color=no > "$out/cuda_tests.log" 2>&1
 rc=$?
 grep -E '^\[ +(OK|FAILED|SKIPPED) ' "$out/cuda_tests.log" | sed 's/^/   /'
 grep -B2 -A12 'Failure' "$out/cuda_tests.log" | head -120
