@@ -49,6 +49,20 @@ DeviceBranch device_branch_for(const ScalePlan& plan, int block, int rows, int h
   return s;
 }
 
+DeviceBranch device_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
+                             const CtrCaches* caches, int cache_h, int cache_w, const BranchBuffers& buf,
+                             const float* gamma, int64_t gamma_stride) {
+  DeviceBranch s = device_branch_for(plan, block, rows, h, w, C, caches, cache_h, cache_w);
+  s.x = buf.x;
+  s.xs = buf.xs;
+  s.y = buf.y;
+  s.full = buf.full;
+  s.keep_idx = buf.keep;
+  s.gamma = gamma;
+  s.gamma_stride = gamma_stride;
+  return s;
+}
+
 void run_device_branch(backend::Backend& be, const DeviceBranch& s, const DeviceBranchFn& body, const DeviceTap& tap,
                      const std::string& tap_prefix) {
   const int R = s.rows, C = s.C;

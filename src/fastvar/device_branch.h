@@ -48,6 +48,15 @@ struct DeviceBranch {
 struct CtrCaches;
 DeviceBranch device_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
                            const CtrCaches* caches, int cache_h, int cache_w);
+// The same with the buffers and the gate set: x, xs, y, full, keep and gamma
+// (+ r * gamma_stride per row; null = no gate).
+struct BranchBuffers {
+  float *x = nullptr, *xs = nullptr, *y = nullptr, *full = nullptr;
+  int32_t* keep = nullptr;
+};
+DeviceBranch device_branch_for(const ScalePlan& plan, int block, int rows, int h, int w, int C,
+                           const CtrCaches* caches, int cache_h, int cache_w, const BranchBuffers& buf,
+                           const float* gamma, int64_t gamma_stride);
 
 // The CTR caches of one branch kind on the device: one (rows, tokens, C) slab
 // per block the plan prunes, float32 or bfloat16, in one allocation.

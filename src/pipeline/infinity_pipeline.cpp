@@ -293,15 +293,9 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
   res.summed = Tensor({B, d, Hf, Wf});
   be.download(res.summed.data(), bf.summed.f32(), size_t(res.summed.numel()) * sizeof(float));  // waits
   peak_ = std::max(peak_, be.memory_in_use());
-  // Scale times between the timer's points; the text conditioning runs between
-  // points 0 and 1: it counts in scale 0.
-  for (size_t i = 0; i < stats.size(); ++i) {
-    stats[i].ms = ev->elapsed_ms(int(i), int(i) + 1);
-    if (!stats[i].skipped) res.transformer_ms += stats[i].ms;
-  }
+  // The text conditioning runs between points 0 and 1: it counts in scale 0.
+  res.transformer_ms = finish_scale_stats(*ev, stats, !host, p.on_scale);
   res.scales = stats;
-  if (!host && p.on_scale)
-    for (const ScaleStats& ss : res.scales) p.on_scale(ss);
   if (p.decode) {
     res.decode_ms = ev->elapsed_ms(S, S + 1);
     Tensor img({B, 3, int64_t(Hf) * s, int64_t(Wf) * s});  // [-1, 1]

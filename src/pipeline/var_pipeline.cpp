@@ -41,6 +41,18 @@ ScaleStats decoder_stats(int num_scales, const Tensor& images, double ms) {
   return ds;
 }
 
+double finish_scale_stats(backend::Timer& ev, std::vector<ScaleStats>& stats, bool report,
+                          const std::function<void(const ScaleStats&)>& on_scale) {
+  double ms = 0;
+  for (size_t i = 0; i < stats.size(); ++i) {
+    stats[i].ms = ev.elapsed_ms(int(i), int(i) + 1);
+    if (!stats[i].skipped) ms += stats[i].ms;
+  }
+  if (report && on_scale)
+    for (const ScaleStats& ss : stats) on_scale(ss);
+  return ms;
+}
+
 int64_t estimate_var_bytes(const var::VarModel& model, const var::VQVAE& vae, const VarGenParams& p) {
   const var::VarConfig& cfg = model.config();
   const int64_t B = static_cast<int64_t>(p.labels.size()), P = cfg.patch_nums.back();
@@ -229,15 +241,10 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
   be.download(res.f_hat.data(), f_hat, size_t(lat) * sizeof(float));  // waits for the loop
   if (p.tap) p.tap("f_hat", res.f_hat);
   peak_ = std::max(peak_, be.memory_in_use());
-  // Scale times between the timer's points; the conditioning (AdaLN of every
-  // block) runs between points 0 and 1: it counts in scale 0.
-  for (size_t i = 0; i < stats.size(); ++i) {
-    stats[i].ms = ev->elapsed_ms(int(i), int(i) + 1);
-    if (!stats[i].skipped) res.transformer_ms += stats[i].ms;
-  }
+  // The conditioning (AdaLN of every block) runs between points 0 and 1: it
+  // counts in scale 0.
+  res.transformer_ms = finish_scale_stats(*ev, stats, !host, p.on_scale);
   res.scales = stats;
-  if (!host && p.on_scale)
-    for (const ScaleStats& ss : res.scales) p.on_scale(ss);
   if (p.decode) {
     res.decode_ms = ev->elapsed_ms(SN, SN + 1);
     res.images = Tensor({B, 3, img_side, img_side});

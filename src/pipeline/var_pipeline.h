@@ -31,6 +31,13 @@ struct ScaleStats {
 // (B, 3, H, W), its time.
 ScaleStats decoder_stats(int num_scales, const Tensor& images, double ms);
 
+// After a scale loop whose timer marked point i before scale i and i + 1
+// after it: fills each stats[i].ms, reports them to on_scale when `report`
+// (a device backend, which could not report during the loop), and returns the
+// time of the scales that ran.
+double finish_scale_stats(backend::Timer& ev, std::vector<ScaleStats>& stats, bool report,
+                          const std::function<void(const ScaleStats&)>& on_scale);
+
 struct VarGenParams {
   std::vector<int> labels;  // one class per image (B = size)
   float cfg = 4.f;

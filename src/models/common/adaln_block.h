@@ -45,6 +45,11 @@ struct SelfAttention {
   int block = 0;  // for messages
 };
 
+// Block b's slab of a KV cache laid out (depth, R, H, cap, hd) from `base`.
+inline void* kv_slab(void* base, int b, int R, int64_t H, int64_t cap, int64_t hd, bool bf16) {
+  return static_cast<char*>(base) + size_t(b) * size_t(R) * size_t(H * cap * hd) * (bf16 ? 2 : 4);
+}
+
 // y = proj(attention over the cache after appending the K tokens' keys and
 // values). Taps prefix + "attn_in" (the modulated input) and prefix + "attn_out".
 void adaln_self_attention(backend::Backend& be, const float* xs, int R, int64_t K, int64_t C, const Modulation& m,

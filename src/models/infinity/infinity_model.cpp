@@ -396,15 +396,11 @@ void InfinityNet::branch(int b, int which, int si, int h, int w, State& st, cons
   const Block& blk = blocks_[b];
   const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
   const int64_t ada_stride = 6 * C;
-  DeviceBranch s = device_branch_for(plan, b, R, h, w, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w);
-  s.x = st.x.f32();
-  s.xs = st.xs.f32();
-  s.y = st.y.f32();
-  s.full = st.full.f32();
-  s.keep_idx = st.keep.i32();
   // Gates: gamma1 on self-attention, gamma2 on the FFN, none on cross-attention.
-  s.gamma = which == 0 ? ada : which == 2 ? ada + C : nullptr;
-  s.gamma_stride = ada_stride;
+  const DeviceBranch s =
+      device_branch_for(plan, b, R, h, w, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w,
+                        {st.x.f32(), st.xs.f32(), st.y.f32(), st.full.f32(), st.keep.i32()},
+                        which == 0 ? ada : which == 2 ? ada + C : nullptr, ada_stride);
   float* hb = st.h.f32();
   backend::Backend& be = be_;
   const common::BranchScratch scratch{hb, st.big.f32(), st.o.f32()};
@@ -419,9 +415,8 @@ void InfinityNet::branch(int b, int which, int si, int h, int w, State& st, cons
       sa.rope_cos = rope_cos;
       sa.rope_sin = rope_sin;
       sa.pos = keep;
-      const size_t elem = st.kv_bf16 ? 2 : 4, at = size_t(b) * R * H * st.cap * hd * elem;
-      sa.k = static_cast<char*>(st.kv.data()) + at;
-      sa.v = static_cast<char*>(sa.k) + size_t(st.kv_elems) * elem;
+      sa.k = common::kv_slab(st.kv.data(), b, R, H, st.cap, hd, st.kv_bf16);
+      sa.v = static_cast<char*>(sa.k) + size_t(st.kv_elems) * (st.kv_bf16 ? 2 : 4);
       sa.kv_bf16 = st.kv_bf16;
       sa.cap = st.cap;
       sa.len = &st.len[b];

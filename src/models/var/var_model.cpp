@@ -346,14 +346,9 @@ void VarNet::branch(int b, int which, int si, int ph, int pw, State& st, const f
   const Block& blk = blocks_[b];
   const float* ada = st.ada.f32() + int64_t(b) * R * 6 * C;  // (R, 6, C): g1 g2 s1 s2 b1 b2
   const int64_t ada_stride = 6 * C;
-  DeviceBranch s = device_branch_for(plan, b, R, ph, pw, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w);
-  s.x = st.x.f32();
-  s.xs = st.xs.f32();
-  s.y = st.y.f32();
-  s.full = st.full.f32();
-  s.keep_idx = st.keep.i32();
-  s.gamma = ada + which * C;  // gamma1 or gamma2
-  s.gamma_stride = ada_stride;
+  const DeviceBranch s =  // gated by gamma1 or gamma2
+      device_branch_for(plan, b, R, ph, pw, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w,
+                        {st.x.f32(), st.xs.f32(), st.y.f32(), st.full.f32(), st.keep.i32()}, ada + which * C, ada_stride);
   // Tap names only (built when a tap is set).
   const std::string lp = tap ? "s" + std::to_string(si) + ".l" + std::to_string(b) + "." : std::string();
   const common::BranchScratch scratch{st.h.f32(), st.big.f32(), st.o.f32()};
@@ -367,9 +362,8 @@ void VarNet::branch(int b, int which, int si, int ph, int pw, State& st, const f
       sa.l2norm = cfg_.attn_l2_norm;
       sa.head_scale = blk.head_scale.f32();
       sa.sm_scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
-      const size_t elem = st.kv_bf16 ? 2 : 4, at = size_t(b) * R * H * st.cap * hd * elem;
-      sa.k = static_cast<char*>(st.k.data()) + at;
-      sa.v = static_cast<char*>(st.v.data()) + at;
+      sa.k = common::kv_slab(st.k.data(), b, R, H, st.cap, hd, st.kv_bf16);
+      sa.v = common::kv_slab(st.v.data(), b, R, H, st.cap, hd, st.kv_bf16);
       sa.kv_bf16 = st.kv_bf16;
       sa.cap = st.cap;
       sa.len = &st.len[b];
