@@ -125,57 +125,10 @@ std::unique_ptr<InfinityEngine> InfinityEngine::load(const std::string& model_pa
   return e;
 }
 
-std::string resolution_for_pixels(int width, int height) {
-  if (width <= 0 || height <= 0) fail("image size %dx%d must be positive", width, height);
-  const double side = std::sqrt(double(width) * height);
-  const std::pair<const char*, double> keys[] = {{"0.06M", 256}, {"0.25M", 512}, {"0.60M", 768}, {"1M", 1024}, {"2K", 2048}};
-  const char* best = "1M";
-  double best_d = 1e9;
-  for (const auto& [k, s] : keys)
-    if (std::fabs(std::log(side / s)) < best_d) best_d = std::fabs(std::log(side / s)), best = k;
-  return best;
-}
-
-}  // namespace fastvar
-
-// ---- C API ----------------------------------------------------------------
-
-struct fastvar_engine {
-  std::unique_ptr<fastvar::VarEngine> var;
-  std::unique_ptr<fastvar::InfinityEngine> inf;
-};
-
-namespace {
-thread_local std::string t_last_error;
-
-template <class F>
-fastvar_status guarded(F&& f) {
-  try {
-    f();
-    t_last_error.clear();
-    return FASTVAR_OK;
-  } catch (const std::bad_alloc&) {
-    t_last_error = "out of memory";
-  } catch (const std::exception& ex) {
-    t_last_error = ex.what();
-  }
-  return FASTVAR_ERROR;
-}
-
-void check_common(const fastvar_engine* e, const fastvar_params* q) {
-  if (!e || !q) fastvar::fail("null engine or params");
-  if (q->num_images < 1 || q->num_images > 4096)
-    fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
-  if (q->threads < 0) fastvar::fail("threads must be >= 0");
-  const fastvar::DeviceSpec d = fastvar::parse_device(q->device);
-  fastvar::compute_dtype(q->dtype, d);  // throws for unknown / unsupported
-}
-
 // Validates the public params and turns them into VAR pipeline params.
-fastvar::VarGenParams to_var_params(const fastvar_engine* e, const fastvar_params* q) {
-  check_common(e, q);
-  if (!e->var) fastvar::fail("this is a text-to-image model: give prompts, not classes");
-  const fastvar::var::VarConfig& c = e->var->model->config();
+VarGenParams VarEngine::params(const fastvar_params& qr) const {
+  const fastvar_params* q = &qr;
+  const var::VarConfig& c = model->config();
   fastvar::VarGenParams p;
   for (int i = 0; i < q->num_images; ++i) p.labels.push_back(q->classes ? q->classes[i] : q->class_id);
   p.cfg = q->cfg;
@@ -185,8 +138,8 @@ fastvar::VarGenParams to_var_params(const fastvar_engine* e, const fastvar_param
   p.plan = fastvar::plan_from_params(fastvar::default_var_plan(c), c.SN(), c.depth, *q);
   fastvar::validate_var_params(c, p);
   // Refused before anything is allocated; the caller's RGB buffer counted too.
-  const int64_t side = int64_t(c.patch_nums.back()) * e->var->vae->config().downsample;
-  fastvar::check_memory(fastvar::estimate_var_bytes(*e->var->model, *e->var->vae, p) +
+  const int64_t side = int64_t(c.patch_nums.back()) * vae->config().downsample;
+  fastvar::check_memory(fastvar::estimate_var_bytes(*model, *vae, p) +
                             2 * int64_t(q->num_images) * side * side * 3,
                         fastvar::strprintf("generating %d image(s) of %lldx%lld", q->num_images,
                                            (long long)side, (long long)side));
@@ -195,11 +148,10 @@ fastvar::VarGenParams to_var_params(const fastvar_engine* e, const fastvar_param
 
 // The same for Infinity; the prompts are tokenized (checking their length)
 // but only encoded by T5 when `encode` is set.
-fastvar::InfinityGenParams to_inf_params(const fastvar_engine* e, const fastvar_params* q, bool encode) {
-  check_common(e, q);
-  if (!e->inf) fastvar::fail("this is a class-conditional model: give classes, not prompts");
-  const fastvar::InfinityEngine& ie = *e->inf;
-  const fastvar::infinity::InfinityConfig& c = ie.model->config();
+InfinityGenParams InfinityEngine::params(const fastvar_params& qr, bool encode) const {
+  const fastvar_params* q = &qr;
+  const InfinityEngine& ie = *this;
+  const infinity::InfinityConfig& c = ie.model->config();
   if (!ie.tokenizer) fastvar::fail("no T5 text encoder loaded (--t5 DIR)");
   fastvar::InfinityGenParams p;
   const float hw = q->h_div_w > 0 ? q->h_div_w : 1.f;
@@ -232,14 +184,118 @@ fastvar::InfinityGenParams to_inf_params(const fastvar_engine* e, const fastvar_
   return p;
 }
 
-void to_rgb8(const fastvar::Tensor& images, int n, uint8_t* rgb) {
+namespace {
+
+void to_rgb8(const Tensor& images, int n, uint8_t* rgb) {
   const int64_t H = images.dim(2), W = images.dim(3);
   for (int i = 0; i < n; ++i) {
-    std::vector<uint8_t> px =
-        fastvar::io::image_to_rgb8(images.data() + i * 3 * H * W, static_cast<int>(H), static_cast<int>(W));
+    std::vector<uint8_t> px = io::image_to_rgb8(images.data() + i * 3 * H * W, static_cast<int>(H), static_cast<int>(W));
     std::memcpy(rgb + i * H * W * 3, px.data(), px.size());
   }
 }
+
+// The compute dtype of a generation: fp32 unless asked on the CPU, bf16 by
+// default on CUDA.
+cpu::DType generation_dtype(const fastvar_params& q, const DeviceSpec& dev) {
+  return dev.cuda ? compute_dtype(q.dtype, dev) : cpu::parse_dtype(q.dtype ? q.dtype : "fp32");
+}
+
+// The progress callback as the scale loops call it.
+std::function<void(const ScaleStats&)> on_scale_of(const ProgressFn& progress, const int& num_scales) {
+  if (!progress) return nullptr;
+  return [&progress, &num_scales](const ScaleStats& s) { progress(s, num_scales); };
+}
+
+}  // namespace
+
+const char* VarEngine::class_name(int id) const {
+  return id >= 0 && id < static_cast<int>(class_names.size()) ? class_names[id].c_str() : nullptr;
+}
+
+void VarEngine::output_size(const fastvar_params&, int* width, int* height) const {
+  *width = *height = image_side();
+}
+
+void VarEngine::check(const fastvar_params& q) const { params(q); }
+
+void VarEngine::generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) {
+  VarGenParams p = params(q);
+  const DeviceSpec dev = parse_device(q.device);
+  VarRunner& r = runner_for(dev, generation_dtype(q, dev));
+  const int num_scales = model->config().SN();
+  p.on_scale = on_scale_of(progress, num_scales);
+  to_rgb8(r.generate(p).images, q.num_images, rgb);
+}
+
+void InfinityEngine::output_size(const fastvar_params& q, int* width, int* height) const {
+  const infinity::Schedule s = infinity::make_schedule(q.h_div_w > 0 ? q.h_div_w : 1.f, q.resolution ? q.resolution : "1M");
+  *height = s.scales.back().first * vae->stride();
+  *width = s.scales.back().second * vae->stride();
+}
+
+void InfinityEngine::check(const fastvar_params& q) const { params(q, false); }
+
+void InfinityEngine::generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) {
+  const DeviceSpec dev = parse_device(q.device);
+  InfinityGenParams p = params(q, true);
+  InfinityRunner& r = runner_for(dev, generation_dtype(q, dev));
+  const int num_scales = static_cast<int>(p.schedule.scales.size());
+  p.on_scale = on_scale_of(progress, num_scales);
+  to_rgb8(r.generate(p).images, q.num_images, rgb);
+}
+
+std::unique_ptr<ModelEngine> load_engine(const std::string& arch, const std::string& model_path,
+                                         const std::string& vae_path, const std::string& text_dir) {
+  if (arch == "var") return VarEngine::load(model_path, vae_path);
+  if (arch == "infinity") return InfinityEngine::load(model_path, vae_path, text_dir);
+  return nullptr;  // recognised by the registry, no engine in this build (HART)
+}
+
+std::string resolution_for_pixels(int width, int height) {
+  if (width <= 0 || height <= 0) fail("image size %dx%d must be positive", width, height);
+  const double side = std::sqrt(double(width) * height);
+  const std::pair<const char*, double> keys[] = {{"0.06M", 256}, {"0.25M", 512}, {"0.60M", 768}, {"1M", 1024}, {"2K", 2048}};
+  const char* best = "1M";
+  double best_d = 1e9;
+  for (const auto& [k, s] : keys)
+    if (std::fabs(std::log(side / s)) < best_d) best_d = std::fabs(std::log(side / s)), best = k;
+  return best;
+}
+
+}  // namespace fastvar
+
+// ---- C API ----------------------------------------------------------------
+
+struct fastvar_engine {
+  std::unique_ptr<fastvar::ModelEngine> impl;
+};
+
+namespace {
+thread_local std::string t_last_error;
+
+template <class F>
+fastvar_status guarded(F&& f) {
+  try {
+    f();
+    t_last_error.clear();
+    return FASTVAR_OK;
+  } catch (const std::bad_alloc&) {
+    t_last_error = "out of memory";
+  } catch (const std::exception& ex) {
+    t_last_error = ex.what();
+  }
+  return FASTVAR_ERROR;
+}
+
+void check_common(const fastvar_engine* e, const fastvar_params* q) {
+  if (!e || !q) fastvar::fail("null engine or params");
+  if (q->num_images < 1 || q->num_images > 4096)
+    fastvar::fail("number of images %d out of range [1, 4096]", q->num_images);
+  if (q->threads < 0) fastvar::fail("threads must be >= 0");
+  const fastvar::DeviceSpec d = fastvar::parse_device(q->device);
+  fastvar::compute_dtype(q->dtype, d);  // throws for unknown / unsupported
+}
+
 }  // namespace
 
 extern "C" {
@@ -266,7 +322,7 @@ fastvar_engine* fastvar_load_auto(const char* model_path, const char* vae_path, 
     const bool model = model_path && *model_path, vae = vae_path && *vae_path;
     const bool text = text_encoder_dir && *text_encoder_dir;
     if (!model && !vae && !text) {
-      out = new fastvar_engine{fastvar::VarEngine::load_embedded(), nullptr};
+      out = new fastvar_engine{fastvar::VarEngine::load_embedded()};
       return;
     }
     if (!model) fastvar::fail("no model given: the transformer checkpoint comes first (-m)");
@@ -283,18 +339,14 @@ fastvar_engine* fastvar_load_auto(const char* model_path, const char* vae_path, 
     if (role == fastvar::models::Role::Vae)
       fastvar::fail("%s is a %s VAE, not a transformer: give the transformer first and this file as the VAE",
                     model_path, arch->name);
-    if (!arch->generates)
-      fastvar::fail("%s is a %s transformer (%s): recognised, but this build cannot generate with it yet",
-                    model_path, arch->name, arch->summary);
     if (!vae) fastvar::fail("a %s transformer needs its VAE (--vae)", arch->name);
     if (text && !arch->text_to_image)
       fastvar::fail("%s is class-conditional (%s): it takes no text encoder", model_path, arch->name);
-    if (std::string(arch->name) == "var") {
-      out = new fastvar_engine{fastvar::VarEngine::load(model_path, vae_path), nullptr};
-    } else {
-      out = new fastvar_engine{nullptr,
-                               fastvar::InfinityEngine::load(model_path, vae_path, text ? text_encoder_dir : "")};
-    }
+    auto impl = fastvar::load_engine(arch->name, model_path, vae_path, text ? text_encoder_dir : "");
+    if (!impl)
+      fastvar::fail("%s is a %s transformer (%s): recognised, but this build cannot generate with it yet",
+                    model_path, arch->name, arch->summary);
+    out = new fastvar_engine{std::move(impl)};
   });
   return out;
 }
@@ -303,13 +355,12 @@ fastvar_engine* fastvar_load(const char* model_path, const char* vae_path) {
   fastvar_engine* out = nullptr;
   guarded([&] {
     if (!model_path && !vae_path) {
-      out = new fastvar_engine{fastvar::VarEngine::load_embedded(), nullptr};
+      out = new fastvar_engine{fastvar::VarEngine::load_embedded()};
       return;
     }
     if (!model_path || !vae_path)
       fastvar::fail("fastvar_load: give both the model and VAE paths, or neither for the embedded model");
-    auto impl = fastvar::VarEngine::load(model_path, vae_path);
-    out = new fastvar_engine{std::move(impl), nullptr};
+    out = new fastvar_engine{fastvar::VarEngine::load(model_path, vae_path)};
   });
   return out;
 }
@@ -324,36 +375,26 @@ fastvar_engine* fastvar_load_t2i(const char* model_path, const char* vae_path, c
 
 void fastvar_free(fastvar_engine* e) { delete e; }
 
-int fastvar_is_text_to_image(const fastvar_engine* e) { return e && e->inf ? 1 : 0; }
-int fastvar_num_classes(const fastvar_engine* e) { return e && e->var ? e->var->model->config().num_classes : 0; }
+int fastvar_is_text_to_image(const fastvar_engine* e) { return e && e->impl->text_to_image() ? 1 : 0; }
+int fastvar_num_classes(const fastvar_engine* e) { return e ? e->impl->num_classes() : 0; }
 const char* fastvar_class_name(const fastvar_engine* e, int class_id) {
-  if (!e || !e->var || class_id < 0 || class_id >= static_cast<int>(e->var->class_names.size())) return nullptr;
-  return e->var->class_names[class_id].c_str();
+  return e ? e->impl->class_name(class_id) : nullptr;
 }
-const char* fastvar_describe(const fastvar_engine* e) {
-  return !e ? "" : e->var ? e->var->description.c_str() : e->inf->description.c_str();
-}
+const char* fastvar_describe(const fastvar_engine* e) { return e ? e->impl->describe().c_str() : ""; }
 const char* fastvar_last_error(void) { return t_last_error.c_str(); }
 
 fastvar_status fastvar_output_size(const fastvar_engine* e, const fastvar_params* q, int* width, int* height) {
   return guarded([&] {
     if (!width || !height) fastvar::fail("fastvar_output_size: null output");
     check_common(e, q);
-    if (e->var) {
-      *width = *height = e->var->image_side();
-      return;
-    }
-    const fastvar::infinity::Schedule s =
-        fastvar::infinity::make_schedule(q->h_div_w > 0 ? q->h_div_w : 1.f, q->resolution ? q->resolution : "1M");
-    *height = s.scales.back().first * e->inf->vae->stride();
-    *width = s.scales.back().second * e->inf->vae->stride();
+    e->impl->output_size(*q, width, height);
   });
 }
 
 fastvar_status fastvar_check_params(const fastvar_engine* e, const fastvar_params* q) {
   return guarded([&] {
-    if (e && e->inf) to_inf_params(e, q, false);
-    else to_var_params(e, q);
+    check_common(e, q);
+    e->impl->check(*q);
   });
 }
 
@@ -363,32 +404,14 @@ fastvar_status fastvar_generate(fastvar_engine* e, const fastvar_params* q, uint
     if (!rgb) fastvar::fail("fastvar_generate: null output buffer");
     check_common(e, q);
     fastvar::set_num_threads(q->threads);
-    int num_scales = 0;
-    std::function<void(const fastvar::ScaleStats&)> on_scale;
+    fastvar::ProgressFn fn;
     if (progress)
-      on_scale = [&](const fastvar::ScaleStats& s) {
+      fn = [&](const fastvar::ScaleStats& s, int num_scales) {
         fastvar_scale_info info{s.si, num_scales, s.ph, s.pw, s.ms, s.skipped ? 1 : 0,
                                 s.tokens, s.forwarded, s.kv_bytes, s.flops * 1e-9};
         progress(&info, user);
       };
-    const fastvar::DeviceSpec dev = fastvar::parse_device(q->device);
-    if (e->var) {
-      fastvar::VarGenParams p = to_var_params(e, q);
-      const fastvar::cpu::DType dt =
-          dev.cuda ? fastvar::compute_dtype(q->dtype, dev) : fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
-      fastvar::VarRunner& runner = e->var->runner_for(dev, dt);
-      num_scales = e->var->model->config().SN();
-      p.on_scale = on_scale;
-      to_rgb8(runner.generate(p).images, q->num_images, rgb);
-    } else {
-      const fastvar::cpu::DType dt =
-          dev.cuda ? fastvar::compute_dtype(q->dtype, dev) : fastvar::cpu::parse_dtype(q->dtype ? q->dtype : "fp32");
-      fastvar::InfinityGenParams p = to_inf_params(e, q, true);
-      fastvar::InfinityRunner& runner = e->inf->runner_for(dev, dt);
-      num_scales = static_cast<int>(p.schedule.scales.size());
-      p.on_scale = on_scale;
-      to_rgb8(runner.generate(p).images, q->num_images, rgb);
-    }
+    e->impl->generate(*q, rgb, fn);
   });
 }
 

@@ -1,6 +1,7 @@
 // C++ side of the public API, shared by the C wrappers, the CLI and the bench.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,7 +26,29 @@ namespace fastvar {
 // plan (or turns FastVAR off), and validates the result.
 PrunePlan plan_from_params(PrunePlan base, int num_scales, int depth, const fastvar_params& p);
 
-struct VarEngine {
+// Per-scale progress of a generation: the scale's statistics and the number
+// of steps (scales, then the decoder).
+using ProgressFn = std::function<void(const ScaleStats&, int num_scales)>;
+
+// One loaded model behind the C API: each architecture's engine implements
+// this, and fastvar_load_auto picks it from the files (models/registry.h).
+// The public params arrive checked for what every engine shares (counts,
+// threads, device, dtype).
+class ModelEngine {
+ public:
+  virtual ~ModelEngine() = default;
+  virtual bool text_to_image() const = 0;
+  virtual int num_classes() const { return 0; }
+  virtual const char* class_name(int) const { return nullptr; }
+  virtual const std::string& describe() const = 0;
+  virtual void output_size(const fastvar_params& q, int* width, int* height) const = 0;
+  // Throws fastvar::Error for anything the model cannot run.
+  virtual void check(const fastvar_params& q) const = 0;
+  // rgb: num_images * width * height * 3 bytes.
+  virtual void generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) = 0;
+};
+
+struct VarEngine : ModelEngine {
   std::unique_ptr<Weights> var_weights, vae_weights;
   std::unique_ptr<var::VarModel> model;
   std::unique_ptr<var::VQVAE> vae;
@@ -44,9 +67,19 @@ struct VarEngine {
   // "no embedded model in this build; pass -m and --vae" when there is none.
   static std::unique_ptr<VarEngine> load_embedded();
   int image_side() const { return model->config().patch_nums.back() * vae->config().downsample; }
+
+  bool text_to_image() const override { return false; }
+  int num_classes() const override { return model->config().num_classes; }
+  const char* class_name(int id) const override;
+  const std::string& describe() const override { return description; }
+  void output_size(const fastvar_params& q, int* width, int* height) const override;
+  void check(const fastvar_params& q) const override;
+  void generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) override;
+  // The public params as pipeline params (validated; memory checked).
+  VarGenParams params(const fastvar_params& q) const;
 };
 
-struct InfinityEngine {
+struct InfinityEngine : ModelEngine {
   std::unique_ptr<Weights> weights, vae_weights;
   std::unique_ptr<infinity::InfinityModel> model;
   std::unique_ptr<infinity::BSQDecoder> vae;
@@ -60,12 +93,26 @@ struct InfinityEngine {
   // t5_dir may be empty (benchmarks feed features directly).
   static std::unique_ptr<InfinityEngine> load(const std::string& model_path, const std::string& vae_path,
                                               const std::string& t5_dir);
+
+  bool text_to_image() const override { return true; }
+  const std::string& describe() const override { return description; }
+  void output_size(const fastvar_params& q, int* width, int* height) const override;
+  void check(const fastvar_params& q) const override;
+  void generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) override;
+  // The public params as pipeline params; the prompts are tokenized (checking
+  // their length) but only encoded when `encode` is set.
+  InfinityGenParams params(const fastvar_params& q, bool encode) const;
 };
 
 // The compute dtype named `name` on device d ("fp32" or "bf16"; null or "" is
 // fp32 on the CPU and bf16 on CUDA). Throws for an unknown name, and for bf16
 // on a CPU without AVX512_BF16 / AMX.
 cpu::DType compute_dtype(const char* name, const DeviceSpec& d);
+
+// The engine of an architecture the registry names ("var", "infinity"), from
+// its files (text_dir may be empty); null when this build has no engine for it.
+std::unique_ptr<ModelEngine> load_engine(const std::string& arch, const std::string& model_path,
+                                         const std::string& vae_path, const std::string& text_dir);
 
 // "1M" etc. from a requested pixel size: the key whose nominal square side
 // (256, 512, 768, 1024, 2048) is nearest to sqrt(width * height).

@@ -22,11 +22,11 @@ bool no_vae(const io::TensorFile&) { return false; }  // HART's tokenizer is its
 
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> kAll = {
-      {"var", "class-conditional VAR (FoundationVision/VAR): transformer + VQVAE", false, "", true, var_transformer,
+      {"var", "class-conditional VAR (FoundationVision/VAR): transformer + VQVAE", false, "", var_transformer,
        var_vae},
       {"infinity", "text-to-image Infinity (FoundationVision/Infinity): transformer + BSQ-VAE + Flan-T5", true,
-       "--t5", true, infinity_transformer, bsq_vae},
-      {"hart", "text-to-image HART (mit-han-lab/hart): transformer + tokenizer + Qwen2", true, "--llm", false,
+       "--t5", infinity_transformer, bsq_vae},
+      {"hart", "text-to-image HART (mit-han-lab/hart): transformer + tokenizer + Qwen2", true, "--llm",
        hart_transformer, no_vae},
   };
   return kAll;

@@ -1,8 +1,10 @@
 // The model registry: every architecture the engine knows, what identifies its
 // files, and what each needs beside its transformer. The engine loads through
 // it (api/engine.cpp: fastvar_load_auto detects the architecture from the
-// files given), and `fastvar info` names a file by it. Adding a backbone is one
-// folder under models/ and one entry here.
+// files given, then api's load_engine builds that architecture's
+// ModelEngine), and `fastvar info` names a file by it. Adding a backbone is
+// one folder under models/, one entry here, its scale loop in pipeline/ and
+// its ModelEngine in api/.
 #pragma once
 
 #include <string>
@@ -19,7 +21,6 @@ struct Architecture {
   const char* summary;        // one line for help and errors
   bool text_to_image;         // prompts (else class labels)
   const char* text_encoder;   // the option naming its text encoder folder ("" for none)
-  bool generates;             // the engine runs its generation (else: recognised only)
   bool (*is_transformer)(const io::TensorFile& f);
   bool (*is_vae)(const io::TensorFile& f);
 };
