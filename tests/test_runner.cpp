@@ -4,6 +4,7 @@
 // reused, or reused after requests with other batch sizes and plans.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <vector>
 
 #include "backend/backend.h"
@@ -68,6 +69,53 @@ TEST(Runner, InfinityReuseGivesTheImagesOfAFreshRunner) {
   for (int round = 0; round < 2; ++round) {
     EXPECT_EQ(pixels(reused.generate(fv).images), fresh[0]) << "round " << round;
     EXPECT_EQ(pixels(reused.generate(full).images), fresh[1]) << "round " << round;
+  }
+}
+
+// The estimates that refuse a request before anything is allocated
+// (estimate_var_bytes, estimate_infinity_bytes) bound what a generation then
+// allocates on the CPU backend, and not by more than a factor of 3.
+TEST(Runner, MemoryEstimatesBoundWhatAGenerationAllocates) {
+  backend::Backend& cpu = backend::cpu();
+  {
+    Weights vw = Weights::open(test::golden_dir() + "/var_weights.safetensors");
+    var::VarModel model(vw);
+    Weights aw = Weights::open(test::golden_dir() + "/vae_weights.safetensors");
+    var::VQVAE vae(aw);
+    for (bool fv : {false, true}) {
+      VarGenParams p;
+      p.labels = {1, 2, 3};
+      if (fv) p.plan = default_var_plan(model.config());
+      const int64_t base = cpu.memory_in_use();
+      cpu.reset_peak();
+      {
+        VarRunner r(model, vae, cpu, cpu::DType::F32);
+        r.generate(p);
+      }
+      const int64_t used = cpu.peak_allocated() - base, est = estimate_var_bytes(model, vae, p);
+      std::printf("[ memory ] VAR %s: allocated %.2f MiB, estimated %.2f MiB\n", fv ? "fastvar" : "full",
+                  used / 1048576.0, est / 1048576.0);
+      EXPECT_LE(used, est);
+      EXPECT_LE(est, 3 * used);
+    }
+  }
+  {
+    const std::string dir = std::string(FASTVAR_TEST_DATA) + "/golden/infinity_tiny_a";
+    Weights iw = Weights::open(dir + "/weights_infinity.safetensors");
+    infinity::InfinityModel model(iw);
+    Weights vw = Weights::open(dir + "/weights_vae.safetensors");
+    infinity::BSQDecoder vae(vw);
+    InfinityGenParams p = golden_infinity_params(dir);
+    const int64_t base = cpu.memory_in_use();
+    cpu.reset_peak();
+    {
+      InfinityRunner r(model, vae, cpu, cpu::DType::F32);
+      r.generate(p);
+    }
+    const int64_t used = cpu.peak_allocated() - base, est = estimate_infinity_bytes(model, vae, p);
+    std::printf("[ memory ] Infinity: allocated %.2f MiB, estimated %.2f MiB\n", used / 1048576.0, est / 1048576.0);
+    EXPECT_LE(used, est);
+    EXPECT_LE(est, 3 * used);
   }
 }
 

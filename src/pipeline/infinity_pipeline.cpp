@@ -63,12 +63,14 @@ int64_t estimate_infinity_bytes(const infinity::InfinityModel& model, const infi
   const int64_t B = static_cast<int64_t>(p.text.size()), R = 2 * B, C = c.C;
   const int S = static_cast<int>(sched.size());
   const int last = S - 1 - (p.plan.enabled ? p.plan.skip_last : 0);
-  int64_t capacity = 0, lmax = 0;
-  for (int si = 0; si <= last; ++si) {
+  int64_t lmax = 0;
+  std::vector<int64_t> tokens;
+  for (int si = 0; si < S; ++si) {
     const int64_t l = int64_t(sched[si].first) * sched[si].second;
-    capacity += l;
-    lmax = std::max(lmax, l);
+    tokens.push_back(l);
+    if (si <= last) lmax = std::max(lmax, l);
   }
+  const int64_t capacity = kv_capacity(&p.plan, tokens, c.depth);  // what the fullest block appends
   const int64_t Hf = sched.back().first, Wf = sched.back().second;
   const int64_t s = vae.stride();
   int64_t floats = 2 * int64_t(c.depth) * R * capacity * C   // KV cache

@@ -60,6 +60,7 @@ int64_t estimate_var_bytes(const var::VarModel& model, const var::VQVAE& vae, co
   const int64_t floats = 3 * B * cfg.Cvae * P * P          // f_hat, next-scale input, h
                          + 2 * B * cfg.Cvae * P * P          // the phi step's resized map and output
                          + 3 * vae.max_map(int(P), int(P))   // the decoder's maps (one image at a time)
+                         + vae.max_qkv(int(P), int(P))       // and its attention's qkv
                          + B * 3 * side * side;              // decoded images
   return var::var_state_bytes(cfg, 2 * static_cast<int>(B), &p.plan, false) + floats * 4 + B * P * P * 4;
 }

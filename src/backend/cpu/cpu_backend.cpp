@@ -46,12 +46,19 @@ void check(bool ok, const char* op) {
   if (!ok) fail("cpu backend: %s: bad shape", op);
 }
 
+// Work below this many values runs on the calling thread: waking the pool
+// costs more than the loop (the small scales, the small models).
+constexpr int64_t kParallelValues = int64_t(1) << 15;
+
+// Rows of `width` values per chunk so that a chunk holds kParallelValues.
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, kParallelValues / std::max<int64_t>(width, 1)); }
+
 // Element-wise loops over n values, split over the pool.
 template <typename F>
 void each(int64_t n, const F& f) {
   parallel_for(n, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) f(i);
-  }, 1 << 14);
+  }, kParallelValues);
 }
 
 struct CpuLinear {
@@ -184,7 +191,7 @@ class CpuBackend : public Backend {
         float* row = y + i * C;
         for (int64_t c = 0; c < C; ++c) row[c] *= g[c];
       }
-    }, 16);
+    }, row_grain(C));
   }
   void residual_add(float* x, const float* y, int R, int64_t n, int64_t C, const float* gamma,
                     int64_t gamma_stride) override {
@@ -200,7 +207,7 @@ class CpuBackend : public Backend {
           for (int64_t c = 0; c < C; ++c) xr[c] += yr[c];
         }
       }
-    }, 16);
+    }, row_grain(C));
   }
   void add_broadcast(float* x, const float* a, int R, int64_t n, int64_t C) override {
     check(R >= 0 && n >= 0 && C > 0, "add_broadcast");
@@ -265,7 +272,7 @@ class CpuBackend : public Backend {
           }
         }
       }
-    }, 4);
+    }, row_grain(3 * C));
   }
   void split_heads(const float* x, int64_t x_stride, const float* bias, int64_t n, int64_t H, int64_t hd,
                    float* y) override {

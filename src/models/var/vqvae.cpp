@@ -204,6 +204,15 @@ int phi_index(const VQVAEConfig& cfg, int si, int SN) {
   return best;
 }
 
+int64_t VQVAE::max_qkv(int PH, int PW) const {
+  const int L = cfg_.levels();
+  int64_t qkv = cfg_.mid_attn ? 3 * int64_t(conv_in_.cout) * PH * PW : 0;
+  for (int l = L - 1; l >= 0; --l)
+    if (!up_[l].attn.empty())
+      qkv = std::max(qkv, 3 * int64_t(up_[l].blocks[0].conv1.cout) * (int64_t(PH) * PW << (2 * (L - 1 - l))));
+  return qkv;
+}
+
 int64_t VQVAE::max_map(int PH, int PW) const {
   // Largest map any step holds: widest input/output of a block at its level,
   // and the upsampled map before each level's upsample conv.

@@ -78,8 +78,10 @@ class VQVAE {
   void next_input(const float* f_hat, int B, int PH, int PW, int ph, int pw, float* out) const;
   // f_hat (B, Cvae, PH, PW) -> image (B, 3, PH*f, PW*f) in [0, 1], f = downsample.
   Tensor decode(const Tensor& f_hat) const;
-  // Floats of the largest activation map of one image's decode from PH x PW.
+  // Floats of the largest activation map of one image's decode from PH x PW,
+  // and of the largest attention qkv map (0 without attention).
   int64_t max_map(int PH, int PW) const;
+  int64_t max_qkv(int PH, int PW) const;
   // Compute dtype of the host conveniences' decoder convolutions.
   void set_dtype(cpu::DType dt) { dtype_ = dt; }
   cpu::DType dtype() const { return dtype_; }
