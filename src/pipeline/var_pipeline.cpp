@@ -100,17 +100,17 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
   const int P = cfg.patch_nums.back();
   const int64_t Cv = cfg.Cvae, V = cfg.V, img_side = int64_t(P) * downsample_;
   VarGenResult res;
-  // Everything the loop writes, allocated before it (or kept from the last
-  // generation when the batch and the FastVAR caches are the same).
+  // Everything the loop writes, allocated before it, or kept from the last
+  // generation of the same batch size: a KV cache at least as long as this
+  // plan needs is kept (switching FastVAR on and off reallocates nothing but
+  // the FastVAR caches, and those only when their layout changes).
   const int64_t lat = int64_t(B) * Cv * P * P;
-  int64_t ctr_tokens = 0;
-  if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < SN)
-    ctr_tokens = int64_t(cfg.patch_nums[p.plan.cache_scale]) * cfg.patch_nums[p.plan.cache_scale];
-  const std::pair<int, int> ctr_layers =
-      ctr_tokens > 0 ? std::make_pair(p.plan.layer_begin, p.plan.layer_end) : std::make_pair(0, -1);
   const int64_t kv_cap = var::kv_capacity(&p.plan, cfg);
-  if (!bufs_ || bufs_->st.rows != R || bufs_->st.ctr_tokens != ctr_tokens || bufs_->st.ctr_layers != ctr_layers ||
-      bufs_->st.cap != kv_cap) {
+  if (bufs_ && bufs_->st.rows == R && bufs_->st.cap >= kv_cap) {
+    const auto key = var::ctr_key(cfg, &p.plan);
+    if (bufs_->st.ctr_tokens != key.first || bufs_->st.ctr_layers != key.second)
+      model_->set_ctr_caches(bufs_->st, &p.plan);
+  } else {
     bufs_.reset();  // free first: the old and new caches need not fit together
     bufs_ = std::make_unique<Buffers>();
     bufs_->st = model_->new_state(R, &p.plan);

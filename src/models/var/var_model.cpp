@@ -246,6 +246,25 @@ int64_t var_state_bytes(const VarConfig& cfg, int rows, const fastvar::PrunePlan
   return bytes + floats * 4;
 }
 
+std::pair<int64_t, std::pair<int, int>> ctr_key(const VarConfig& cfg, const fastvar::PrunePlan* plan) {
+  if (!plan || !plan->enabled || plan->cache_scale < 0 || plan->cache_scale >= cfg.SN()) return {0, {0, -1}};
+  const int64_t pc = cfg.patch_nums[plan->cache_scale];
+  return {pc * pc, {plan->layer_begin, plan->layer_end}};
+}
+
+void VarNet::set_ctr_caches(State& st, const fastvar::PrunePlan* plan) const {
+  const auto key = ctr_key(cfg_, plan);
+  st.ctr_tokens = key.first;
+  st.ctr_layers = key.second;
+  for (int k = 0; k < 2; ++k) {
+    size_t bytes = 0;
+    st.ctr_buf[k] = backend::Buffer();  // free first
+    st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, st.rows, st.ctr_tokens, cfg_.C, st.kv_bf16, &bytes);
+    st.ctr_buf[k] = be_.alloc(bytes);
+    st.ctr[k].base = st.ctr_buf[k].data();
+  }
+}
+
 VarNet::State VarNet::new_state(int rows, const fastvar::PrunePlan* plan) const {
   const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
   const int64_t P = cfg_.patch_nums.back(), l = P * P;
@@ -261,17 +280,7 @@ VarNet::State VarNet::new_state(int rows, const fastvar::PrunePlan* plan) const 
   st.k = st.kv.view(0, half);
   st.v = st.kv.view(half, half);
   st.len.assign(cfg_.depth, 0);
-  if (plan && plan->enabled && plan->cache_scale >= 0 && plan->cache_scale < cfg_.SN()) {
-    const int64_t pc = cfg_.patch_nums[plan->cache_scale];
-    st.ctr_tokens = pc * pc;
-    st.ctr_layers = {plan->layer_begin, plan->layer_end};
-  }
-  for (int k = 0; k < 2; ++k) {
-    size_t bytes = 0;
-    st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, rows, st.ctr_tokens, C, st.kv_bf16, &bytes);
-    st.ctr_buf[k] = be.alloc(bytes);
-    st.ctr[k].base = st.ctr_buf[k].data();
-  }
+  set_ctr_caches(st, plan);
   st.cond = backend::alloc_f32(be, R * C);
   st.x0 = backend::alloc_f32(be, R * int64_t(cfg_.patch_nums[0]) * cfg_.patch_nums[0] * C);
   st.act = backend::alloc_f32(be, R * C);

@@ -67,6 +67,9 @@ using fastvar::DeviceTap;  // fastvar/device_branch.h
 
 // The KV cache length a VAR model needs under `plan` (null: every token).
 int64_t kv_capacity(const fastvar::PrunePlan* plan, const VarConfig& cfg);
+// What sizes the FastVAR caches under `plan`: the cache scale's tokens and the
+// pruned block range ({0, {0, -1}} without caches).
+std::pair<int64_t, std::pair<int, int>> ctr_key(const VarConfig& cfg, const fastvar::PrunePlan* plan);
 // Bytes VarNet::new_state(rows, plan) allocates, with the KV and CTR caches in
 // bfloat16 (bf16_caches) or float32.
 int64_t var_state_bytes(const VarConfig& cfg, int rows, const fastvar::PrunePlan* plan, bool bf16_caches);
@@ -110,6 +113,8 @@ class VarNet {
   // `plan` (may be null) sizes the FastVAR caches and the KV cache (the most
   // tokens one block appends under it: kv_capacity).
   State new_state(int rows, const fastvar::PrunePlan* plan) const;
+  // Re-lays out (reallocates) only the FastVAR caches of `st` for `plan`.
+  void set_ctr_caches(State& st, const fastvar::PrunePlan* plan) const;
 
   // Class embeddings, every block's AdaLN parameters and scale 0's input for
   // labels (rows 0..B-1) and the null class (rows B..2B-1).
