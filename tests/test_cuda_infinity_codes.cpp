@@ -202,10 +202,11 @@ TEST(CudaInfinityCodes, CodePathMatchesCpuBitForBit) {
 
 // ---- per-bit sampling -------------------------------------------------------------------
 
-// The CPU pipeline's per-bit rule (sample_bit in pipeline/infinity_pipeline.cpp,
-// internal to it), repeated; PipelineSamplingMatchesCpu checks the device
-// against the pipeline itself. Also returns how close the decision was to its
-// boundary (u vs p0, or min(p0, p1) vs the top-p limit; infinite when exact).
+// The CPU's per-bit rule (infinity::sample_infinity_bit, backend/cpu/bitcodes.h)
+// repeated with one addition: how close the decision was to its boundary (u vs
+// p0, or min(p0, p1) vs the top-p limit; infinite when exact), which the kernel
+// comparison needs to excuse draws at a rounding edge. PipelineSamplingMatchesCpu
+// checks the device against the CPU kernel itself.
 uint8_t ref_sample_bit(float l0, float l1, int top_k, double top_p, float u, double* margin) {
   const float mx = std::max(l0, l1);
   float p0 = std::exp(l0 - mx), p1 = std::exp(l1 - mx);

@@ -24,22 +24,29 @@ cpu::DType compute_dtype(const char* name, const DeviceSpec& d) {
   fail("unknown dtype '%s' (expected fp32 or bf16)", s.c_str());
 }
 
-VarRunner& VarEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
+namespace {
+
+// The runner of `runner` for (device, dtype), (re)built when either changed;
+// the old copy is freed first.
+template <class Runner, class Model, class Vae>
+Runner& runner_on(std::unique_ptr<Runner>& runner, const Model& model, const Vae& vae, const DeviceSpec& dev,
+                  cpu::DType dtype) {
   backend::Backend& be = backend::get(dev.cuda, dev.index);
   if (!runner || &runner->backend() != &be || runner->dtype() != dtype) {
-    runner.reset();  // free the old copy first
-    runner = std::make_unique<VarRunner>(*model, *vae, be, dtype);
+    runner.reset();
+    runner = std::make_unique<Runner>(model, vae, be, dtype);
   }
   return *runner;
 }
 
+}  // namespace
+
+VarRunner& VarEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
+  return runner_on(runner, *model, *vae, dev, dtype);
+}
+
 InfinityRunner& InfinityEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
-  backend::Backend& be = backend::get(dev.cuda, dev.index);
-  if (!runner || &runner->backend() != &be || runner->dtype() != dtype) {
-    runner.reset();  // free the old copy first
-    runner = std::make_unique<InfinityRunner>(*model, *vae, be, dtype);
-  }
-  return *runner;
+  return runner_on(runner, *model, *vae, dev, dtype);
 }
 
 PrunePlan plan_from_params(PrunePlan p, int num_scales, int depth, const fastvar_params& q) {
