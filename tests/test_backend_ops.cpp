@@ -566,6 +566,131 @@ std::vector<OpCase> cases() {
                      return ids;
                    }});
   }
+  {  // HART: modulation, max over rows, q/k norm + per-row rotate-half RoPE, the
+     // Gumbel mixture (the CPU kernels of sampler.h as reference), a diffusion step
+    const int R = 3;
+    const int64_t nt = 7, C = 20, S = 3 * C;
+    const V x = randn(R * nt * C, 90), ada = randn(R * S, 91, 0.3f);
+    for (bool shift : {false, true})
+      t.push_back({shift ? "modulate" : "modulate_no_shift", 1e-6, 0, false,
+                   [=](Ctx& c) {
+                     float* o = c.in(x);
+                     const float* a = c.in(ada);
+                     c.be.modulate(o, R, nt, C, a + C, shift ? a : nullptr, S);
+                     return c.get(o, x.size());
+                   },
+                   [=] {
+                     V o(x);
+                     for (int r = 0; r < R; ++r)
+                       for (int64_t i = 0; i < nt * C; ++i)
+                         o[r * nt * C + i] = x[r * nt * C + i] * (1.f + ada[r * S + C + i % C]) +
+                                             (shift ? ada[r * S + i % C] : 0.f);
+                     return o;
+                   }});
+    t.push_back({"max_rows", 0, 0, false,
+                 [=](Ctx& c) { float* o = c.out(size_t(R * C)); c.be.max_rows(c.in(x), R, nt, C, o); return c.get(o, size_t(R * C)); },
+                 [=] {
+                   V o(size_t(R * C), -INFINITY);
+                   for (int r = 0; r < R; ++r)
+                     for (int64_t i = 0; i < nt; ++i)
+                       for (int64_t k = 0; k < C; ++k) o[r * C + k] = std::max(o[r * C + k], x[(r * nt + i) * C + k]);
+                   return o;
+                 }});
+    const int64_t H = 3, hd = 8, Cq = H * hd, L = 11, K = 5;
+    const V qkv = randn(R * K * 3 * Cq, 92), cs = randn(R * L * hd, 93), sn = randn(R * L * hd, 94), hs = {1.5f, 0.7f, 3.f};
+    std::vector<int32_t> pos(size_t(R * K));
+    for (int64_t i = 0; i < R * K; ++i) pos[size_t(i)] = int32_t((i * 7 + 3) % L);
+    for (bool l2 : {false, true})
+      for (bool kept : {false, true})
+        t.push_back({std::string("qk_norm_rope_half") + (l2 ? "_l2" : "") + (kept ? "_kept" : ""), 2e-6, 0, false,
+                     [=](Ctx& c) {
+                       float* o = c.in(qkv);
+                       c.be.qk_norm_rope_half(o, R, K, H, hd, l2, l2 ? c.in(hs) : nullptr, c.in(cs), c.in(sn), L,
+                                              kept ? c.in_t(pos) : nullptr);
+                       return c.get(o, qkv.size());
+                     },
+                     [=] {
+                       V o(qkv);
+                       for (int64_t i = 0; i < R * K; ++i) {
+                         const int64_t r = i / K, p = kept ? pos[size_t(i)] : i % K;
+                         for (int64_t h = 0; h < H; ++h)
+                           for (int which = 0; which < 2; ++which) {
+                             float* v = o.data() + i * 3 * Cq + which * Cq + h * hd;
+                             if (l2) {
+                               double ss = 0;
+                               for (int64_t e = 0; e < hd; ++e) ss += double(v[e]) * v[e];
+                               const double m = (which ? 1.0 : hs[size_t(h)]) / std::sqrt(ss);
+                               for (int64_t e = 0; e < hd; ++e) v[e] = float(v[e] * m);
+                             }
+                             const float* c0 = cs.data() + (r * L + p) * hd;
+                             const float* s0 = sn.data() + (r * L + p) * hd;
+                             for (int64_t e = 0; e < hd / 2; ++e) {
+                               const float a = v[e], b = v[e + hd / 2];
+                               v[e] = a * c0[e] - b * s0[e];
+                               v[e + hd / 2] = b * c0[e + hd / 2] + a * s0[e + hd / 2];
+                             }
+                           }
+                       }
+                       return o;
+                     }});
+    const int B = 2;
+    const int64_t n = 5, Vv = 97, Cv = 6;
+    const V logits = randn(2 * B * n * Vv, 95, 3.f), book = randn(Vv * Cv, 96);
+    V E(size_t(B * n * Vv));
+    for (size_t i = 0; i < E.size(); ++i) E[i] = 0.05f + float((i * 37) % 101) / 40.f;
+    for (bool recorded : {false, true})
+      t.push_back({recorded ? "gumbel_mix_recorded" : "gumbel_mix", 2e-6, 0, false,
+                   [=](Ctx& c) {
+                     float* h = c.out(size_t(B * Cv * n));
+                     c.be.gumbel_mix(c.in(logits), B, n, Vv, 2.f, 13, 0.8, 1.25f, 0.2f, recorded ? c.in(E) : nullptr,
+                                     77, 4, c.in(book), Cv, h);
+                     return c.get(h, size_t(B * Cv * n));
+                   },
+                   [=] {
+                     V mixed(static_cast<size_t>(Vv)), e(static_cast<size_t>(Vv)), w(static_cast<size_t>(Vv)), h(size_t(B * Cv * n));
+                     for (int64_t i = 0; i < B * n; ++i) {
+                       const int64_t b = i / n, tt = i % n;
+                       cfg_mix(logits.data() + (b * n + tt) * Vv, 1, 1, Vv, 2.f, mixed.data(),
+                               logits.data() + ((B + b) * n + tt) * Vv);
+                       filter_top_k_top_p(mixed.data(), Vv, 13, 0.8);
+                       for (int64_t v = 0; v < Vv; ++v)
+                         e[size_t(v)] = recorded ? E[size_t(i * Vv + v)] : gumbel_exp(77, 4, uint32_t(b), uint32_t(tt), uint32_t(v));
+                       gumbel_mix_token(mixed.data(), e.data(), Vv, 1.25f, 0.2f, book.data(), Cv, h.data() + b * Cv * n + tt,
+                                        n, w.data());
+                     }
+                     return h;
+                   }});
+    const int64_t nd = 9;
+    const V out = randn(2 * nd * 2 * Cv, 97), xs = randn(nd * Cv, 98), noise = randn(nd * Cv, 99);
+    for (bool last : {false, true})
+      t.push_back({last ? "diffusion_step_last" : "diffusion_step", 1e-6, 0, false,
+                   [=](Ctx& c) {
+                     backend::Backend::DiffusionStep d;
+                     d = {2.5f, 1.7f, 1.2f, 0.6f, 0.3f, -3.f, -1.f, 0.9f, last};
+                     float* x = c.in(xs);
+                     float* x0 = c.out(xs.size());
+                     c.be.diffusion_step(x, c.in(out), c.in(noise), nd, Cv, d, x0);
+                     V r = c.get(x, xs.size()), r0 = c.get(x0, xs.size());
+                     r.insert(r.end(), r0.begin(), r0.end());
+                     return r;
+                   },
+                   [=] {
+                     V x(xs), x0(xs.size());
+                     for (int64_t r = 0; r < nd; ++r)
+                       for (int64_t k = 0; k < Cv; ++k) {
+                         const float* oc = out.data() + r * 2 * Cv;
+                         const float* ou = out.data() + (nd + r) * 2 * Cv;
+                         const float eps = 3.5f * oc[k] - 2.5f * ou[k];
+                         const float p0 = std::clamp(1.7f * xs[r * Cv + k] - 1.2f * eps, -1.f, 1.f);
+                         x0[r * Cv + k] = p0;
+                         const float mean = 0.6f * p0 + 0.3f * xs[r * Cv + k];
+                         const float f = (oc[Cv + k] + 1.f) / 2.f;
+                         x[r * Cv + k] = last ? mean : mean + std::exp(0.5f * (f * -1.f + (1.f - f) * -3.f)) * noise[r * Cv + k] * 0.9f;
+                       }
+                     x.insert(x.end(), x0.begin(), x0.end());
+                     return x;
+                   }});
+  }
   {  // FastVAR: PTS (both score modes), gather, restore (float32 and bf16 caches)
     const int R = 2, h = 5, w = 7, C = 6, K = 13, hc = 3, wc = 4;
     const V x = randn(size_t(R * h * w * C), 80), cache = randn(size_t(R * hc * wc * C), 81), y = randn(size_t(R * K * C), 82);

@@ -107,6 +107,18 @@ TEST(Golden, InfinityTinyAPassesInProcess) {
 }
 
 
+TEST(Golden, HartTinyAPassesInProcess) {
+  // Official HART (more_smooth off, teacher forced; more_smooth stage by stage)
+  // and FastVAR-HART; tolerances of the folder's README: 1e-4 x max|ref| per
+  // tensor, diffusion steps 2e-3 (first x0 5e-2), diffusion result 3e-4,
+  // integers exact, filter masks exact off the top-k boundary, kept sets
+  // equal, u8 image +-1.
+  GoldenSummary s = run_golden(std::string(FASTVAR_TEST_DATA) + "/golden/hart_tiny_a");
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_EQ(s.not_compared, 0);
+  EXPECT_GE(s.passed, 360);
+}
+
 TEST(Golden, ShippedModelMatchesItsPyTorchTrainingCode) {
   // tools/train's PyTorch VAR (our own code, written from the spec) on the
   // shipped Fashion-MNIST weights: another scale list (1..6, 8), Cvae 16, V 256,

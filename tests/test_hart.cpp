@@ -6,9 +6,10 @@
 //   si = 0..S-2, the last-scale sum final.f_hat (from the golden's
 //   final.discrete_embed + final.diff_out), and the decoder image
 //   final.image / final.image01 (from final.f_hat), image_u8_rgb +-1 LSB;
-// * transformer, fed the next_in computed by that accumulation (end to end
-//   from the indices): text side, level embeddings, RoPE tables, every block
-//   output and the logits.
+// * the transformer, the diffusion head and the whole loop: test_golden.cpp's
+//   HartTinyAPassesInProcess (check-golden on the folder);
+// * generations: the same seed gives the same image whatever the thread
+//   count, FastVAR forwards fewer tokens, bad requests are one-line errors.
 // Float tolerance: the README's default, max-abs <= 1e-4 x max|ref| per tensor.
 // Plus strict loading: a missing or an extra tensor is a one-line fastvar::Error.
 #include <gtest/gtest.h>
@@ -18,12 +19,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 
 #include "core/error.h"
 #include "io/tensor_file.h"
 #include "models/hart/hart_model.h"
 #include "models/hart/hart_tokenizer.h"
 #include "models/weights.h"
+#include "core/threadpool.h"
+#include "models/hart/default_plan.h"
+#include "pipeline/hart_pipeline.h"
 #include "hart_test_util.h"
 #include "test_util.h"
 
@@ -150,7 +155,7 @@ TEST(HartTokenizer, GoldenDecode) {
   if (std::getenv("FASTVAR_HART_VERBOSE")) std::printf("%-24s max |diff| %d LSB\n", "final.image_u8_rgb", worst);
 }
 
-TEST(HartGolden, TeacherForcedTransformerMatchesOfficial) {
+TEST(HartModel, ConfigFromTheWeights) {
   Weights w = Weights::open(hart_dir() + "/weights_llm.safetensors");
   hart::HartModel m(w);
   w.check_all_used();
@@ -167,49 +172,101 @@ TEST(HartGolden, TeacherForcedTransformerMatchesOfficial) {
   EXPECT_TRUE(c.llama_mlp && c.timestep_embed && c.context_norm && c.attn_l2_norm);
   EXPECT_EQ(c.diff_width, 48);
   EXPECT_EQ(c.diff_depth, 2);
+  EXPECT_EQ(c.total_tokens(), 10 + 4 + 9 + 16 + 36 + 64);
+}
 
+// The golden model, tokenizer and prompt, for generations.
+struct HartGolden {
+  Weights w = Weights::open(hart_dir() + "/weights_llm.safetensors");
+  hart::HartModel m{w};
+  Weights tw = Weights::open(hart_dir() + "/weights_tokenizer.safetensors");
+  hart::Tokenizer vae{tw};
   Weights in = Weights::open(hart_dir() + "/inputs.safetensors");
-  Weights ref = Weights::open(hart_dir() + "/ref_hart.safetensors");
-  Tensor ctx = in.get("text.context_tensor", {1, 10, 48});
-  std::vector<int64_t> pos = read_i64(in.file(), "text.context_position_ids");
-  hart::HartModel::Text text = m.encode_text(ctx, pos, [&](const std::string& n, const Tensor& t) {
-    expect_close(n, t, ref);
-  });
-
-  // Level embedding of every token: [level 0 x T, level si x pn^2].
-  {
-    Tensor lvl({1, c.total_tokens(), c.C});
-    int64_t tok = 0;
-    for (int si = 0; si < c.SN(); ++si)
-      for (int i = 0; i < c.tokens(si); ++i, ++tok) std::copy_n(m.level(si), c.C, lvl.data() + tok * c.C);
-    expect_close("lvl_pos", lvl, ref);
+  HartGenParams params() {
+    HartGenParams p;
+    p.context = in.get("text.context_tensor", {1, 10, 48});
+    p.positions = read_i64(in.file(), "text.context_position_ids");
+    p.seed = 11;
+    return p;
   }
+};
 
-  // Next-scale inputs from the forced indices through the tokenizer (section 9),
-  // not the golden's sNN.next_in: checks the chain end to end.
-  LoadedTokenizer tok;
-  std::vector<std::vector<float>> next_in;
-  forced_accumulation(tok.vae, c.patch_nums, in, nullptr, &next_in);
-
-  hart::HartModel::State st = m.new_state(text.rows);
-  const int S = c.SN();
-  for (int si = 0; si < S; ++si) {
-    const std::string sp = strprintf("s%02d.", si);
-    hart::Rope rope = m.rope(si, text);
-    expect_close(strprintf("rope.s%02d.cos", si), rope.cos.data(),
-                 ref.get(strprintf("rope.s%02d.cos", si), {2, rope.L, c.head_dim}).data(), rope.cos.size());
-    expect_close(strprintf("rope.s%02d.sin", si), rope.sin.data(),
-                 ref.get(strprintf("rope.s%02d.sin", si), {2, rope.L, c.head_dim}).data(), rope.sin.size());
-    ASSERT_EQ(next_in[si].size(), si > 0 ? size_t(c.tokens(si)) * c.Cvae : 0u);
-    Tensor x = m.scale_input(si, text, si > 0 ? next_in[si].data() : nullptr);
-    expect_close(sp + "x_in", x, ref);
-    m.run_blocks(si, x, st, rope, [&](const std::string& n, const Tensor& t) { expect_close(n, t, ref); });
-    Tensor logits = m.head(x, text);
-    expect_close(sp + "logits_raw", logits, ref);
-
-    expect_close(sp + "logits_guided", test::hart_guided_logits(logits, si, S), ref);
+TEST(HartGenerate, SameSeedSameImageWhateverTheThreads) {
+  HartGolden g;
+  HartRunner r(g.m, g.vae, backend::cpu(), backend::DType::F32);
+  HartGenParams p = g.params();
+  p.plan = default_hart_plan(g.m.config().SN(), g.m.config().depth);
+  const int threads = num_threads();
+  set_num_threads(1);
+  HartGenResult a = r.generate(p);
+  set_num_threads(std::max(2, threads));
+  HartGenResult b = r.generate(p);  // the runner's buffers reused
+  set_num_threads(threads);
+  ASSERT_EQ(a.images.shape(), (Shape{1, 3, 32, 32}));
+  EXPECT_EQ(std::memcmp(a.images.data(), b.images.data(), size_t(a.images.numel()) * 4), 0);
+  float lo = 1, hi = 0;
+  for (int64_t i = 0; i < a.images.numel(); ++i) {
+    ASSERT_TRUE(std::isfinite(a.images.data()[i]));
+    lo = std::min(lo, a.images.data()[i]);
+    hi = std::max(hi, a.images.data()[i]);
   }
-  EXPECT_EQ(st.len[0], c.total_tokens());
+  EXPECT_GE(lo, 0.f);
+  EXPECT_LE(hi, 1.f);
+  EXPECT_GT(hi - lo, 0.05f);  // not a flat image
+  EXPECT_EQ(a.scales.size(), 6u);
+  EXPECT_GT(a.diffusion_ms, 0.0);
+
+  // Another seed, the hard sampler, and FastVAR off each give another image.
+  for (int variant = 0; variant < 3; ++variant) {
+    HartGenParams q = p;
+    if (variant == 0) q.seed = 12;
+    if (variant == 1) q.smooth = false;
+    if (variant == 2) q.plan = PrunePlan();
+    HartGenResult c = r.generate(q);
+    EXPECT_NE(std::memcmp(a.images.data(), c.images.data(), size_t(a.images.numel()) * 4), 0) << variant;
+  }
+}
+
+TEST(HartGenerate, FastVARForwardsFewerTokens) {
+  HartGolden g;
+  HartRunner r(g.m, g.vae, backend::cpu(), backend::DType::F32);
+  HartGenParams p = g.params();
+  HartGenResult full = r.generate(p);
+  p.plan = default_hart_plan(g.m.config().SN(), g.m.config().depth);
+  HartGenResult fv = r.generate(p);
+  int64_t f0 = 0, f1 = 0;
+  for (const ScaleStats& s : full.scales) f0 += s.forwarded;
+  for (const ScaleStats& s : fv.scales) f1 += s.forwarded;
+  // Scale 4 keeps 18 of 36 tokens, scale 5 16 of 64, in 4 blocks x 2 branches x 2 rows.
+  EXPECT_EQ(f0 - f1, int64_t(4 * 2 * 2) * ((36 - 18) + (64 - 16)));
+}
+
+TEST(HartGenerate, BadRequestsAreOneLineErrors) {
+  HartGolden g;
+  HartRunner r(g.m, g.vae, backend::cpu(), backend::DType::F32);
+  auto error = [&](const std::function<void(HartGenParams&)>& edit) {
+    HartGenParams p = g.params();
+    edit(p);
+    try {
+      r.generate(p);
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error([](HartGenParams& p) { p.context = Tensor({1, 9, 48}); }).find("text features"), std::string::npos);
+  EXPECT_NE(error([](HartGenParams& p) { p.positions.pop_back(); }).find("position ids"), std::string::npos);
+  EXPECT_NE(error([](HartGenParams& p) { p.top_p = 1.5; }).find("top-p"), std::string::npos);
+  EXPECT_NE(error([](HartGenParams& p) { p.top_k = {1, 2}; }).find("top-k"), std::string::npos);
+  EXPECT_NE(error([](HartGenParams& p) { p.diffusion_steps = 1; }).find("diffusion steps"), std::string::npos);
+  EXPECT_NE(error([](HartGenParams& p) {
+              p.plan.enabled = true;
+              p.plan.cache_scale = 3;
+              p.plan.ratio[0] = 0.5f;
+              p.plan.layer_end = 3;
+            }).find("prefix"),
+            std::string::npos);
 }
 
 // Rewrites the golden weight file without `drop` and with `extra` added.

@@ -91,7 +91,7 @@ TEST(HartDiffusion, ScheduleMatchesGoldenTables) {
 struct Golden {
   Weights w = Weights::open(hart_dir() + "/weights_llm.safetensors");
   hart::HartModel m{w};
-  hart::DiffusionHead head{m};
+  hart::DiffusionNet head{m, backend::cpu(), backend::DType::F32};
   Weights in = Weights::open(hart_dir() + "/inputs.safetensors");
   Weights ref = Weights::open(hart_dir() + "/ref_hart.safetensors");
   Tensor z = ref.get("final.diff_cond", {2, 64, 64});  // rows: cond 64, uncond 64
@@ -138,7 +138,8 @@ TEST(HartDiffusion, GoldenSamplerWithRecordedNoise) {
     const double tol = name == "diff.step0.pred_xstart" ? 5e-2 : 2e-3;
     expect_close(name, got.data(), r.data(), cnt, tol);
   };
-  Tensor res = g.head.sample(g.z.data(), n, p);
+  Tensor res({n, Cv});
+  g.head.sample(g.z.data(), n, p, res.data());  // the CPU backend: host pointers
   EXPECT_EQ(taps, 8 * 5);
   Tensor ref = g.ref.get("final.diff_out", {128, 16});
   expect_close("final.diff_out", res.data(), ref.data(), size_t(n * Cv), 3e-4);
@@ -170,8 +171,9 @@ TEST(HartDiffusion, PhiloxNoiseIsDeterministicAndNormal) {
   hart::DiffusionParams p;
   p.cfg = g.t;
   p.seed = 7;
-  Tensor r1 = g.head.sample(g.z.data(), 64, p);
-  Tensor r2 = g.head.sample(g.z.data(), 64, p);
+  Tensor r1({64, 16}), r2({64, 16});
+  g.head.sample(g.z.data(), 64, p, r1.data());
+  g.head.sample(g.z.data(), 64, p, r2.data());
   EXPECT_EQ(std::memcmp(r1.data(), r2.data(), size_t(r1.numel()) * 4), 0);
   for (int64_t i = 0; i < r1.numel(); ++i) ASSERT_LE(std::fabs(r1.data()[i]), 0.6f + 1e-6f);
 }

@@ -227,6 +227,45 @@ class Backend {
   // y = clamp(x, lo, hi) (NaN passes); x may equal y.
   virtual void clamp_range(const float* x, float* y, int64_t n, float lo, float hi) = 0;
 
+  // ---- HART ---------------------------------------------------------------------
+  // y (R, n, C) = y * (1 + scale) + shift per group, group r's C-vectors at
+  // scale/shift + r * stride (shift may be null).
+  virtual void modulate(float* y, int R, int64_t n, int64_t C, const float* scale, const float* shift,
+                        int64_t stride) = 0;
+  // y (R, C) = the element-wise maximum over the n rows of each group of x (R, n, C).
+  virtual void max_rows(const float* x, int R, int64_t n, int64_t C, float* y) = 0;
+  // After the qkv product, in place on qkv (R, n, 3C), C = H*hd: with l2norm, q
+  // and k of every head L2-normalised and q multiplied by head_scale[h]; then
+  // q and k rotated with per-row full-width tables cos/sin (R, L, hd): token t
+  // of row r at position p = pos[r*n + t] (pos null: t), table row c, s =
+  // cos/sin[r, p], for e < hd/2: (a, b) = (q[e], q[e + hd/2]) ->
+  // (a c[e] - b s[e], b c[e + hd/2] + a s[e + hd/2]).
+  virtual void qk_norm_rope_half(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm,
+                                 const float* head_scale, const float* cos, const float* sin, int64_t L,
+                                 const int32_t* pos) = 0;
+  // HART's more_smooth codebook mixture: per token of the guided logits (as
+  // cfg_sample: (1 + w) cond - w uncond of logits (2B, n, V), top-k, top-p),
+  // h (B, Cvae, n) = sum_v p_v codebook[v] with p = softmax((filtered *
+  // logit_scale - log E) / tau) over the surviving entries; E ~ Exp(1) per
+  // logit: exp_noise (B, n, V) when non-null, else from philox_uniform(seed,
+  // t, v, si << 16 | b, 0x6B17) (backend/cpu/sampler.h: gumbel_exp).
+  virtual void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
+                          float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                          const float* codebook, int64_t Cvae, float* h) = 0;
+  // One step of HART's residual diffusion sampler (IDDPM, epsilon prediction,
+  // learned-range variance; hart.md 10.4) on the carried state x (n, Cvae),
+  // from the network output out (2n, 2 Cvae) (rows 0..n-1 conditional [eps |
+  // v], then unconditional): eps = (1 + cfg) eps_c - cfg eps_u, x0 = clamp(ra
+  // x - rm eps, -1, 1), mean = c1 x0 + c2 x; last: x = mean; else x = mean +
+  // exp(0.5 (f lmax + (1 - f) lmin)) noise temperature, f = (v_c + 1) / 2.
+  // x0 (n, Cvae) receives the x0 prediction when non-null.
+  struct DiffusionStep {
+    float cfg = 0, ra = 0, rm = 0, c1 = 0, c2 = 0, logvar_min = 0, logvar_max = 0, temperature = 1;
+    bool last = false;
+  };
+  virtual void diffusion_step(float* x, const float* out, const float* noise, int64_t n, int64_t Cvae,
+                              const DiffusionStep& s, float* x0) = 0;
+
   // ---- the image side -------------------------------------------------------
   // idx (B, n) ids into codebook (V, C) -> h (B, C, n); an id outside [0, V)
   // gives NaN.

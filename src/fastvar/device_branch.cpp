@@ -1,5 +1,5 @@
-// FastVAR's branch on a backend (see device_branch.h); the order of the steps
-// follows run_branch (branch.cpp).
+// FastVAR's branch on a backend (see device_branch.h): PTS, gather, the
+// branch, CTR restore, the cache store, the residual add.
 #include "fastvar/device_branch.h"
 
 #include <algorithm>

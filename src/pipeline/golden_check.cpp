@@ -22,7 +22,11 @@
 #include "models/infinity/bsq_vae.h"
 #include "models/infinity/infinity_model.h"
 #include "models/infinity/schedule.h"
+#include "models/hart/hart_diffusion.h"
+#include "models/hart/hart_model.h"
+#include "models/hart/hart_tokenizer.h"
 #include "models/qwen2/encoder.h"
+#include "pipeline/hart_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
 #include "backend/cpu/sampler.h"
 #include "pipeline/var_pipeline.h"
@@ -198,6 +202,9 @@ class Checker {
   }
 
   GoldenSummary summary() const { return sum_; }
+  const io::TensorFile& golden() const { return golden_; }
+  void mark_seen(const std::string& name) { seen_.insert(name); }
+  void report_line(const std::string& name, bool ok, const std::string& detail) { report(name, ok, detail); }
 
  private:
   void report(const std::string& name, bool ok, const std::string& detail) {
@@ -378,6 +385,370 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
     std::vector<int> pn;
     for (const auto& hw : p.schedule.scales) pn.push_back(hw.second);
     run("ref_fastvar.safetensors", ("FastVAR run (" + plan.describe(pn) + "):").c_str());
+  }
+  return total;
+}
+
+// HART tolerances from its golden README: 1e-4 x max|ref| per tensor; the
+// diffusion steps 2e-3 (the first step's x0 5e-2: ill-conditioned), its
+// result 3e-4; integers exact; kept sets equal; the 8-bit image +-1.
+Tolerance hart_tolerance(const std::string& name) {
+  if (ends_with(name, "kept_idx")) return {0, 0, true};
+  if (ends_with(name, "top_k") || ends_with(name, "t_model") || ends_with(name, "timestep_map")) return {0, 0, false};
+  if (ends_with(name, "image_u8_rgb")) return {1, 0, false};
+  Tolerance t;
+  t.max_rel = 1e-4;
+  if (name == "diff.step0.pred_xstart") t.max_rel = 5e-2;
+  else if (name.rfind("diff.step", 0) == 0) t.max_rel = 2e-3;
+  else if (name == "final.diff_out") t.max_rel = 3e-4;
+  return t;
+}
+// CUDA in float32: other summation orders, 4x; bfloat16: within 10 % of each
+// tensor's largest value (5 % for the image), kept sets within 25 %.
+Tolerance hart_tolerance_cuda_f32(const std::string& name) {
+  Tolerance t = hart_tolerance(name);
+  t.atol *= 4;
+  t.max_rel *= 4;
+  return t;
+}
+Tolerance hart_tolerance_bf16(const std::string& name) {
+  if (ends_with(name, "kept_idx")) return {0, 0, true, 0, 0.25};
+  if (ends_with(name, "top_k") || ends_with(name, "timestep_map")) return hart_tolerance(name);
+  if (contains(name, "rope.") || ends_with(name, "discrete_embed")) return hart_tolerance(name);
+  if (ends_with(name, "image_u8_rgb")) return {13, 0, false, 0, 0, 0.01};
+  Tolerance t{0, 0, false, 0.1};
+  if (contains(name, "image")) t.max_rel = 0.05;
+  t.outlier_frac = 0.01;
+  return t;
+}
+
+// sample.py's 8-bit image: uint8(trunc(image01 * 255)), (B, H, W, 3) RGB.
+Tensor hart_image_u8(const Tensor& img01) {
+  const int64_t B = img01.dim(0), H = img01.dim(2), W = img01.dim(3);
+  Tensor u8({B, H, W, 3});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t y = 0; y < H; ++y)
+      for (int64_t x = 0; x < W; ++x)
+        for (int c = 0; c < 3; ++c)
+          u8.data()[((b * H + y) * W + x) * 3 + c] =
+              std::trunc(std::clamp(img01.data()[((b * 3 + c) * H + y) * W + x], 0.f, 1.f) * 255.f);
+  return u8;
+}
+
+// The filter mask sNN.filter_keep of HART's README: entries may flip only
+// where the guided logit lies within 1e-4 x max|logit| of the top-k threshold
+// (with top-p, where its ascending cumulative probability lies within 1e-5 of
+// 1 - top_p); all others must match.
+void compare_filter(Checker& ck, const io::TensorFile& golden, const std::string& name, const Tensor& keep,
+                    const Tensor& guided, int top_k, double top_p, std::FILE* out) {
+  const io::TensorEntry* e = golden.find(name);
+  if (!e) return;
+  ck.mark_seen(name);
+  if (e->numel() != keep.numel() || guided.numel() != keep.numel()) {
+    ck.report_line(name, false, "shape differs");
+    return;
+  }
+  const std::vector<double> ref = to_double(*e);
+  const int64_t V = guided.dim(2), rows = guided.numel() / V;
+  int64_t flips = 0, allowed = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = guided.data() + r * V;
+    float mx = 0.f;
+    for (int64_t v = 0; v < V; ++v) mx = std::max(mx, std::fabs(g[v]));
+    std::vector<float> sorted(g, g + V);
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    const float thr = top_k > 0 && top_k < V ? sorted[size_t(top_k - 1)] : -INFINITY;
+    // Ascending cumulative probabilities of the top-k survivors (for top-p).
+    std::vector<double> cum(size_t(V), -1.0);
+    if (top_p > 0) {
+      std::vector<int64_t> order;
+      for (int64_t v = 0; v < V; ++v)
+        if (g[v] >= thr) order.push_back(v);
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return g[a] < g[b] || (g[a] == g[b] && a < b); });
+      double m = -INFINITY, z = 0, acc = 0;
+      for (int64_t v : order) m = std::max(m, double(g[v]));
+      for (int64_t v : order) z += std::exp(double(g[v]) - m);
+      for (int64_t v : order) cum[size_t(v)] = (acc += std::exp(double(g[v]) - m) / z);
+    }
+    for (int64_t v = 0; v < V; ++v) {
+      if ((keep.data()[r * V + v] != 0.f) == (ref[size_t(r * V + v)] != 0.0)) continue;
+      const bool near_k = std::fabs(g[v] - thr) <= 1e-4 * mx;
+      const bool near_p = top_p > 0 && cum[size_t(v)] >= 0 && std::fabs(cum[size_t(v)] - (1.0 - top_p)) <= 1e-5;
+      (near_k || near_p ? allowed : flips)++;
+    }
+  }
+  ck.report_line(name, flips == 0,
+                 strprintf("flips %lld (+%lld at the threshold)   tol: only entries at the top-k / top-p boundary",
+                           (long long)flips, (long long)allowed));
+  (void)out;
+}
+
+// A HART folder (format of tests/data/golden/hart_tiny_a): ref_hart and
+// ref_fastvar end to end (teacher forced), ref_hart_smooth stage by stage.
+GoldenSummary check_hart(const fs::path& dir, const json& cfg, std::FILE* out, const GoldenOptions& opt) {
+  const json& tiny = cfg.at("tiny");
+  hart::HartOptions ho;
+  ho.patch_nums = tiny.at("patch_nums").get<std::vector<int>>();
+  ho.context_tokens = tiny.at("context_token").get<int>();
+  ho.heads = tiny.at("num_heads").get<int>();
+  Weights lw(io::TensorFile::open(find_file(dir, "weights_llm")));
+  hart::HartModel model(lw, ho);
+  lw.check_all_used();
+  Weights tw(io::TensorFile::open(find_file(dir, "weights_tokenizer")));
+  hart::Tokenizer vae(tw);
+  tw.check_all_used();
+  const hart::HartConfig& c = model.config();
+  std::fprintf(out, "model: %s\ntokenizer: %s\n", c.describe().c_str(), vae.config().describe().c_str());
+  backend::Backend& be = backend::get(opt.device.cuda, opt.device.index);
+  HartRunner runner(model, vae, be, opt.dtype);
+  if (opt.device.cuda)
+    std::fprintf(out, "device: %s (%s), %s\n", opt.device.name().c_str(), be.describe().c_str(),
+                 cpu::dtype_name(opt.dtype));
+  Checker::TolFn tol = hart_tolerance;
+  if (opt.dtype == cpu::DType::BF16) tol = hart_tolerance_bf16;
+  else if (opt.device.cuda) tol = hart_tolerance_cuda_f32;
+
+  std::shared_ptr<io::TensorFile> inputs = io::TensorFile::open((dir / "inputs.safetensors").string());
+  const int S = c.SN();
+  HartGenParams p;
+  {
+    const io::TensorEntry& e = inputs->at("text.context_tensor");
+    if (e.shape.size() != 3) fail("%s: text.context_tensor is not [B, T, C]", dir.string().c_str());
+    std::vector<double> v = to_double(e);
+    p.context = Tensor(Shape(e.shape.begin(), e.shape.end()));
+    for (int64_t i = 0; i < p.context.numel(); ++i) p.context.data()[i] = static_cast<float>(v[size_t(i)]);
+  }
+  p.positions = read_ints(*inputs, "text.context_position_ids");
+  p.cfg = tiny.at("cfg").get<float>();
+  p.top_p = tiny.value("top_p", 0.0);
+  if (cfg.contains("top_k_per_scale")) {
+    p.top_k = cfg.at("top_k_per_scale").get<std::vector<int>>();
+  } else if (tiny.contains("topk_switch_si")) {  // the official 600 / 300 at another switch index
+    const int sw = tiny.at("topk_switch_si").get<int>();
+    for (int si = 0; si < S; ++si) p.top_k.push_back(si < sw ? 600 : 300);
+  }
+  const json& steps = tiny.at("num_sampling_steps");
+  p.diffusion_steps = steps.is_string() ? std::stoi(steps.get<std::string>()) : steps.get<int>();
+  p.teacher = [&](int si, int B, int64_t n, int64_t* idx) {
+    std::vector<int64_t> v = read_ints(*inputs, strprintf("idx.s%02d", si));
+    if (static_cast<int64_t>(v.size()) != B * n)
+      fail("golden idx.s%02d has %zu entries, expected %lld", si, v.size(), (long long)(B * n));
+    std::copy(v.begin(), v.end(), idx);
+  };
+  p.gumbel = [&](int si, int B, int64_t n, int64_t V, float* E) {
+    const io::TensorEntry& e = inputs->at(strprintf("gumbel.s%02d", si));
+    if (e.numel() != B * n * V) fail("golden gumbel.s%02d has %lld values, expected %lld", si, (long long)e.numel(), (long long)(B * n * V));
+    std::vector<double> v = to_double(e);
+    for (size_t i = 0; i < v.size(); ++i) E[i] = static_cast<float>(v[i]);
+  };
+  p.noise = [&](int call, float* dst, int64_t rows, int64_t Cv) {
+    const std::string name = call < 0 ? std::string("diff.noise_init") : strprintf("diff.noise_step%d", call);
+    const io::TensorEntry& e = inputs->at(name);
+    if (e.numel() < rows * Cv) fail("golden %s has %lld values, expected at least %lld", name.c_str(), (long long)e.numel(), (long long)(rows * Cv));
+    std::vector<double> v = to_double(e);
+    for (int64_t i = 0; i < rows * Cv; ++i) dst[i] = static_cast<float>(v[size_t(i)]);  // the conditional rows
+  };
+
+  // Level embeddings of every token and the diffusion schedule (host side).
+  auto check_host = [&](Checker& ck) {
+    Tensor lvl({1, c.total_tokens(), c.C});
+    int64_t tok = 0;
+    for (int si = 0; si < S; ++si)
+      for (int i = 0; i < c.tokens(si); ++i, ++tok) std::copy_n(model.level(si), c.C, lvl.data() + tok * c.C);
+    ck.compare("lvl_pos", lvl);
+    const hart::DiffusionSchedule ds = hart::DiffusionSchedule::respaced(p.diffusion_steps);
+    auto table = [&](const char* name, const std::vector<double>& v) {
+      Tensor t({int64_t(v.size())});
+      for (size_t i = 0; i < v.size(); ++i) t.data()[i] = static_cast<float>(v[i]);
+      ck.compare(name, t);
+    };
+    std::vector<double> map(ds.timestep_map.begin(), ds.timestep_map.end());
+    table("diff.timestep_map", map);
+    table("diff.betas", ds.betas);
+    table("diff.alphas_cumprod", ds.alphas_cumprod);
+    table("diff.alphas_cumprod_prev", ds.alphas_cumprod_prev);
+    table("diff.sqrt_recip_alphas_cumprod", ds.sqrt_recip_alphas_cumprod);
+    table("diff.sqrt_recipm1_alphas_cumprod", ds.sqrt_recipm1_alphas_cumprod);
+    table("diff.posterior_log_variance_clipped", ds.posterior_log_variance_clipped);
+    table("diff.posterior_mean_coef1", ds.posterior_mean_coef1);
+    table("diff.posterior_mean_coef2", ds.posterior_mean_coef2);
+    for (int k = 0; k < ds.steps(); ++k) {  // the network's timestep of call k, every row
+      const std::string name = strprintf("diff.step%d.t_model", k);
+      const io::TensorEntry* e = ck.golden().find(name);
+      if (!e) continue;
+      Tensor t({e->numel()});
+      std::fill_n(t.data(), t.numel(), static_cast<float>(ds.timestep_map[size_t(ds.steps() - 1 - k)]));
+      ck.compare(name, t);
+    }
+  };
+
+  GoldenSummary total;
+  auto run = [&](const char* file, const char* what, bool smooth) {
+    auto golden = io::TensorFile::open((dir / file).string());
+    Checker ck(*golden, out, tol);
+    std::fprintf(out, "%s\n", what);
+    check_host(ck);
+    p.smooth = smooth;
+    Tensor guided;
+    int top_k = 0;
+    // Stage by stage (smooth): every scale's transformer runs on the reference
+    // next-scale inputs; the mixtures, latents and image are checked below
+    // from the reference values of their stage.
+    p.next_input = nullptr;
+    if (smooth)
+      p.next_input = [&](int si, int B, int64_t n, int64_t Cv, float* v) {
+        const io::TensorEntry* e = golden->find(strprintf("s%02d.next_in", si - 1));
+        if (!e || e->numel() != B * n * Cv) return false;
+        std::vector<double> d = to_double(*e);
+        for (size_t i = 0; i < d.size(); ++i) v[i] = static_cast<float>(d[i]);
+        return true;
+      };
+    p.tap = [&](const std::string& name, const Tensor& t) {
+      std::string n = name;
+      if (ends_with(n, ".keep")) n = n.substr(0, n.size() - 5) + ".kept_idx";
+      if (smooth && (ends_with(n, ".h") || ends_with(n, ".f_hat") || ends_with(n, ".next_in") ||
+                     n.rfind("final.image", 0) == 0))
+        return;  // chaotic end to end: checked per stage below
+      if (ends_with(n, ".logits_guided")) guided = t;
+      if (ends_with(n, ".top_k")) top_k = static_cast<int>(t.data()[0]);
+      if (ends_with(n, ".filter_keep")) {
+        compare_filter(ck, *golden, n, t, guided, top_k, p.top_p, out);
+        return;
+      }
+      if (n == "final.diff_out") {  // the reference holds both halves; the conditional one is used
+        const io::TensorEntry* e = golden->find(n);
+        if (e && e->numel() == 2 * t.numel()) {
+          std::vector<double> ref = to_double(*e);
+          ck.mark_seen(n);
+          const Comparison cmp = compare_values(t.data(), ref.data(), t.numel(), tol(n));
+          ck.report_line(n + " (conditional half)", cmp.ok, cmp.detail);
+          return;
+        }
+      }
+      if (n.rfind("diff.step", 0) == 0 && (ends_with(n, ".pred_xstart") || ends_with(n, ".sample"))) {
+        const io::TensorEntry* e = golden->find(n);
+        if (e && e->numel() == 2 * t.numel()) {
+          std::vector<double> ref = to_double(*e);
+          ck.mark_seen(n);
+          const Comparison cmp = compare_values(t.data(), ref.data(), t.numel(), tol(n));
+          ck.report_line(n + " (conditional half)", cmp.ok, cmp.detail);
+          return;
+        }
+      }
+      ck.compare(n, t);
+      if (n == "final.image01") ck.compare("final.image_u8_rgb", hart_image_u8(t));
+    };
+    runner.generate(p);
+    if (smooth) {
+      // Per stage from the reference: the mixture from the reference guided
+      // logits and the recorded noise; f_hat and the next input from the
+      // reference values before them; the last scale's latent and the image.
+      const int64_t Cv = c.Cvae, V = c.V, P = c.P();
+      const int B = static_cast<int>(p.context.dim(0));
+      auto ref_tensor = [&](const std::string& name) {
+        const io::TensorEntry& e = golden->at(name);
+        std::vector<double> d = to_double(e);
+        Tensor t(Shape(e.shape.begin(), e.shape.end()));
+        for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<float>(d[size_t(i)]);
+        return t;
+      };
+      auto dev = [&](const Tensor& t) {
+        backend::Buffer b = backend::alloc_f32(be, t.numel());
+        be.upload(b.data(), t.data(), size_t(t.numel()) * sizeof(float));
+        return b;
+      };
+      auto host = [&](const backend::Buffer& b, const Shape& s) {
+        Tensor t(s);
+        be.download(t.data(), b.data(), size_t(t.numel()) * sizeof(float));
+        return t;
+      };
+      var::VqvaeNet vnet(vae, be, opt.dtype);
+      Tensor f_prev({B, Cv, P, P});
+      for (int si = 0; si < S; ++si) {
+        const std::string sp = strprintf("s%02d.", si);
+        if (!golden->find(sp + "logits_guided")) continue;
+        const int pn = c.patch_nums[si];
+        const int64_t n = int64_t(pn) * pn;
+        Tensor g = ref_tensor(sp + "logits_guided");  // (B, n, V)
+        if (g.numel() != B * n * V) fail("golden %slogits_guided has the wrong size", sp.c_str());
+        Tensor both({2 * B, n, V});
+        std::copy_n(g.data(), g.numel(), both.data());
+        std::copy_n(g.data(), g.numel(), both.data() + g.numel());
+        std::vector<float> E(size_t(B * n * V));
+        p.gumbel(si, B, n, V, E.data());
+        Tensor Et({B, n, V});
+        std::copy(E.begin(), E.end(), Et.data());
+        backend::Buffer lg = dev(both), eb = dev(Et), hb = backend::alloc_f32(be, B * Cv * n);
+        const double r = hart_ratio(si, S);
+        be.gumbel_mix(lg.f32(), B, n, V, 0.f, hart_top_k(p, si, S), p.top_p, static_cast<float>(1.0 + r),
+                      hart_gumbel_tau(si, S), eb.f32(), 0, static_cast<uint32_t>(si), vnet.codebook(), Cv, hb.f32());
+        Tensor h = host(hb, {B, Cv, pn, pn});
+        if (si < S - 1) {
+          ck.compare(sp + "h", h);
+          if (!golden->find(sp + "f_hat")) continue;
+          backend::Buffer fb = dev(f_prev), rh = dev(ref_tensor(sp + "h"));
+          vnet.accumulate(rh.f32(), B, pn, pn, si, S, fb.f32(), int(P), int(P));
+          ck.compare(sp + "f_hat", host(fb, {B, Cv, P, P}));
+          f_prev = ref_tensor(sp + "f_hat");
+          if (si + 1 < S && golden->find(sp + "next_in")) {
+            const int pn2 = c.patch_nums[si + 1];
+            backend::Buffer fr = dev(f_prev), cm = backend::alloc_f32(be, B * Cv * pn2 * pn2),
+                            tm = backend::alloc_f32(be, B * Cv * pn2 * pn2);
+            vnet.next_input(fr.f32(), B, int(P), int(P), pn2, pn2, cm.f32());
+            be.transpose_cn(cm.f32(), tm.f32(), B, Cv, int64_t(pn2) * pn2);
+            ck.compare(sp + "next_in", host(tm, {B, int64_t(pn2) * pn2, Cv}));
+          }
+        } else if (golden->find("final.f_hat") && golden->find("final.diff_out")) {
+          // final.f_hat = f_hat(S-2) + h + residual (conditional rows of final.diff_out).
+          Tensor d = ref_tensor("final.diff_out"), fin = f_prev;
+          for (int b = 0; b < B; ++b)
+            for (int64_t ch = 0; ch < Cv; ++ch)
+              for (int64_t t = 0; t < n; ++t) {
+                float& f = fin.data()[(b * Cv + ch) * n + t];
+                f += h.data()[(b * Cv + ch) * n + t] + d.data()[(b * n + t) * Cv + ch];
+              }
+          ck.compare("final.f_hat", fin);
+        }
+      }
+      if (golden->find("final.f_hat")) {
+        Tensor fr = ref_tensor("final.f_hat");
+        backend::Buffer fb = dev(fr);
+        const int64_t side = P * vae.config().downsample;
+        backend::Buffer ib = backend::alloc_f32(be, B * 3 * side * side);
+        vnet.decode(fb.f32(), B, int(P), int(P), ib.f32());
+        Tensor img01 = host(ib, {B, 3, side, side}), img(img01.shape());
+        for (int64_t i = 0; i < img.numel(); ++i) img.data()[i] = img01.data()[i] * 2.f - 1.f;
+        ck.compare("final.image01", img01);
+        ck.compare("final.image", img);
+        ck.compare("final.image_u8_rgb", hart_image_u8(img01));
+      }
+    }
+    ck.report_unseen();
+    total += ck.summary();
+  };
+  run("ref_hart.safetensors", "reference run (official HART, more_smooth off, teacher forced):", false);
+  if (fs::exists(dir / "ref_hart_smooth.safetensors"))
+    run("ref_hart_smooth.safetensors", "more_smooth run (official HART, stage by stage from the reference):", true);
+  if (cfg.contains("fastvar_plan") && fs::exists(dir / "ref_fastvar.safetensors")) {
+    const json& fj = cfg.at("fastvar_plan");
+    PrunePlan plan;
+    plan.enabled = true;
+    plan.cache_scale = fj.at("cache_scale").get<int>();
+    for (const auto& [si, r] : fj.at("prune").items()) plan.ratio[std::stoi(si)] = r.get<float>();
+    std::vector<int> skip = fj.value("skip", std::vector<int>{});
+    std::sort(skip.begin(), skip.end());
+    for (size_t i = 0; i < skip.size(); ++i)
+      if (skip[i] != S - static_cast<int>(skip.size()) + static_cast<int>(i))
+        fail("golden FastVAR plan skips scales that are not the last ones");
+    plan.skip_last = static_cast<int>(skip.size());
+    std::vector<int> layers = fj.at("pruned_layers").get<std::vector<int>>();
+    std::sort(layers.begin(), layers.end());
+    if (layers.empty() || layers.back() - layers.front() + 1 != static_cast<int>(layers.size()))
+      fail("golden FastVAR layers are not a contiguous block range");
+    plan.layer_begin = layers.front();
+    plan.layer_end = layers.back();
+    p.plan = plan;
+    run("ref_fastvar.safetensors", ("FastVAR run (" + plan.describe(c.patch_nums) + "):").c_str(), false);
   }
   return total;
 }
@@ -585,6 +956,7 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const Golde
   }
   try {
     const bool infinity = cfg.contains("tiny") && fs::exists(dir / "ref_infinity.safetensors");
+    const bool hart = cfg.contains("tiny") && fs::exists(dir / "ref_hart.safetensors");
     const bool qwen2 = fs::exists(dir / "prompts.json") && fs::exists(dir / "reference.safetensors") &&
                        fs::exists(dir / "inputs.safetensors");
     if (qwen2 && !infinity && !cfg.contains("var")) {
@@ -592,9 +964,10 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const Golde
         fail("%s: Qwen2 encoder folders run on the CPU in fp32 only, for now", dir_s.c_str());
       return check_qwen2(dir, cfg, out);
     }
-    if (!infinity && !cfg.contains("var") && (opt.device.cuda || opt.dtype != cpu::DType::F32))
-      fail("%s: only VAR and Infinity golden folders run with --device cuda or --dtype bf16", dir_s.c_str());
+    if (!infinity && !hart && !cfg.contains("var") && (opt.device.cuda || opt.dtype != cpu::DType::F32))
+      fail("%s: only VAR, Infinity and HART golden folders run with --device cuda or --dtype bf16", dir_s.c_str());
     if (infinity) return check_infinity(dir, cfg, out, opt);
+    if (hart) return check_hart(dir, cfg, out, opt);
     if (cfg.contains("var")) {
       auto golden = io::TensorFile::open((dir / "golden.safetensors").string());
       Checker::TolFn tol = var_tolerance;
@@ -608,7 +981,7 @@ GoldenSummary check_golden(const std::string& dir_s, std::FILE* out, const Golde
   } catch (const json::exception& e) {
     fail("%s: unexpected config.json layout: %s", cfg_path.string().c_str(), e.what());
   }
-  fail("%s: unsupported golden folder (this build checks VAR, Infinity and Qwen2 encoder folders)",
+  fail("%s: unsupported golden folder (this build checks VAR, Infinity, HART and Qwen2 encoder folders)",
        dir_s.c_str());
 }
 

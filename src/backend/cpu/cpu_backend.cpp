@@ -349,6 +349,104 @@ class CpuBackend : public Backend {
     fastvar::restore_tokens(c.data(), hc, wc, y, keep, R, K, h, w, C, out);
   }
 
+  void modulate(float* y, int R, int64_t n, int64_t C, const float* scale, const float* shift,
+                int64_t stride) override {
+    check(R >= 0 && n >= 0 && C > 0 && scale, "modulate");
+    parallel_for(int64_t(R) * n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const float* sc = scale + (i / n) * stride;
+        const float* sh = shift ? shift + (i / n) * stride : nullptr;
+        float* row = y + i * C;
+        for (int64_t c = 0; c < C; ++c) row[c] = row[c] * (1.f + sc[c]) + (sh ? sh[c] : 0.f);
+      }
+    }, row_grain(C));
+  }
+  void max_rows(const float* x, int R, int64_t n, int64_t C, float* y) override {
+    check(R >= 0 && n > 0 && C > 0, "max_rows");
+    for (int r = 0; r < R; ++r) {
+      const float* xr = x + int64_t(r) * n * C;
+      float* yr = y + int64_t(r) * C;
+      std::copy_n(xr, C, yr);
+      for (int64_t i = 1; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) yr[c] = std::max(yr[c], xr[i * C + c]);
+    }
+  }
+  void qk_norm_rope_half(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm, const float* head_scale,
+                         const float* cs, const float* sn, int64_t L, const int32_t* pos) override {
+    check(R >= 0 && n >= 0 && H > 0 && hd > 0 && hd % 2 == 0 && (!l2norm || head_scale) && cs && sn, "qk_norm_rope_half");
+    const int64_t C = H * hd, half = hd / 2;
+    parallel_for(int64_t(R) * n, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / n, p = pos ? pos[i] : i % n;
+        const float* c = cs + (r * L + p) * hd;
+        const float* s = sn + (r * L + p) * hd;
+        float* row = qkv + i * 3 * C;
+        for (int64_t h = 0; h < H; ++h)
+          for (int which = 0; which < 2; ++which) {
+            float* t = row + which * C + h * hd;
+            if (l2norm) {
+              float ss = 0.f;
+              for (int64_t e = 0; e < hd; ++e) ss += t[e] * t[e];
+              const float m = (which == 0 ? head_scale[h] : 1.f) / std::max(std::sqrt(ss), 1e-12f);
+              for (int64_t e = 0; e < hd; ++e) t[e] *= m;
+            }
+            for (int64_t e = 0; e < half; ++e) {
+              const float a = t[e], b = t[e + half];
+              t[e] = a * c[e] - b * s[e];
+              t[e + half] = b * c[e + half] + a * s[e + half];
+            }
+          }
+      }
+    }, row_grain(3 * C));
+  }
+  void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
+                  float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                  const float* codebook, int64_t Cvae, float* h) override {
+    check(B > 0 && n >= 0 && V > 0 && Cvae > 0 && tau > 0.f, "gumbel_mix");
+    parallel_for(B * n, [&](int64_t i0, int64_t i1) {
+      thread_local std::vector<float> mixed, E, weights;
+      mixed.resize(size_t(V));
+      E.resize(size_t(V));
+      weights.resize(size_t(V));
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / n, t = i % n;
+        cfg_mix(logits + (b * n + t) * V, 1, 1, V, w, mixed.data(), logits + ((B + b) * n + t) * V);
+        filter_top_k_top_p(mixed.data(), V, top_k, top_p);
+        if (exp_noise)
+          std::copy_n(exp_noise + i * V, V, E.data());
+        else
+          for (int64_t v = 0; v < V; ++v)
+            E[size_t(v)] = gumbel_exp(seed, si, static_cast<uint32_t>(b), static_cast<uint32_t>(t), static_cast<uint32_t>(v));
+        gumbel_mix_token(mixed.data(), E.data(), V, logit_scale, tau, codebook, Cvae, h + b * Cvae * n + t, n,
+                         weights.data());
+      }
+    }, 4);
+  }
+  void diffusion_step(float* x, const float* out, const float* noise, int64_t n, int64_t Cv, const DiffusionStep& d,
+                      float* x0) override {
+    check(n >= 0 && Cv > 0 && (d.last || noise), "diffusion_step");
+    parallel_for(n, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* oc = out + r * 2 * Cv;        // conditional: eps | v
+        const float* ou = out + (n + r) * 2 * Cv;  // unconditional
+        float* xr = x + r * Cv;
+        for (int64_t c = 0; c < Cv; ++c) {
+          const float eps = (1.f + d.cfg) * oc[c] - d.cfg * ou[c];
+          const float xs = std::clamp(d.ra * xr[c] - d.rm * eps, -1.f, 1.f);
+          if (x0) x0[r * Cv + c] = xs;
+          const float mean = d.c1 * xs + d.c2 * xr[c];
+          if (d.last) {
+            xr[c] = mean;
+            continue;
+          }
+          const float frac = (oc[Cv + c] + 1.f) / 2.f;
+          const float logv = frac * d.logvar_max + (1.f - frac) * d.logvar_min;
+          xr[c] = mean + std::exp(0.5f * logv) * noise[r * Cv + c] * d.temperature;
+        }
+      }
+    }, row_grain(4 * Cv));
+  }
+
   void rms_norm(const float* x, float* y, int64_t rows, int64_t C, float eps, const float* w) override {
     check(rows >= 0 && C > 0 && w, "rms_norm");
     parallel_for(rows, [&](int64_t r0, int64_t r1) {

@@ -6,6 +6,8 @@
 #include <numeric>
 #include <vector>
 
+#include "core/rng.h"
+
 namespace fastvar {
 
 void cfg_mix(const float* logits, int B, int64_t n, int64_t V, float w, float* out, const float* uncond) {
@@ -83,6 +85,36 @@ int64_t draw(const float* probs, int64_t V, float u) {
     if (target < cum) return i;
   }
   return last < 0 ? 0 : last;  // rounding: the last token with mass
+}
+
+float gumbel_exp(uint64_t seed, uint32_t si, uint32_t b, uint32_t t, uint32_t v) {
+  uint32_t w[4] = {t, v, (si << 16) | (b & 0xFFFFu), 0x6B17u};
+  philox4x32_inplace(w, seed);
+  const float u = (static_cast<float>(w[0] >> 8) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
+  return -std::log(u);
+}
+
+void gumbel_mix_token(const float* filtered, const float* E, int64_t V, float logit_scale, float tau,
+                      const float* codebook, int64_t Cvae, float* h, int64_t h_stride, float* weights) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float mx = ninf;
+  for (int64_t v = 0; v < V; ++v) {
+    weights[v] = filtered[v] == ninf ? ninf : (filtered[v] * logit_scale - std::log(E[v])) / tau;
+    mx = std::max(mx, weights[v]);
+  }
+  double sum = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    weights[v] = weights[v] == ninf ? 0.f : std::exp(weights[v] - mx);
+    sum += weights[v];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t c = 0; c < Cvae; ++c) h[c * h_stride] = 0.f;
+  for (int64_t v = 0; v < V; ++v) {
+    if (weights[v] == 0.f) continue;
+    const float p = weights[v] * inv;
+    const float* row = codebook + v * Cvae;
+    for (int64_t c = 0; c < Cvae; ++c) h[c * h_stride] += p * row[c];
+  }
 }
 
 }  // namespace fastvar

@@ -197,6 +197,33 @@ class CudaBackend : public Backend {
       cuda::restore_tokens(static_cast<const float*>(cache), hc, wc, y, keep, R, K, h, w, C, out);
   }
 
+  void modulate(float* y, int R, int64_t n, int64_t C, const float* scale, const float* shift,
+                int64_t stride) override {
+    use();
+    cuda::modulate(y, R, n, C, scale, shift, stride);
+  }
+  void max_rows(const float* x, int R, int64_t n, int64_t C, float* y) override {
+    use();
+    cuda::max_rows(x, R, n, C, y);
+  }
+  void qk_norm_rope_half(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm, const float* head_scale,
+                         const float* cs, const float* sn, int64_t L, const int32_t* pos) override {
+    use();
+    cuda::qk_norm_rope_half(qkv, R, n, H, hd, l2norm, head_scale, cs, sn, L, pos);
+  }
+  void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
+                  float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                  const float* codebook, int64_t Cvae, float* h) override {
+    use();
+    cuda::gumbel_mix(logits, B, n, V, w, top_k, top_p, logit_scale, tau, exp_noise, seed, si, codebook, Cvae, h);
+  }
+  void diffusion_step(float* x, const float* out, const float* noise, int64_t n, int64_t Cvae, const DiffusionStep& s,
+                      float* x0) override {
+    use();
+    cuda::diffusion_step(x, out, noise, n, Cvae, s.cfg, s.ra, s.rm, s.c1, s.c2, s.logvar_min, s.logvar_max,
+                         s.temperature, s.last, x0);
+  }
+
   void rms_norm(const float* x, float* y, int64_t rows, int64_t C, float eps, const float* w) override {
     use();
     cuda::rms_norm(x, y, rows, C, eps, w);

@@ -254,6 +254,13 @@ void transpose_cn(const float* x, float* y, int B, int64_t C, int64_t n);
 // on (a sort in shared memory), larger without; beyond that fastvar::Error.
 void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int top_k,
                 double top_p, uint64_t seed, uint32_t si, int32_t* idx);
+// HART's codebook mixture (backend.h: Backend::gumbel_mix): cfg_sample's mix
+// and filters, then h (B, Cvae, n) = sum_v p_v codebook[v] with p = softmax((f *
+// logit_scale - log E) / tau) over the survivors, E = exp_noise (B, n, V) or the
+// CPU's gumbel_exp draw. One thread block per token; same V limits as cfg_sample.
+void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
+                float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                const float* codebook, int64_t Cvae, float* h);
 // For tests: words (n, 4) = philox4x32(ctr[i], seed) and u[i] = philox_uniform(
 // seed, ctr[i]) for the counters ctr (n, 4), on the device (either output may be null).
 void philox(const uint32_t* ctr, int64_t n, uint64_t seed, uint32_t* words, float* u);

@@ -25,4 +25,20 @@ void attention_bias(const float* q, int64_t q_stride, const float* k, const floa
                     const float* bias, float* out, int64_t out_stride, int64_t Lq, int64_t Lk, int64_t H,
                     int64_t Hkv, int64_t hd, float scale, float* scratch);
 
+// ---- HART (backend.h: the ops of the same name) ----------------------------
+// y (R, n, C) = y * (1 + scale) + shift, group r at scale/shift + r*stride (shift may be null).
+void modulate(float* y, int R, int64_t n, int64_t C, const float* scale, const float* shift, int64_t stride);
+// y (R, C) = the element-wise maximum over the n rows of each group of x (R, n, C).
+void max_rows(const float* x, int R, int64_t n, int64_t C, float* y);
+// q/k L2 norm (q times head_scale[h]) and rotate-half RoPE with per-row tables
+// cos/sin (R, L, hd), in place on qkv (R, n, 3*H*hd) (Backend::qk_norm_rope_half).
+void qk_norm_rope_half(float* qkv, int R, int64_t n, int64_t H, int64_t hd, bool l2norm,
+                       const float* head_scale, const float* cos, const float* sin, int64_t L,
+                       const int32_t* pos);
+// One step of HART's residual diffusion sampler on x (n, Cvae) (Backend::diffusion_step;
+// cfg..temperature as in Backend::DiffusionStep; noise ignored when last; x0 may be null).
+void diffusion_step(float* x, const float* out, const float* noise, int64_t n, int64_t Cvae, float cfg,
+                    float ra, float rm, float c1, float c2, float logvar_min, float logvar_max,
+                    float temperature, bool last, float* x0);
+
 }  // namespace fastvar::cuda

@@ -28,24 +28,9 @@ void timestep_embedding(float t, float* out) {
   }
 }
 
-// y = LN(x) (optionally affine w, b) * (1 + scale_r) + shift_r per row, where
-// row r's shift/scale sit at mod + r * mod_stride (+ 0 / + W).
-void ln_modulate_rows(const float* x, float* y, int64_t N, int64_t W, const float* ln_w, const float* ln_b,
-                      const float* mod, int64_t mod_stride) {
-  parallel_for(N, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* shift = mod + r * mod_stride;
-      const float* scale = shift + W;
-      float* yr = y + r * W;
-      if (!ln_w) {
-        cpu::layernorm_modulate(x + r * W, yr, 1, W, kLnEps, scale, shift);
-        continue;
-      }
-      cpu::layernorm_modulate(x + r * W, yr, 1, W, kLnEps, nullptr, nullptr);
-      for (int64_t k = 0; k < W; ++k) yr[k] = (yr[k] * ln_w[k] + ln_b[k]) * (1.f + scale[k]) + shift[k];
-    }
-  }, 16);
-}
+// Scratch of DiffusionNet::net_rows for N rows: silu(y), h, a, b (N x W
+// each), the modulation (N x 3W).
+int64_t net_floats(int64_t N, int64_t W) { return 7 * N * W; }
 
 }  // namespace
 
@@ -115,117 +100,191 @@ NoiseFn philox_noise(uint64_t seed) {
   };
 }
 
-DiffusionHead::DiffusionHead(const HartModel& m) : d_(m.diffusion()) {
+DiffusionNet::DiffusionNet(const HartModel& m, backend::Backend& be, backend::DType dtype) : be_(be) {
+  const HartModel::Diffusion& d = m.diffusion();
   const HartConfig& c = m.config();
   W_ = c.diff_width;
   Cvae_ = c.Cvae;
   C_ = c.C;
-  if (W_ <= 0 || d_.res.empty()) fail("hart: the checkpoint has no diffusion head");
-}
-
-void DiffusionHead::net(const float* x, float t, const float* z, float* out, int64_t N) const {
+  if (W_ <= 0 || d.res.empty()) fail("hart: the checkpoint has no diffusion head");
+  const backend::DType f32 = backend::DType::F32;
   const int64_t W = W_;
-  // y = time_embed(t) + cond_embed(z); silu(y) feeds every AdaLN.
-  std::vector<float> freq(kFreqDim), th(static_cast<size_t>(W)), temb(static_cast<size_t>(W));
-  timestep_embedding(t, freq.data());
-  cpu::linear(freq.data(), d_.time0_w.data(), d_.time0_b.data(), th.data(), 1, W, kFreqDim);
-  cpu::silu(th.data(), th.data(), W);
-  cpu::linear(th.data(), d_.time2_w.data(), d_.time2_b.data(), temb.data(), 1, W, W);
-  Tensor y({N, W});
-  cpu::linear(z, d_.cond_w.data(), d_.cond_b.data(), y.data(), N, W, C_);
-  parallel_for(N, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t k = 0; k < W; ++k) y.data()[r * W + k] = temb[size_t(k)] + y.data()[r * W + k];
-  }, 64);
-  Tensor sy({N, W});
-  cpu::silu(y.data(), sy.data(), N * W);
-
-  Tensor h({N, W}), a({N, W}), b({N, W}), mod({N, 3 * W});
-  cpu::linear(x, d_.in_w.data(), d_.in_b.data(), h.data(), N, W, Cvae_);
-  for (const HartModel::Diffusion::Res& r : d_.res) {
-    cpu::linear(sy.data(), r.ada_w.data(), r.ada_b.data(), mod.data(), N, 3 * W, W);  // shift, scale, gate
-    ln_modulate_rows(h.data(), a.data(), N, W, r.ln_w.data(), r.ln_b.data(), mod.data(), 3 * W);
-    cpu::linear(a.data(), r.mlp0_w.data(), r.mlp0_b.data(), b.data(), N, W, W);
-    cpu::silu(b.data(), b.data(), N * W);
-    cpu::linear(b.data(), r.mlp2_w.data(), r.mlp2_b.data(), a.data(), N, W, W);
-    parallel_for(N, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) {
-        const float* gate = mod.data() + i * 3 * W + 2 * W;
-        float* hr = h.data() + i * W;
-        const float* ar = a.data() + i * W;
-        for (int64_t k = 0; k < W; ++k) hr[k] = hr[k] + gate[k] * ar[k];
-      }
-    }, 64);
+  auto up = [&](const Tensor& w, const Tensor& b, int64_t N, int64_t K, backend::DType dt) {
+    Lin l = be.linear(w.data(), b.data(), N, K, dt);
+    weight_bytes_ += l.bytes;
+    return l;
+  };
+  auto vec = [&](const std::vector<float>& v) {
+    backend::Buffer buf = be.alloc(v.size() * sizeof(float));
+    be.upload(buf.data(), v.data(), v.size() * sizeof(float));
+    weight_bytes_ += int64_t(buf.bytes());
+    return buf;
+  };
+  time0_ = up(d.time0_w, d.time0_b, W, kFreqDim, f32);
+  time2_ = up(d.time2_w, d.time2_b, W, W, f32);
+  cond_ = up(d.cond_w, d.cond_b, W, C_, dtype);
+  in_ = up(d.in_w, d.in_b, W, Cvae_, f32);
+  for (const HartModel::Diffusion::Res& r : d.res) {
+    Res o;
+    o.ada = up(r.ada_w, r.ada_b, 3 * W, W, dtype);
+    o.mlp0 = up(r.mlp0_w, r.mlp0_b, W, W, dtype);
+    o.mlp2 = up(r.mlp2_w, r.mlp2_b, W, W, dtype);
+    std::vector<float> w1(r.ln_w.data(), r.ln_w.data() + W);
+    for (float& v : w1) v -= 1.f;
+    o.ln_w1 = vec(w1);
+    o.ln_b = vec(std::vector<float>(r.ln_b.data(), r.ln_b.data() + W));
+    res_.push_back(std::move(o));
   }
-  cpu::linear(sy.data(), d_.final_ada_w.data(), d_.final_ada_b.data(), mod.data(), N, 2 * W, W);  // shift, scale
-  ln_modulate_rows(h.data(), a.data(), N, W, nullptr, nullptr, mod.data(), 2 * W);
-  cpu::linear(a.data(), d_.final_w.data(), d_.final_b.data(), out, N, 2 * int64_t(Cvae_), W);
+  final_ada_ = up(d.final_ada_w, d.final_ada_b, 2 * W, W, dtype);
+  final_ = up(d.final_w, d.final_b, 2 * int64_t(Cvae_), W, f32);
+  be.synchronize();
 }
 
-Tensor DiffusionHead::sample(const float* z, int64_t n, const DiffusionParams& p) const {
-  const DiffusionSchedule s = DiffusionSchedule::respaced(p.steps);
-  const int64_t Cv = Cvae_, N = 2 * n;
-  const NoiseFn noise = p.noise ? p.noise : philox_noise(p.seed);
-  const float t = p.cfg;
+int64_t DiffusionNet::workspace_floats(int64_t n) const {
+  const int64_t N = 2 * n, W = W_, Cv = Cvae_;
+  // zc, the network's scratch, xin, out, x, noise, x0, the embeddings, the scale.
+  return N * W + net_floats(N, W) + N * Cv + N * 2 * Cv + 3 * n * Cv + kFreqDim + 2 * W + Cv + 64 * 12;
+}
 
-  Tensor x({n, Cv});  // the carried (conditional) state
-  noise(-1, x.data(), n, Cv);
-  Tensor xin({N, Cv}), out({N, 2 * Cv}), x0({n, Cv}), eta({n, Cv});
+float* DiffusionNet::scratch(int64_t floats, void* workspace, size_t workspace_bytes) const {
+  if (workspace && workspace_bytes >= size_t(floats) * sizeof(float)) return static_cast<float*>(workspace);
+  if (own_.bytes() < size_t(floats) * sizeof(float)) {
+    own_ = backend::Buffer();
+    own_ = backend::alloc_f32(be_, floats);
+  }
+  return own_.f32();
+}
+
+void DiffusionNet::net_rows(const float* x, const float* temb, const float* zc, float* out, int64_t N,
+                            float* ws) const {
+  const int64_t W = W_;
+  float* sy = ws;
+  float* h = sy + N * W;
+  float* a = h + N * W;
+  float* b = a + N * W;
+  float* mod = b + N * W;
+  // silu(time_embed(t) + cond_embed(z)) feeds every AdaLN.
+  be_.copy(sy, zc, N * W);
+  be_.add_broadcast(sy, temb, static_cast<int>(N), 1, W);
+  be_.silu(sy, sy, N * W);
+  be_.linear(x, in_, h, N);
+  const int rows = static_cast<int>(N);
+  for (const Res& r : res_) {
+    be_.linear(sy, r.ada, mod, N);  // shift, scale, gate per row
+    be_.layernorm_modulate(h, a, 1, N, W, kLnEps, r.ln_w1.f32(), r.ln_b.f32(), 0);  // affine LN
+    be_.modulate(a, rows, 1, W, mod + W, mod, 3 * W);
+    be_.linear(a, r.mlp0, b, N);
+    be_.silu(b, b, N * W);
+    be_.linear(b, r.mlp2, a, N);
+    be_.residual_add(h, a, rows, 1, W, mod + 2 * W, 3 * W);
+  }
+  be_.linear(sy, final_ada_, mod, N);  // shift, scale
+  be_.layernorm_modulate(h, a, rows, 1, W, kLnEps, mod + W, mod, 2 * W);
+  be_.linear(a, final_, out, N);
+}
+
+void DiffusionNet::net(const float* x, float t, const float* z, float* out, int64_t N) const {
+  const int64_t W = W_;
+  float* ws = scratch(N * W + net_floats(N, W) + kFreqDim + 2 * W, nullptr, 0);
+  float* zc = ws;
+  float* freq = zc + N * W + net_floats(N, W);
+  float* th = freq + kFreqDim;
+  float* temb = th + W;
+  std::vector<float> f(kFreqDim);
+  timestep_embedding(t, f.data());
+  be_.upload(freq, f.data(), f.size() * sizeof(float));
+  be_.linear(freq, time0_, th, 1);
+  be_.silu(th, th, W);
+  be_.linear(th, time2_, temb, 1);
+  be_.linear(z, cond_, zc, N);
+  net_rows(x, temb, zc, out, N, zc + N * W);
+}
+
+void DiffusionNet::sample(const float* z, int64_t n, const DiffusionParams& p, float* res, void* workspace,
+                          size_t workspace_bytes) const {
+  const DiffusionSchedule s = DiffusionSchedule::respaced(p.steps);
+  const int64_t Cv = Cvae_, N = 2 * n, W = W_;
+  if (n < 1) fail("diffusion: no rows to sample");
+  const NoiseFn noise = p.noise ? p.noise : philox_noise(p.seed);
+  float* ws = scratch(workspace_floats(n), workspace, workspace_bytes);
+  auto take = [&](int64_t floats) {  // 256-byte aligned parts
+    float* q = ws;
+    ws += (floats + 63) / 64 * 64;
+    return q;
+  };
+  float* zc = take(N * W);
+  float* net_ws = take(net_floats(N, W));
+  float* xin = take(N * Cv);
+  float* out = take(N * 2 * Cv);
+  float* x = take(n * Cv);
+  float* eta = take(n * Cv);
+  float* x0 = take(n * Cv);
+  float* freq = take(kFreqDim);
+  float* th = take(W);
+  float* temb = take(W);
+  float* scale = take(Cv);
+  be_.linear(z, cond_, zc, N);
+  std::vector<float> host(size_t(n * Cv));
+  noise(-1, host.data(), n, Cv);  // x_T, the same for both halves
+  be_.upload(x, host.data(), host.size() * sizeof(float));
+  auto tap = [&](const std::string& name, const float* dev, int64_t rows, int64_t cols) {
+    Tensor t({rows, cols});
+    be_.download(t.data(), dev, size_t(t.numel()) * sizeof(float));
+    p.tap(name, t);
+    return t;
+  };
+  std::vector<float> f(kFreqDim);
   for (int call = 0; call < s.steps(); ++call) {
     const int k = s.steps() - 1 - call;
-    const std::string sp = strprintf("diff.step%d.", call);
-    std::memcpy(xin.data(), x.data(), size_t(n * Cv) * sizeof(float));
-    std::memcpy(xin.data() + n * Cv, x.data(), size_t(n * Cv) * sizeof(float));
-    if (p.tap) p.tap(sp + "x_in", xin);
-    net(xin.data(), static_cast<float>(s.timestep_map[size_t(k)]), z, out.data(), N);
-    if (p.tap) p.tap(sp + "net_out", out);
-    const bool last = k == 0;
-    if (!last) noise(call, eta.data(), n, Cv);
-
-    const float ra = static_cast<float>(s.sqrt_recip_alphas_cumprod[size_t(k)]);
-    const float rm = static_cast<float>(s.sqrt_recipm1_alphas_cumprod[size_t(k)]);
-    const float c1 = static_cast<float>(s.posterior_mean_coef1[size_t(k)]);
-    const float c2 = static_cast<float>(s.posterior_mean_coef2[size_t(k)]);
-    const float lmin = static_cast<float>(s.posterior_log_variance_clipped[size_t(k)]);
-    const float lmax = static_cast<float>(s.log_betas[size_t(k)]);
-    Tensor guided;
-    if (p.tap) guided = Tensor({N, 2 * Cv});
-    parallel_for(n, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* oc = out.data() + r * 2 * Cv;        // cond: eps | v
-        const float* ou = out.data() + (n + r) * 2 * Cv;  // uncond
-        float* xr = x.data() + r * Cv;
-        for (int64_t c = 0; c < Cv; ++c) {
-          const float eps = (1.f + t) * oc[c] - t * ou[c];
-          if (p.tap) {
-            float* g0 = guided.data() + r * 2 * Cv;
-            float* g1 = guided.data() + (n + r) * 2 * Cv;
-            g0[c] = g1[c] = eps;
-            g0[Cv + c] = oc[Cv + c];
-            g1[Cv + c] = ou[Cv + c];
-          }
-          const float xs = std::clamp(ra * xr[c] - rm * eps, -1.f, 1.f);
-          x0.data()[r * Cv + c] = xs;
-          const float mean = c1 * xs + c2 * xr[c];
-          if (last) {
-            xr[c] = mean;
-            continue;
-          }
-          const float frac = (oc[Cv + c] + 1.f) / 2.f;
-          const float logv = frac * lmax + (1.f - frac) * lmin;
-          xr[c] = mean + std::exp(0.5f * logv) * eta.data()[r * Cv + c] * p.temperature;
-        }
-      }
-    }, 16);
+    const std::string sp = p.tap ? strprintf("diff.step%d.", call) : std::string();
+    be_.copy(xin, x, n * Cv);
+    be_.copy(xin + n * Cv, x, n * Cv);
+    if (p.tap) tap(sp + "x_in", xin, N, Cv);
+    timestep_embedding(static_cast<float>(s.timestep_map[size_t(k)]), f.data());
+    be_.upload(freq, f.data(), f.size() * sizeof(float));
+    be_.linear(freq, time0_, th, 1);
+    be_.silu(th, th, W);
+    be_.linear(th, time2_, temb, 1);
+    net_rows(xin, temb, zc, out, N, net_ws);
+    backend::Backend::DiffusionStep d;
+    d.cfg = p.cfg;
+    d.ra = static_cast<float>(s.sqrt_recip_alphas_cumprod[size_t(k)]);
+    d.rm = static_cast<float>(s.sqrt_recipm1_alphas_cumprod[size_t(k)]);
+    d.c1 = static_cast<float>(s.posterior_mean_coef1[size_t(k)]);
+    d.c2 = static_cast<float>(s.posterior_mean_coef2[size_t(k)]);
+    d.logvar_min = static_cast<float>(s.posterior_log_variance_clipped[size_t(k)]);
+    d.logvar_max = static_cast<float>(s.log_betas[size_t(k)]);
+    d.temperature = p.temperature;
+    d.last = k == 0;
+    if (!d.last) {
+      noise(call, host.data(), n, Cv);
+      be_.upload(eta, host.data(), host.size() * sizeof(float));
+    }
     if (p.tap) {
-      p.tap(sp + "guided_out", guided);
-      p.tap(sp + "pred_xstart", x0);
-      p.tap(sp + "sample", x);
+      Tensor o = tap(sp + "net_out", out, N, 2 * Cv);
+      // [guided eps (both halves) | each half's own variance values].
+      Tensor g({N, 2 * Cv});
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < Cv; ++c) {
+          const float* oc = o.data() + r * 2 * Cv;
+          const float* ou = o.data() + (n + r) * 2 * Cv;
+          const float eps = (1.f + p.cfg) * oc[c] - p.cfg * ou[c];
+          g.data()[r * 2 * Cv + c] = g.data()[(n + r) * 2 * Cv + c] = eps;
+          g.data()[r * 2 * Cv + Cv + c] = oc[Cv + c];
+          g.data()[(n + r) * 2 * Cv + Cv + c] = ou[Cv + c];
+        }
+      p.tap(sp + "guided_out", g);
+    }
+    be_.diffusion_step(x, out, d.last ? nullptr : eta, n, Cv, d, p.tap ? x0 : nullptr);
+    if (p.tap) {
+      tap(sp + "pred_xstart", x0, n, Cv);
+      tap(sp + "sample", x, n, Cv);
     }
   }
-  Tensor res({n, Cv});
-  for (int64_t i = 0; i < n * Cv; ++i) res.data()[i] = p.vae_scale * x.data()[i];
-  return res;
+  const std::vector<float> vs(size_t(Cv), p.vae_scale);
+  be_.upload(scale, vs.data(), vs.size() * sizeof(float));
+  be_.copy(res, x, n * Cv);
+  be_.scale_groups(res, 1, n, Cv, scale, 0);
 }
 
 }  // namespace fastvar::hart

@@ -1,7 +1,8 @@
-// HART's last-scale residual diffusion (hart.md section 10.3-10.4): the
-// SimpleMLPAdaLN network (timestep and condition embeddings, AdaLN residual
-// MLP blocks with DiT's (shift, scale, gate) chunk order, the AdaLN final
-// layer) over the tensors HartModel validated, and the IDDPM sampler: the
+// HART's last-scale residual diffusion (hart.md section 10.3-10.4), written
+// over the backend: the SimpleMLPAdaLN network (timestep and condition
+// embeddings, AdaLN residual MLP blocks with DiT's (shift, scale, gate) chunk
+// order, the AdaLN final layer) over the tensors HartModel validated, and the
+// IDDPM sampler: the
 // 1000-step cosine schedule respaced to n steps (float64, as the reference),
 // epsilon prediction with learned-range variance, CFG on epsilon, x0 clamped
 // to [-1, 1], result x 0.6 (vae_scale).
@@ -11,6 +12,7 @@
 #include <functional>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/tensor.h"
 #include "models/hart/hart_model.h"
 
@@ -50,25 +52,47 @@ struct DiffusionParams {
   Tap tap;                   // "diff.stepK.{x_in,net_out,guided_out,pred_xstart,sample}"
 };
 
-class DiffusionHead {
+// The diffusion network and sampler on a backend (the weights of a HartModel
+// prepared there: the per-row products in the compute dtype). Temporaries
+// are members grown on first use, or the caller's workspace: one host thread
+// at a time.
+class DiffusionNet {
  public:
-  explicit DiffusionHead(const HartModel& m);
+  // `m` must outlive this.
+  DiffusionNet(const HartModel& m, backend::Backend& be, backend::DType dtype);
   int width() const { return W_; }
   int Cvae() const { return Cvae_; }
   int C() const { return C_; }
+  int64_t weight_bytes() const { return weight_bytes_; }
 
   // The network: out (N, 2 Cvae) = [eps | variance values] of x (N, Cvae) at
-  // the original timestep t (all rows), condition z (N, C).
+  // the original timestep t (all rows), condition z (N, C); backend pointers.
   void net(const float* x, float t, const float* z, float* out, int64_t N) const;
 
-  // Section 10.4: z (2n, C) = n conditional then n unconditional condition
-  // rows; returns the residual (n, Cvae) = vae_scale * x0 of the conditional
-  // half.
-  Tensor sample(const float* z, int64_t n, const DiffusionParams& p) const;
+  // Section 10.4 on the backend: z (2n, C) = n conditional then n
+  // unconditional condition rows; res (n, Cvae) = vae_scale * x0 of the
+  // conditional half. The noise is drawn on the host and uploaded.
+  // workspace (may be null): memory the caller does not need meanwhile (the
+  // scale loop's idle KV cache), used when workspace_floats(n) fit.
+  void sample(const float* z, int64_t n, const DiffusionParams& p, float* res, void* workspace = nullptr,
+              size_t workspace_bytes = 0) const;
+  int64_t workspace_floats(int64_t n) const;
 
  private:
-  const HartModel::Diffusion& d_;
+  void net_rows(const float* x, const float* temb_in, const float* zc, float* out, int64_t N, float* ws) const;
+  float* scratch(int64_t floats, void* workspace, size_t workspace_bytes) const;
+
+  using Lin = backend::Linear;
+  struct Res {
+    Lin ada, mlp0, mlp2;
+    backend::Buffer ln_w1, ln_b;  // in_ln weight - 1 (the modulated LN's scale form), bias
+  };
+  backend::Backend& be_;
   int W_ = 0, Cvae_ = 0, C_ = 0;
+  int64_t weight_bytes_ = 0;
+  Lin time0_, time2_, cond_, in_, final_ada_, final_;
+  std::vector<Res> res_;
+  mutable backend::Buffer own_;
 };
 
 }  // namespace fastvar::hart

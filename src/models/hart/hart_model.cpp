@@ -7,7 +7,7 @@
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/threadpool.h"
-#include "fastvar/branch.h"
+#include "models/common/adaln_block.h"
 
 namespace fastvar::hart {
 namespace {
@@ -20,18 +20,6 @@ int count(const io::TensorFile& f, const char* fmt) {
   int n = 0;
   while (f.find(strprintf(fmt, n))) ++n;
   return n;
-}
-
-// RMSNorm over the last dim C with weight w (HART's LlamaRMSNormFused).
-void rms_norm(const float* x, float* y, int64_t rows, int64_t C, float eps, const float* w) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* xr = x + i * C;
-    float* yr = y + i * C;
-    double ss = 0;
-    for (int64_t k = 0; k < C; ++k) ss += double(xr[k]) * xr[k];
-    const float inv = 1.f / std::sqrt(static_cast<float>(ss / C) + eps);
-    for (int64_t k = 0; k < C; ++k) yr[k] = xr[k] * inv * w[k];
-  }
 }
 
 // lvl_1L = [0 x T, 1 x pn1^2, 2 x pn2^2, ...] -> (patch_nums, T).
@@ -58,25 +46,6 @@ void infer_schedule(const io::TensorEntry& e, const std::string& label, std::vec
     if (p * p != c) fail("%s: scale with %d tokens in 'lvl_1L' is not a square map", label.c_str(), c);
     pn.push_back(p);
   }
-}
-
-// Rotate-half RoPE of one head vector t (hd) with per-element angles (cos, sin).
-void apply_rope(float* t, const float* cs, const float* sn, int64_t hd) {
-  const int64_t half = hd / 2;
-  for (int64_t e = 0; e < half; ++e) {
-    const float a = t[e], b = t[e + half];
-    t[e] = a * cs[e] - b * sn[e];
-    t[e + half] = b * cs[e + half] + a * sn[e + half];
-  }
-}
-
-// (n, H*hd) token-major rows with row stride `stride` -> (H, cap, hd) cache at
-// token offset `len0`.
-void to_cache(const float* src, int64_t stride, int64_t n, int64_t H, int64_t hd, float* cache,
-              int64_t cap, int64_t len0) {
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t h = 0; h < H; ++h)
-      std::copy_n(src + t * stride + h * hd, hd, cache + (h * cap + len0 + t) * hd);
 }
 
 }  // namespace
@@ -151,6 +120,7 @@ Rope make_scale_rope(int head_dim, int pn, int P, const std::vector<int64_t>& of
 
 HartModel::HartModel(Weights& w, const HartOptions& opt) {
   const io::TensorFile& f = w.file();
+  file_ = &f;
   const std::string& lb = w.label();
   if (!f.find("context_embed.weight") || !f.find("head_nm.ln_wo_grad.weight"))
     fail("%s: not a HART transformer checkpoint (no 'context_embed' / 'head_nm.ln_wo_grad')", lb.c_str());
@@ -311,222 +281,256 @@ HartModel::HartModel(Weights& w, const HartOptions& opt) {
   }
 }
 
-HartModel::Text HartModel::encode_text(const Tensor& ctx, const std::vector<int64_t>& pos, const Tap& tap) const {
-  const HartConfig& c = cfg_;
-  const int64_t C = c.C, Ce = c.context_dim, T = c.T;
-  if (ctx.ndim() != 3 || ctx.dim(1) != T || ctx.dim(2) != Ce || ctx.dim(0) < 1)
-    fail("text context has shape %s, expected [B, %lld, %lld]", shape_str(ctx.shape()).c_str(), (long long)T,
-         (long long)Ce);
-  const int B = static_cast<int>(ctx.dim(0)), R = 2 * B;
-  if (static_cast<int64_t>(pos.size()) != B * T)
-    fail("text position ids have %zu entries, expected %lld", pos.size(), (long long)(B * T));
-  Text t;
-  t.rows = R;
-  t.pos.assign(size_t(R) * T, 0);
-  std::copy(pos.begin(), pos.end(), t.pos.begin());
-  t.offset.assign(R, 0);
-  for (int r = 0; r < B; ++r) t.offset[r] = pos[size_t(r) * T + T - 1];
 
-  Tensor normed({R, T, Ce});  // unconditional rows stay zero (RMS(0) = 0)
-  if (c.context_norm)
-    rms_norm(ctx.data(), normed.data(), B * T, Ce, c.eps, ctx_norm_w_.data());
-  else
-    std::copy_n(ctx.data(), B * T * Ce, normed.data());
-  if (tap) tap("text.context_normed", normed);
-  t.sos = Tensor({R, T, C});
-  cpu::linear(normed.data(), ctx_w_.data(), ctx_b_.data(), t.sos.data(), R * T, C, Ce);
-  if (tap) tap("text.cond_BD", t.sos);
-
-  // Head AdaLN from the element-wise max over the T prefix embeddings.
-  Tensor pooled({R, C}), act({R, C});
-  for (int r = 0; r < R; ++r) {
-    float* pr = pooled.data() + r * C;
-    std::copy_n(t.sos.data() + r * T * C, C, pr);
-    for (int64_t i = 1; i < T; ++i)
-      for (int64_t k = 0; k < C; ++k) pr[k] = std::max(pr[k], t.sos.data()[(r * T + i) * C + k]);
+HartNet::HartNet(const HartModel& m, backend::Backend& be, backend::DType dtype)
+    : host_(m), cfg_(m.config()), be_(be), dtype_(dtype) {
+  const int64_t C = cfg_.C, F = cfg_.ffn;
+  const backend::DType f32 = backend::DType::F32;
+  auto up = [&](const Tensor& w, const float* b, int64_t N, int64_t K, backend::DType dt, bool per_token) {
+    Lin l = be.linear(w.data(), b, N, K, dt);
+    weight_bytes_ += l.bytes;
+    if (per_token) gemm_bytes_ += l.bytes;
+    return l;
+  };
+  auto vec = [&](const float* p, int64_t n) {
+    backend::Buffer d = backend::constant_f32(be, p, n);
+    weight_bytes_ += int64_t(d.bytes());
+    return d;
+  };
+  blocks_.resize(cfg_.depth);
+  for (int b = 0; b < cfg_.depth; ++b) {
+    const HartModel::Block& s = m.blocks_[b];
+    Block& d = blocks_[b];
+    d.qkv = up(s.qkv_w, s.qkv_bias.data(), 3 * C, C, dtype, true);
+    d.proj = up(s.proj_w, s.proj_b.data(), C, C, dtype, true);
+    if (cfg_.llama_mlp) {
+      d.gate = up(s.gate_w, nullptr, F, C, dtype, true);
+      d.up = up(s.up_w, nullptr, F, C, dtype, true);
+      d.down = up(s.down_w, nullptr, C, F, dtype, true);
+    } else {
+      d.fc1 = up(s.fc1_w, s.fc1_b.data(), F, C, dtype, true);
+      d.fc2 = up(s.fc2_w, s.fc2_b.data(), C, F, dtype, true);
+    }
+    d.norm_w = vec(s.norm_w.data(), C);
+    if (cfg_.attn_l2_norm) d.head_scale = vec(s.head_scale.data(), cfg_.heads);
   }
-  cpu::silu(pooled.data(), act.data(), R * C);
-  t.ada_head = Tensor({R, 2, C});
-  cpu::linear(act.data(), head_ada_w_.data(), head_ada_b_.data(), t.ada_head.data(), R, 2 * C, C);
-  return t;
+  // Once per prompt or tiny: float32.
+  word_ = up(m.word_w_, m.word_b_.data(), C, cfg_.Cvae, f32, false);
+  ctx_ = up(m.ctx_w_, m.ctx_b_.data(), C, cfg_.context_dim, f32, false);
+  head_ada_ = up(m.head_ada_w_, m.head_ada_b_.data(), 2 * C, C, f32, false);
+  head_ = up(m.head_w_, m.head_b_.data(), cfg_.V, C, dtype, true);
+  if (cfg_.context_norm) ctx_norm_w_ = vec(m.ctx_norm_w_.data(), cfg_.context_dim);
+  lvl_ = vec(m.lvl_.data(), m.lvl_.numel());
+  head_norm_w_ = vec(m.head_norm_w_.data(), C);
+  decoder_norm_w_ = vec(m.diff_.decoder_norm_w.data(), C);
+  be.synchronize();
+  // Float32 pages of the mapped checkpoint no longer read go back to the kernel.
+  if (m.file_ && (!be.host_memory() || dtype != f32)) {
+    auto drop = [&](const Tensor& t) {
+      if (t.numel()) m.file_->release_pages(t.data(), size_t(t.numel()) * sizeof(float));
+    };
+    for (const HartModel::Block& B : m.blocks_)
+      for (const Tensor* t : {&B.qkv_w, &B.proj_w, &B.gate_w, &B.up_w, &B.down_w, &B.fc1_w, &B.fc2_w}) drop(*t);
+    drop(m.head_w_);
+  }
 }
 
-HartModel::State HartModel::new_state(int rows, const PrunePlan* plan) const {
+HartNet::State HartNet::new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan, int64_t ctr_tokens,
+                                  size_t min_arena_bytes) const {
+  const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth, T = cfg_.T;
+  if (rows < 2 || rows % 2 || capacity < 1 || lmax < 1)
+    fail("HartNet: bad state size (%d rows, capacity %d, %lld tokens)", rows, capacity, (long long)lmax);
   State st;
   st.rows = rows;
-  st.cap = cfg_.total_tokens();
-  for (int b = 0; b < cfg_.depth; ++b) {
-    st.k.emplace_back(Shape{rows, cfg_.heads, st.cap, cfg_.head_dim});
-    st.v.emplace_back(Shape{rows, cfg_.heads, st.cap, cfg_.head_dim});
-  }
+  st.cap = capacity;
+  st.lmax = lmax;
+  st.kv_bf16 = dtype_ == backend::DType::BF16 && be_.bf16_storage();
+  const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+  st.kv_elems = D * R * H * st.cap * hd;
   st.len.assign(cfg_.depth, 0);
-  st.ctr_attn.resize(cfg_.depth);
-  st.ctr_ffn.resize(cfg_.depth);
-  if (plan && plan->enabled && plan->cache_scale >= 1 && plan->cache_scale < cfg_.SN()) {
-    const int64_t pc = cfg_.patch_nums[plan->cache_scale];
-    st.ctr_attn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, int64_t(cfg_.C));
-    st.ctr_ffn = fastvar::ctr_caches(*plan, cfg_.depth, rows, pc * pc, int64_t(cfg_.C));
+  if (plan && plan->enabled && ctr_tokens > 0) st.ctr_tokens = ctr_tokens;
+  struct Part {
+    backend::Buffer* buf;
+    size_t bytes, offset;
+  };
+  std::vector<Part> parts;
+  size_t total = 0;
+  auto part = [&](backend::Buffer* d, size_t bytes) {
+    parts.push_back({d, bytes, total});
+    total += (bytes + 255) / 256 * 256;
+  };
+  part(&st.kv, 2 * size_t(st.kv_elems) * kv_elem);
+  for (int k = 0; k < 2; ++k) {
+    size_t bytes = 0;
+    st.ctr[k] = ctr_cache_layout(plan, cfg_.depth, rows, st.ctr_tokens, C, st.kv_bf16, &bytes);
+    part(&st.ctr_buf[k], bytes);
   }
+  const size_t f = sizeof(float);
+  for (backend::Buffer* d : {&st.x, &st.xs, &st.y, &st.full, &st.h, &st.o}) part(d, size_t(R * lmax * C) * f);
+  const int64_t big = std::max<int64_t>(3 * C, cfg_.llama_mlp ? 2 * cfg_.ffn : cfg_.ffn);
+  part(&st.big, size_t(R * lmax * big) * f);
+  part(&st.keep, size_t(R * lmax) * sizeof(int32_t));
+  part(&st.logits, size_t(R * lmax * cfg_.V) * f);
+  part(&st.rope_cos, size_t(R * lmax * hd) * f);
+  part(&st.rope_sin, size_t(R * lmax * hd) * f);
+  st.arena = be_.alloc(std::max(total, min_arena_bytes));
+  for (const Part& p : parts) *p.buf = st.arena.view(p.offset, p.bytes);
+  for (int k = 0; k < 2; ++k) st.ctr[k].base = st.ctr_buf[k].data();
+  st.ctx = backend::alloc_f32(be_, R * T * cfg_.context_dim);
+  st.sos = backend::alloc_f32(be_, R * T * C);
+  st.pooled = backend::alloc_f32(be_, R * C);
+  st.ada_head = backend::alloc_f32(be_, R * 2 * C);
   return st;
 }
 
-Rope HartModel::rope(int si, const Text& t) const {
-  if (si < 0 || si >= cfg_.SN()) fail("scale %d out of range (%d scales)", si, cfg_.SN());
-  if (si == 0) return make_prefix_rope(cfg_.head_dim, t.pos, t.rows, cfg_.T);
-  return make_scale_rope(cfg_.head_dim, cfg_.patch_nums[si], cfg_.P(), t.offset);
+void HartNet::encode_text(const Tensor& ctx, const std::vector<int64_t>& pos, State& st, const DeviceTap& tap) const {
+  const HartConfig& c = cfg_;
+  const int64_t C = c.C, Ce = c.context_dim, T = c.T;
+  const int R = st.rows, B = R / 2;
+  if (ctx.ndim() != 3 || ctx.dim(0) != B || ctx.dim(1) != T || ctx.dim(2) != Ce)
+    fail("text context has shape %s, expected [%d, %lld, %lld]", shape_str(ctx.shape()).c_str(), B, (long long)T,
+         (long long)Ce);
+  if (static_cast<int64_t>(pos.size()) != B * T)
+    fail("text position ids have %zu entries, expected %lld", pos.size(), (long long)(B * T));
+  for (int64_t p : pos)
+    if (p < 0 || p > (int64_t(1) << 24)) fail("text position id %lld out of range", (long long)p);
+  st.pos.assign(size_t(R) * T, 0);
+  std::copy(pos.begin(), pos.end(), st.pos.begin());
+  st.offset.assign(R, 0);
+  for (int r = 0; r < B; ++r) st.offset[r] = pos[size_t(r) * T + T - 1];
+
+  // Unconditional rows: zero context (RMS(0) = 0).
+  float* x = st.ctx.f32();
+  be_.upload(x, ctx.data(), size_t(B * T * Ce) * sizeof(float));
+  be_.zero(x + B * T * Ce, size_t(B * T * Ce) * sizeof(float));
+  if (c.context_norm) be_.rms_norm(x, x, B * T, Ce, c.eps, ctx_norm_w_.f32());
+  if (tap) tap("text.context_normed", x, {R, T, Ce});
+  be_.linear(x, ctx_, st.sos.f32(), R * T);
+  if (tap) tap("text.cond_BD", st.sos.f32(), {R, T, C});
+  // The head's AdaLN from the element-wise max over the prefix embeddings.
+  be_.max_rows(st.sos.f32(), R, T, C, st.pooled.f32());
+  be_.silu(st.pooled.f32(), st.pooled.f32(), R * C);
+  be_.linear(st.pooled.f32(), head_ada_, st.ada_head.f32(), R);
 }
 
-Tensor HartModel::scale_input(int si, const Text& t, const float* next_in) const {
-  const int R = t.rows, B = R / 2;
+Rope HartNet::rope(int si, const State& st) const {
   if (si < 0 || si >= cfg_.SN()) fail("scale %d out of range (%d scales)", si, cfg_.SN());
+  if (st.pos.empty()) fail("HartNet: encode_text must run before the rotary tables");
+  if (si == 0) return make_prefix_rope(cfg_.head_dim, st.pos, st.rows, cfg_.T);
+  return make_scale_rope(cfg_.head_dim, cfg_.patch_nums[si], cfg_.P(), st.offset);
+}
+
+void HartNet::set_rope(const Rope& r, State& st) const {
+  if (r.rows != st.rows || r.L > st.lmax || r.hd != cfg_.head_dim)
+    fail("HartNet: a rotary table of %d rows x %d tokens does not fit the state", r.rows, r.L);
+  be_.upload(st.rope_cos.data(), r.cos.data(), r.cos.size() * sizeof(float));
+  be_.upload(st.rope_sin.data(), r.sin.data(), r.sin.size() * sizeof(float));
+}
+
+void HartNet::scale_input(int si, const float* next_in, State& st) const {
+  if (si < 0 || si >= cfg_.SN()) fail("scale %d out of range (%d scales)", si, cfg_.SN());
+  const int R = st.rows, B = R / 2;
   const int64_t C = cfg_.C, L = cfg_.tokens(si);
-  Tensor x({R, L, C});
+  if (L > st.lmax) fail("HartNet: scale %d (%lld tokens) exceeds the state's %lld", si, (long long)L,
+                        (long long)st.lmax);
+  float* x = st.x.f32();
   if (si == 0) {
-    std::copy_n(t.sos.data(), R * L * C, x.data());
+    be_.copy(x, st.sos.f32(), R * L * C);
   } else {
-    cpu::linear(next_in, word_w_.data(), word_b_.data(), x.data(), B * L, C, cfg_.Cvae);
-    std::copy_n(x.data(), B * L * C, x.data() + B * L * C);
+    if (!next_in) fail("HartNet: scale %d needs the next-scale input", si);
+    be_.linear(next_in, word_, x, B * L);
+    be_.copy(x + B * L * C, x, B * L * C);
   }
-  const float* lvl = level(si);
-  for (int64_t i = 0; i < R * L; ++i)
-    for (int64_t k = 0; k < C; ++k) x.data()[i * C + k] += lvl[k];
-  return x;
+  be_.add_broadcast(x, lvl_.f32() + si * C, static_cast<int>(R * L), 1, C);
 }
 
-void HartModel::attn(int b, const Tensor& h, const int32_t* keep, State& st, const Rope& rope,
-                     Tensor& y) const {
-  const Block& Bk = blocks_[b];
-  const int R = static_cast<int>(h.dim(0));
-  const int64_t n = h.dim(1), C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim;
-  if (rope.rows != R || (keep ? rope.L < n : rope.L != n) || rope.hd != hd)
-    fail("RoPE table does not match the scale in block %d", b);
-  Tensor qkv({R, n, 3 * C});
-  cpu::linear(h.data(), Bk.qkv_w.data(), Bk.qkv_bias.data(), qkv.data(), R * n, 3 * C, C);
-  const int len0 = st.len[b];
-  if (len0 + n > st.cap) fail("KV cache overflow in block %d", b);
-  const bool l2 = cfg_.attn_l2_norm;
-  parallel_for(R * n, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      // Kept tokens use the angles of their own positions (per row).
-      const int64_t r = i / n, pos = keep ? keep[i] : i % n;
-      const float* cs = rope.cos.data() + (r * rope.L + pos) * hd;
-      const float* sn = rope.sin.data() + (r * rope.L + pos) * hd;
-      float* row = qkv.data() + i * 3 * C;
-      for (int64_t hh = 0; hh < H; ++hh) {
-        float* q = row + hh * hd;
-        float* k = row + C + hh * hd;
-        if (l2) {
-          float qs = 0, ks = 0;
-          for (int64_t e = 0; e < hd; ++e) qs += q[e] * q[e], ks += k[e] * k[e];
-          const float qm = Bk.head_scale[hh] / std::max(std::sqrt(qs), 1e-12f);
-          const float km = 1.f / std::max(std::sqrt(ks), 1e-12f);
-          for (int64_t e = 0; e < hd; ++e) q[e] *= qm, k[e] *= km;
-        }
-        apply_rope(q, cs, sn, hd);
-        apply_rope(k, cs, sn, hd);
-      }
+void HartNet::branch(int b, int which, int si, int h, int w, State& st, const ScalePlan& plan,
+                     const DeviceTap& tap) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, F = cfg_.ffn, L = int64_t(h) * w;
+  const Block& blk = blocks_[b];
+  const DeviceBranch s = device_branch_for(plan, b, R, h, w, static_cast<int>(C), &st.ctr[which], st.ctr_h, st.ctr_w,
+                                           {st.x.f32(), st.xs.f32(), st.y.f32(), st.full.f32(), st.keep.i32()},
+                                           nullptr, 0);
+  backend::Backend& be = be_;
+  run_device_branch(be, s, [&](const float* xs, const int32_t* keep, int64_t K, float* y) {
+    float* hb = st.h.f32();
+    float* big = st.big.f32();
+    be.rms_norm(xs, hb, R * K, C, cfg_.eps, blk.norm_w.f32());  // the block's one norm
+    if (which == 0) {
+      be.linear(hb, blk.qkv, big, R * K);
+      // Kept tokens rotate with the angles of their own positions.
+      be.qk_norm_rope_half(big, R, K, H, hd, cfg_.attn_l2_norm, blk.head_scale.f32(), st.rope_cos.f32(),
+                           st.rope_sin.f32(), L, keep);
+      const int len0 = st.len[b];
+      if (len0 + K > st.cap) fail("KV cache overflow in block %d", b);
+      void* k = common::kv_slab(st.kv.data(), b, R, H, st.cap, hd, st.kv_bf16);
+      void* v = static_cast<char*>(k) + size_t(st.kv_elems) * (st.kv_bf16 ? 2 : 4);
+      be.qkv_to_cache(big, R, K, H, hd, false, nullptr, k, v, st.kv_bf16, st.cap, len0);
+      st.len[b] = len0 + static_cast<int>(K);
+      const float scale = cfg_.attn_l2_norm ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
+      be.attention(big, 3 * C, k, v, st.kv_bf16, st.cap * hd, st.o.f32(), K, st.len[b], H, hd, scale, R,
+                   K * 3 * C, H * st.cap * hd, K * C);
+      be.linear(st.o.f32(), blk.proj, y, R * K);
+    } else if (cfg_.llama_mlp) {
+      float* u = big + R * K * F;
+      be.linear(hb, blk.gate, big, R * K);
+      be.linear(hb, blk.up, u, R * K);
+      be.silu(big, big, R * K * F);
+      be.mul(big, u, R * K * F);
+      be.linear(big, blk.down, y, R * K);
+    } else {
+      be.linear(hb, blk.fc1, big, R * K);
+      be.gelu_tanh(big, R * K * F);
+      be.linear(big, blk.fc2, y, R * K);
     }
-  }, 8);
-  for (int r = 0; r < R; ++r) {
-    const float* src = qkv.data() + r * n * 3 * C;
-    to_cache(src + C, 3 * C, n, H, hd, st.k[b].data() + r * H * st.cap * hd, st.cap, len0);
-    to_cache(src + 2 * C, 3 * C, n, H, hd, st.v[b].data() + r * H * st.cap * hd, st.cap, len0);
-  }
-  st.len[b] = len0 + static_cast<int>(n);
-  const float scale = l2 ? 1.f : 0.25f / std::sqrt(static_cast<float>(hd));
-  Tensor o({R, n, C});
-  for (int r = 0; r < R; ++r)
-    cpu::attention(qkv.data() + r * n * 3 * C, 3 * C, st.k[b].data() + r * H * st.cap * hd,
-                   st.v[b].data() + r * H * st.cap * hd, st.cap * hd, o.data() + r * n * C, n, st.len[b], H, hd,
-                   scale);
-  cpu::linear(o.data(), Bk.proj_w.data(), Bk.proj_b.data(), y.data(), R * n, C, C);
+  }, tap, tap ? strprintf("s%02d.block%d.%s.", si, b, which == 0 ? "attn" : "ffn") : std::string());
 }
 
-void HartModel::ffn(int b, const Tensor& h, Tensor& y) const {
-  const Block& Bk = blocks_[b];
-  const int64_t M = h.dim(0) * h.dim(1), C = cfg_.C, F = cfg_.ffn;
-  Tensor a({M, F});
-  if (cfg_.llama_mlp) {
-    Tensor u({M, F});
-    cpu::linear(h.data(), Bk.gate_w.data(), nullptr, a.data(), M, F, C);
-    cpu::linear(h.data(), Bk.up_w.data(), nullptr, u.data(), M, F, C);
-    cpu::silu(a.data(), a.data(), M * F);
-    for (int64_t i = 0; i < M * F; ++i) a.data()[i] *= u.data()[i];
-    cpu::linear(a.data(), Bk.down_w.data(), nullptr, y.data(), M, C, F);
-  } else {
-    cpu::linear(h.data(), Bk.fc1_w.data(), Bk.fc1_b.data(), a.data(), M, F, C);
-    cpu::gelu_tanh(a.data(), M * F);
-    cpu::linear(a.data(), Bk.fc2_w.data(), Bk.fc2_b.data(), y.data(), M, C, F);
-  }
-}
-
-void HartModel::run_blocks(int si, Tensor& x, State& st, const Rope& rope, const ScalePlan& plan,
-                           const Tap& tap) const {
-  const int64_t R = x.dim(0), n = x.dim(1), C = cfg_.C;
-  if (R != st.rows || x.dim(2) != C)
-    fail("block input has shape %s for %d rows", shape_str(x.shape()).c_str(), st.rows);
-  if (si < 0 || si >= cfg_.SN() || n != cfg_.tokens(si))
-    fail("block input of scale %d has %lld tokens", si, (long long)n);
+void HartNet::run_blocks(int si, State& st, const ScalePlan& plan, const DeviceTap& tap) const {
+  if (si < 0 || si >= cfg_.SN()) fail("scale %d out of range (%d scales)", si, cfg_.SN());
+  const int64_t L = cfg_.tokens(si);
+  if (L > st.lmax) fail("HartNet: scale %d exceeds the state's %lld tokens", si, (long long)st.lmax);
+  if (st.pos.empty()) fail("HartNet: encode_text must run before the blocks");
   if (si == 0 && (plan.ratio > 0.f || plan.store_cache))
     fail("FastVAR: the text prefix (scale 0) can be neither pruned nor cached");
-  // Token map of the scale (the prefix as one row; never pruned).
-  const int mh = si == 0 ? 1 : cfg_.patch_nums[si], mw = si == 0 ? static_cast<int>(n) : mh;
+  // The token map of the scale (the prefix as one row; never pruned).
+  const int h = si == 0 ? 1 : cfg_.patch_nums[si], w = si == 0 ? static_cast<int>(L) : h;
   if (plan.store_cache) {
-    if (int64_t(st.ctr_attn.size()) < cfg_.depth) {
-      st.ctr_attn.resize(cfg_.depth);
-      st.ctr_ffn.resize(cfg_.depth);
-    }
-    st.ctr_h = mh;
-    st.ctr_w = mw;
+    if (L != st.ctr_tokens)
+      fail("FastVAR: cache scale map %dx%d does not match the cache (%lld tokens)", h, w, (long long)st.ctr_tokens);
+    st.ctr_h = h;
+    st.ctr_w = w;
   }
-  const std::string sp = strprintf("s%02d.", si);
   for (int b = 0; b < cfg_.depth; ++b) {
-    const float* nw = blocks_[b].norm_w.data();
-    for (int which = 0; which < 2; ++which) {  // attention, then FFN (spec 12.2)
-      BranchSpec bs;
-      bs.h = mh;
-      bs.w = mw;
-      bs.prune = plan.prunes(b);
-      bs.keep = plan.keep(static_cast<int>(n));
-      bs.score = plan.score;
-      bs.store = plan.caches(b);
-      if (b < static_cast<int>(st.ctr_attn.size())) bs.cache = which ? &st.ctr_ffn[b] : &st.ctr_attn[b];
-      bs.cache_h = st.ctr_h;
-      bs.cache_w = st.ctr_w;
-      BranchTap btap;
-      const std::string name = sp + strprintf("block%d.%s.kept_idx", b, which ? "ffn" : "attn");
-      if (tap) btap = [&](const char* what, const Tensor& t) {
-        if (std::strcmp(what, "keep") == 0) tap(name, t);
-      };
-      run_branch(x, bs, [&](const Tensor& xs, const int32_t* keep, Tensor& y) {
-        // The block's one RMSNorm on the computed tokens, then the branch.
-        Tensor h(xs.shape());
-        rms_norm(xs.data(), h.data(), xs.dim(0) * xs.dim(1), C, cfg_.eps, nw);
-        if (which == 0)
-          attn(b, h, keep, st, rope, y);
-        else
-          ffn(b, h, y);
-      }, btap);
-    }
-    if (tap) tap(sp + strprintf("block%d.out", b), x);
+    for (int which = 0; which < 2; ++which) branch(b, which, si, h, w, st, plan, tap);  // attention, then FFN
+    if (tap) tap(strprintf("s%02d.block%d.out", si, b), st.x.f32(), {st.rows, L, cfg_.C});
   }
 }
 
-Tensor HartModel::head(const Tensor& x, const Text& t) const {
-  const int R = t.rows;
-  const int64_t L = x.dim(1), C = cfg_.C;
-  Tensor h({R, L, C}), logits({R, L, cfg_.V});
-  rms_norm(x.data(), h.data(), R * L, C, cfg_.eps, head_norm_w_.data());
-  for (int r = 0; r < R; ++r) {
-    const float* sc = t.ada_head.data() + r * 2 * C;
-    const float* sh = sc + C;
-    for (int64_t i = 0; i < L; ++i) {
-      float* hr = h.data() + (r * L + i) * C;
-      for (int64_t k = 0; k < C; ++k) hr[k] = hr[k] * (1.f + sc[k]) + sh[k];
-    }
+void HartNet::head(int64_t L, int64_t first, int64_t l, State& st) const {
+  const int R = st.rows;
+  const int64_t C = cfg_.C;
+  if (first < 0 || l < 1 || first + l > L || L > st.lmax) fail("HartNet: head rows out of range");
+  const float* src = st.x.f32();
+  if (l != L) {  // only some tokens of every row (scale 0: the last prefix position)
+    for (int r = 0; r < R; ++r) be_.copy(st.o.f32() + r * l * C, st.x.f32() + (r * L + first) * C, l * C);
+    src = st.o.f32();
   }
-  cpu::linear(h.data(), head_w_.data(), head_b_.data(), logits.data(), R * L, cfg_.V, C);
-  return logits;
+  be_.rms_norm(src, st.h.f32(), R * l, C, cfg_.eps, head_norm_w_.f32());
+  be_.modulate(st.h.f32(), R, l, C, st.ada_head.f32(), st.ada_head.f32() + C, 2 * C);
+  be_.linear(st.h.f32(), head_, st.logits.f32(), R * l);
+}
+
+void HartNet::diffusion_condition(const float* tokens, int64_t L, State& st, float* z) const {
+  const int R = st.rows, B = R / 2;
+  const int64_t C = cfg_.C;
+  if (L > st.lmax) fail("HartNet: diffusion condition of %lld tokens exceeds the state", (long long)L);
+  float* e = st.y.f32();
+  be_.linear(tokens, word_, e, B * L);  // identical for both halves
+  be_.add(st.x.f32(), e, B * L * C);
+  be_.add(st.x.f32() + B * L * C, e, B * L * C);
+  be_.rms_norm(st.x.f32(), z, R * L, C, cfg_.eps, decoder_norm_w_.f32());
 }
 
 }  // namespace fastvar::hart

@@ -4,17 +4,19 @@
 // llama attention (q/v biases, cosine attention, 1-D RoPE on the text prefix
 // and the fractional 2-D RoPE on image tokens) over a per-block KV cache,
 // SwiGLU (or GELU) FFN, and the AdaLN head. Spec: hart.md sections 2-9.
-// The last scale's residual diffusion (section 10) and the tokenizer are not
-// here; the diffusion MLP's tensors are validated and kept for it.
+// HartModel loads the checkpoint; HartNet is the forward, written once over the
+// backend. The last scale's residual diffusion (section 10) is DiffusionNet
+// (hart_diffusion.h); the tokenizer is VAR's VQVAE (hart_tokenizer.h).
 #pragma once
 
 #include <string>
 #include <vector>
 
-#include "backend/cpu/ops.h"
-#include "core/tensor.h"
-#include "fastvar/plan.h"
+#include "backend/backend.h"
 #include "core/tap.h"
+#include "core/tensor.h"
+#include "fastvar/device_branch.h"
+#include "fastvar/plan.h"
 #include "models/weights.h"
 
 namespace fastvar::hart {
@@ -64,53 +66,10 @@ class HartModel {
  public:
   explicit HartModel(Weights& w, const HartOptions& opt = {});
   const HartConfig& config() const { return cfg_; }
-
-  // Text side of one CFG batch: rows 0..B-1 the prompts, B..2B-1 the
-  // unconditional rows (zero context, position ids 0).
-  struct Text {
-    int rows = 0;
-    Tensor sos;                  // (R, T, C) context_embed(context_norm(ctx))
-    Tensor ada_head;             // (R, 2, C): scale, shift from max-pooled sos
-    std::vector<int64_t> pos;    // (R, T) position ids
-    std::vector<int64_t> offset;  // (R) last prefix position id (2-D RoPE offset)
-  };
-  // ctx: (B, T, context_dim) text features; pos: (B, T) context_position_ids.
-  Text encode_text(const Tensor& ctx, const std::vector<int64_t>& pos, const Tap& tap = nullptr) const;
-
-  // Per-block KV cache and the FastVAR branch-output caches of the cache
-  // scale (CTR, spec section 12.2).
-  struct State {
-    int rows = 0, cap = 0;
-    std::vector<Tensor> k, v;  // per block (R, H, cap, hd)
-    std::vector<int> len;      // cached keys per block (only kept tokens when pruned)
-    std::vector<Tensor> ctr_attn, ctr_ffn;  // per block (R, h_c*w_c, C) or empty
-    int ctr_h = 0, ctr_w = 0;  // map of the stored caches (0 until the cache scale ran)
-  };
-  // Capacity total_tokens(); `plan` (may be null) sizes the FastVAR caches up front.
-  State new_state(int rows, const PrunePlan* plan = nullptr) const;
-
-  // The rotary table of scale si for the rows of `t`.
-  Rope rope(int si, const Text& t) const;
-  // Block-0 input of scale si: sos (si = 0) or word_embed(next_in) repeated for
-  // both CFG halves (next_in: (B, pn^2, Cvae)), plus the level embedding.
-  Tensor scale_input(int si, const Text& t, const float* next_in) const;
-  // All blocks over x (R, L, C) in place, appending to the KV cache, with the
-  // FastVAR plan of scale si (spec section 12: PTS per branch, attention and
-  // FFN; RoPE of the kept tokens' own positions; only kept keys/values enter
-  // the KV cache; CTR from the cache scale's branch outputs). Taps
-  // "sNN.blockJ.out" and, on pruned branches, "sNN.blockJ.{attn,ffn}.kept_idx"
-  // (R, K) (as floats, descending score).
-  void run_blocks(int si, Tensor& x, State& st, const Rope& rope, const ScalePlan& plan,
-                  const Tap& tap = nullptr) const;
-  // Without FastVAR (all tokens).
-  void run_blocks(int si, Tensor& x, State& st, const Rope& rope, const Tap& tap = nullptr) const {
-    run_blocks(si, x, st, rope, ScalePlan{}, tap);
-  }
-  Tensor head(const Tensor& x, const Text& t) const;  // (R, L, V)
   // Level embedding of level s (C).
   const float* level(int s) const { return lvl_.data() + int64_t(s) * cfg_.C; }
 
-  // Tensors of the last scale's diffusion (validated, not run here).
+  // Tensors of the last scale's diffusion (run by DiffusionNet).
   struct Diffusion {
     Tensor decoder_norm_w;
     Tensor time0_w, time0_b, time2_w, time2_b, cond_w, cond_b, in_w, in_b;
@@ -127,10 +86,7 @@ class HartModel {
     Tensor fc1_w, fc1_b, fc2_w, fc2_b;  // gpt2 MLP
     std::vector<float> qkv_bias, head_scale;
   };
-  // h (R, n, C); keep (R, n) the tokens' positions in the scale's map (null:
-  // all L tokens in order) for the RoPE angles.
-  void attn(int b, const Tensor& h, const int32_t* keep, State& st, const Rope& rope, Tensor& y) const;
-  void ffn(int b, const Tensor& h, Tensor& y) const;
+  friend class HartNet;  // the forward, written once over the backend
 
   HartConfig cfg_;
   Tensor word_w_, word_b_, ctx_w_, ctx_b_, ctx_norm_w_;
@@ -139,6 +95,90 @@ class HartModel {
   Tensor head_norm_w_, head_ada_w_, head_ada_b_, head_w_, head_b_;
   std::vector<Block> blocks_;
   Diffusion diff_;
+  const io::TensorFile* file_ = nullptr;  // the checkpoint mapping the tensors view
+};
+
+// The HART transformer on a backend: the weights of a HartModel prepared
+// there (per-token GEMMs in the compute dtype) and the parts of the scale loop
+// it runs: the text prefix (context norm and embedding, the head's AdaLN from
+// the max-pooled prefix), scale inputs, the blocks with the KV cache, RoPE and
+// FastVAR, the head and the diffusion condition. Activations are float32;
+// what the loop touches is allocated by new_state, before it.
+class HartNet {
+ public:
+  // `m` must outlive this (a host backend reads the weights in place).
+  HartNet(const HartModel& m, backend::Backend& be, backend::DType dtype);
+  const HartConfig& config() const { return cfg_; }
+  backend::DType dtype() const { return dtype_; }
+  int64_t weight_bytes() const { return weight_bytes_; }
+  // Bytes of the GEMM weights one forward of a scale reads.
+  int64_t gemm_weight_bytes() const { return gemm_bytes_; }
+
+  struct State {
+    int rows = 0, cap = 0;
+    int64_t lmax = 0;  // tokens of the largest scale run (the prefix included)
+    // One allocation holding the KV cache, the CTR caches and the activations
+    // below (views into it); idle after the loop, when the decoder may use it.
+    backend::Buffer arena;
+    bool kv_bf16 = false;
+    backend::Buffer kv;  // K then V, each depth x (R, H, cap, hd)
+    int64_t kv_elems = 0;
+    std::vector<int> len;  // cached tokens per block
+    // FastVAR CTR caches of the attention and FFN branches of pruned blocks.
+    backend::Buffer ctr_buf[2];
+    CtrCaches ctr[2];
+    int64_t ctr_tokens = 0;
+    int ctr_h = 0, ctr_w = 0;
+    // The text prefix: context (R, T, Ce), sos (R, T, C), the head's
+    // modulation (R, 2C) and its pooled input (R, C); host position ids (R, T)
+    // and per-row 2-D RoPE offsets (R).
+    backend::Buffer ctx, sos, pooled, ada_head;
+    std::vector<int64_t> pos, offset;
+    // The current scale's RoPE tables (R, lmax, hd) and activations; logits (R, lmax, V).
+    backend::Buffer rope_cos, rope_sin;
+    backend::Buffer x, xs, y, full, h, o, big, keep, logits;
+  };
+  // rows = 2B; capacity: KV tokens per block; lmax: tokens of the largest
+  // scale; `plan` (may be null) and ctr_tokens (tokens of its cache scale) size
+  // the FastVAR caches; min_arena_bytes: at least this much in st.arena.
+  State new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan, int64_t ctr_tokens,
+                  size_t min_arena_bytes = 0) const;
+
+  // ctx (B, T, context_dim) text features and their position ids pos (B, T)
+  // (host): rows B..2B-1 are the unconditional prefix (zero context, position
+  // ids 0). Taps text.context_normed, text.cond_BD.
+  void encode_text(const Tensor& ctx, const std::vector<int64_t>& pos, State& st, const DeviceTap& tap) const;
+  // The rotary table of scale si for the state's rows (host), and its upload.
+  Rope rope(int si, const State& st) const;
+  void set_rope(const Rope& r, State& st) const;
+  // st.x (R, L, C) = input of scale si: sos (si = 0) or word_embed(next_in
+  // (B, L, Cvae) on the backend) for both CFG halves, plus the level embedding.
+  void scale_input(int si, const float* next_in, State& st) const;
+  // Every block on st.x for scale si with the uploaded RoPE table and the
+  // scale's FastVAR plan. Taps sNN.blockJ.{attn,ffn}.keep/score, sNN.blockJ.out.
+  void run_blocks(int si, State& st, const ScalePlan& plan, const DeviceTap& tap) const;
+  // st.logits (R, l, V) = head of tokens first .. first + l - 1 of the L tokens in st.x.
+  void head(int64_t L, int64_t first, int64_t l, State& st) const;
+  // z (R, L, C) = RMS(st.x + word_embed(tokens (B, L, Cvae)); decoder_norm)
+  // for both CFG halves (the diffusion condition); st.x is consumed.
+  void diffusion_condition(const float* tokens, int64_t L, State& st, float* z) const;
+
+ private:
+  using Lin = backend::Linear;
+  struct Block {
+    Lin qkv, proj, gate, up, down, fc1, fc2;
+    backend::Buffer norm_w, head_scale;
+  };
+  void branch(int b, int which, int si, int h, int w, State& st, const ScalePlan& plan, const DeviceTap& tap) const;
+
+  const HartModel& host_;
+  HartConfig cfg_;
+  backend::Backend& be_;
+  backend::DType dtype_;
+  int64_t weight_bytes_ = 0, gemm_bytes_ = 0;
+  std::vector<Block> blocks_;
+  Lin word_, ctx_, head_ada_, head_;
+  backend::Buffer ctx_norm_w_, lvl_, head_norm_w_, decoder_norm_w_;
 };
 
 }  // namespace fastvar::hart

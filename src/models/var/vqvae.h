@@ -142,6 +142,8 @@ class VqvaeNet {
   void accumulate(const float* h, int B, int ph, int pw, int si, int SN, float* f_hat, int PH,
                   int PW) const;
   void next_input(const float* f_hat, int B, int PH, int PW, int ph, int pw, float* out) const;
+  // The codebook (V, Cvae) on the backend.
+  const float* codebook() const { return codebook_.f32(); }
   // f_hat (B, Cvae, PH, PW) -> img (B, 3, PH*f, PW*f) in [0, 1]; img may not
   // overlap f_hat. workspace (may be null): memory the caller does not need
   // during the decode (the scale loop's KV cache); the activations go there
