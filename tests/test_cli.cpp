@@ -196,7 +196,9 @@ TEST(Cli, CpuRunsLoadNoCudaLibrary) {
   EXPECT_TRUE(fs::exists(png)) << cpu.substr(cpu.size() > 2000 ? cpu.size() - 2000 : 0);
   EXPECT_FALSE(names_cuda(cpu));
   // The control: where the module exists, asking for the devices maps it.
-  if (fs::exists(fs::path(FASTVAR_CLI).parent_path() / "libfastvar-cuda.so")) EXPECT_TRUE(names_cuda(mapped("info")));
+  if (fs::exists(fs::path(FASTVAR_CLI).parent_path() / "libfastvar-cuda.so")) {
+    EXPECT_TRUE(names_cuda(mapped("info")));
+  }
 }
 
 }  // namespace

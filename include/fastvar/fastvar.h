@@ -22,16 +22,20 @@ typedef struct {
   /* Class-conditional models (VAR). */
   const int* classes;      /* num_images class ids, or NULL to use `class_id` for all */
   int class_id;            /* used when classes == NULL */
-  /* Text-to-image models (Infinity). */
+  /* Text-to-image models (Infinity, HART). */
   const char* const* prompts; /* num_images prompts, or NULL to use `prompt` for all */
   const char* prompt;
   float h_div_w;           /* aspect ratio height / width (nearest template), 0 = 1:1 */
   const char* resolution;  /* "0.06M", "0.25M", "0.60M", "1M" (default) or "2K" */
   float tau;               /* sampling temperature, < 0 = model default (0.5) */
+  int no_smooth;           /* HART: 1 = plain sampling instead of the official more_smooth
+                            * Gumbel-softmax codebook mixture */
   /* Sampling. */
-  float cfg;               /* guidance: VAR ramps 0 -> cfg over the scales; Infinity uses it at every scale */
-  int top_k;               /* 0 = off */
-  float top_p;             /* 0 = off, < 0 = model default (VAR 0.96, Infinity 0.97) */
+  float cfg;               /* guidance: VAR and HART ramp 0 -> cfg over the scales; Infinity uses it
+                            * at every scale; < 0 = model default (VAR, Infinity 4; HART 4.5) */
+  int top_k;               /* 0 = off, < 0 = model default (VAR, Infinity 900; HART 600 before
+                            * scale 7, 300 from it) */
+  float top_p;             /* 0 = off, < 0 = model default (VAR 0.96, Infinity 0.97, HART off) */
   uint64_t seed;
   int threads;             /* 0 = all cores */
   /* FastVAR (training-free cached token pruning). */
@@ -76,9 +80,11 @@ fastvar_params fastvar_params_default(void);
  * builds made without models/fmnist_var.safetensors fail with "no embedded
  * model in this build; pass -m and --vae". */
 fastvar_engine* fastvar_load(const char* model_path, const char* vae_path);
-/* Loads any architecture the engine knows (VAR, Infinity; HART is recognised),
- * detected from the transformer file's tensors: the transformer, its VAE and,
- * for text-to-image models, the text encoder's Hugging Face folder (may be
+/* Loads any architecture the engine knows (VAR, Infinity, HART), detected
+ * from the transformer file's tensors (for HART: the hart-0.7b-1024px folder
+ * or its llm/ subfolder; the tokenizer is then found beside it and vae_path
+ * may be NULL): the transformer, its VAE and, for text-to-image models, the
+ * text encoder's Hugging Face folder (T5 for Infinity, Qwen2 for HART; may be
  * NULL: prompts then fail). All three NULL: the embedded model. NULL on error,
  * with a message naming what the files are and what is missing. */
 fastvar_engine* fastvar_load_auto(const char* model_path, const char* vae_path, const char* text_encoder_dir);

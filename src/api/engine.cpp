@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/sysinfo.h"
@@ -12,6 +13,7 @@
 #include "io/png.h"
 #include "models/registry.h"
 #include "models/embedded.h"
+#include "models/hart/hart_files.h"
 
 namespace fastvar {
 
@@ -46,6 +48,10 @@ VarRunner& VarEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
 }
 
 InfinityRunner& InfinityEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
+  return runner_on(runner, *model, *vae, dev, dtype);
+}
+
+HartRunner& HartEngine::runner_for(const DeviceSpec& dev, cpu::DType dtype) {
   return runner_on(runner, *model, *vae, dev, dtype);
 }
 
@@ -132,14 +138,48 @@ std::unique_ptr<InfinityEngine> InfinityEngine::load(const std::string& model_pa
   return e;
 }
 
+std::unique_ptr<HartEngine> HartEngine::load(const std::string& model_path, const std::string& vae_path,
+                                             const std::string& llm_dir) {
+  auto e = std::make_unique<HartEngine>();
+  const hart::HartFiles files = hart::find_hart_files(model_path, vae_path);
+  hart::HartFolderConfig fc;
+  if (!files.config.empty()) {
+    fc = hart::read_hart_config(files.config);
+    e->diffusion_steps = fc.diffusion_steps;
+  }
+  e->weights = std::make_unique<Weights>(io::TensorFile::open(files.weights));
+  e->model = std::make_unique<hart::HartModel>(*e->weights, fc.options);
+  e->weights->check_all_used();
+  if (!files.config.empty()) fc.check(e->model->config(), files.config);
+  e->vae_weights = std::make_unique<Weights>(hart::open_hart_tokenizer(files));
+  e->vae = std::make_unique<hart::Tokenizer>(*e->vae_weights);
+  e->vae_weights->check_all_used();
+  const hart::HartConfig& c = e->model->config();
+  const var::VQVAEConfig& v = e->vae->config();
+  if (v.vocab_size != c.V || v.Cvae != c.Cvae)
+    fail("%s does not match %s: the tokenizer has a %d x %d codebook, the transformer expects %d x %d",
+         e->vae_weights->label().c_str(), e->weights->label().c_str(), v.vocab_size, v.Cvae, c.V, c.Cvae);
+  if (!llm_dir.empty()) {
+    e->tokenizer = std::make_unique<qwen2::Qwen2Tokenizer>(llm_dir);
+    e->encoder = std::make_unique<qwen2::Qwen2Encoder>(llm_dir);
+    if (e->encoder->config().hidden != c.context_dim)
+      fail("the Qwen2 model in %s has width %lld; the transformer expects %d-wide text features", llm_dir.c_str(),
+           (long long)e->encoder->config().hidden, c.context_dim);
+    e->pad_id = e->tokenizer->token_id("<|endoftext|>");
+    if (e->pad_id < 0) fail("%s: the tokenizer has no <|endoftext|> (Qwen2's pad token)", llm_dir.c_str());
+  }
+  e->description = c.describe() + "; tokenizer: " + v.describe() + "; weights: " + files.weights_note;
+  return e;
+}
+
 // Validates the public params and turns them into VAR pipeline params.
 VarGenParams VarEngine::params(const fastvar_params& qr) const {
   const fastvar_params* q = &qr;
   const var::VarConfig& c = model->config();
   fastvar::VarGenParams p;
   for (int i = 0; i < q->num_images; ++i) p.labels.push_back(q->classes ? q->classes[i] : q->class_id);
-  p.cfg = q->cfg;
-  p.top_k = q->top_k;
+  p.cfg = q->cfg < 0 ? 4.f : q->cfg;
+  p.top_k = q->top_k < 0 ? 900 : q->top_k;
   p.top_p = q->top_p < 0 ? 0.96 : q->top_p;
   p.seed = q->seed;
   p.plan = fastvar::plan_from_params(fastvar::default_var_plan(c), c.SN(), c.depth, *q);
@@ -176,9 +216,9 @@ InfinityGenParams InfinityEngine::params(const fastvar_params& qr, bool encode) 
     if (encode) p.text.push_back(ie.encoder->encode(ids, be, t5_dtype));
     else p.text.push_back(fastvar::Tensor({static_cast<int64_t>(ids.size()), c.Ct5}));
   }
-  p.cfg = {q->cfg};
+  p.cfg = {q->cfg < 0 ? 4.f : q->cfg};
   p.tau = {q->tau < 0 ? 0.5f : q->tau};
-  p.top_k = q->top_k;
+  p.top_k = q->top_k < 0 ? 900 : q->top_k;
   p.top_p = q->top_p < 0 ? 0.97 : q->top_p;
   p.seed = q->seed;
   const int S = static_cast<int>(p.schedule.scales.size());
@@ -188,6 +228,49 @@ InfinityGenParams InfinityEngine::params(const fastvar_params& qr, bool encode) 
   fastvar::check_memory(fastvar::estimate_infinity_bytes(*ie.model, *ie.vae, p) + 2 * int64_t(q->num_images) * h * w * 3,
                         fastvar::strprintf("generating %d image(s) of %lldx%lld", q->num_images, (long long)w,
                                            (long long)h));
+  return p;
+}
+
+HartGenParams HartEngine::params(const fastvar_params& q, bool encode) const {
+  const hart::HartConfig& c = model->config();
+  if (!tokenizer) fail("no Qwen2 text encoder loaded (--llm DIR)");
+  HartGenParams p;
+  std::vector<std::string> prompts;
+  for (int i = 0; i < q.num_images; ++i) {
+    const char* text = q.prompts ? q.prompts[i] : q.prompt;
+    if (!text || !*text) fail("prompt %d is empty", i);
+    prompts.emplace_back(text);
+  }
+  if (q.resolution && *q.resolution && std::string(q.resolution) != "1M")
+    fail("HART makes %dx%d images only (resolution '%s' is not available)", output_side(), output_side(),
+         q.resolution);
+  if (q.tau >= 0) fail("HART has no sampling temperature option (its Gumbel temperature follows the official schedule)");
+  if (q.h_div_w > 0 && std::fabs(q.h_div_w - 1.f) > 1e-3f) fail("HART makes square images only (h/w %g)", q.h_div_w);
+  const DeviceSpec dev = parse_device(q.device);
+  if (encode) {
+    // The text encoder runs where the generation runs, in its dtype.
+    backend::Backend& be = backend::get(dev.cuda, dev.index);
+    const cpu::DType dt = dev.cuda ? compute_dtype(q.dtype, dev) : cpu::DType::F32;
+    qwen2::EncodedPrompts ep =
+        qwen2::encode_prompts(*tokenizer, *encoder, prompts, c.T, hart::hart_system_prompt(), pad_id, be, dt);
+    p.context = std::move(ep.ctx);
+    p.positions = std::move(ep.positions);
+  } else {
+    for (const std::string& s : prompts) tokenizer->encode(s);  // invalid UTF-8 is an error here too
+    p.context = Tensor({q.num_images, c.T, c.context_dim});
+    p.positions.assign(size_t(q.num_images) * c.T, 0);
+  }
+  p.cfg = q.cfg < 0 ? 4.5f : q.cfg;
+  if (q.top_k >= 0) p.top_k = {q.top_k};
+  p.top_p = q.top_p < 0 ? 0.0 : q.top_p;
+  p.smooth = !q.no_smooth;
+  p.seed = q.seed;
+  p.diffusion_steps = diffusion_steps;
+  p.plan = plan_from_params(default_hart_plan(c.SN(), c.depth), c.SN(), c.depth, q);
+  validate_hart_params(c, p);
+  const int64_t side = output_side();
+  check_memory(estimate_hart_bytes(*model, *vae, p) + 2 * int64_t(q.num_images) * side * side * 3,
+               strprintf("generating %d image(s) of %lldx%lld", q.num_images, (long long)side, (long long)side));
   return p;
 }
 
@@ -251,11 +334,38 @@ void InfinityEngine::generate(const fastvar_params& q, uint8_t* rgb, const Progr
   to_rgb8(r.generate(p).images, q.num_images, rgb);
 }
 
+int HartEngine::output_side() const { return model->config().P() * vae->config().downsample; }
+
+void HartEngine::output_size(const fastvar_params&, int* width, int* height) const {
+  *width = *height = output_side();
+}
+
+void HartEngine::check(const fastvar_params& q) const { params(q, false); }
+
+void HartEngine::generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) {
+  const DeviceSpec dev = parse_device(q.device);
+  HartGenParams p = params(q, true);
+  HartRunner& r = runner_for(dev, generation_dtype(q, dev));
+  const int num_scales = model->config().SN();
+  p.on_scale = on_scale_of(progress, num_scales);
+  // sample.py's 8 bits: truncation of image01 * 255 (not rounding).
+  const Tensor images = r.generate(p).images;
+  const int64_t H = images.dim(2), W = images.dim(3);
+  for (int i = 0; i < q.num_images; ++i)
+    for (int64_t y = 0; y < H; ++y)
+      for (int64_t x = 0; x < W; ++x)
+        for (int ch = 0; ch < 3; ++ch) {
+          const float v = std::clamp(images.data()[((int64_t(i) * 3 + ch) * H + y) * W + x], 0.f, 1.f);
+          rgb[((int64_t(i) * H + y) * W + x) * 3 + ch] = static_cast<uint8_t>(v * 255.f);
+        }
+}
+
 std::unique_ptr<ModelEngine> load_engine(const std::string& arch, const std::string& model_path,
                                          const std::string& vae_path, const std::string& text_dir) {
   if (arch == "var") return VarEngine::load(model_path, vae_path);
   if (arch == "infinity") return InfinityEngine::load(model_path, vae_path, text_dir);
-  return nullptr;  // recognised by the registry, no engine in this build (HART)
+  if (arch == "hart") return HartEngine::load(model_path, vae_path, text_dir);
+  return nullptr;  // recognised by the registry, no engine in this build
 }
 
 std::string resolution_for_pixels(int width, int height) {
@@ -311,8 +421,8 @@ fastvar_params fastvar_params_default(void) {
   fastvar_params p;
   std::memset(&p, 0, sizeof(p));
   p.num_images = 1;
-  p.cfg = 4.f;
-  p.top_k = 900;
+  p.cfg = -1.f;
+  p.top_k = -1;
   p.top_p = -1.f;
   p.tau = -1.f;
   p.fastvar = 1;
@@ -336,7 +446,13 @@ fastvar_engine* fastvar_load_auto(const char* model_path, const char* vae_path, 
     // The architecture from the transformer file's tensors (models/registry.h).
     fastvar::models::Role role;
     const fastvar::models::Architecture* arch = nullptr;
-    {
+    std::error_code ec;
+    if (std::filesystem::is_directory(model_path, ec)) {
+      // A model folder: HART's (hart-0.7b-1024px or its llm/), the one
+      // architecture published as a folder.
+      arch = fastvar::models::find("hart");
+      role = fastvar::models::Role::Transformer;
+    } else {
       auto f = fastvar::io::TensorFile::open(model_path);
       arch = fastvar::models::detect(*f, &role);
     }
@@ -346,10 +462,11 @@ fastvar_engine* fastvar_load_auto(const char* model_path, const char* vae_path, 
     if (role == fastvar::models::Role::Vae)
       fastvar::fail("%s is a %s VAE, not a transformer: give the transformer first and this file as the VAE",
                     model_path, arch->name);
-    if (!vae) fastvar::fail("a %s transformer needs its VAE (--vae)", arch->name);
+    if (!vae && std::string(arch->name) != "hart")  // HART's tokenizer is found beside its llm/
+      fastvar::fail("a %s transformer needs its VAE (--vae)", arch->name);
     if (text && !arch->text_to_image)
       fastvar::fail("%s is class-conditional (%s): it takes no text encoder", model_path, arch->name);
-    auto impl = fastvar::load_engine(arch->name, model_path, vae_path, text ? text_encoder_dir : "");
+    auto impl = fastvar::load_engine(arch->name, model_path, vae ? vae_path : "", text ? text_encoder_dir : "");
     if (!impl)
       fastvar::fail("%s is a %s transformer (%s): recognised, but this build cannot generate with it yet",
                     model_path, arch->name, arch->summary);

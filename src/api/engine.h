@@ -10,12 +10,17 @@
 #include "fastvar/plan.h"
 #include "io/tensor_file.h"
 #include "models/infinity/bsq_vae.h"
+#include "models/hart/hart_model.h"
+#include "models/hart/hart_tokenizer.h"
 #include "models/infinity/infinity_model.h"
+#include "models/qwen2/encoder.h"
+#include "models/qwen2/tokenizer.h"
 #include "models/t5/t5_encoder.h"
 #include "models/t5/tokenizer.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
 #include "pipeline/device.h"
+#include "pipeline/hart_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_pipeline.h"
 
@@ -104,12 +109,41 @@ struct InfinityEngine : ModelEngine {
   InfinityGenParams params(const fastvar_params& q, bool encode) const;
 };
 
+struct HartEngine : ModelEngine {
+  std::unique_ptr<Weights> weights, vae_weights;
+  std::unique_ptr<hart::HartModel> model;
+  std::unique_ptr<hart::Tokenizer> vae;
+  std::unique_ptr<qwen2::Qwen2Tokenizer> tokenizer;  // null without a Qwen2 folder
+  std::unique_ptr<qwen2::Qwen2Encoder> encoder;
+  int32_t pad_id = -1;
+  int diffusion_steps = 8;  // llm/config.json's num_sampling_steps
+  std::string description;
+  std::unique_ptr<HartRunner> runner;
+  HartRunner& runner_for(const DeviceSpec& dev, cpu::DType dtype);
+
+  // model: the hart-0.7b-1024px folder, its llm/ subfolder or a weights file;
+  // vae: the tokenizer folder or file ("" = beside llm/); llm_dir: the Qwen2
+  // folder (may be empty: prompts then fail).
+  static std::unique_ptr<HartEngine> load(const std::string& model, const std::string& vae,
+                                          const std::string& llm_dir);
+  int output_side() const;
+
+  bool text_to_image() const override { return true; }
+  const std::string& describe() const override { return description; }
+  void output_size(const fastvar_params& q, int* width, int* height) const override;
+  void check(const fastvar_params& q) const override;
+  void generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) override;
+  // The public params as pipeline params; the prompts are encoded by Qwen2
+  // only when `encode` is set (else checked and stood in by zeros).
+  HartGenParams params(const fastvar_params& q, bool encode) const;
+};
+
 // The compute dtype named `name` on device d ("fp32" or "bf16"; null or "" is
 // fp32 on the CPU and bf16 on CUDA). Throws for an unknown name, and for bf16
 // on a CPU without AVX512_BF16 / AMX.
 cpu::DType compute_dtype(const char* name, const DeviceSpec& d);
 
-// The engine of an architecture the registry names ("var", "infinity"), from
+// The engine of an architecture the registry names ("var", "infinity", "hart"), from
 // its files (text_dir may be empty); null when this build has no engine for it.
 std::unique_ptr<ModelEngine> load_engine(const std::string& arch, const std::string& model_path,
                                          const std::string& vae_path, const std::string& text_dir);

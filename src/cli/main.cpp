@@ -29,7 +29,11 @@
 #include "fastvar/fastvar.h"
 #include "io/png.h"
 #include "io/tensor_file.h"
+#include "io/text_file.h"
+#include "models/hart/hart_files.h"
 #include "models/hart/hart_model.h"
+#include "models/qwen2/encoder.h"
+#include "models/qwen2/tokenizer.h"
 #include "models/registry.h"
 #include "models/var/var_model.h"
 #include "models/var/vqvae.h"
@@ -45,17 +49,17 @@ struct GenerateArgs {
   std::string model, vae, output = "output.png";
   std::vector<std::string> classes;  // ids or names, resolved once the model is loaded
   std::vector<std::string> prompts;  // text-to-image
-  std::string t5, ar, pn;
+  std::string t5, llm, ar, pn;
   int width = 0, height = 0;
   float tau = -1.f;
   int count = 1;
   std::string seed_text = "0";
   uint64_t seed = 0;
-  float cfg = 4.f;
-  int top_k = 900;
+  float cfg = -1.f;  // < 0: the model's default
+  int top_k = -1;
   float top_p = -1.f;
   int threads = 0;
-  bool no_grid = false, no_fastvar = false, quiet = false, profile = false;
+  bool no_grid = false, no_fastvar = false, quiet = false, profile = false, no_smooth = false;
   std::string prune, prune_layers, score = "mean", dtype, device = "cpu";
   int skip_last = -1, cache_scale = -1;
 };
@@ -188,23 +192,30 @@ void progress_cb(const fastvar_scale_info* s, void* user) {
 int run_generate(GenerateArgs a) {
   if (a.count < 1 || a.count > 4096) fail("-n %d: must be in [1, 4096]", a.count);
   a.seed = parse_seed(a.seed_text);
-  const bool t2i = !a.t5.empty() || !a.prompts.empty();
-  if (a.model.empty() != a.vae.empty())
-    fail("-m and --vae go together (give neither for the embedded default model)");
+  const bool t2i = !a.t5.empty() || !a.llm.empty() || !a.prompts.empty();
+  if (!a.vae.empty() && a.model.empty()) fail("--vae goes with -m (give neither for the embedded default model)");
   if (t2i) {
-    if (a.model.empty()) fail("text-to-image needs a model and its VAE (-m, --vae)");
-    if (a.t5.empty()) fail("a prompt needs a text-to-image model and its T5 encoder folder (--t5 DIR)");
-    if (a.prompts.empty()) fail("--t5 given but no prompt (-p \"...\")");
+    if (!a.t5.empty() && !a.llm.empty()) fail("give --t5 (Infinity) or --llm (HART), not both");
+    if (a.model.empty()) fail("text-to-image needs a model (-m): Infinity with --vae and --t5, or a HART folder with --llm");
+    if (a.t5.empty() && a.llm.empty())
+      fail("a prompt needs a text-to-image model and its text encoder folder (--t5 DIR for Infinity, --llm DIR for HART)");
+    if (!a.t5.empty() && a.vae.empty()) fail("an Infinity model needs its VAE (--vae)");
+    if (a.prompts.empty()) fail("%s given but no prompt (-p \"...\")", a.t5.empty() ? "--llm" : "--t5");
     if (!a.classes.empty()) fail("--class is for class-conditional models; this run uses prompts");
     if (a.prompts.size() > 1 && static_cast<int>(a.prompts.size()) != a.count)
       fail("-p: %zu prompts given for %d images", a.prompts.size(), a.count);
+    if (!a.llm.empty() && a.tau >= 0)
+      fail("--tau is not a HART option (its Gumbel temperature follows the official schedule)");
   } else {
-    if (a.classes.empty()) fail("--class is required for class-conditional models (or -p and --t5 for text-to-image)");
+    if (a.model.empty() != a.vae.empty())
+      fail("-m and --vae go together (give neither for the embedded default model)");
+    if (a.classes.empty()) fail("--class is required for class-conditional models (or -p and --t5 / --llm for text-to-image)");
     if (a.classes.size() > 1 && static_cast<int>(a.classes.size()) != a.count)
       fail("--class: %zu classes given for %d images", a.classes.size(), a.count);
     if (!a.ar.empty() || !a.pn.empty() || a.width || a.height || a.tau >= 0)
       fail("--ar, --pn, -W, -H and --tau apply to text-to-image models only");
   }
+  if (a.no_smooth && a.llm.empty()) fail("--no-smooth applies to HART only (--llm)");
   // Aspect ratio (h/w) and resolution key of a text-to-image run.
   float h_div_w = 1.f;
   std::string pn = a.pn;
@@ -235,7 +246,7 @@ int run_generate(GenerateArgs a) {
     if (a.no_grid && a.count > 1) fail("-o - writes one PNG to standard output; --no-grid needs a file name");
     if (isatty(STDOUT_FILENO)) fail("-o -: standard output is a terminal; redirect it to a file or a pipe");
   } else {
-    const std::vector<std::string> inputs = cli::input_files({a.model, a.vae}, a.t5);
+    const std::vector<std::string> inputs = cli::input_files({a.model, a.vae}, a.t5.empty() ? a.llm : a.t5);
     cli::check_output(a.output, inputs);
     if (a.no_grid)
       for (int i = 0; i < a.count; ++i) cli::check_output(numbered(a.output, i, a.count), inputs);
@@ -245,12 +256,13 @@ int run_generate(GenerateArgs a) {
   auto t0 = std::chrono::steady_clock::now();
   // The architecture comes from the files (models/registry.h); no files at
   // all: the default model compiled into the binary.
+  const std::string& text_dir = a.t5.empty() ? a.llm : a.t5;
   fastvar_engine* e = fastvar_load_auto(a.model.empty() ? nullptr : a.model.c_str(),
-                                        a.vae.empty() ? nullptr : a.vae.c_str(), a.t5.empty() ? nullptr : a.t5.c_str());
+                                        a.vae.empty() ? nullptr : a.vae.c_str(), text_dir.empty() ? nullptr : text_dir.c_str());
   if (!e) fail("%s", fastvar_last_error());
   std::unique_ptr<fastvar_engine, void (*)(fastvar_engine*)> guard(e, fastvar_free);
   if (!t2i && fastvar_is_text_to_image(e))
-    fail("%s is a text-to-image model: give a prompt (-p) and its text encoder folder (--t5), not --class",
+    fail("%s is a text-to-image model: give a prompt (-p) and its text encoder folder (--t5 / --llm), not --class",
          a.model.c_str());
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -265,6 +277,7 @@ int run_generate(GenerateArgs a) {
   p.h_div_w = h_div_w;
   p.resolution = pn.c_str();
   p.tau = a.tau;
+  p.no_smooth = a.no_smooth ? 1 : 0;
   p.cfg = a.cfg;
   p.top_k = a.top_k;
   p.top_p = a.top_p;
@@ -285,8 +298,10 @@ int run_generate(GenerateArgs a) {
   int W = 0, H = 0;
   if (fastvar_output_size(e, &p, &W, &H) != FASTVAR_OK) fail("%s", fastvar_last_error());
   std::vector<uint8_t> rgb(size_t(a.count) * W * H * 3);
-  if (!a.quiet) std::fprintf(stderr, "generating %d image(s) of %dx%d, seed %llu, cfg %g, top-k %d, %d thread(s)\n",
-                             a.count, W, H, (unsigned long long)a.seed, a.cfg, a.top_k, num_threads());
+  if (!a.quiet)
+    std::fprintf(stderr, "generating %d image(s) of %dx%d, seed %llu, cfg %s, top-k %s, %d thread(s)\n", a.count, W, H,
+                 (unsigned long long)a.seed, a.cfg < 0 ? "the model's default" : strprintf("%g", a.cfg).c_str(),
+                 a.top_k < 0 ? "the model's default" : std::to_string(a.top_k).c_str(), num_threads());
   t0 = std::chrono::steady_clock::now();
   ProgressState ps;
   ps.profile = a.profile;
@@ -321,6 +336,36 @@ int run_generate(GenerateArgs a) {
   return 0;
 }
 
+// `fastvar info FOLDER`: a HART folder (hart-0.7b-1024px or its llm/) or a
+// Qwen2 folder (Qwen2-VL-1.5B-Instruct).
+int run_info_folder(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path dir(path);
+  if (fs::is_regular_file(dir / "tokenizer.json") && fs::is_regular_file(dir / "config.json")) {
+    const qwen2::Qwen2Config c = qwen2::Qwen2Config::from_json_text(io::read_text_file((dir / "config.json").string()),
+                                                                    (dir / "config.json").string());
+    const qwen2::Qwen2Tokenizer tok(path);
+    std::printf("folder:    %s\nmodel:     Qwen2 text encoder: %s\ntokenizer: %d ids, pad <|endoftext|> = %d\n",
+                path.c_str(), c.describe().c_str(), tok.size(), tok.token_id("<|endoftext|>"));
+    return 0;
+  }
+  const hart::HartFiles files = hart::find_hart_files(path, "");
+  hart::HartFolderConfig fc;
+  if (!files.config.empty()) fc = hart::read_hart_config(files.config);
+  Weights w(io::TensorFile::open(files.weights));
+  hart::HartModel m(w, fc.options);
+  w.check_all_used();
+  if (!files.config.empty()) fc.check(m.config(), files.config);
+  Weights tw(hart::open_hart_tokenizer(files));
+  var::VQVAE v(tw);
+  tw.check_all_used();
+  std::printf("folder:    %s\nconfig:    %s\nweights:   %s\nmodel:     HART transformer: %s; %d diffusion steps\n"
+              "tokenizer: %s: %s\n",
+              path.c_str(), files.config.c_str(), files.weights_note.c_str(), m.config().describe().c_str(),
+              fc.diffusion_steps, files.tokenizer_weights.c_str(), v.config().describe().c_str());
+  return 0;
+}
+
 int run_info(const std::string& path) {
   if (path.empty()) {  // no file: the devices this build can use
     for (const std::string& d : list_devices()) std::printf("%s\n", d.c_str());
@@ -328,6 +373,8 @@ int run_info(const std::string& path) {
   }
   // Everything is validated before anything is printed, so a bad file gives
   // exactly one error line.
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return run_info_folder(path);
   auto f = io::TensorFile::open(path);
   std::string out = strprintf("file:    %s\nformat:  %s\ntensors: %zu\nbytes:   %zu (%.1f MiB)\ndtypes: ",
                               path.c_str(), f->format().c_str(), f->tensors().size(), f->total_bytes(),
@@ -358,7 +405,8 @@ int run_info(const std::string& path) {
     desc = v.config().describe();
   } else if (name == "hart") {
     hart::HartModel m(w);
-    desc = "HART transformer: " + m.config().describe() + " (recognised; generation not in this build yet)";
+    w.check_all_used();
+    desc = "HART transformer: " + m.config().describe();
   }
   std::printf("%s\nmodel:   %s\n", out.c_str(), desc.c_str());
   return 0;
@@ -396,11 +444,13 @@ int main(int argc, char** argv) {
 
   GenerateArgs g;
   CLI::App* gen = app.add_subcommand("generate", "Generate images with a VAR model");
-  gen->add_option("-m,--model", g.model, "VAR transformer checkpoint (.pth or .safetensors); default: the embedded model");
-  gen->add_option("--vae", g.vae, "VQVAE checkpoint (.pth or .safetensors); goes with -m");
+  gen->add_option("-m,--model", g.model, "Transformer checkpoint (.pth or .safetensors; VAR, Infinity) or HART folder (hart-0.7b-1024px or its llm/); default: the embedded model");
+  gen->add_option("--vae", g.vae, "VQVAE / BSQ-VAE checkpoint; goes with -m (HART: its tokenizer, found beside llm/ by default)");
   gen->add_option("-c,--class", g.classes, "Class id or name, e.g. 7 or sneaker (one for all images, or one per image)");
   gen->add_option("-p,--prompt", g.prompts, "Prompt (one for all images, or one per image); text-to-image models");
-  gen->add_option("--t5", g.t5, "T5 encoder folder (Hugging Face layout) of a text-to-image model");
+  gen->add_option("--t5", g.t5, "T5 encoder folder (Hugging Face layout) of an Infinity model");
+  gen->add_option("--llm", g.llm, "Qwen2 folder (Hugging Face layout, e.g. Qwen2-VL-1.5B-Instruct) of a HART model");
+  gen->add_flag("--no-smooth", g.no_smooth, "HART: plain sampling instead of the official more_smooth Gumbel mixture");
   gen->add_option("-W,--width", g.width, "Text-to-image: requested width in pixels (nearest aspect template)")
       ->check(CLI::Range(1, kMaxSide));
   gen->add_option("-H,--height", g.height, "Text-to-image: requested height in pixels")->check(CLI::Range(1, kMaxSide));
@@ -410,9 +460,9 @@ int main(int argc, char** argv) {
   gen->add_option("--tau", g.tau, "Text-to-image sampling temperature (default 0.5)")->check(CLI::Range(0.001f, 100.f));
   gen->add_option("-n,--count", g.count, "Number of images, generated in one batch");
   gen->add_option("-s,--seed", g.seed_text, "Random seed: an integer in [0, 2^64-1]");
-  gen->add_option("--cfg", g.cfg, "Classifier-free guidance (VAR: ramped from 0 to this over the scales)")->check(CLI::Range(0.f, 100.f));
-  gen->add_option("--top-k", g.top_k, "Top-k filtering (0 = off)")->check(CLI::Range(0, 1 << 30));
-  gen->add_option("--top-p", g.top_p, "Top-p filtering (0 = off; default 0.96 VAR, 0.97 Infinity)")->check(CLI::Range(0.f, 1.f));
+  gen->add_option("--cfg", g.cfg, "Classifier-free guidance (VAR, HART: ramped from 0 to this over the scales); default 4, HART 4.5")->check(CLI::Range(0.f, 100.f));
+  gen->add_option("--top-k", g.top_k, "Top-k filtering (0 = off); default 900, HART 600 before scale 7 and 300 after")->check(CLI::Range(0, 1 << 30));
+  gen->add_option("--top-p", g.top_p, "Top-p filtering (0 = off; default 0.96 VAR, 0.97 Infinity, off HART)")->check(CLI::Range(0.f, 1.f));
   gen->add_option("-t,--threads", g.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   gen->add_option("-o,--output", g.output, "Output PNG (a grid when -n > 1)");
   gen->add_flag("--no-grid", g.no_grid, "With -n > 1, write numbered files OUT-0.png ... instead of a grid");
@@ -423,13 +473,13 @@ int main(int argc, char** argv) {
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
   gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation); default fp32 on the CPU, bf16 on CUDA")->check(CLI::IsMember({"fp32", "bf16"}));
-  gen->add_option("--device", g.device, "cpu (default), cuda or cuda:N (VAR and Infinity; `fastvar info` lists the devices)");
+  gen->add_option("--device", g.device, "cpu (default), cuda or cuda:N (`fastvar info` lists the devices)");
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
   gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
 
   std::string info_path;
-  CLI::App* info = app.add_subcommand("info", "Print what a checkpoint holds and the inferred config; without a file, the devices");
-  info->add_option("file", info_path, "Checkpoint (.pth or .safetensors)");
+  CLI::App* info = app.add_subcommand("info", "Print what a checkpoint or model folder holds and the inferred config; without a file, the devices");
+  info->add_option("file", info_path, "Checkpoint (.pth or .safetensors), HART folder or Qwen2 folder");
 
   std::string golden_dir;
   int golden_threads = 0;
@@ -437,7 +487,7 @@ int main(int argc, char** argv) {
   golden->add_option("dir", golden_dir, "Golden folder (config.json + safetensors)")->required();
   golden->add_option("-t,--threads", golden_threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   std::string golden_device = "cpu", golden_dtype;
-  golden->add_option("--device", golden_device, "cpu (default), cuda or cuda:N (VAR and Infinity folders)");
+  golden->add_option("--device", golden_device, "cpu (default), cuda or cuda:N (VAR, Infinity and HART folders)");
   golden->add_option("--dtype", golden_dtype, "fp32 (default on the CPU) or bf16 (default on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
 
   const std::string verb = argc > 1 ? argv[1] : "";

@@ -82,6 +82,18 @@ void TensorFile::add_tensor(TensorEntry e) {
   tensors_.push_back(std::move(e));
 }
 
+void TensorFile::remap(const std::function<std::string(const std::string&)>& rename) {
+  std::vector<TensorEntry> old;
+  old.swap(tensors_);
+  index_.clear();
+  for (TensorEntry& e : old) {
+    std::string n = rename(e.name);
+    if (n.empty()) continue;
+    e.name = std::move(n);
+    add_tensor(std::move(e));
+  }
+}
+
 TensorFile::~TensorFile() {
   if (map_) munmap(map_, map_size_);
 }

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -53,6 +54,10 @@ class TensorFile {
   // again); does nothing for memory the file does not map. For weights that
   // were converted into another dtype and are no longer read.
   void release_pages(const void* p, size_t bytes) const;
+  // Renames every tensor to rename(name), dropping those it maps to "" (a
+  // checkpoint saved under a wrapper's prefix, parts a model never reads).
+  // Throws when two tensors end up with one name.
+  void remap(const std::function<std::string(const std::string&)>& rename);
   // Keeps `buf` alive as long as this file (for files parsed from memory).
   void adopt(std::unique_ptr<uint8_t[]> buf) { owned_.push_back(std::move(buf)); }
 

@@ -47,6 +47,12 @@ const Architecture* detect(const io::TensorFile& f, Role* role) {
   return nullptr;
 }
 
+const Architecture* find(const std::string& name) {
+  for (const Architecture& a : architectures())
+    if (name == a.name) return &a;
+  return nullptr;
+}
+
 std::string known_architectures() {
   std::string s;
   for (const Architecture& a : architectures()) s += std::string(s.empty() ? "" : "; ") + a.name + " (" + a.summary + ")";

@@ -30,6 +30,9 @@ const std::vector<Architecture>& architectures();
 // The architecture whose transformer (or, role Vae, whose VAE) `f` is, or null.
 const Architecture* detect(const io::TensorFile& f, Role* role = nullptr);
 
+// The architecture named `name`, or null.
+const Architecture* find(const std::string& name);
+
 // "var (class-conditional VAR), infinity (...), hart (...)": for messages.
 std::string known_architectures();
 

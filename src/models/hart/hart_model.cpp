@@ -393,7 +393,7 @@ void HartNet::encode_text(const Tensor& ctx, const std::vector<int64_t>& pos, St
   if (static_cast<int64_t>(pos.size()) != B * T)
     fail("text position ids have %zu entries, expected %lld", pos.size(), (long long)(B * T));
   for (int64_t p : pos)
-    if (p < 0 || p > (int64_t(1) << 24)) fail("text position id %lld out of range", (long long)p);
+    if (p < -1 || p > (int64_t(1) << 24)) fail("text position id %lld out of range", (long long)p);
   st.pos.assign(size_t(R) * T, 0);
   std::copy(pos.begin(), pos.end(), st.pos.begin());
   st.offset.assign(R, 0);

@@ -266,7 +266,8 @@ Tensor Qwen2Encoder::forward(const std::vector<int32_t>& ids, const std::vector<
 }
 
 EncodedPrompts encode_prompts(const Qwen2Tokenizer& tok, const Qwen2Encoder& enc, const std::vector<std::string>& prompts,
-                              int N, const std::string& system_prompt, int32_t pad_id) {
+                              int N, const std::string& system_prompt, int32_t pad_id, backend::Backend& be,
+                              backend::DType dtype) {
   if (prompts.empty()) fail("no prompt to encode");
   if (N < 1 || N > 65536) fail("prompt length %d out of range [1, 65536]", N);
   EncodedPrompts r;
@@ -291,7 +292,7 @@ EncodedPrompts encode_prompts(const Qwen2Tokenizer& tok, const Qwen2Encoder& enc
     }
     std::copy(r.sys_ids.begin(), r.sys_ids.end(), input.begin() + ptrdiff_t(b) * L);
   }
-  Tensor hidden = enc.forward(input, visible, B, L);
+  Tensor hidden = enc.forward(input, visible, B, L, nullptr, be, dtype);
   r.input_ids = std::move(input);
   r.attention_mask = std::move(visible);
   const int64_t C = enc.config().hidden;

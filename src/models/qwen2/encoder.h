@@ -76,7 +76,9 @@ struct EncodedPrompts {
   std::vector<uint8_t> attention_mask;  // [B, S + N]
   Tensor ctx;                      // [B, N, hidden]
 };
+// The encoder runs on `be` in `dtype`.
 EncodedPrompts encode_prompts(const Qwen2Tokenizer& tok, const Qwen2Encoder& enc, const std::vector<std::string>& prompts,
-                              int N, const std::string& system_prompt, int32_t pad_id);
+                              int N, const std::string& system_prompt, int32_t pad_id,
+                              backend::Backend& be = backend::cpu(), backend::DType dtype = backend::DType::F32);
 
 }  // namespace fastvar::qwen2
