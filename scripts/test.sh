@@ -2,10 +2,12 @@
 # Install, build and run every test: the GoogleTest suite under ctest (the
 # models run on the CPU backend; the CUDA suites skip without a GPU, see
 # scripts/gpu-check.sh), then each libFuzzer target for a short time on its
-# seed corpus.
+# seed corpus. The server's end-to-end tests (scripts/server-test.sh) run
+# between the two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 bash scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
+bash scripts/server-test.sh  # fastvar serve end to end (openai SDK, load test) on loopback
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash scripts/fuzz.sh

@@ -551,7 +551,8 @@ std::vector<OpCase> cases() {
       t.push_back({"cfg_sample_topk" + std::to_string(top_k), 0, 1, false,
                    [=](Ctx& c) {
                      auto* idx = static_cast<int32_t*>(c.raw(size_t(B * n) * 4));
-                     c.be.cfg_sample(c.in(logits), B, n, Vv, 2.5f, top_k, 0.9, 1234, 3, idx);
+                     const uint64_t seeds[B] = {1234, 77};
+                     c.be.cfg_sample(c.in(logits), B, n, Vv, 2.5f, top_k, 0.9, seeds, 3, idx);
                      return c.get_as_float(idx, size_t(B * n));
                    },
                    [=] {
@@ -560,7 +561,7 @@ std::vector<OpCase> cases() {
                      for (int64_t i = 0; i < B * n; ++i) {
                        filter_top_k_top_p(mixed.data() + i * Vv, Vv, top_k, 0.9);
                        softmax(mixed.data() + i * Vv, probs.data(), Vv);
-                       const float u = philox_uniform(1234, uint32_t(i % n), 3, uint32_t(i / n), 0x5A3Bu);
+                       const float u = philox_uniform(i / n ? 77 : 1234, uint32_t(i % n), 3, 0, 0x5A3Bu);
                        ids.push_back(float(draw(probs.data(), Vv, u)));
                      }
                      return ids;
@@ -642,8 +643,9 @@ std::vector<OpCase> cases() {
       t.push_back({recorded ? "gumbel_mix_recorded" : "gumbel_mix", 2e-6, 0, false,
                    [=](Ctx& c) {
                      float* h = c.out(size_t(B * Cv * n));
+                     const uint64_t seeds[B] = {77, 5};
                      c.be.gumbel_mix(c.in(logits), B, n, Vv, 2.f, 13, 0.8, 1.25f, 0.2f, recorded ? c.in(E) : nullptr,
-                                     77, 4, c.in(book), Cv, h);
+                                     seeds, 4, c.in(book), Cv, h);
                      return c.get(h, size_t(B * Cv * n));
                    },
                    [=] {
@@ -654,7 +656,7 @@ std::vector<OpCase> cases() {
                                logits.data() + ((B + b) * n + tt) * Vv);
                        filter_top_k_top_p(mixed.data(), Vv, 13, 0.8);
                        for (int64_t v = 0; v < Vv; ++v)
-                         e[size_t(v)] = recorded ? E[size_t(i * Vv + v)] : gumbel_exp(77, 4, uint32_t(b), uint32_t(tt), uint32_t(v));
+                         e[size_t(v)] = recorded ? E[size_t(i * Vv + v)] : gumbel_exp(b ? 5 : 77, 4, uint32_t(tt), uint32_t(v));
                        gumbel_mix_token(mixed.data(), e.data(), Vv, 1.25f, 0.2f, book.data(), Cv, h.data() + b * Cv * n + tt,
                                         n, w.data());
                      }
@@ -823,12 +825,14 @@ std::vector<OpCase> cases() {
     t.push_back({"sample_bits", 0, 1, false,
                  [=](Ctx& c) {
                    auto* o = static_cast<uint8_t*>(c.raw(bits.size()));
-                   c.be.sample_bits(c.in(logits), B, L, d, 3.f, 0.8f, 0, 0.9, 99, 2, o);
+                   const uint64_t seeds[B] = {99, 3};
+                   c.be.sample_bits(c.in(logits), B, L, d, 3.f, 0.8f, 0, 0.9, seeds, 2, o);
                    return c.get_as_float(o, bits.size());
                  },
                  [=] {
                    std::vector<uint8_t> o(bits.size());
-                   infinity::sample_bits(logits.data(), B, L, d, 3.f, 0.8f, 0, 0.9, 99, 2, o.data());
+                   const uint64_t seeds[B] = {99, 3};
+                   infinity::sample_bits(logits.data(), B, L, d, 3.f, 0.8f, 0, 0.9, seeds, 2, o.data());
                    return V(o.begin(), o.end());
                  }});
     t.push_back({"bits_to_codes+code_accumulate+code_next_input", 0, 0, false,

@@ -89,14 +89,17 @@ TEST(CudaInfinityCodes, BadArgumentsThrow) {
   FASTVAR_REQUIRE_CUDA();
   EXPECT_THROW(cuda::resize_bilinear(nullptr, 4, 0, 4, nullptr, 2, 2), Error);
   EXPECT_THROW(cuda::resize_bilinear(nullptr, -1, 4, 4, nullptr, 2, 2), Error);
-  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 0, 4, 32, 3.f, 1.f, 0, 0.0, 1, 0, nullptr),
+  const uint64_t* no_seeds = nullptr;
+  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 0, 4, 32, 3.f, 1.f, 0, 0.0, no_seeds, 0, nullptr),
                Error);
-  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 1, 4, 32, 3.f, 0.f, 0, 0.0, 1, 0, nullptr),
+  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 1, 4, 32, 3.f, 0.f, 0, 0.0, no_seeds, 0, nullptr),
                Error);  // tau must be > 0
-  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 1, 4, 32, 3.f, 1.f, -1, 0.0, 1, 0, nullptr),
+  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 1, 4, 32, 3.f, 1.f, -1, 0.0, no_seeds, 0, nullptr),
                Error);
-  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 1, 4, 32, 3.f, 1.f, 0, 1.5, 1, 0, nullptr),
+  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 1, 4, 32, 3.f, 1.f, 0, 1.5, no_seeds, 0, nullptr),
                Error);
+  EXPECT_THROW(cuda::infinity_sample_bits(nullptr, 1, 4, 32, 3.f, 1.f, 0, 0.0, no_seeds, 0, nullptr),
+               Error);  // seeds must be given
   EXPECT_THROW(cuda::infinity_bits_to_codes(nullptr, 1, 2, 2, 0, nullptr), Error);
   EXPECT_THROW(cuda::infinity_accumulate(nullptr, 1, 16, 2, 2, nullptr, 0, 4, nullptr), Error);
   // Resizing needs scratch; the last scale (same size) does not.
@@ -224,10 +227,20 @@ uint8_t ref_sample_bit(float l0, float l1, int top_k, double top_p, float u, dou
   return u < p0 ? 0 : 1;
 }
 
-// Bits (B, L, d) of the CPU loop on logits (2B, L, 2d), and each bit's margin.
+// A device copy of per-image seeds (B values).
+cuda::DeviceBuffer seeds_to_dev(const std::vector<uint64_t>& seeds) {
+  cuda::DeviceBuffer d(seeds.size() * sizeof(uint64_t));
+  cuda::memcpy_h2d(d.data(), seeds.data(), seeds.size() * sizeof(uint64_t));
+  return d;
+}
+const uint64_t* u64(const cuda::DeviceBuffer& b) { return static_cast<const uint64_t*>(b.data()); }
+
+// Bits (B, L, d) of the CPU loop on logits (2B, L, 2d), and each bit's margin;
+// image b draws from seeds[b] with counter word 0 (backend.h).
 std::vector<uint8_t> ref_sample_bits(const std::vector<float>& logits, int B, int64_t L, int d,
-                                     float g, float tau, int top_k, double top_p, uint64_t seed,
-                                     uint32_t si, std::vector<double>* margins) {
+                                     float g, float tau, int top_k, double top_p,
+                                     const std::vector<uint64_t>& seeds, uint32_t si,
+                                     std::vector<double>* margins) {
   const int64_t V = 2 * int64_t(d);
   std::vector<uint8_t> bits(size_t(B) * L * d);
   margins->assign(bits.size(), 0.0);
@@ -237,8 +250,8 @@ std::vector<uint8_t> ref_sample_bits(const std::vector<float>& logits, int B, in
       for (int c = 0; c < 2; ++c)  // the pipeline's guided logits
         lg[c] = g * (logits[size_t(i * V + 2 * j + c)] / tau) +
                 (1.f - g) * (logits[size_t((B * L + i) * V + 2 * j + c)] / tau);
-      const float u = philox_uniform(seed, static_cast<uint32_t>(i % L), si,
-                                     static_cast<uint32_t>(i / L), 0x10000u + uint32_t(j));
+      const float u = philox_uniform(seeds[size_t(i / L)], static_cast<uint32_t>(i % L), si, 0u,
+                                     0x10000u + uint32_t(j));
       bits[size_t(i * d + j)] =
           ref_sample_bit(lg[0], lg[1], top_k, top_p, u, &(*margins)[i * d + j]);
     }
@@ -270,7 +283,8 @@ void expect_bits_match(const std::vector<uint8_t>& got, const std::vector<uint8_
 TEST(CudaInfinityCodes, SampleBitsMatchCpu) {
   // Random logits of B = 2 images, L = 37 tokens, d = 32 bits (V = 64), spread
   // so that every branch is taken: top-k 0 / 1 / 900, top-p 0 / 0.97, several
-  // cfg (including < 1) and tau values, two seeds and scale indices.
+  // cfg (including < 1) and tau values, several seeds (image b: seed + b) and
+  // scale indices.
   FASTVAR_REQUIRE_CUDA();
   const int B = 2, d = 32;
   const int64_t L = 37, V = 2 * d;
@@ -293,10 +307,12 @@ TEST(CudaInfinityCodes, SampleBitsMatchCpu) {
                         {5.25f, 0.95f, 1, 0.0, 5, 9},
                         {3.f, 0.5f, 0, 0.97, 0xdeadbeefcafeull, 1}};
   for (const Case& c : cases) {
+    const std::vector<uint64_t> seeds = {c.seed, c.seed + 1};  // B = 2 images
+    const cuda::DeviceBuffer dseeds = seeds_to_dev(seeds);
     std::vector<double> margins;
     const auto ref =
-        ref_sample_bits(logits, B, L, d, c.cfg, c.tau, c.top_k, c.top_p, c.seed, c.si, &margins);
-    cuda::infinity_sample_bits(dl.f32(), B, L, d, c.cfg, c.tau, c.top_k, c.top_p, c.seed, c.si,
+        ref_sample_bits(logits, B, L, d, c.cfg, c.tau, c.top_k, c.top_p, seeds, c.si, &margins);
+    cuda::infinity_sample_bits(dl.f32(), B, L, d, c.cfg, c.tau, c.top_k, c.top_p, u64(dseeds), c.si,
                                static_cast<uint8_t*>(dbits.data()));
     const std::string what =
         strprintf("cfg=%g tau=%g top_k=%d top_p=%g seed=%llu si=%u", double(c.cfg), double(c.tau),
@@ -334,6 +350,8 @@ TEST(CudaInfinityCodes, PipelineSamplingAndCodePathMatchCpu) {
   const auto& sched = p.schedule.scales;
   const int B = 2, d = vae.code_dim(), S = int(sched.size());
   const int Hf = sched.back().first, Wf = sched.back().second;
+  const std::vector<uint64_t> seeds = image_seeds(p.seed, p.seeds, B);  // the pipeline's (11, 12)
+  const cuda::DeviceBuffer dseeds = seeds_to_dev(seeds);
   const size_t nf = size_t(B) * d * Hf * Wf;
   cuda::DeviceBuffer dsum(nf * sizeof(float)), dscratch(nf * sizeof(float));
   cuda::DeviceBuffer dcodes(nf * sizeof(float)), dnext(nf * sizeof(float)), dbits(nf);
@@ -357,10 +375,10 @@ TEST(CudaInfinityCodes, PipelineSamplingAndCodePathMatchCpu) {
     const float tau = p.tau.size() == 1 ? p.tau[0] : p.tau[si];
     std::vector<double> margins;
     const auto ref =
-        ref_sample_bits(logits, B, L, d, g, tau, p.top_k, p.top_p, p.seed, uint32_t(si), &margins);
+        ref_sample_bits(logits, B, L, d, g, tau, p.top_k, p.top_p, seeds, uint32_t(si), &margins);
     EXPECT_EQ(ref, cpu_bits) << sp << " (the test's copy of the CPU rule)";
     auto dl = to_dev(logits);
-    cuda::infinity_sample_bits(dl.f32(), B, L, d, g, tau, p.top_k, p.top_p, p.seed, uint32_t(si),
+    cuda::infinity_sample_bits(dl.f32(), B, L, d, g, tau, p.top_k, p.top_p, u64(dseeds), uint32_t(si),
                                static_cast<uint8_t*>(dbits.data()));
     expect_bits_match(to_host_u8(dbits, cpu_bits.size()), cpu_bits, margins, sp + "bits");
 

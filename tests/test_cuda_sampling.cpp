@@ -56,9 +56,24 @@ std::vector<float> make_logits(int B, int64_t n, int64_t V, const SampleCase& c,
   return x;
 }
 
-// The CPU pipeline's sampling of one scale (var_pipeline.cpp): ids (B, n).
+// Per-image seeds: image b draws from seed + b (Backend::cfg_sample's rule).
+std::vector<uint64_t> image_seeds(uint64_t seed, int B) {
+  std::vector<uint64_t> s(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b) s[size_t(b)] = seed + uint64_t(b);
+  return s;
+}
+
+// A device copy of the B seeds.
+cuda::DeviceBuffer seeds_to_dev(const std::vector<uint64_t>& seeds) {
+  cuda::DeviceBuffer d(seeds.size() * sizeof(uint64_t));
+  cuda::memcpy_h2d(d.data(), seeds.data(), seeds.size() * sizeof(uint64_t));
+  return d;
+}
+
+// The CPU pipeline's sampling of one scale (var_pipeline.cpp): ids (B, n),
+// token t of image b from philox_uniform(seeds[b], t, si, 0, 0x5A3B).
 std::vector<int32_t> cpu_sample(const std::vector<float>& logits, int B, int64_t n, int64_t V,
-                                const SampleCase& c, uint64_t seed, uint32_t si) {
+                                const SampleCase& c, const std::vector<uint64_t>& seeds, uint32_t si) {
   std::vector<float> mixed(size_t(B) * size_t(n) * size_t(V));
   std::vector<float> probs(static_cast<size_t>(V));
   cfg_mix(logits.data(), B, n, V, c.w, mixed.data());
@@ -67,18 +82,19 @@ std::vector<int32_t> cpu_sample(const std::vector<float>& logits, int B, int64_t
     float* lg = mixed.data() + i * V;
     filter_top_k_top_p(lg, V, c.top_k, c.top_p);
     softmax(lg, probs.data(), V);
-    const float u = philox_uniform(seed, static_cast<uint32_t>(i % n), si,
-                                   static_cast<uint32_t>(i / n), 0x5A3Bu);
+    const float u = philox_uniform(seeds[size_t(i / n)], static_cast<uint32_t>(i % n), si, 0u, 0x5A3Bu);
     idx[size_t(i)] = static_cast<int32_t>(draw(probs.data(), V, u));
   }
   return idx;
 }
 
 std::vector<int32_t> cuda_sample(const std::vector<float>& logits, int B, int64_t n, int64_t V,
-                                 const SampleCase& c, uint64_t seed, uint32_t si) {
+                                 const SampleCase& c, const std::vector<uint64_t>& seeds, uint32_t si) {
   cuda::DeviceBuffer d_logits = to_dev(logits);
+  cuda::DeviceBuffer d_seeds = seeds_to_dev(seeds);
   cuda::DeviceBuffer d_idx(size_t(B) * size_t(n) * sizeof(int32_t));
-  cuda::cfg_sample(d_logits.f32(), B, n, V, c.w, c.top_k, c.top_p, seed, si, d_idx.i32());
+  const uint64_t* d_s = static_cast<const uint64_t*>(d_seeds.data());
+  cuda::cfg_sample(d_logits.f32(), B, n, V, c.w, c.top_k, c.top_p, d_s, si, d_idx.i32());
   std::vector<int32_t> idx(size_t(B) * size_t(n));
   d_idx.download(idx.data(), idx.size());
   return idx;
@@ -92,10 +108,10 @@ void check_cases(const std::vector<SampleCase>& cases, int B, int64_t n, int64_t
     SCOPED_TRACE(testing::Message() << "V=" << V << " top_k=" << c.top_k << " top_p=" << c.top_p
                                     << " w=" << c.w << " std=" << c.std << " ties=" << c.ties);
     const std::vector<float> logits = make_logits(B, n, V, c, seed);
-    const uint64_t rng_seed = 0x1234567890abcdefull + seed;
+    const std::vector<uint64_t> seeds = image_seeds(0x1234567890abcdefull + seed, B);
     const uint32_t si = seed * 3;
-    const std::vector<int32_t> want = cpu_sample(logits, B, n, V, c, rng_seed, si);
-    const std::vector<int32_t> got = cuda_sample(logits, B, n, V, c, rng_seed, si);
+    const std::vector<int32_t> want = cpu_sample(logits, B, n, V, c, seeds, si);
+    const std::vector<int32_t> got = cuda_sample(logits, B, n, V, c, seeds, si);
     int mismatches = 0;
     for (size_t i = 0; i < want.size(); ++i) {
       ASSERT_GE(got[i], 0);
@@ -103,8 +119,7 @@ void check_cases(const std::vector<SampleCase>& cases, int B, int64_t n, int64_t
       if (got[i] != want[i]) {
         ++mismatches;
         std::printf("  token %zu: cpu %d cuda %d (u = %.9g)\n", i, want[i], got[i],
-                    double(philox_uniform(rng_seed, uint32_t(i % n), si, uint32_t(i / n),
-                                          0x5A3Bu)));
+                    double(philox_uniform(seeds[i / size_t(n)], uint32_t(i % n), si, 0u, 0x5A3Bu)));
       }
     }
     EXPECT_LE(mismatches, max_mismatch) << "of " << want.size() << " tokens";
@@ -156,12 +171,36 @@ TEST(CudaSampling, CfgSampleMatchesCpuV16384) {
   check_cases(cases, /*B=*/1, /*n=*/24, /*V=*/16384, /*max_mismatch=*/1);
 }
 
+// An image's draws depend on its own seed only: image b of a batch equals the
+// same logits sampled alone (B = 1) with seeds[b].
+TEST(CudaSampling, CfgSampleImageIsTheSameAloneOrInABatch) {
+  FASTVAR_REQUIRE_CUDA();
+  const int B = 3;
+  const int64_t n = 50, V = 300;
+  const SampleCase c = {40, 0.9, 2.f, 2.f, false};
+  const std::vector<float> logits = make_logits(B, n, V, c, 77);
+  const std::vector<uint64_t> seeds = {0x9e3779b97f4a7c15ull, 5, 0x9e3779b97f4a7c15ull};  // images 0 and 2 share one
+  const uint32_t si = 6;
+  const std::vector<int32_t> batch = cuda_sample(logits, B, n, V, c, seeds, si);
+  const size_t row = size_t(n) * size_t(V);
+  for (int b = 0; b < B; ++b) {
+    SCOPED_TRACE(testing::Message() << "image " << b);
+    std::vector<float> one(2 * row);  // its conditional and unconditional rows
+    std::copy_n(logits.begin() + std::ptrdiff_t(size_t(b) * row), row, one.begin());
+    std::copy_n(logits.begin() + std::ptrdiff_t(size_t(B + b) * row), row, one.begin() + std::ptrdiff_t(row));
+    const std::vector<int32_t> alone = cuda_sample(one, 1, n, V, c, {seeds[size_t(b)]}, si);
+    for (int64_t t = 0; t < n; ++t) ASSERT_EQ(alone[size_t(t)], batch[size_t(b * n + t)]) << "token " << t;
+  }
+}
+
 TEST(CudaSampling, BadArgumentsThrowBeforeTouchingTheDevice) {
-  EXPECT_THROW(cuda::cfg_sample(nullptr, 1, 4, 0, 1.f, 0, 0.0, 1, 0, nullptr), Error);
-  EXPECT_THROW(cuda::cfg_sample(nullptr, 1, 4, -5, 1.f, 0, 0.0, 1, 0, nullptr), Error);
-  EXPECT_THROW(cuda::cfg_sample(nullptr, -1, 4, 16, 1.f, 0, 0.0, 1, 0, nullptr), Error);
-  EXPECT_THROW(cuda::cfg_sample(nullptr, 1, 4, int64_t(1) << 30, 1.f, 0, 0.9, 1, 0, nullptr),
+  const uint64_t* no_seeds = nullptr;
+  EXPECT_THROW(cuda::cfg_sample(nullptr, 1, 4, 0, 1.f, 0, 0.0, no_seeds, 0, nullptr), Error);
+  EXPECT_THROW(cuda::cfg_sample(nullptr, 1, 4, -5, 1.f, 0, 0.0, no_seeds, 0, nullptr), Error);
+  EXPECT_THROW(cuda::cfg_sample(nullptr, -1, 4, 16, 1.f, 0, 0.0, no_seeds, 0, nullptr), Error);
+  EXPECT_THROW(cuda::cfg_sample(nullptr, 1, 4, int64_t(1) << 30, 1.f, 0, 0.9, no_seeds, 0, nullptr),
                Error);
+  EXPECT_THROW(cuda::cfg_sample(nullptr, 1, 4, 16, 1.f, 0, 0.0, no_seeds, 0, nullptr), Error);  // no seeds
   EXPECT_THROW(cuda::philox(nullptr, -1, 0, nullptr, nullptr), Error);
 }
 

@@ -14,7 +14,7 @@ extern "C" {
 
 typedef struct fastvar_engine fastvar_engine;
 
-typedef enum { FASTVAR_OK = 0, FASTVAR_ERROR = 1 } fastvar_status;
+typedef enum { FASTVAR_OK = 0, FASTVAR_ERROR = 1, FASTVAR_ABORTED = 2 } fastvar_status;
 
 /* Generation settings. Fill with fastvar_params_default() then change fields. */
 typedef struct {
@@ -36,7 +36,10 @@ typedef struct {
   int top_k;               /* 0 = off, < 0 = model default (VAR, Infinity 900; HART 600 before
                             * scale 7, 300 from it) */
   float top_p;             /* 0 = off, < 0 = model default (VAR 0.96, Infinity 0.97, HART off) */
-  uint64_t seed;
+  uint64_t seed;           /* image i uses seed + i (unless `seeds` is given) */
+  const uint64_t* seeds;   /* num_images per-image seeds, or NULL. Every random number of an
+                            * image comes from its seed alone: an image is byte-identical
+                            * whether generated alone or inside any batch. */
   int threads;             /* 0 = all cores */
   /* FastVAR (training-free cached token pruning). */
   int fastvar;             /* 1 = on (the model's default plan unless overridden) */
@@ -55,6 +58,10 @@ typedef struct {
    * On CUDA, dtype NULL means "bf16"; the device copy of the weights is made
    * on the first call and kept for the next ones. */
   const char* device;
+  /* Abort hook, polled after every scale: returning non-zero stops the
+   * generation, and fastvar_generate returns FASTVAR_ABORTED. NULL = never. */
+  int (*abort)(void* user);
+  void* abort_user;
 } fastvar_params;
 
 /* Progress: called after each scale, and once more for the tokenizer decoder

@@ -182,6 +182,8 @@ VarGenParams VarEngine::params(const fastvar_params& qr) const {
   p.top_k = q->top_k < 0 ? 900 : q->top_k;
   p.top_p = q->top_p < 0 ? 0.96 : q->top_p;
   p.seed = q->seed;
+  if (q->seeds) p.seeds.assign(q->seeds, q->seeds + q->num_images);
+  if (q->abort) p.abort = [q] { return q->abort(q->abort_user) != 0; };
   p.plan = fastvar::plan_from_params(fastvar::default_var_plan(c), c.SN(), c.depth, *q);
   fastvar::validate_var_params(c, p);
   // Refused before anything is allocated; the caller's RGB buffer counted too.
@@ -221,6 +223,8 @@ InfinityGenParams InfinityEngine::params(const fastvar_params& qr, bool encode) 
   p.top_k = q->top_k < 0 ? 900 : q->top_k;
   p.top_p = q->top_p < 0 ? 0.97 : q->top_p;
   p.seed = q->seed;
+  if (q->seeds) p.seeds.assign(q->seeds, q->seeds + q->num_images);
+  if (q->abort) p.abort = [q] { return q->abort(q->abort_user) != 0; };
   const int S = static_cast<int>(p.schedule.scales.size());
   p.plan = fastvar::plan_from_params(fastvar::default_infinity_plan(S, c.depth, res == "2K"), S, c.depth, *q);
   fastvar::validate_infinity_params(c, p);
@@ -265,6 +269,9 @@ HartGenParams HartEngine::params(const fastvar_params& q, bool encode) const {
   p.top_p = q.top_p < 0 ? 0.0 : q.top_p;
   p.smooth = !q.no_smooth;
   p.seed = q.seed;
+  if (q.seeds) p.seeds.assign(q.seeds, q.seeds + q.num_images);
+  const fastvar_params* qp = &q;
+  if (q.abort) p.abort = [qp] { return qp->abort(qp->abort_user) != 0; };
   p.diffusion_steps = diffusion_steps;
   p.plan = plan_from_params(default_hart_plan(c.SN(), c.depth), c.SN(), c.depth, q);
   validate_hart_params(c, p);
@@ -368,6 +375,35 @@ std::unique_ptr<ModelEngine> load_engine(const std::string& arch, const std::str
   return nullptr;  // recognised by the registry, no engine in this build
 }
 
+std::string generation_parameters(const std::string& model, const fastvar_params& q, int i) {
+  auto num = [](double v, const char* fmt) { return v < 0 ? std::string("default") : strprintf(fmt, v); };
+  std::string s;
+  const char* prompt = q.prompts ? q.prompts[i] : q.prompt;
+  if (prompt) s += std::string("prompt: ") + prompt + "\n";
+  else s += strprintf("class: %d\n", q.classes ? q.classes[i] : q.class_id);
+  s += strprintf("seed: %llu\n", (unsigned long long)(q.seeds ? q.seeds[i] : q.seed + uint64_t(i)));
+  s += "cfg: " + num(q.cfg, "%g") + ", top-k: " + num(q.top_k, "%.0f") + ", top-p: " + num(q.top_p, "%g");
+  if (q.tau >= 0) s += strprintf(", tau: %g", q.tau);
+  if (q.no_smooth) s += ", more_smooth: off";
+  if (prompt && q.resolution && *q.resolution) s += std::string(", resolution: ") + q.resolution;
+  if (prompt && q.h_div_w > 0) s += strprintf(", h/w: %g", q.h_div_w);
+  s += "\nfastvar: ";
+  if (!q.fastvar) {
+    s += "off";
+  } else {
+    s += std::string("on (") + (q.prune ? std::string("prune ") + q.prune : std::string("default plan"));
+    if (q.cache_scale >= 0) s += strprintf(", cache scale %d", q.cache_scale);
+    if (q.skip_last >= 0) s += strprintf(", skip last %d", q.skip_last);
+    if (q.prune_layer_begin >= 0 || q.prune_layer_end >= 0)
+      s += strprintf(", blocks %d-%d", q.prune_layer_begin, q.prune_layer_end);
+    if (q.score) s += std::string(", score ") + q.score;
+    s += ")";
+  }
+  s += std::string("\ndtype: ") + (q.dtype ? q.dtype : "default") + ", device: " + (q.device ? q.device : "cpu");
+  s += "\nmodel: " + model + "\nengine: fastvar.cpp " FASTVAR_VERSION_STRING;
+  return s;
+}
+
 std::string resolution_for_pixels(int width, int height) {
   if (width <= 0 || height <= 0) fail("image size %dx%d must be positive", width, height);
   const double side = std::sqrt(double(width) * height);
@@ -396,6 +432,9 @@ fastvar_status guarded(F&& f) {
     f();
     t_last_error.clear();
     return FASTVAR_OK;
+  } catch (const fastvar::Aborted& ex) {
+    t_last_error = ex.what();
+    return FASTVAR_ABORTED;
   } catch (const std::bad_alloc&) {
     t_last_error = "out of memory";
   } catch (const std::exception& ex) {

@@ -148,6 +148,11 @@ cpu::DType compute_dtype(const char* name, const DeviceSpec& d);
 std::unique_ptr<ModelEngine> load_engine(const std::string& arch, const std::string& model_path,
                                          const std::string& vae_path, const std::string& text_dir);
 
+// Image i's generation parameters as one text (model, prompt or class, seed,
+// guidance and sampling, the FastVAR plan, dtype, device, engine version), for
+// the "parameters" text chunk of its PNG.
+std::string generation_parameters(const std::string& model, const fastvar_params& q, int image);
+
 // "1M" etc. from a requested pixel size: the key whose nominal square side
 // (256, 512, 768, 1024, 2048) is nearest to sqrt(width * height).
 std::string resolution_for_pixels(int width, int height);

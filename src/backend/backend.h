@@ -176,11 +176,14 @@ class Backend {
   virtual void spatial_attention(const float* qkv, int64_t B, int64_t C, int64_t HW, float* out) = 0;
 
   // ---- sampling ---------------------------------------------------------------
+  // Every sampling op draws image b's numbers from its own seed, seeds[b] (B
+  // values in host memory), and never from its position in the batch: an
+  // image is the same alone or inside any batch.
   // CFG mix (1 + w) cond - w uncond of logits (2B, n, V), top-k / top-p filter,
-  // softmax and the inverse-CDF draw with philox_uniform(seed, t, si, b,
+  // softmax and the inverse-CDF draw with philox_uniform(seeds[b], t, si, 0,
   // 0x5A3B) (core/rng.h) for every token: idx (B, n).
   virtual void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int top_k,
-                          double top_p, uint64_t seed, uint32_t si, int32_t* idx) = 0;
+                          double top_p, const uint64_t* seeds, uint32_t si, int32_t* idx) = 0;
 
   // ---- FastVAR's token ops (backend/cpu/tokens.h is the reference) -------------
   virtual void pts_select(const float* x, int R, int h, int w, int C, int K, ScoreMode mode,
@@ -213,9 +216,10 @@ class Backend {
                               int64_t Lk, int64_t H, int64_t Hkv, int64_t hd, float scale, float* scratch) = 0;
 
   // ---- Infinity's bit codes (backend/cpu/bitcodes.h is the reference) ----------
-  // Per-bit sampling of a scale's guided logits (2B, L, 2d) -> bits (B, L, d).
+  // Per-bit sampling of a scale's guided logits (2B, L, 2d) -> bits (B, L, d),
+  // image b from seeds[b] (host memory).
   virtual void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k,
-                           double top_p, uint64_t seed, uint32_t si, uint8_t* bits) = 0;
+                           double top_p, const uint64_t* seeds, uint32_t si, uint8_t* bits) = 0;
   // bits (B, h, w, d) -> codes (B, d, h, w).
   virtual void bits_to_codes(const uint8_t* bits, int B, int h, int w, int d, float* codes) = 0;
   // summed (B, d, Hf, Wf) += bilinear_up(codes); scratch: B*d*Hf*Wf floats.
@@ -247,10 +251,10 @@ class Backend {
   // cfg_sample: (1 + w) cond - w uncond of logits (2B, n, V), top-k, top-p),
   // h (B, Cvae, n) = sum_v p_v codebook[v] with p = softmax((filtered *
   // logit_scale - log E) / tau) over the surviving entries; E ~ Exp(1) per
-  // logit: exp_noise (B, n, V) when non-null, else from philox_uniform(seed,
-  // t, v, si << 16 | b, 0x6B17) (backend/cpu/sampler.h: gumbel_exp).
+  // logit: exp_noise (B, n, V) when non-null, else from philox_uniform(
+  // seeds[b], t, v, si << 16, 0x6B17) (backend/cpu/sampler.h: gumbel_exp).
   virtual void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
-                          float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                          float logit_scale, float tau, const float* exp_noise, const uint64_t* seeds, uint32_t si,
                           const float* codebook, int64_t Cvae, float* h) = 0;
   // One step of HART's residual diffusion sampler (IDDPM, epsilon prediction,
   // learned-range variance; hart.md 10.4) on the carried state x (n, Cvae),

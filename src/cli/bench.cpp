@@ -20,8 +20,10 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/png.h"
+#include "models/hart/random_weights.h"
 #include "models/infinity/random_weights.h"
 #include "models/var/random_weights.h"
+#include "pipeline/hart_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
 #include "pipeline/var_pipeline.h"
 
@@ -319,6 +321,79 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   return out;
 }
 
+nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
+  const DeviceSpec dev = parse_device(args.device.c_str());
+  const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
+  BenchArgs a = args;
+  a.dtype = cpu::dtype_name(dt);
+  const hart::RandomHartSpec hs = hart::hart_preset(shape);
+  Weights w(hart::random_hart_checkpoint(hs, 1));
+  hart::HartModel model(w, hs.options());
+  w.check_all_used();
+  Weights vw(var::random_vae_checkpoint(hart::hart_tokenizer_preset(shape), 2));
+  hart::Tokenizer vae(vw);
+  vw.check_all_used();
+  HartRunner runner(model, vae, backend::get(dev.cuda, dev.index), dt);
+  const hart::HartConfig& c = model.config();
+  const int S = c.SN();
+  const int side = c.P() * vae.config().downsample;
+  std::printf("\n== %s: %s\n   %dx%d px, batch %d, %d-token prompts (random Qwen2 features; the text encoder is "
+              "not timed), more_smooth, %d diffusion steps, %s, %s, %d thread(s), %d run(s) per mode, interleaved\n",
+              shape.c_str(), c.describe().c_str(), side, side, a.count, c.T, 8, dev.name().c_str(), a.dtype.c_str(),
+              num_threads(), a.runs);
+  std::map<std::string, ModeRuns> r;
+  for (const auto& m : a.modes) {
+    r[m].plan = plan_for_mode(m, default_hart_plan(S, c.depth), S, c.depth, a);
+    std::printf("   %-8s %s\n", m.c_str(), r[m].plan.describe(c.patch_nums).c_str());
+  }
+  // Prompts of 24 real tokens (fewer for a shorter prefix), right padded.
+  std::mt19937 g(3);
+  std::normal_distribution<float> nd(0.f, 0.5f);
+  Tensor ctx({a.count, c.T, c.context_dim});
+  for (int64_t i = 0; i < ctx.numel(); ++i) ctx.data()[i] = nd(g);
+  std::vector<int64_t> pos;
+  const int real = std::min(24, c.T);
+  for (int b = 0; b < a.count; ++b)
+    for (int t = 0; t < c.T; ++t) pos.push_back(std::min(t, real - 1));
+  auto params = [&](const std::string& m, int run) {
+    HartGenParams p;
+    p.context = ctx;
+    p.positions = pos;
+    p.seed = static_cast<uint64_t>(run);
+    p.plan = r[m].plan;
+    return p;
+  };
+  if (dev.cuda) {
+    for (const auto& m : a.modes) runner.generate(params(m, 0));
+    backend::get(dev.cuda, dev.index).reset_peak();
+  }
+  std::map<std::string, std::vector<double>> diff_ms;
+  for (int run = 0; run < a.runs; ++run)
+    for (const auto& m : a.modes) {
+      HartGenParams p = params(m, run);
+      p.on_scale = r[m].recorder(S);
+      HartGenResult res = runner.generate(p);
+      r[m].total_ms.push_back(res.total_ms);
+      diff_ms[m].push_back(res.diffusion_ms);
+      std::fprintf(stderr, "   run %d/%d %-8s %10.1f ms (diffusion %.1f ms)\n", run + 1, a.runs, m.c_str(),
+                   res.total_ms, res.diffusion_ms);
+    }
+  std::vector<std::pair<int, int>> sides;
+  for (int pn : c.patch_nums) sides.push_back({pn, pn});
+  sides[0] = {1, c.T};  // the text prefix
+  nlohmann::json out = report(shape, c.describe(), sides, a.modes, r, a);
+  out["device"] = dev.name();
+  std::printf("   %-16s", "of it, diffusion");
+  for (const auto& m : a.modes) {
+    std::printf(" %12.1f", median(diff_ms[m]));
+    out["modes"][m]["diffusion_ms"] = median(diff_ms[m]);
+    out["modes"][m]["images_per_s"] = a.count / (median(r[m].total_ms) * 1e-3);
+  }
+  std::printf("\n");
+  if (dev.cuda) device_memory_report(out, dev, runner.weight_bytes(), runner.baseline_bytes(), runner.peak_bytes());
+  return out;
+}
+
 }  // namespace
 
 int run_bench(const BenchArgs& a) {
@@ -336,6 +411,7 @@ int run_bench(const BenchArgs& a) {
   for (const std::string& shape : shapes) {
     if (shape.empty() || shape == "embedded") continue;
     if (shape.rfind("infinity", 0) == 0) infinity::infinity_preset(shape);
+    else if (shape.rfind("hart", 0) == 0) hart::hart_preset(shape);
     else var::var_preset(shape);
   }
   std::set<std::string> seen;
@@ -352,7 +428,9 @@ int run_bench(const BenchArgs& a) {
   // Measured before any model, so that its 1 GiB buffer never adds to a peak RSS.
   const double gbs = parse_device(a.device.c_str()).cuda ? 0.0 : stream_read_gbs();
   for (const std::string& shape : shapes) {
-    out.push_back(shape.rfind("infinity", 0) == 0 ? bench_infinity(shape, a) : bench_var(shape, a, gbs));
+    out.push_back(shape.rfind("infinity", 0) == 0 ? bench_infinity(shape, a)
+                  : shape.rfind("hart", 0) == 0   ? bench_hart(shape, a)
+                                                  : bench_var(shape, a, gbs));
     std::fflush(stdout);
     if (!a.json.empty()) io::write_file(a.json, out.dump(1) + "\n");  // after every model
   }

@@ -39,6 +39,7 @@
 #include "models/var/vqvae.h"
 #include "models/weights.h"
 #include "pipeline/golden_check.h"
+#include "server/server.h"
 
 namespace fs = std::filesystem;
 using namespace fastvar;
@@ -316,19 +317,27 @@ int run_generate(GenerateArgs a) {
                  (long long)ps.forwarded, ru.ru_maxrss / 1024.0);
   }
   double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // Every PNG carries its generation parameters (a grid: the first image's,
+  // and how many images with which seeds).
+  const std::string desc = fastvar_describe(e);
+  auto text = [&](int i) { return io::PngText{{"parameters", generation_parameters(desc, p, i)}, {"Software", "fastvar.cpp"}}; };
+  io::PngText grid_text = text(0);
+  if (a.count > 1)
+    grid_text[0].second += strprintf("\ngrid: %d images, seeds %llu to %llu", a.count, (unsigned long long)a.seed,
+                                     (unsigned long long)(a.seed + uint64_t(a.count - 1)));
   if (to_stdout) {
     int gw = W, gh = H;
     std::vector<uint8_t> grid = a.count == 1 ? std::vector<uint8_t>() : io::make_grid(rgb.data(), a.count, H, W, gw, gh);
-    io::write_png_to(stdout, "standard output", a.count == 1 ? rgb.data() : grid.data(), gw, gh);
+    io::write_png_to(stdout, "standard output", a.count == 1 ? rgb.data() : grid.data(), gw, gh, grid_text);
   } else if (a.count == 1) {
-    io::write_png(a.output, rgb.data(), W, H);
+    io::write_png(a.output, rgb.data(), W, H, text(0));
   } else if (a.no_grid) {
     for (int i = 0; i < a.count; ++i)
-      io::write_png(numbered(a.output, i, a.count), rgb.data() + size_t(i) * W * H * 3, W, H);
+      io::write_png(numbered(a.output, i, a.count), rgb.data() + size_t(i) * W * H * 3, W, H, text(i));
   } else {
     int gw = 0, gh = 0;
     std::vector<uint8_t> grid = io::make_grid(rgb.data(), a.count, H, W, gw, gh);
-    io::write_png(a.output, grid.data(), gw, gh);
+    io::write_png(a.output, grid.data(), gw, gh, grid_text);
   }
   if (!a.quiet) std::fprintf(stderr, "total %.2f s (generation %.2f s), wrote %s\n", load_s + gen_s, gen_s,
                              to_stdout ? "standard output"
@@ -492,13 +501,13 @@ int main(int argc, char** argv) {
 
   const std::string verb = argc > 1 ? argv[1] : "";
   if (!verb.empty() && verb[0] != '-' && verb != "generate" && verb != "info" && verb != "check-golden" &&
-      verb != "bench" && verb != "eval") {
-    std::fprintf(stderr, "fastvar: error: unknown command '%s' (expected generate, info, check-golden, bench or eval)\n", argv[1]);
+      verb != "bench" && verb != "eval" && verb != "serve") {
+    std::fprintf(stderr, "fastvar: error: unknown command '%s' (expected generate, info, check-golden, bench, eval or serve)\n", argv[1]);
     return 2;
   }
   cli::BenchArgs b;
   CLI::App* bench = app.add_subcommand("bench", "Time full and FastVAR runs side by side (random weights of a release shape, or -m/--vae)");
-  bench->add_option("--shape", b.shapes, "Model shapes with random weights: d16, d20, d24, d30, d36, infinity-2b, infinity-tiny; or 'embedded' (the default model)");
+  bench->add_option("--shape", b.shapes, "Model shapes with random weights: d16, d20, d24, d30, d36, infinity-2b, infinity-tiny, hart-0.7b, hart-tiny, hart-tiny-alt; or 'embedded' (the default model)");
   bench->add_option("--pn", b.resolution, "Infinity resolution: 0.06M, 0.25M, 0.60M, 1M (default), 2K")
       ->check(CLI::IsMember({"0.06M", "0.25M", "0.60M", "1M", "2K"}));
   bench->add_option("-m,--model", b.model, "Or a VAR checkpoint");
@@ -514,6 +523,27 @@ int main(int argc, char** argv) {
   bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
   bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32 or bf16 (default fp32 on the CPU, bf16 on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
   bench->add_option("--device", b.device, "cpu (default), cuda or cuda:N (VAR and Infinity shapes)");
+
+  server::ServeOptions sv;
+  std::string sv_t5, sv_llm, sv_key_file, sv_max_body = "1M";
+  CLI::App* serve = app.add_subcommand("serve", "HTTP server: the OpenAI images API, batching, jobs, metrics, a web page");
+  serve->add_option("-m,--model", sv.model, "Model (as for generate); default: the embedded model");
+  serve->add_option("--vae", sv.vae, "Its VAE / tokenizer");
+  serve->add_option("--t5", sv_t5, "Infinity's T5 folder");
+  serve->add_option("--llm", sv_llm, "HART's Qwen2 folder");
+  serve->add_option("--host", sv.host, "Address to listen on (default 127.0.0.1: this machine only)");
+  serve->add_option("--port", sv.port, "Port (default 8080; 0 = any free port)")->check(CLI::Range(0, 65535));
+  serve->add_option("--api-key", sv.api_key, "Require Authorization: Bearer KEY (not for /health)");
+  serve->add_option("--api-key-file", sv_key_file, "The key from a file (its first line)");
+  serve->add_option("--max-queue", sv.max_queue, "Queued requests before 429 (default 64)");
+  serve->add_option("--max-batch", sv.max_batch, "Images per batched generation (default 16)");
+  serve->add_option("--batch-wait-ms", sv.batch_wait_ms, "How long a batch waits for compatible requests (default 20)");
+  serve->add_option("--timeout", sv.timeout_s, "Seconds a request may take, queue included (default 600; 504)");
+  serve->add_option("--max-n", sv.max_n, "Images per request (default 16)");
+  serve->add_option("--max-body", sv_max_body, "Largest request body, e.g. 1M or 64K (default 1M; 413)");
+  serve->add_option("-t,--threads", sv.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  serve->add_option("--device", sv.device, "cpu (default), cuda or cuda:N");
+  serve->add_option("--dtype", sv.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
 
   cli::EvalArgs ev;
   CLI::App* eval = app.add_subcommand("eval", "FID, class accuracy and speed of the full model and FastVAR plans (paired seeds)");
@@ -566,6 +596,31 @@ int main(int argc, char** argv) {
     if (*golden) return run_check_golden(golden_dir, golden_threads, golden_device, golden_dtype);
     if (*bench) return cli::run_bench(b);
     if (*eval) return cli::run_eval(ev);
+    if (*serve) {
+      if (!sv_t5.empty() && !sv_llm.empty()) fail("give --t5 (Infinity) or --llm (HART), not both");
+      sv.text_dir = sv_t5.empty() ? sv_llm : sv_t5;
+      if (!sv.vae.empty() && sv.model.empty()) fail("--vae goes with -m");
+      if (!sv_key_file.empty()) {
+        if (!sv.api_key.empty()) fail("give --api-key or --api-key-file, not both");
+        std::string k = io::read_text_file(sv_key_file);
+        k = k.substr(0, k.find('\n'));
+        while (!k.empty() && (k.back() == '\r' || k.back() == ' ')) k.pop_back();
+        if (k.empty()) fail("%s: no key on its first line", sv_key_file.c_str());
+        sv.api_key = k;
+      }
+      {  // 1M, 64K, 1048576
+        char* end = nullptr;
+        errno = 0;
+        const double v = std::strtod(sv_max_body.c_str(), &end);
+        double mul = 1;
+        if (end && (*end == 'K' || *end == 'k')) mul = 1024, ++end;
+        else if (end && (*end == 'M' || *end == 'm')) mul = 1024 * 1024, ++end;
+        if (sv_max_body.empty() || errno || !end || *end || !(v > 0)) fail("--max-body '%s': expected e.g. 1M, 64K or 4096", sv_max_body.c_str());
+        sv.max_body = static_cast<size_t>(std::min(v * mul, 1e12));
+      }
+      set_num_threads(capped_threads(sv.threads));
+      return server::serve(sv);
+    }
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "fastvar: error: out of memory\n");
     return 1;

@@ -14,6 +14,12 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& msg) : std::runtime_error(msg) {}
 };
 
+// A generation stopped by its caller (the abort hook of the C API).
+class Aborted : public Error {
+ public:
+  Aborted() : Error("generation aborted") {}
+};
+
 // printf-style helper: throw Error(format(...)).
 [[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 

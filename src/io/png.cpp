@@ -87,9 +87,31 @@ void check_replaceable(const std::string& path) {
   fail("cannot write PNG '%s': it is %s, and only a regular file is replaced", path.c_str(), what);
 }
 
+// The chunks of `text` for libpng (pointing into `text`, which must outlive
+// them): tEXt for ASCII values, iTXt otherwise.
+std::vector<png_text> text_chunks(const PngText& text) {
+  std::vector<png_text> v;
+  for (const auto& [k, val] : text) {
+    if (k.empty() || k.size() > 79) fail("PNG text key '%s' must have 1 to 79 characters", k.c_str());
+    for (unsigned char ch : k)
+      if (ch < 32 || ch > 126) fail("PNG text key '%s' must be printable ASCII", k.c_str());
+    bool ascii = true;
+    for (unsigned char ch : val) ascii = ascii && ch < 128;
+    png_text t;
+    std::memset(&t, 0, sizeof t);
+    t.compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
+    t.key = const_cast<char*>(k.c_str());
+    t.text = const_cast<char*>(val.c_str());
+    if (ascii) t.text_length = val.size();
+    else t.itxt_length = val.size(), t.lang = const_cast<char*>(""), t.lang_key = const_cast<char*>("");
+    v.push_back(t);
+  }
+  return v;
+}
+
 // Encodes into fp. Returns false with `e` filled on failure. No object with a
 // destructor is alive across the setjmp, so libpng's longjmp is safe here.
-bool encode(FILE* fp, const uint8_t* rgb, int w, int h, PngError& e) {
+bool encode(FILE* fp, const uint8_t* rgb, int w, int h, png_text* text, int ntext, PngError& e) {
   png_structp png =
       png_create_write_struct(PNG_LIBPNG_VER_STRING, &e, on_png_error, on_png_warning);
   if (!png) return std::snprintf(e.msg, sizeof e.msg, "out of memory"), false;
@@ -105,6 +127,7 @@ bool encode(FILE* fp, const uint8_t* rgb, int w, int h, PngError& e) {
   png_init_io(png, fp);
   png_set_IHDR(png, info, png_uint_32(w), png_uint_32(h), 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  if (ntext > 0) png_set_text(png, info, text, ntext);
   png_write_info(png, info);
   for (int y = 0; y < h; ++y) png_write_row(png, rgb + size_t(y) * w * 3);
   png_write_end(png, info);
@@ -114,9 +137,10 @@ bool encode(FILE* fp, const uint8_t* rgb, int w, int h, PngError& e) {
 
 }  // namespace
 
-void write_png(const std::string& path, const uint8_t* rgb, int width, int height) {
+void write_png(const std::string& path, const uint8_t* rgb, int width, int height, const PngText& text) {
   if (!rgb || width <= 0 || height <= 0)
     fail("cannot write PNG '%s': invalid image %dx%d", path.c_str(), width, height);
+  std::vector<png_text> chunks = text_chunks(text);
   check_replaceable(path);
   // Unique temporary name next to the target (same file system, so rename() is
   // atomic). O_EXCL with mode 0666 lets the umask decide the final permissions.
@@ -135,7 +159,7 @@ void write_png(const std::string& path, const uint8_t* rgb, int width, int heigh
   }
   PngError e;
   errno = 0;  // so that e.err only reports an error of this encode
-  bool ok = encode(fp, rgb, width, height, e);
+  bool ok = encode(fp, rgb, width, height, chunks.data(), int(chunks.size()), e);
   std::string reason;
   if (!ok) {
     reason = e.err ? strprintf("%s (%s)", e.msg, std::strerror(e.err)) : std::string(e.msg);
@@ -181,18 +205,36 @@ void write_file(const std::string& path, const std::string& bytes) {
   tmp.keep = true;
 }
 
-void write_png_to(FILE* out, const std::string& name, const uint8_t* rgb, int width, int height) {
+void write_png_to(FILE* out, const std::string& name, const uint8_t* rgb, int width, int height,
+                  const PngText& text) {
   if (!rgb || width <= 0 || height <= 0)
     fail("cannot write PNG to %s: invalid image %dx%d", name.c_str(), width, height);
+  std::vector<png_text> chunks = text_chunks(text);
   PngError e;
   errno = 0;
-  bool ok = encode(out, rgb, width, height, e);
+  bool ok = encode(out, rgb, width, height, chunks.data(), int(chunks.size()), e);
   std::string reason = e.err ? strprintf("%s (%s)", e.msg, std::strerror(e.err)) : std::string(e.msg);
   if (ok && (std::fflush(out) != 0 || std::ferror(out))) {
     reason = std::strerror(errno);
     ok = false;
   }
   if (!ok) fail("cannot write PNG to %s: %s", name.c_str(), reason.c_str());
+}
+
+std::string encode_png(const uint8_t* rgb, int width, int height, const PngText& text) {
+  if (!rgb || width <= 0 || height <= 0) fail("cannot encode PNG: invalid image %dx%d", width, height);
+  std::vector<png_text> chunks = text_chunks(text);
+  char* buf = nullptr;
+  size_t size = 0;
+  FILE* mem = open_memstream(&buf, &size);
+  if (!mem) fail("cannot encode PNG: %s", std::strerror(errno));
+  PngError e;
+  const bool ok = encode(mem, rgb, width, height, chunks.data(), int(chunks.size()), e);
+  std::fclose(mem);  // sets buf and size
+  std::string out = ok && buf ? std::string(buf, size) : std::string();
+  std::free(buf);
+  if (!ok) fail("cannot encode PNG: %s", e.msg);
+  return out;
 }
 
 void install_partial_output_cleanup() {

@@ -4,9 +4,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fastvar::io {
+
+// Text chunks of a PNG (key, value): tEXt when the value is ASCII, iTXt
+// (UTF-8) otherwise; keys of 1-79 printable ASCII characters. Generated images
+// carry their parameters under "parameters", as stable-diffusion tools do.
+using PngText = std::vector<std::pair<std::string, std::string>>;
 
 // Writes an 8-bit RGB PNG (rgb: height rows of width*3 interleaved bytes). The
 // data goes to a temporary file in the same directory that is renamed over
@@ -15,7 +21,7 @@ namespace fastvar::io {
 // Only a regular file (or nothing) at `path` is replaced: a device, FIFO,
 // socket, directory or symbolic link there is refused, checked again just
 // before the rename.
-void write_png(const std::string& path, const uint8_t* rgb, int width, int height);
+void write_png(const std::string& path, const uint8_t* rgb, int width, int height, const PngText& text = {});
 
 // Writes `bytes` to `path` the same way: a temporary file renamed over a
 // regular file (or nothing) only once complete. For reports (JSON, Markdown).
@@ -23,7 +29,11 @@ void write_file(const std::string& path, const std::string& bytes);
 
 // Writes the PNG to an open stream (e.g. stdout for `-o -`); `name` is used
 // in messages. Throws fastvar::Error on a write error (EPIPE, ENOSPC, ...).
-void write_png_to(FILE* out, const std::string& name, const uint8_t* rgb, int width, int height);
+void write_png_to(FILE* out, const std::string& name, const uint8_t* rgb, int width, int height,
+                  const PngText& text = {});
+
+// The PNG file's bytes, in memory (HTTP responses).
+std::string encode_png(const uint8_t* rgb, int width, int height, const PngText& text = {});
 
 // Installs SIGINT, SIGTERM and SIGHUP handlers that delete the temporary
 // files of PNGs being written, then end the process as the signal would.

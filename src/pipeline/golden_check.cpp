@@ -681,7 +681,7 @@ GoldenSummary check_hart(const fs::path& dir, const json& cfg, std::FILE* out, c
         backend::Buffer lg = dev(both), eb = dev(Et), hb = backend::alloc_f32(be, B * Cv * n);
         const double r = hart_ratio(si, S);
         be.gumbel_mix(lg.f32(), B, n, V, 0.f, hart_top_k(p, si, S), p.top_p, static_cast<float>(1.0 + r),
-                      hart_gumbel_tau(si, S), eb.f32(), 0, static_cast<uint32_t>(si), vnet.codebook(), Cv, hb.f32());
+                      hart_gumbel_tau(si, S), eb.f32(), nullptr, static_cast<uint32_t>(si), vnet.codebook(), Cv, hb.f32());
         Tensor h = host(hb, {B, Cv, pn, pn});
         if (si < S - 1) {
           ck.compare(sp + "h", h);

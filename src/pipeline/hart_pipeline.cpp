@@ -77,6 +77,7 @@ void validate_hart_params(const hart::HartConfig& c, const HartGenParams& p) {
   if (p.plan.enabled && p.plan.ratio.count(0)) fail("FastVAR: the text prefix (scale 0) cannot be pruned");
   if (p.plan.enabled && p.plan.cache_scale == 0 && !p.plan.ratio.empty())
     fail("FastVAR: the cache scale must be an image scale (>= 1), not the text prefix");
+  image_seeds(p.seed, p.seeds, static_cast<int>(x.dim(0)));
   p.plan.validate(c.SN(), c.depth);
 }
 
@@ -205,6 +206,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
   peak_ = std::max(peak_, be.memory_in_use());
 
   HartGenResult res;
+  const std::vector<uint64_t> seeds = image_seeds(p.seed, p.seeds, B);
   std::unique_ptr<backend::Timer> ev = be.timer(S + 3);
   ev->record(0);
   model_->encode_text(p.context, p.positions, st, dtap);
@@ -276,7 +278,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
       }
       be.upload(idx, teacher_i32.data(), size_t(B * n) * sizeof(int32_t));
     } else if (need_idx) {
-      be.cfg_sample(st.logits.f32(), B, n, V, w, top_k, p.top_p, p.seed, static_cast<uint32_t>(si), idx);
+      be.cfg_sample(st.logits.f32(), B, n, V, w, top_k, p.top_p, seeds.data(), static_cast<uint32_t>(si), idx);
     }
     if (soft) {
       const float* E = nullptr;
@@ -288,7 +290,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
         E = gumbel_dev.f32();
       }
       be.gumbel_mix(st.logits.f32(), B, n, V, w, top_k, p.top_p, static_cast<float>(1.0 + ratio),
-                    hart_gumbel_tau(si, S), E, p.seed, static_cast<uint32_t>(si), codebook, Cv, h);
+                    hart_gumbel_tau(si, S), E, seeds.data(), static_cast<uint32_t>(si), codebook, Cv, h);
     } else {
       vae_->embed(idx, B, pn, pn, h);
     }
@@ -323,8 +325,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
       dp.cfg = w;
       dp.temperature = p.temperature;
       dp.steps = p.diffusion_steps;
-      dp.noise = p.noise;
-      dp.seed = p.seed;
+      dp.noise = p.noise ? p.noise : hart::philox_noise(seeds, n);
       dp.tap = p.tap;
       if (p.tap) {
         Tensor t({1});
@@ -345,7 +346,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
     if (host && p.on_scale) {  // synchronous: report as it happens
       ss.ms = ev->elapsed_ms(si, si + 1);
       p.on_scale(ss);
-    }
+    }    check_abort(p.abort);
   }
   if (p.tap) {
     for (int b = 0; b < c.depth; ++b)

@@ -31,6 +31,8 @@ struct HartGenParams {
   double top_p = 0.0;               // 0 = off (the official setting)
   bool smooth = true;               // the official more_smooth Gumbel mixture
   uint64_t seed = 0;
+  std::vector<uint64_t> seeds;      // per image (else seed + i): image_seeds()
+  std::function<bool()> abort;      // true: stop at the next scale (throws Aborted)
   int diffusion_steps = 8;
   float temperature = 1.f;          // of the diffusion noise
   PrunePlan plan;

@@ -53,6 +53,7 @@ void validate_infinity_params(const infinity::InfinityConfig& c, const InfinityG
     if (!std::isfinite(g)) fail("cfg must be a finite number");
   if (p.top_k < 0) fail("top-k %d must be >= 0", p.top_k);
   if (!(p.top_p >= 0.0 && p.top_p <= 1.0)) fail("top-p %g out of range [0, 1]", p.top_p);
+  image_seeds(p.seed, p.seeds, static_cast<int>(p.text.size()));
   p.plan.validate(S, c.depth);
 }
 
@@ -204,6 +205,7 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
   peak_ = std::max(peak_, be.memory_in_use());
 
   InfinityGenResult res;
+  const std::vector<uint64_t> seeds = image_seeds(p.seed, p.seeds, B);
   std::unique_ptr<backend::Timer> ev = be.timer(S + 2);
   ev->record(0);
   model_->encode_text(p.text, st, dtap);
@@ -248,7 +250,7 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
       p.teacher(si, B, h, w, d, teacher_bits.data());
       be.upload(bits, teacher_bits.data(), size_t(B * L * d));
     } else {
-      be.sample_bits(st.logits.f32(), B, L, d, g, tau, p.top_k, p.top_p, p.seed, static_cast<uint32_t>(si), bits);
+      be.sample_bits(st.logits.f32(), B, L, d, g, tau, p.top_k, p.top_p, seeds.data(), static_cast<uint32_t>(si), bits);
     }
     be.bits_to_codes(bits, B, h, w, d, bf.codes.f32());
     if (dtap) dtap(sp + "codes", bf.codes.f32(), {B, d, 1, h, w});
@@ -267,7 +269,7 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
     if (host && p.on_scale) {  // synchronous: report as it happens
       ss.ms = ev->elapsed_ms(si, si + 1);
       p.on_scale(ss);
-    }
+    }    check_abort(p.abort);
   }
   if (dtap) {
     dtap("final.summed_codes", bf.summed.f32(), {B, d, Hf, Wf});

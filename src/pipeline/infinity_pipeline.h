@@ -28,6 +28,8 @@ struct InfinityGenParams {
   int top_k = 900;
   double top_p = 0.97;
   uint64_t seed = 0;
+  std::vector<uint64_t> seeds;      // per image (else seed + i): image_seeds()
+  std::function<bool()> abort;      // true: stop at the next scale (throws Aborted)
   PrunePlan plan;
   bool decode = true;
   Tap tap;

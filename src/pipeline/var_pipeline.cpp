@@ -29,7 +29,22 @@ void validate_var_params(const var::VarConfig& cfg, const VarGenParams& p) {
   if (!(p.cfg >= 0.f && p.cfg <= 1000.f)) fail("cfg %g out of range [0, 1000]", p.cfg);
   if (p.top_k < 0) fail("top-k %d must be >= 0", p.top_k);
   if (!(p.top_p >= 0.0 && p.top_p <= 1.0)) fail("top-p %g out of range [0, 1]", p.top_p);
+  image_seeds(p.seed, p.seeds, static_cast<int>(p.labels.size()));
   p.plan.validate(cfg.SN(), cfg.depth);
+}
+
+std::vector<uint64_t> image_seeds(uint64_t seed, const std::vector<uint64_t>& seeds, int B) {
+  if (seeds.empty()) {
+    std::vector<uint64_t> s(size_t(std::max(B, 0)));
+    for (int i = 0; i < B; ++i) s[size_t(i)] = seed + uint64_t(i);
+    return s;
+  }
+  if (static_cast<int>(seeds.size()) != B) fail("%zu seeds for %d images", seeds.size(), B);
+  return seeds;
+}
+
+void check_abort(const std::function<bool()>& abort) {
+  if (abort && abort()) throw Aborted();
 }
 
 ScaleStats decoder_stats(int num_scales, const Tensor& images, double ms) {
@@ -141,6 +156,7 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
     };
   peak_ = std::max(peak_, be.memory_in_use());
 
+  const std::vector<uint64_t> seeds = image_seeds(p.seed, p.seeds, B);
   std::unique_ptr<backend::Timer> ev = be.timer(SN + 2);
   ev->record(0);
   model_->condition(p.labels, st, dtap);
@@ -210,7 +226,7 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
       }
       be.upload(idx, teacher_i32.data(), size_t(B * n) * sizeof(int32_t));
     } else {
-      be.cfg_sample(st.logits.f32(), B, n, V, w, p.top_k, p.top_p, p.seed, static_cast<uint32_t>(si), idx);
+      be.cfg_sample(st.logits.f32(), B, n, V, w, p.top_k, p.top_p, seeds.data(), static_cast<uint32_t>(si), idx);
     }
     vae_->embed(idx, B, pn, pn, hbuf);
     if (dtap) dtap(sp + "h", hbuf, {B, Cv, pn, pn});
@@ -228,7 +244,7 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
     if (host && p.on_scale) {  // synchronous: report as it happens
       ss.ms = ev->elapsed_ms(si, si + 1);
       p.on_scale(ss);
-    }
+    }    check_abort(p.abort);
   }
   if (p.tap) {
     Tensor kv({cfg.depth});

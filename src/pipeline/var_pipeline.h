@@ -27,6 +27,15 @@ struct ScaleStats {
   bool skipped = false;
 };
 
+// The seed of every image of a batch of B: seeds (one per image) when given,
+// else seed + i for image i. Every random number of image i comes from its
+// seed alone (backend.h), so an image is the same alone or in any batch.
+std::vector<uint64_t> image_seeds(uint64_t seed, const std::vector<uint64_t>& seeds, int B);
+
+// Throws fastvar::Aborted when the caller's hook (may be null) asks to stop;
+// the scale loops call it after every scale.
+void check_abort(const std::function<bool()>& abort);
+
 // The decoder's on_scale entry: step num_scales, the side of the images
 // (B, 3, H, W), its time.
 ScaleStats decoder_stats(int num_scales, const Tensor& images, double ms);
@@ -44,6 +53,8 @@ struct VarGenParams {
   int top_k = 900;
   double top_p = 0.96;
   uint64_t seed = 0;
+  std::vector<uint64_t> seeds;  // per image (else seed + i): image_seeds()
+  std::function<bool()> abort;  // true: stop at the next scale (throws Aborted)
   PrunePlan plan;
   bool decode = true;
   var::Tap tap;  // intermediate tensors, for golden checks

@@ -37,7 +37,7 @@ uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u
 }
 
 void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k,
-                 double top_p, uint64_t seed, uint32_t si, uint8_t* bits) {
+                 double top_p, const uint64_t* seeds, uint32_t si, uint8_t* bits) {
   if (B <= 0 || L <= 0 || d <= 0) fail("sample_bits: bad sizes");
   if (!std::isfinite(cfg) || !(tau > 0.f) || top_k < 0 || !(top_p >= 0.0 && top_p <= 1.0))
     fail("sample_bits: bad cfg %g / tau %g / top-k %d / top-p %g", double(cfg), double(tau), top_k, top_p);
@@ -49,7 +49,7 @@ void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float 
         const float* u = logits + (B * L + i) * V + 2 * j;
         const float l0 = cfg * (c[0] / tau) + (1.f - cfg) * (u[0] / tau);
         const float l1 = cfg * (c[1] / tau) + (1.f - cfg) * (u[1] / tau);
-        const float r = philox_uniform(seed, static_cast<uint32_t>(i % L), si, static_cast<uint32_t>(i / L),
+        const float r = philox_uniform(seeds[i / L], static_cast<uint32_t>(i % L), si, 0u,
                                        0x10000u + static_cast<uint32_t>(j));
         bits[i * d + j] = sample_infinity_bit(l0, l1, top_k, top_p, r);
       }

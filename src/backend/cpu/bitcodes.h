@@ -20,10 +20,10 @@ uint8_t sample_infinity_bit(float l0, float l1, int top_k, double top_p, float u
 
 // Per-bit sampling of one scale: logits (2B, L, 2d), rows B..2B-1 the
 // unconditional copies; guided = cfg * (cond / tau) + (1 - cfg) * (uncond / tau);
-// bit j of token t of image b drawn with philox_uniform(seed, t, si, b,
+// bit j of token t of image b drawn with philox_uniform(seeds[b], t, si, 0,
 // 0x10000 + j). bits (B, L, d).
 void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k,
-                 double top_p, uint64_t seed, uint32_t si, uint8_t* bits);
+                 double top_p, const uint64_t* seeds, uint32_t si, uint8_t* bits);
 
 // bits (B, h, w, d) of 0/1 (any non-zero byte counts as 1) -> codes (B, d, h, w):
 // (2*bit - 1) / sqrt(d), then L2-normalised over the d channels as upstream does

@@ -312,8 +312,8 @@ class CpuBackend : public Backend {
   void spatial_attention(const float* qkv, int64_t B, int64_t C, int64_t HW, float* out) override;
 
   void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
-                  uint64_t seed, uint32_t si, int32_t* idx) override {
-    check(B > 0 && n >= 0 && V > 0, "cfg_sample");
+                  const uint64_t* seeds, uint32_t si, int32_t* idx) override {
+    check(B > 0 && n >= 0 && V > 0 && seeds, "cfg_sample");
     parallel_for(B * n, [&](int64_t i0, int64_t i1) {
       // Per-thread rows, reused from scale to scale (no allocation in the loop).
       thread_local std::vector<float> mixed, probs;
@@ -324,7 +324,7 @@ class CpuBackend : public Backend {
         cfg_mix(logits + (b * n + t) * V, 1, 1, V, w, mixed.data(), logits + ((B + b) * n + t) * V);
         filter_top_k_top_p(mixed.data(), V, top_k, top_p);
         softmax(mixed.data(), probs.data(), V);
-        const float u = philox_uniform(seed, static_cast<uint32_t>(t), si, static_cast<uint32_t>(b), 0x5A3Bu);
+        const float u = philox_uniform(seeds[b], static_cast<uint32_t>(t), si, 0u, 0x5A3Bu);
         idx[i] = static_cast<int32_t>(draw(probs.data(), V, u));
       }
     }, 8);
@@ -400,9 +400,9 @@ class CpuBackend : public Backend {
     }, row_grain(3 * C));
   }
   void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
-                  float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                  float logit_scale, float tau, const float* exp_noise, const uint64_t* seeds, uint32_t si,
                   const float* codebook, int64_t Cvae, float* h) override {
-    check(B > 0 && n >= 0 && V > 0 && Cvae > 0 && tau > 0.f, "gumbel_mix");
+    check(B > 0 && n >= 0 && V > 0 && Cvae > 0 && tau > 0.f && (exp_noise || seeds), "gumbel_mix");
     parallel_for(B * n, [&](int64_t i0, int64_t i1) {
       thread_local std::vector<float> mixed, E, weights;
       mixed.resize(size_t(V));
@@ -416,7 +416,7 @@ class CpuBackend : public Backend {
           std::copy_n(exp_noise + i * V, V, E.data());
         else
           for (int64_t v = 0; v < V; ++v)
-            E[size_t(v)] = gumbel_exp(seed, si, static_cast<uint32_t>(b), static_cast<uint32_t>(t), static_cast<uint32_t>(v));
+            E[size_t(v)] = gumbel_exp(seeds[b], si, static_cast<uint32_t>(t), static_cast<uint32_t>(v));
         gumbel_mix_token(mixed.data(), E.data(), V, logit_scale, tau, codebook, Cvae, h + b * Cvae * n + t, n,
                          weights.data());
       }
@@ -519,8 +519,8 @@ class CpuBackend : public Backend {
   }
 
   void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k, double top_p,
-                   uint64_t seed, uint32_t si, uint8_t* bits) override {
-    infinity::sample_bits(logits, B, L, d, cfg, tau, top_k, top_p, seed, si, bits);
+                   const uint64_t* seeds, uint32_t si, uint8_t* bits) override {
+    infinity::sample_bits(logits, B, L, d, cfg, tau, top_k, top_p, seeds, si, bits);
   }
   void bits_to_codes(const uint8_t* bits, int B, int h, int w, int d, float* codes) override {
     infinity::bits_to_codes(bits, B, h, w, d, codes);

@@ -87,8 +87,8 @@ int64_t draw(const float* probs, int64_t V, float u) {
   return last < 0 ? 0 : last;  // rounding: the last token with mass
 }
 
-float gumbel_exp(uint64_t seed, uint32_t si, uint32_t b, uint32_t t, uint32_t v) {
-  uint32_t w[4] = {t, v, (si << 16) | (b & 0xFFFFu), 0x6B17u};
+float gumbel_exp(uint64_t seed, uint32_t si, uint32_t t, uint32_t v) {
+  uint32_t w[4] = {t, v, si << 16, 0x6B17u};
   philox4x32_inplace(w, seed);
   const float u = (static_cast<float>(w[0] >> 8) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
   return -std::log(u);

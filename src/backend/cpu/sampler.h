@@ -24,10 +24,10 @@ void softmax(const float* logits, float* probs, int64_t V);
 // Inverse-CDF draw from a probability vector with the uniform u in [0, 1).
 int64_t draw(const float* probs, int64_t V, float u);
 
-// HART's Gumbel noise: the Exp(1) sample of logit v of token t (image b) at
-// scale si, from philox_uniform(seed, t, v, si << 16 | b, 0x6B17) moved to the
-// open interval (0, 1) so that E is positive and finite.
-float gumbel_exp(uint64_t seed, uint32_t si, uint32_t b, uint32_t t, uint32_t v);
+// HART's Gumbel noise: the Exp(1) sample of logit v of token t at scale si of
+// the image drawn from `seed`, from philox_uniform(seed, t, v, si << 16,
+// 0x6B17) moved to the open interval (0, 1) so that E is positive and finite.
+float gumbel_exp(uint64_t seed, uint32_t si, uint32_t t, uint32_t v);
 
 // One token of HART's more_smooth mixture (backend.h: Backend::gumbel_mix):
 // filtered (V) are the guided, filtered logits (-inf = removed), E (V) the

@@ -4,9 +4,11 @@
 // backend are ordered; download() and synchronize() wait for them.
 #include "backend/cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 
+#include "backend/cuda/common.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/infinity_codes.h"
 #include "backend/cuda/text_ops.h"
@@ -175,9 +177,15 @@ class CudaBackend : public Backend {
   }
 
   void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
-                  uint64_t seed, uint32_t si, int32_t* idx) override {
+                  const uint64_t* seeds, uint32_t si, int32_t* idx) override {
     use();
-    cuda::cfg_sample(logits, B, n, V, w, top_k, top_p, seed, si, idx);
+    if (B <= 0 || n <= 0) {  // nothing to draw; cuda::cfg_sample checks the shape
+      cuda::cfg_sample(logits, B, n, V, w, top_k, top_p, nullptr, si, idx);
+      return;
+    }
+    if (!seeds) fail("cuda cfg_sample: seeds is null");
+    std::lock_guard<std::mutex> lock(seeds_mu_);
+    cuda::cfg_sample(logits, B, n, V, w, top_k, top_p, device_seeds(seeds, B), si, idx);
   }
   void pts_select(const float* x, int R, int h, int w, int C, int K, ScoreMode mode, int32_t* keep,
                   float* scores) override {
@@ -212,10 +220,19 @@ class CudaBackend : public Backend {
     cuda::qk_norm_rope_half(qkv, R, n, H, hd, l2norm, head_scale, cs, sn, L, pos);
   }
   void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
-                  float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                  float logit_scale, float tau, const float* exp_noise, const uint64_t* seeds, uint32_t si,
                   const float* codebook, int64_t Cvae, float* h) override {
     use();
-    cuda::gumbel_mix(logits, B, n, V, w, top_k, top_p, logit_scale, tau, exp_noise, seed, si, codebook, Cvae, h);
+    // The seeds are only read without exp_noise (then they must be given).
+    if (exp_noise || B <= 0 || n <= 0) {
+      cuda::gumbel_mix(logits, B, n, V, w, top_k, top_p, logit_scale, tau, exp_noise, nullptr, si, codebook, Cvae,
+                       h);
+      return;
+    }
+    if (!seeds) fail("cuda gumbel_mix: seeds is null (and no exp_noise)");
+    std::lock_guard<std::mutex> lock(seeds_mu_);
+    cuda::gumbel_mix(logits, B, n, V, w, top_k, top_p, logit_scale, tau, exp_noise, device_seeds(seeds, B), si,
+                     codebook, Cvae, h);
   }
   void diffusion_step(float* x, const float* out, const float* noise, int64_t n, int64_t Cvae, const DiffusionStep& s,
                       float* x0) override {
@@ -244,9 +261,15 @@ class CudaBackend : public Backend {
   }
 
   void sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau, int top_k, double top_p,
-                   uint64_t seed, uint32_t si, uint8_t* bits) override {
+                   const uint64_t* seeds, uint32_t si, uint8_t* bits) override {
     use();
-    cuda::infinity_sample_bits(logits, B, L, d, cfg, tau, top_k, top_p, seed, si, bits);
+    if (B <= 0) {  // cuda::infinity_sample_bits reports the bad size
+      cuda::infinity_sample_bits(logits, B, L, d, cfg, tau, top_k, top_p, nullptr, si, bits);
+      return;
+    }
+    if (!seeds) fail("cuda sample_bits: seeds is null");
+    std::lock_guard<std::mutex> lock(seeds_mu_);
+    cuda::infinity_sample_bits(logits, B, L, d, cfg, tau, top_k, top_p, device_seeds(seeds, B), si, bits);
   }
   void bits_to_codes(const uint8_t* bits, int B, int h, int w, int d, float* codes) override {
     use();
@@ -293,7 +316,26 @@ class CudaBackend : public Backend {
 
  private:
   void use() const { cuda::set_device(dev_); }
+
+  // The B per-image seeds (host memory) copied into seeds_dev_ by an
+  // asynchronous host-to-device copy on the engine stream, so ordered before
+  // the sampling kernel launched next and after the one that read the previous
+  // seeds. From pageable memory the copy returns once the values are staged,
+  // so the caller may reuse its array at once. The buffer only grows (the
+  // cudaFree of the old one waits for the kernels that used it). Call with
+  // seeds_mu_ held, up to the launch that reads the buffer.
+  const uint64_t* device_seeds(const uint64_t* seeds, int B) {
+    const size_t bytes = size_t(B) * sizeof(uint64_t);
+    if (seeds_dev_.bytes() < bytes)
+      seeds_dev_ = cuda::DeviceBuffer(std::max<size_t>(bytes, 64 * sizeof(uint64_t)));
+    FASTVAR_CUDA_CHECK(
+        cudaMemcpyAsync(seeds_dev_.data(), seeds, bytes, cudaMemcpyHostToDevice, cuda::detail::stream()));
+    return static_cast<const uint64_t*>(seeds_dev_.data());
+  }
+
   int dev_;
+  std::mutex seeds_mu_;          // one copy + launch at a time through seeds_dev_
+  cuda::DeviceBuffer seeds_dev_;  // device copy of the last sampling op's seeds
 };
 
 }  // namespace

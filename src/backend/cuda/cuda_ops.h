@@ -246,20 +246,23 @@ void transpose_cn(const float* x, float* y, int B, int64_t C, int64_t n);
 // on the device: out = (1+w)*cond - w*uncond from logits (2B, n, V) (rows
 // 0..B-1 conditional), then filter_top_k_top_p (top_k <= 0 or >= V, top_p <= 0
 // disable), softmax, and the inverse-CDF draw with the counter-based uniform
-// philox_uniform(seed, t, si, b, 0x5A3B) of token t of image b (core/rng.h).
+// philox_uniform(seeds[b], t, si, 0, 0x5A3B) of token t of image b (core/rng.h;
+// seeds: B values in DEVICE memory, one per image).
 // idx (B, n) receives the token ids. No host synchronisation. One thread block
 // per token; the filters, sums and the draw follow the CPU's order of operations
 // (exp aside: computed in double and rounded), so the ids match the CPU's but for
 // draws within a rounding error of a CDF boundary. V up to 16384 with a filter
 // on (a sort in shared memory), larger without; beyond that fastvar::Error.
 void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int top_k,
-                double top_p, uint64_t seed, uint32_t si, int32_t* idx);
+                double top_p, const uint64_t* seeds, uint32_t si, int32_t* idx);
 // HART's codebook mixture (backend.h: Backend::gumbel_mix): cfg_sample's mix
 // and filters, then h (B, Cvae, n) = sum_v p_v codebook[v] with p = softmax((f *
 // logit_scale - log E) / tau) over the survivors, E = exp_noise (B, n, V) or the
-// CPU's gumbel_exp draw. One thread block per token; same V limits as cfg_sample.
+// CPU's gumbel_exp draw from philox(seeds[b], {t, v, si << 16, 0x6B17}) (seeds:
+// B values in DEVICE memory; may be null when exp_noise is given). One thread
+// block per token; same V limits as cfg_sample.
 void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
-                float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                float logit_scale, float tau, const float* exp_noise, const uint64_t* seeds, uint32_t si,
                 const float* codebook, int64_t Cvae, float* h);
 // For tests: words (n, 4) = philox4x32(ctr[i], seed) and u[i] = philox_uniform(
 // seed, ctr[i]) for the counters ctr (n, 4), on the device (either output may be null).

@@ -42,7 +42,8 @@ __device__ __forceinline__ float guide(float c, float u, float cfg, float omc, f
 // Thread: bit i = (b*L + t)*d + j of the output.
 __global__ void sample_bits_kernel(const float* __restrict__ logits, int B, int64_t L, int d,
                                    float cfg, float tau, bool top1, bool top_p_on, float limit,
-                                   uint64_t seed, uint32_t si, uint8_t* __restrict__ bits) {
+                                   const uint64_t* __restrict__ seeds, uint32_t si,
+                                   uint8_t* __restrict__ bits) {
   const int64_t total = int64_t(B) * L * d, stride = int64_t(gridDim.x) * kThreads;
   const int64_t V = 2 * int64_t(d), uncond = int64_t(B) * L;  // rows of the unconditional half
   const float omc = __fsub_rn(1.f, cfg);
@@ -65,7 +66,7 @@ __global__ void sample_bits_kernel(const float* __restrict__ logits, int B, int6
     } else if (top_p_on && (p1 < p0 ? p1 : p0) <= limit) {
       bit = p1 > p0 || (p1 == p0 && l1 > l0) ? 1 : 0;
     } else {
-      const float u = philox_uniform(seed, static_cast<uint32_t>(t), si, static_cast<uint32_t>(b),
+      const float u = philox_uniform(seeds[b], static_cast<uint32_t>(t), si, 0u,
                                      0x10000u + static_cast<uint32_t>(j));
       bit = u < p0 ? 0 : 1;
     }
@@ -100,7 +101,7 @@ void check_dims(const char* fn, int B, int d, int h, int w) {
 }  // namespace
 
 void infinity_sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau,
-                          int top_k, double top_p, uint64_t seed, uint32_t si, uint8_t* bits) {
+                          int top_k, double top_p, const uint64_t* seeds, uint32_t si, uint8_t* bits) {
   if (B <= 0 || L <= 0 || d <= 0)
     fail("cuda::infinity_sample_bits: bad sizes B=%d L=%lld d=%d", B, (long long)L, d);
   if (L > 0xffffffffll)  // token indices are 32-bit RNG counters
@@ -110,10 +111,11 @@ void infinity_sample_bits(const float* logits, int B, int64_t L, int d, float cf
   if (top_k < 0) fail("cuda::infinity_sample_bits: top-k %d must be >= 0", top_k);
   if (!(top_p >= 0.0 && top_p <= 1.0))
     fail("cuda::infinity_sample_bits: top-p %g out of range [0, 1]", top_p);
+  if (!seeds) fail("cuda::infinity_sample_bits: seeds is null");
   const float limit = static_cast<float>(1.0 - top_p);  // as the CPU's sample_bit
   const int64_t total = int64_t(B) * L * d;
   sample_bits_kernel<<<grid_for(total), kThreads, 0, detail::stream()>>>(
-      logits, B, L, d, cfg, tau, top_k == 1, top_p > 0.0, limit, seed, si, bits);
+      logits, B, L, d, cfg, tau, top_k == 1, top_p > 0.0, limit, seeds, si, bits);
   FASTVAR_CUDA_CHECK_LAUNCH("infinity_sample_bits");
 }
 

@@ -24,15 +24,16 @@ namespace fastvar::cuda {
 // CPU's roundings (no FMA); then, per bit, the pipeline's sample_bit: top-k 1
 // keeps the larger logit (other k are no-ops on two classes), top-p > 0 drops
 // the smaller class when its two-way softmax probability is <= float(1 - top_p),
-// else bit = (u < p0 ? 0 : 1) with u = philox_uniform(seed, t, si, b, 0x10000 + j)
-// for token t of image b (core/rng.h). bits (B, L, d) receives 0/1.
+// else bit = (u < p0 ? 0 : 1) with u = philox_uniform(seeds[b], t, si, 0, 0x10000 + j)
+// for token t of image b (core/rng.h; seeds: B values in DEVICE memory, one per
+// image). bits (B, L, d) receives 0/1.
 // The softmax's exp is evaluated in double and rounded to float (correctly
 // rounded but for vanishingly rare cases); the CPU's std::exp(float) is glibc's
 // expf (< 0.502 ulp, not always correctly rounded, and its FMA variant is chosen
 // by the CPU at run time), so a bit can differ only where u or the top-p limit
 // lies within an ulp of p0 / min(p0, p1).
 void infinity_sample_bits(const float* logits, int B, int64_t L, int d, float cfg, float tau,
-                          int top_k, double top_p, uint64_t seed, uint32_t si, uint8_t* bits);
+                          int top_k, double top_p, const uint64_t* seeds, uint32_t si, uint8_t* bits);
 
 // bits (B, h, w, d) of 0/1 (any non-zero byte counts as 1) -> codes (B, d, h, w)
 // of +-v, v = (1/sqrt(d)) / ||.|| computed on the host with the CPU's float32

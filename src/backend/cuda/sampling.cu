@@ -173,8 +173,8 @@ __device__ int64_t cfg_sort_filter(const float* __restrict__ cond, const float* 
 // (P u64, P = the power of two >= V) and then probs (V floats); else probs only.
 __global__ void __launch_bounds__(kThreads)
 cfg_sample_kernel(const float* __restrict__ logits, int B, int64_t n, int64_t V, int64_t P,
-                  float w, int top_k, bool top_p_on, float limit, uint64_t seed, uint32_t si,
-                  bool sorted, int32_t* __restrict__ idx) {
+                  float w, int top_k, bool top_p_on, float limit, const uint64_t* __restrict__ seeds,
+                  uint32_t si, bool sorted, int32_t* __restrict__ idx) {
   extern __shared__ float4 smem_raw[];
   __shared__ float red[kThreads / 32];
   __shared__ float sh_f;
@@ -225,8 +225,7 @@ cfg_sample_kernel(const float* __restrict__ logits, int B, int64_t n, int64_t V,
   // draw(): double total, target = u * total, first entry with mass whose
   // running sum passes the target; else the last entry with mass.
   if (tid == 0) {
-    const float u = philox_uniform(seed, static_cast<uint32_t>(t), si, static_cast<uint32_t>(b),
-                                   0x5A3Bu);
+    const float u = philox_uniform(seeds[b], static_cast<uint32_t>(t), si, 0u, 0x5A3Bu);
     const double target = __dmul_rn(static_cast<double>(u), seq_sum_d(probs, V));
     double cum = 0.0;
     int64_t last = -1, pick = -1;
@@ -251,9 +250,10 @@ __device__ __forceinline__ float log_f(float x) {
 }
 
 // The CPU's gumbel_exp (backend/cpu/sampler.cpp): Exp(1) from the Philox word
-// of counter {t, v, si << 16 | b, 0x6B17}, u moved into the open (0, 1).
-__device__ __forceinline__ float gumbel_exp_d(uint64_t seed, uint32_t si, uint32_t b, uint32_t t, uint32_t v) {
-  uint32_t c[4] = {t, v, (si << 16) | (b & 0xFFFFu), 0x6B17u};
+// of counter {t, v, si << 16, 0x6B17} under the image's own seed, u moved into
+// the open (0, 1).
+__device__ __forceinline__ float gumbel_exp_d(uint64_t seed, uint32_t si, uint32_t t, uint32_t v) {
+  uint32_t c[4] = {t, v, si << 16, 0x6B17u};
   philox4x32_inplace(c, seed);
   const float u = __fmul_rn(__fadd_rn(static_cast<float>(c[0] >> 8), 0.5f), 1.0f / 16777216.0f);
   return -log_f(u);
@@ -268,7 +268,7 @@ __device__ __forceinline__ float gumbel_exp_d(uint64_t seed, uint32_t si, uint32
 __global__ void __launch_bounds__(kThreads)
 gumbel_mix_kernel(const float* __restrict__ logits, int B, int64_t n, int64_t V, int64_t P, float w,
                   int top_k, bool top_p_on, float limit, bool sorted, float logit_scale, float tau,
-                  const float* __restrict__ exp_noise, uint64_t seed, uint32_t si,
+                  const float* __restrict__ exp_noise, const uint64_t* __restrict__ seeds, uint32_t si,
                   const float* __restrict__ codebook, int64_t Cvae, float* __restrict__ h) {
   extern __shared__ float4 smem_raw[];
   __shared__ float red[kThreads / 32];
@@ -282,6 +282,7 @@ gumbel_mix_kernel(const float* __restrict__ logits, int B, int64_t n, int64_t V,
   const float* unc = logits + ((B + b) * n + t) * V;
   const int tid = threadIdx.x;
   const float ninf = -__int_as_float(0x7f800000);
+  const uint64_t seed = exp_noise ? 0 : seeds[b];  // seeds may be null with exp_noise
 
   // The filtered logits in index order, -inf where removed.
   if (sorted) {
@@ -302,8 +303,7 @@ gumbel_mix_kernel(const float* __restrict__ logits, int B, int64_t n, int64_t V,
     float x = ninf;
     if (f != ninf) {
       const float E = exp_noise ? exp_noise[i * V + j]
-                                : gumbel_exp_d(seed, si, static_cast<uint32_t>(b), static_cast<uint32_t>(t),
-                                               static_cast<uint32_t>(j));
+                                : gumbel_exp_d(seed, si, static_cast<uint32_t>(t), static_cast<uint32_t>(j));
       x = __fdiv_rn(__fsub_rn(__fmul_rn(f, logit_scale), log_f(E)), tau);
     }
     wts[j] = x;
@@ -390,10 +390,11 @@ int64_t sort_size(int64_t V) {
 }  // namespace
 
 void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int top_k,
-                double top_p, uint64_t seed, uint32_t si, int32_t* idx) {
+                double top_p, const uint64_t* seeds, uint32_t si, int32_t* idx) {
   if (B < 0 || n < 0) fail("cuda::cfg_sample: bad batch B=%d n=%lld", B, (long long)n);
   if (V <= 0 || V > kMaxV) fail("cuda::cfg_sample: V = %lld out of range", (long long)V);
   if (B == 0 || n == 0) return;
+  if (!seeds) fail("cuda::cfg_sample: seeds is null");
   if (int64_t(B) * n > 0x7fffffff)
     fail("cuda::cfg_sample: %lld tokens are too many", (long long)(int64_t(B) * n));
   const bool sorted = (top_k > 0 && top_k < V) || top_p > 0.0;
@@ -403,18 +404,19 @@ void cfg_sample(const float* logits, int B, int64_t n, int64_t V, float w, int t
       sampling_smem(reinterpret_cast<const void*>(cfg_sample_kernel), V, P, sorted, configured, "cfg_sample");
   const float limit = static_cast<float>(1.0 - top_p);
   cfg_sample_kernel<<<unsigned(int64_t(B) * n), kThreads, bytes, detail::stream()>>>(
-      logits, B, n, V, P, w, top_k, top_p > 0.0, limit, seed, si, sorted, idx);
+      logits, B, n, V, P, w, top_k, top_p > 0.0, limit, seeds, si, sorted, idx);
   FASTVAR_CUDA_CHECK_LAUNCH("cfg_sample");
 }
 
 void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int top_k, double top_p,
-                float logit_scale, float tau, const float* exp_noise, uint64_t seed, uint32_t si,
+                float logit_scale, float tau, const float* exp_noise, const uint64_t* seeds, uint32_t si,
                 const float* codebook, int64_t Cvae, float* h) {
   if (B <= 0 || n < 0 || Cvae <= 0 || !(tau > 0.f) || !codebook)
     fail("cuda::gumbel_mix: bad shape B=%d n=%lld Cvae=%lld tau=%g", B, (long long)n, (long long)Cvae,
          double(tau));
   if (V <= 0 || V > kMaxV) fail("cuda::gumbel_mix: V = %lld out of range", (long long)V);
   if (n == 0) return;
+  if (!exp_noise && !seeds) fail("cuda::gumbel_mix: needs seeds when exp_noise is null");
   if (int64_t(B) * n > 0x7fffffff)
     fail("cuda::gumbel_mix: %lld tokens are too many", (long long)(int64_t(B) * n));
   const bool sorted = (top_k > 0 && top_k < V) || top_p > 0.0;
@@ -424,7 +426,7 @@ void gumbel_mix(const float* logits, int B, int64_t n, int64_t V, float w, int t
       sampling_smem(reinterpret_cast<const void*>(gumbel_mix_kernel), V, P, sorted, configured, "gumbel_mix");
   const float limit = static_cast<float>(1.0 - top_p);
   gumbel_mix_kernel<<<unsigned(int64_t(B) * n), kThreads, bytes, detail::stream()>>>(
-      logits, B, n, V, P, w, top_k, top_p > 0.0, limit, sorted, logit_scale, tau, exp_noise, seed, si, codebook,
+      logits, B, n, V, P, w, top_k, top_p > 0.0, limit, sorted, logit_scale, tau, exp_noise, seeds, si, codebook,
       Cvae, h);
   FASTVAR_CUDA_CHECK_LAUNCH("gumbel_mix");
 }

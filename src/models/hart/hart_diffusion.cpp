@@ -100,6 +100,15 @@ NoiseFn philox_noise(uint64_t seed) {
   };
 }
 
+NoiseFn philox_noise(std::vector<uint64_t> seeds, int64_t rows_per_image) {
+  return [seeds = std::move(seeds), rows_per_image](int call, float* out, int64_t rows, int64_t Cvae) {
+    if (rows != int64_t(seeds.size()) * rows_per_image)
+      fail("diffusion noise: %lld rows for %zu images of %lld", (long long)rows, seeds.size(), (long long)rows_per_image);
+    for (size_t i = 0; i < seeds.size(); ++i)
+      philox_noise(seeds[i])(call, out + int64_t(i) * rows_per_image * Cvae, rows_per_image, Cvae);
+  };
+}
+
 DiffusionNet::DiffusionNet(const HartModel& m, backend::Backend& be, backend::DType dtype) : be_(be) {
   const HartModel::Diffusion& d = m.diffusion();
   const HartConfig& c = m.config();

@@ -41,6 +41,8 @@ using NoiseFn = std::function<void(int call, float* out, int64_t rows, int64_t C
 
 // Philox4x32 Box-Muller normals, a pure function of (seed, call, element).
 NoiseFn philox_noise(uint64_t seed);
+// Per image: rows i * rows_per_image ... of image i from seeds[i] alone.
+NoiseFn philox_noise(std::vector<uint64_t> seeds, int64_t rows_per_image);
 
 struct DiffusionParams {
   float cfg = 4.5f;          // t: eps = (1 + t) eps_cond - t eps_uncond
