@@ -11,4 +11,5 @@ bash scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 bash scripts/server-test.sh  # fastvar serve end to end (openai SDK, load test) on loopback
 bash scripts/python-test.sh  # the Python package on build/libfastvar.so
+bash scripts/ray-test.sh     # the Python package on Ray Serve (two local replicas)
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash scripts/fuzz.sh

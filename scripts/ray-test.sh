@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# fastvar on Ray Serve (python/tests/test_ray_serve.py): ray[serve], the
+# openai SDK, pytest, numpy and pillow from PyPI into a venv made here
+# (build/venv-ray; idempotent), against the build tree's libfastvar.so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=build/venv-ray
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import ray.serve, openai, pytest, numpy, PIL" 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "ray[serve]" openai pytest numpy pillow
+fi
+export FASTVAR_LIBRARY="$PWD/build/libfastvar.so" PYTHONPATH="$PWD/python" RAY_USAGE_STATS_ENABLED=0
+timeout 900 "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_ray_serve.py "$@"
