@@ -5,6 +5,7 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       libopenblas-dev libdnnl-dev libhwy-dev nlohmann-json3-dev libcli11-dev libpng-dev libsentencepiece-dev libicu-dev
       libgtest-dev libbenchmark-dev libboost-dev
+      python3-venv chromium
       clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do

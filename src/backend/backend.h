@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend/cpu/ops.h"  // DType
 #include "core/tap.h"         // ScoreMode
@@ -285,6 +286,26 @@ class Backend {
                            int64_t wo) = 0;
   virtual void resize_bicubic(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
                               int64_t wo) = 0;
+};
+
+// Buffers carved from one allocation (a scale loop's state: KV cache, caches,
+// activations), in order at 256-byte boundaries; the whole may be reused as
+// scratch once the loop is done.
+class BufferLayout {
+ public:
+  void add(Buffer* b, size_t bytes);
+  size_t bytes() const { return total_; }
+  // Allocates max(bytes(), min_bytes) on `be` and points every added buffer
+  // into it; returns the whole.
+  Buffer allocate(Backend& be, size_t min_bytes = 0);
+
+ private:
+  struct Part {
+    Buffer* buf;
+    size_t bytes, offset;
+  };
+  std::vector<Part> parts_;
+  size_t total_ = 0;
 };
 
 // The CPU backend (one per process, stateless but for scratch).

@@ -318,6 +318,29 @@ GoldenSummary& operator+=(GoldenSummary& a, const GoldenSummary& b) {
   return a;
 }
 
+// The FastVAR plan of a golden folder (config.json "fastvar_plan", by scale
+// index: cache scale, pruned scales and ratios, skipped last scales, a
+// contiguous range of pruned blocks) for S scales.
+PrunePlan golden_fastvar_plan(const json& fj, int S) {
+  PrunePlan plan;
+  plan.enabled = true;
+  plan.cache_scale = fj.at("cache_scale").get<int>();
+  for (const auto& [si, r] : fj.at("prune").items()) plan.ratio[std::stoi(si)] = r.get<float>();
+  std::vector<int> skip = fj.value("skip", std::vector<int>{});
+  std::sort(skip.begin(), skip.end());
+  for (size_t i = 0; i < skip.size(); ++i)
+    if (skip[i] != S - static_cast<int>(skip.size()) + static_cast<int>(i))
+      fail("golden FastVAR plan skips scales that are not the last ones");
+  plan.skip_last = static_cast<int>(skip.size());
+  std::vector<int> layers = fj.at("pruned_layers").get<std::vector<int>>();
+  std::sort(layers.begin(), layers.end());
+  if (layers.empty() || layers.back() - layers.front() + 1 != static_cast<int>(layers.size()))
+    fail("golden FastVAR layers are not a contiguous block range");
+  plan.layer_begin = layers.front();
+  plan.layer_end = layers.back();
+  return plan;
+}
+
 // An Infinity folder (format of tests/data/golden/infinity_tiny_a): the
 // official run and, if present, the FastVAR run, both teacher forced.
 GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* out, const GoldenOptions& opt) {
@@ -363,24 +386,7 @@ GoldenSummary check_infinity(const fs::path& dir, const json& cfg, std::FILE* ou
   };
   run("ref_infinity.safetensors", "reference run (official Infinity, teacher forced):");
   if (cfg.contains("fastvar_plan") && fs::exists(dir / "ref_fastvar.safetensors")) {
-    const json& fj = cfg.at("fastvar_plan");
-    const int S = static_cast<int>(p.schedule.scales.size());
-    PrunePlan plan;
-    plan.enabled = true;
-    plan.cache_scale = fj.at("cache_scale").get<int>();
-    for (const auto& [si, r] : fj.at("prune").items()) plan.ratio[std::stoi(si)] = r.get<float>();
-    std::vector<int> skip = fj.value("skip", std::vector<int>{});
-    std::sort(skip.begin(), skip.end());
-    for (size_t i = 0; i < skip.size(); ++i)
-      if (skip[i] != S - static_cast<int>(skip.size()) + static_cast<int>(i))
-        fail("golden FastVAR plan skips scales that are not the last ones");
-    plan.skip_last = static_cast<int>(skip.size());
-    std::vector<int> layers = fj.at("pruned_layers").get<std::vector<int>>();
-    std::sort(layers.begin(), layers.end());
-    if (layers.empty() || layers.back() - layers.front() + 1 != static_cast<int>(layers.size()))
-      fail("golden FastVAR layers are not a contiguous block range");
-    plan.layer_begin = layers.front();
-    plan.layer_end = layers.back();
+    const PrunePlan plan = golden_fastvar_plan(cfg.at("fastvar_plan"), static_cast<int>(p.schedule.scales.size()));
     p.plan = plan;
     std::vector<int> pn;
     for (const auto& hw : p.schedule.scales) pn.push_back(hw.second);
@@ -730,23 +736,7 @@ GoldenSummary check_hart(const fs::path& dir, const json& cfg, std::FILE* out, c
   if (fs::exists(dir / "ref_hart_smooth.safetensors"))
     run("ref_hart_smooth.safetensors", "more_smooth run (official HART, stage by stage from the reference):", true);
   if (cfg.contains("fastvar_plan") && fs::exists(dir / "ref_fastvar.safetensors")) {
-    const json& fj = cfg.at("fastvar_plan");
-    PrunePlan plan;
-    plan.enabled = true;
-    plan.cache_scale = fj.at("cache_scale").get<int>();
-    for (const auto& [si, r] : fj.at("prune").items()) plan.ratio[std::stoi(si)] = r.get<float>();
-    std::vector<int> skip = fj.value("skip", std::vector<int>{});
-    std::sort(skip.begin(), skip.end());
-    for (size_t i = 0; i < skip.size(); ++i)
-      if (skip[i] != S - static_cast<int>(skip.size()) + static_cast<int>(i))
-        fail("golden FastVAR plan skips scales that are not the last ones");
-    plan.skip_last = static_cast<int>(skip.size());
-    std::vector<int> layers = fj.at("pruned_layers").get<std::vector<int>>();
-    std::sort(layers.begin(), layers.end());
-    if (layers.empty() || layers.back() - layers.front() + 1 != static_cast<int>(layers.size()))
-      fail("golden FastVAR layers are not a contiguous block range");
-    plan.layer_begin = layers.front();
-    plan.layer_end = layers.back();
+    const PrunePlan plan = golden_fastvar_plan(cfg.at("fastvar_plan"), S);
     p.plan = plan;
     run("ref_fastvar.safetensors", ("FastVAR run (" + plan.describe(c.patch_nums) + "):").c_str(), false);
   }

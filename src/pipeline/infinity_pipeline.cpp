@@ -278,18 +278,8 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
       for (int k = 0; k < 3; ++k) {
         const void* slab = st.ctr[k].of(b);
         if (!slab || st.ctr_h <= 0) continue;
-        Tensor t({R, st.ctr_tokens, c.C});
-        if (st.ctr[k].bf16) {
-          std::vector<uint16_t> bits(size_t(t.numel()));
-          be.download(bits.data(), slab, bits.size() * sizeof(uint16_t));
-          for (size_t i = 0; i < bits.size(); ++i) {
-            const uint32_t u = uint32_t(bits[i]) << 16;
-            std::memcpy(t.data() + i, &u, sizeof(float));
-          }
-        } else {
-          be.download(t.data(), slab, size_t(t.numel()) * sizeof(float));
-        }
-        p.tap(strprintf("cache.block%d.%s", b, names[k]), t);
+        p.tap(strprintf("cache.block%d.%s", b, names[k]),
+              download_f32(be, slab, st.ctr[k].bf16, {R, st.ctr_tokens, c.C}));
       }
   }
   if (p.decode) vae_->decode(bf.summed.f32(), B, Hf, Wf, bf.img.f32(), st.arena.f32());

@@ -43,6 +43,21 @@ std::vector<uint64_t> image_seeds(uint64_t seed, const std::vector<uint64_t>& se
   return seeds;
 }
 
+Tensor download_f32(backend::Backend& be, const void* src, bool bf16, const Shape& shape) {
+  Tensor t(shape);
+  if (!bf16) {
+    be.download(t.data(), src, size_t(t.numel()) * sizeof(float));
+    return t;
+  }
+  std::vector<uint16_t> bits(size_t(t.numel()));
+  be.download(bits.data(), src, bits.size() * sizeof(uint16_t));
+  for (size_t i = 0; i < bits.size(); ++i) {
+    const uint32_t u = uint32_t(bits[i]) << 16;
+    std::memcpy(t.data() + i, &u, sizeof(float));
+  }
+  return t;
+}
+
 void check_abort(const std::function<bool()>& abort) {
   if (abort && abort()) throw Aborted();
 }
@@ -189,19 +204,9 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
         const int64_t len = st.len[b];
         for (int kv = 0; kv < 2; ++kv) {
           const backend::Buffer& cache = kv ? st.v : st.k;
-          std::vector<uint16_t> bits;
-          Tensor all({R, H, st.cap, hd}), t({R, H, len, hd});
-          const size_t count = size_t(R * kv_row), at = size_t(b) * R * kv_row;
-          if (st.kv_bf16) {
-            bits.resize(count);
-            be.download(bits.data(), cache.u16() + at, count * 2);
-            for (size_t i = 0; i < count; ++i) {
-              const uint32_t u = uint32_t(bits[i]) << 16;
-              std::memcpy(all.data() + i, &u, 4);
-            }
-          } else {
-            be.download(all.data(), cache.f32() + at, count * 4);
-          }
+          const size_t at = size_t(b) * R * kv_row * (st.kv_bf16 ? 2 : 4);
+          const Tensor all = download_f32(be, static_cast<const char*>(cache.data()) + at, st.kv_bf16, {R, H, st.cap, hd});
+          Tensor t({R, H, len, hd});
           for (int64_t rh = 0; rh < R * H; ++rh)
             std::copy_n(all.data() + rh * st.cap * hd, len * hd, t.data() + rh * len * hd);
           p.tap("l" + std::to_string(b) + (kv ? ".kv_v_after_s" : ".kv_k_after_s") + std::to_string(si), t);

@@ -32,6 +32,9 @@ struct ScaleStats {
 // seed alone (backend.h), so an image is the same alone or in any batch.
 std::vector<uint64_t> image_seeds(uint64_t seed, const std::vector<uint64_t>& seeds, int B);
 
+// A device tensor of `shape` as float32 on the host (bf16: bfloat16 bits), for taps.
+Tensor download_f32(backend::Backend& be, const void* src, bool bf16, const Shape& shape);
+
 // Throws fastvar::Aborted when the caller's hook (may be null) asks to stop;
 // the scale loops call it after every scale.
 void check_abort(const std::function<bool()>& abort);

@@ -339,8 +339,15 @@ class ServerTests(unittest.TestCase):
             st, page, h = s.get("/")
             self.assertEqual(st, 200)
             self.assertIn(b"<title>fastvar.cpp</title>", page)
-            self.assertIn(b"/v1/jobs", page)
             self.assertNotIn(b"http://", page.replace(b"http://'", b""))  # no external assets
+            # The page in headless Chromium generates an image (?auto=1 presses Generate).
+            out = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=760,900",
+                                  "--virtual-time-budget=20000", "--dump-dom",
+                                  f"http://127.0.0.1:{s.port}/?prompt=sneaker&seed=3&auto=1"],
+                                 capture_output=True, text=True, timeout=120).stdout
+            self.assertIn("<title>fastvar.cpp: done</title>", out)
+            self.assertIn('<img src="data:image/png;base64,iVBORw0KGgo', out)
+            self.assertIn("seed 3", out)
         finally:
             self.assertEqual(s.stop(), 0)
 

@@ -28,6 +28,17 @@ Buffer Buffer::view(size_t at, size_t bytes) const {
   return Buffer(owner_, static_cast<char*>(p_) + at, bytes);
 }
 
+void BufferLayout::add(Buffer* b, size_t bytes) {
+  parts_.push_back({b, bytes, total_});
+  total_ += (bytes + 255) / 256 * 256;
+}
+
+Buffer BufferLayout::allocate(Backend& be, size_t min_bytes) {
+  Buffer all = be.alloc(std::max(total_, min_bytes));
+  for (const Part& p : parts_) *p.buf = all.view(p.offset, p.bytes);
+  return all;
+}
+
 Buffer alloc_f32(Backend& be, int64_t n) { return be.alloc(size_t(n) * sizeof(float)); }
 Buffer constant_f32(Backend& be, const float* host, int64_t n) {
   return be.constant(host, size_t(n) * sizeof(float));

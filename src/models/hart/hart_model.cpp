@@ -349,16 +349,8 @@ HartNet::State HartNet::new_state(int rows, int capacity, int64_t lmax, const Pr
   st.kv_elems = D * R * H * st.cap * hd;
   st.len.assign(cfg_.depth, 0);
   if (plan && plan->enabled && ctr_tokens > 0) st.ctr_tokens = ctr_tokens;
-  struct Part {
-    backend::Buffer* buf;
-    size_t bytes, offset;
-  };
-  std::vector<Part> parts;
-  size_t total = 0;
-  auto part = [&](backend::Buffer* d, size_t bytes) {
-    parts.push_back({d, bytes, total});
-    total += (bytes + 255) / 256 * 256;
-  };
+  backend::BufferLayout layout;
+  auto part = [&](backend::Buffer* d, size_t bytes) { layout.add(d, bytes); };
   part(&st.kv, 2 * size_t(st.kv_elems) * kv_elem);
   for (int k = 0; k < 2; ++k) {
     size_t bytes = 0;
@@ -373,8 +365,7 @@ HartNet::State HartNet::new_state(int rows, int capacity, int64_t lmax, const Pr
   part(&st.logits, size_t(R * lmax * cfg_.V) * f);
   part(&st.rope_cos, size_t(R * lmax * hd) * f);
   part(&st.rope_sin, size_t(R * lmax * hd) * f);
-  st.arena = be_.alloc(std::max(total, min_arena_bytes));
-  for (const Part& p : parts) *p.buf = st.arena.view(p.offset, p.bytes);
+  st.arena = layout.allocate(be_, min_arena_bytes);
   for (int k = 0; k < 2; ++k) st.ctr[k].base = st.ctr_buf[k].data();
   st.ctx = backend::alloc_f32(be_, R * T * cfg_.context_dim);
   st.sos = backend::alloc_f32(be_, R * T * C);

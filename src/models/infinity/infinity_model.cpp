@@ -277,16 +277,8 @@ InfinityNet::State InfinityNet::new_state(int rows, int capacity, int64_t lmax, 
   if (plan && plan->enabled && ctr_tokens > 0) st.ctr_tokens = ctr_tokens;
   // The loop's buffers as views of one allocation (256-byte aligned parts),
   // which the decoder reuses after the loop.
-  struct Part {
-    backend::Buffer* buf;
-    size_t bytes, offset;
-  };
-  std::vector<Part> parts;
-  size_t total = 0;
-  auto part = [&](backend::Buffer* d, size_t bytes) {
-    parts.push_back({d, bytes, total});
-    total += (bytes + 255) / 256 * 256;
-  };
+  backend::BufferLayout layout;
+  auto part = [&](backend::Buffer* d, size_t bytes) { layout.add(d, bytes); };
   part(&st.kv, 2 * size_t(st.kv_elems) * kv_elem);
   for (int k = 0; k < 3; ++k) {
     size_t bytes = 0;
@@ -298,8 +290,7 @@ InfinityNet::State InfinityNet::new_state(int rows, int capacity, int64_t lmax, 
   part(&st.big, size_t(R * lmax * std::max<int64_t>(3 * C, cfg_.ffn)) * f);
   part(&st.keep, size_t(R * lmax) * sizeof(int32_t));
   part(&st.logits, size_t(R * lmax * cfg_.V) * f);
-  st.arena = be_.alloc(std::max(total, min_arena_bytes));
-  for (const Part& p : parts) *p.buf = st.arena.view(p.offset, p.bytes);
+  st.arena = layout.allocate(be_, min_arena_bytes);
   for (int k = 0; k < 3; ++k) st.ctr[k].base = st.ctr_buf[k].data();
   for (backend::Buffer* d : {&st.pooled, &st.cond, &st.act}) *d = backend::alloc_f32(be_, R * C);
   st.gss = backend::alloc_f32(be_, R * 6 * C);
