@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# fastvar on Ray Serve (python/tests/test_ray_serve.py): ray[serve], the
+# fastvar.serve on Ray Serve (python/tests/test_serve_ray.py; a local
+# `ray start --head`, loopback only, without Ray's token auth): ray[serve], the
 # openai SDK, pytest, numpy and pillow from PyPI into a venv made here
 # (build/venv-ray; idempotent), against the build tree's libfastvar.so.
 set -euo pipefail
@@ -9,5 +10,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import ray.serve, ope
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "ray[serve]" openai pytest numpy pillow
 fi
-export FASTVAR_LIBRARY="$PWD/build/libfastvar.so" PYTHONPATH="$PWD/python" RAY_USAGE_STATS_ENABLED=0
-timeout 900 "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_ray_serve.py "$@"
+export FASTVAR_LIBRARY="$PWD/build/libfastvar.so" FASTVAR_BIN="$PWD/build/fastvar" PYTHONPATH="$PWD/python" \
+  RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled FASTVAR_RAY_RESULTS="${FASTVAR_RAY_RESULTS:-build/ray_load.json}"
+trap '"$VENV/bin/ray" stop --force > /dev/null 2>&1 || true' EXIT
+timeout 900 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning -s python/tests/test_serve_ray.py "$@"
