@@ -14,6 +14,7 @@ against Python, and the GIL is released while an image is generated.
     out = pipe(prompt="a red fox in the snow", seed=1, callback=lambda i, n, info: print(i, n))
 """
 import ctypes
+import math
 import os
 import threading
 
@@ -270,12 +271,10 @@ class Pipeline:
             p.top_p = float(top_p)
         if tau is not None:
             p.tau = float(tau)
-        if size is not None:
+        if size is not None:  # text-to-image: the resolution key nearest to the area, as the CLI's -W/-H
             w, h = size if isinstance(size, (tuple, list)) else (size, size)
-            from math import sqrt  # the resolution key nearest to the area, as the CLI's -W/-H
-            side = sqrt(float(w) * float(h))
+            side = math.sqrt(float(w) * float(h))
             keys = [("0.06M", 256), ("0.25M", 512), ("0.60M", 768), ("1M", 1024), ("2K", 2048)]
-            import math
             res = min(keys, key=lambda k: abs(math.log(side / k[1])))[0]
             r = res.encode()
             keep.append(r)

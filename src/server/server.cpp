@@ -343,6 +343,7 @@ class Service {
       if (r.method != "POST") return reply_error(res, 405, "use POST");
       std::shared_ptr<Job> j;
       if (!submit(r, res, &j)) return;
+      std::lock_guard<std::mutex> lk(mu_);  // the worker may be at it already
       return reply(res, 202, job_json(*j, r));
     }
     if (r.path.rfind("/v1/jobs/", 0) == 0) return job_endpoint(r, res, conn);
@@ -426,6 +427,7 @@ class Service {
       lk.lock();
       if (gone) {  // nobody to answer: stop its work and free its place
         cancel_locked(*job, 499, "the client went away");
+        res.status = 499;  // for the metrics; the write to the closed socket fails quietly
         return;
       }
     }
