@@ -188,20 +188,9 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
   float* h = bf.h.f32();
   int32_t* idx = bf.idx.i32();
   be.zero(f_hat, size_t(lat) * sizeof(float));
-  DeviceTap dtap;
-  if (p.tap)
-    dtap = [&](const std::string& name, const float* dev, const Shape& shape) {
-      Tensor t(shape);
-      be.download(t.data(), dev, size_t(t.numel()) * sizeof(float));
-      p.tap(name, t);
-    };
+  const DeviceTap dtap = downloading_tap(be, p.tap);
   std::vector<int64_t> teacher_idx;
-  std::vector<int32_t> teacher_i32;
   std::vector<float> gumbel;
-  if (p.teacher) {
-    teacher_idx.resize(size_t(B) * size_t(PP));
-    teacher_i32.resize(teacher_idx.size());
-  }
   backend::Buffer gumbel_dev;
   peak_ = std::max(peak_, be.memory_in_use());
 
@@ -270,13 +259,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
     const bool soft = p.smooth;
     const bool need_idx = !soft || si == S - 1;  // with the mixture only the last scale's ids are used
     if (p.teacher) {
-      p.teacher(si, B, n, teacher_idx.data());
-      for (int64_t i = 0; i < B * n; ++i) {
-        if (teacher_idx[i] < 0 || teacher_idx[i] >= V)
-          fail("teacher token %lld out of range [0, %lld)", (long long)teacher_idx[i], (long long)V);
-        teacher_i32[i] = static_cast<int32_t>(teacher_idx[i]);
-      }
-      be.upload(idx, teacher_i32.data(), size_t(B * n) * sizeof(int32_t));
+      upload_teacher_ids(be, p.teacher, si, B, n, V, idx, teacher_idx);
     } else if (need_idx) {
       be.cfg_sample(st.logits.f32(), B, n, V, w, top_k, p.top_p, seeds.data(), static_cast<uint32_t>(si), idx);
     }

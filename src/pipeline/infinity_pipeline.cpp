@@ -193,13 +193,7 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
     bf.rope_w = p.schedule.rope_w;
     bf.rope_offset = rt.offset;
   }
-  DeviceTap dtap;
-  if (p.tap)
-    dtap = [&](const std::string& name, const float* dev, const Shape& shape) {
-      Tensor t(shape);
-      be.download(t.data(), dev, size_t(t.numel()) * sizeof(float));
-      p.tap(name, t);
-    };
+  const DeviceTap dtap = downloading_tap(be, p.tap);
   std::vector<uint8_t> teacher_bits;
   if (p.teacher) teacher_bits.resize(size_t(B) * size_t(key.lmax) * size_t(d));
   peak_ = std::max(peak_, be.memory_in_use());

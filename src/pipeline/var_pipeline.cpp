@@ -43,6 +43,28 @@ std::vector<uint64_t> image_seeds(uint64_t seed, const std::vector<uint64_t>& se
   return seeds;
 }
 
+DeviceTap downloading_tap(backend::Backend& be, const Tap& tap) {
+  if (!tap) return nullptr;
+  return [&be, tap](const std::string& name, const float* dev, const Shape& shape) {
+    Tensor t(shape);
+    be.download(t.data(), dev, size_t(t.numel()) * sizeof(float));
+    tap(name, t);
+  };
+}
+
+void upload_teacher_ids(backend::Backend& be, const std::function<void(int, int, int64_t, int64_t*)>& teacher, int si,
+                        int B, int64_t n, int64_t V, int32_t* idx, std::vector<int64_t>& scratch) {
+  scratch.resize(size_t(B * n));
+  teacher(si, B, n, scratch.data());
+  std::vector<int32_t> ids(scratch.size());
+  for (size_t i = 0; i < scratch.size(); ++i) {
+    if (scratch[i] < 0 || scratch[i] >= V)
+      fail("teacher token %lld out of range [0, %lld)", (long long)scratch[i], (long long)V);
+    ids[i] = static_cast<int32_t>(scratch[i]);
+  }
+  be.upload(idx, ids.data(), ids.size() * sizeof(int32_t));
+}
+
 Tensor download_f32(backend::Backend& be, const void* src, bool bf16, const Shape& shape) {
   Tensor t(shape);
   if (!bf16) {
@@ -157,18 +179,7 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
   int32_t* idx = bufs_->idx.i32();
   be.zero(f_hat, size_t(lat) * sizeof(float));
   std::vector<int64_t> teacher_idx;
-  std::vector<int32_t> teacher_i32;
-  if (p.teacher) {
-    teacher_idx.resize(size_t(B) * P * P);
-    teacher_i32.resize(teacher_idx.size());
-  }
-  var::DeviceTap dtap;
-  if (p.tap)
-    dtap = [&](const std::string& name, const float* d, const Shape& shape) {
-      Tensor t(shape);
-      be.download(t.data(), d, size_t(t.numel()) * sizeof(float));
-      p.tap(name, t);
-    };
+  const DeviceTap dtap = downloading_tap(be, p.tap);
   peak_ = std::max(peak_, be.memory_in_use());
 
   const std::vector<uint64_t> seeds = image_seeds(p.seed, p.seeds, B);
@@ -223,13 +234,7 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
       p.tap(sp + "logits_cfg", mixed);
     }
     if (p.teacher) {
-      p.teacher(si, B, n, teacher_idx.data());
-      for (int64_t i = 0; i < B * n; ++i) {
-        if (teacher_idx[i] < 0 || teacher_idx[i] >= V)
-          fail("teacher token %lld out of range [0, %lld)", (long long)teacher_idx[i], (long long)V);
-        teacher_i32[i] = static_cast<int32_t>(teacher_idx[i]);
-      }
-      be.upload(idx, teacher_i32.data(), size_t(B * n) * sizeof(int32_t));
+      upload_teacher_ids(be, p.teacher, si, B, n, V, idx, teacher_idx);
     } else {
       be.cfg_sample(st.logits.f32(), B, n, V, w, p.top_k, p.top_p, seeds.data(), static_cast<uint32_t>(si), idx);
     }

@@ -32,6 +32,15 @@ struct ScaleStats {
 // seed alone (backend.h), so an image is the same alone or in any batch.
 std::vector<uint64_t> image_seeds(uint64_t seed, const std::vector<uint64_t>& seeds, int B);
 
+// A tap on device tensors that downloads each and hands it to `tap` (null
+// when tap is null: the loop then formats and downloads nothing).
+DeviceTap downloading_tap(backend::Backend& be, const Tap& tap);
+
+// Teacher forcing: the ids (B, n) a teacher gives for scale si, checked to lie
+// in [0, V) and uploaded as int32 to idx. `scratch` is reused between calls.
+void upload_teacher_ids(backend::Backend& be, const std::function<void(int, int, int64_t, int64_t*)>& teacher, int si,
+                        int B, int64_t n, int64_t V, int32_t* idx, std::vector<int64_t>& scratch);
+
 // A device tensor of `shape` as float32 on the host (bf16: bfloat16 bits), for taps.
 Tensor download_f32(backend::Backend& be, const void* src, bool bf16, const Shape& shape);
 
