@@ -195,6 +195,36 @@ TEST(HartCli, CApiLoadsTheFolderAndGenerates) {
   fastvar_free(e);
 }
 
+// batch_invariant: each image of a batch of prompts of different lengths is
+// byte-identical to its solo run (more_smooth on, the amplifying case).
+TEST(HartCli, BatchInvariantImagesEqualTheirSoloRuns) {
+  HartFolders f;
+  fastvar_engine* e = fastvar_load_auto(f.hart.c_str(), nullptr, f.qwen.c_str());
+  ASSERT_NE(e, nullptr) << fastvar_last_error();
+  const char* prompts[3] = {"a red fox in the snow", "a lighthouse at dusk", "cat"};
+  const uint64_t seeds[3] = {11, 4, 7};
+  auto run = [&](int n, const char* const* pr, const uint64_t* sd) {
+    fastvar_params p = fastvar_params_default();
+    p.num_images = n;
+    p.prompts = pr;
+    p.seeds = sd;
+    p.batch_invariant = 1;
+    int w = 0, h = 0;
+    EXPECT_EQ(fastvar_output_size(e, &p, &w, &h), FASTVAR_OK) << fastvar_last_error();
+    std::vector<uint8_t> rgb(size_t(n) * w * h * 3);
+    EXPECT_EQ(fastvar_generate(e, &p, rgb.data(), nullptr, nullptr), FASTVAR_OK) << fastvar_last_error();
+    return rgb;
+  };
+  const std::vector<uint8_t> batch = run(3, prompts, seeds);
+  const size_t img = batch.size() / 3;
+  for (int i = 0; i < 3; ++i) {
+    const std::vector<uint8_t> solo = run(1, prompts + i, seeds + i);
+    ASSERT_EQ(solo.size(), img);
+    EXPECT_EQ(std::memcmp(batch.data() + i * img, solo.data(), img), 0) << "image " << i;
+  }
+  fastvar_free(e);
+}
+
 TEST(HartCli, BadFoldersAndOptionsAreOneLineErrors) {
   HartFolders f;
   const std::string out = f.dir / "x.png";

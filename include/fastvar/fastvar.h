@@ -38,8 +38,8 @@ typedef struct {
   float top_p;             /* 0 = off, < 0 = model default (VAR 0.96, Infinity 0.97, HART off) */
   uint64_t seed;           /* image i uses seed + i (unless `seeds` is given) */
   const uint64_t* seeds;   /* num_images per-image seeds, or NULL. Every random number of an
-                            * image comes from its seed alone: an image is byte-identical
-                            * whether generated alone or inside any batch. */
+                            * image comes from its seed alone (with batch_invariant, an image
+                            * is byte-identical whether generated alone or inside any batch). */
   int threads;             /* 0 = all cores */
   /* FastVAR (training-free cached token pruning). */
   int fastvar;             /* 1 = on (the model's default plan unless overridden) */
@@ -62,6 +62,13 @@ typedef struct {
    * generation, and fastvar_generate returns FASTVAR_ABORTED. NULL = never. */
   int (*abort)(void* user);
   void* abort_user;
+  /* 1 = every image byte-identical to the same image generated alone (same
+   * seed and settings), whatever else is in the batch: the products run per
+   * image instead of over the whole batch, which costs some of the batch's
+   * speed on the small scales. 0 = one product over the batch (images of a
+   * batch may differ from their solo runs in the last bits of the floats,
+   * and so, rarely, in a sampled token). */
+  int batch_invariant;
 } fastvar_params;
 
 /* Progress: called after each scale, and once more for the tokenizer decoder

@@ -56,6 +56,7 @@ class _Params(ctypes.Structure):
         ("device", ctypes.c_char_p),
         ("abort", ctypes.c_void_p),
         ("abort_user", ctypes.c_void_p),
+        ("batch_invariant", ctypes.c_int),
     ]
 
 
@@ -219,9 +220,11 @@ class Pipeline:
 
     def __call__(self, prompt=None, class_label=None, num_images=1, seed=0, guidance_scale=None, top_k=None,
                  top_p=None, tau=None, size=None, fastvar=True, prune=None, skip_last=None, cache_scale=None,
-                 prune_layers=None, score=None, smooth=True, callback=None, output_type="pil"):
+                 prune_layers=None, score=None, smooth=True, callback=None, output_type="pil",
+                 batch_invariant=False):
         """Generates num_images images. seed: one integer (image i uses seed + i) or
-        one per image; an image is the same alone or in any batch. callback(scale,
+        one per image; with batch_invariant=True an image is byte-identical alone or
+        in any batch (slower batches). callback(scale,
         num_scales, info) after every scale (and the decoder); returning False
         aborts (fastvar.Error), as does Ctrl-C (KeyboardInterrupt)."""
         lib = self._lib
@@ -295,6 +298,7 @@ class Pipeline:
             a, b = prune_layers
             p.prune_layer_begin, p.prune_layer_end = int(a), int(b)
         p.no_smooth = 0 if smooth else 1
+        p.batch_invariant = 1 if batch_invariant else 0
         p.threads = int(self.threads or 0)
 
         timings = []

@@ -86,7 +86,8 @@ class FastvarModel:
             kw = dict(reqs[idx[0]]["settings"])
             kw["prompt" if self.pipe.text_to_image else "class_label"] = what
             try:
-                res = await loop.run_in_executor(None, lambda: self.pipe(num_images=len(seeds), seed=seeds, **kw))
+                res = await loop.run_in_executor(None, lambda: self.pipe(num_images=len(seeds), seed=seeds,
+                                                                        batch_invariant=True, **kw))
             except Error as e:
                 for i in idx:
                     out[i] = {"error": str(e)}

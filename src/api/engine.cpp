@@ -297,6 +297,11 @@ cpu::DType generation_dtype(const fastvar_params& q, const DeviceSpec& dev) {
   return dev.cuda ? compute_dtype(q.dtype, dev) : cpu::parse_dtype(q.dtype ? q.dtype : "fp32");
 }
 
+// Batch-invariant products for the generation when asked (Backend::batch_images).
+backend::BatchImages batch_images_of(const fastvar_params& q, const DeviceSpec& dev) {
+  return backend::BatchImages(backend::get(dev.cuda, dev.index), q.batch_invariant ? q.num_images : 0);
+}
+
 // The progress callback as the scale loops call it.
 std::function<void(const ScaleStats&)> on_scale_of(const ProgressFn& progress, const int& num_scales) {
   if (!progress) return nullptr;
@@ -318,6 +323,7 @@ void VarEngine::check(const fastvar_params& q) const { params(q); }
 void VarEngine::generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) {
   VarGenParams p = params(q);
   const DeviceSpec dev = parse_device(q.device);
+  const backend::BatchImages invariant = batch_images_of(q, dev);
   VarRunner& r = runner_for(dev, generation_dtype(q, dev));
   const int num_scales = model->config().SN();
   p.on_scale = on_scale_of(progress, num_scales);
@@ -334,6 +340,7 @@ void InfinityEngine::check(const fastvar_params& q) const { params(q, false); }
 
 void InfinityEngine::generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) {
   const DeviceSpec dev = parse_device(q.device);
+  const backend::BatchImages invariant = batch_images_of(q, dev);
   InfinityGenParams p = params(q, true);
   InfinityRunner& r = runner_for(dev, generation_dtype(q, dev));
   const int num_scales = static_cast<int>(p.schedule.scales.size());
@@ -351,6 +358,7 @@ void HartEngine::check(const fastvar_params& q) const { params(q, false); }
 
 void HartEngine::generate(const fastvar_params& q, uint8_t* rgb, const ProgressFn& progress) {
   const DeviceSpec dev = parse_device(q.device);
+  const backend::BatchImages invariant = batch_images_of(q, dev);  // the text encoder's products too
   HartGenParams p = params(q, true);
   HartRunner& r = runner_for(dev, generation_dtype(q, dev));
   const int num_scales = model->config().SN();

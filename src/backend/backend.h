@@ -115,8 +115,28 @@ class Backend {
   virtual Conv conv(const float* w, const float* bias, int cin, int cout, int k, DType dt) = 0;
 
   // ---- products -----------------------------------------------------------
-  // y (M, N) = x (M, K) W^T + bias (+ y when accumulate).
-  virtual void linear(const float* x, const Linear& w, float* y, int64_t M, bool accumulate = false) = 0;
+  // y (M, N) = x (M, K) W^T + bias (+ y when accumulate). With batch_images(B)
+  // set (B > 0), runs as the products of linear_rows below.
+  void linear(const float* x, const Linear& w, float* y, int64_t M, bool accumulate = false) {
+    const int64_t parts = batch_parts(M);
+    const int64_t m = M / parts;
+    for (int64_t i = 0; i < parts; ++i) linear_rows(x + i * m * w.K, w, y + i * m * w.N, m, accumulate);
+  }
+  // Batch invariance. GEMM libraries choose their kernels (and so the order of
+  // each row's sum) by the row count M: a row of one image would round
+  // differently alone than inside a batch. While batch_images is B > 0, a
+  // product of M rows runs as 2B products of M / 2B rows when 2B divides M,
+  // else as B products of M / B rows when B divides M: an image's rows (B
+  // images of m rows, or cond/uncond halves of B images of L rows) then meet
+  // the same product shapes and offsets whatever B is. 0 = off (one product).
+  void set_batch_images(int b) { batch_images_ = b > 0 ? b : 0; }
+  int batch_images() const { return batch_images_; }
+  int64_t batch_parts(int64_t M) const {
+    const int64_t b = batch_images_;
+    if (b <= 0 || M <= 0) return 1;
+    if (M % (2 * b) == 0) return 2 * b;
+    return M % b == 0 ? b : 1;
+  }
   // y = conv(x) + bias (+ y when accumulate) for B images (B, cin, H, W),
   // stride 1, "same" zero padding (k - 1) / 2. x must not overlap y.
   virtual void conv2d(const float* x, int64_t B, int64_t H, int64_t W, const Conv& c, float* y,
@@ -286,6 +306,26 @@ class Backend {
                            int64_t wo) = 0;
   virtual void resize_bicubic(const float* x, int64_t C, int64_t hi, int64_t wi, float* y, int64_t ho,
                               int64_t wo) = 0;
+
+ protected:
+  // One product of M rows (what linear() calls).
+  virtual void linear_rows(const float* x, const Linear& w, float* y, int64_t M, bool accumulate) = 0;
+
+ private:
+  int batch_images_ = 0;
+};
+
+// Sets batch_images for a scope.
+class BatchImages {
+ public:
+  BatchImages(Backend& be, int images) : be_(be), old_(be.batch_images()) { be_.set_batch_images(images); }
+  ~BatchImages() { be_.set_batch_images(old_); }
+  BatchImages(const BatchImages&) = delete;
+  BatchImages& operator=(const BatchImages&) = delete;
+
+ private:
+  Backend& be_;
+  int old_;
 };
 
 // Buffers carved from one allocation (a scale loop's state: KV cache, caches,

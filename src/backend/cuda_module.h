@@ -16,7 +16,7 @@ class Backend;
 
 // Bumped with every change to backend/backend.h or this table: a module from
 // another build is refused rather than called through a different layout.
-constexpr int kCudaModuleAbi = 8;
+constexpr int kCudaModuleAbi = 9;
 
 struct CudaModule {
   int abi = 0;              // kCudaModuleAbi of the build that made the module

@@ -146,7 +146,8 @@ nlohmann::json report(const std::string& name, const std::string& config, const 
              {"total_ms_runs", r[m].total_ms},
              {"speedup_vs_" + base, median(r[base].total_ms) / median(r[m].total_ms)}};
   }
-  nlohmann::json out = {{"model", name}, {"config", config}, {"batch", a.count}, {"threads", num_threads()},
+  nlohmann::json out = {{"model", name}, {"config", config}, {"batch", a.count},
+                        {"batch_invariant", a.batch_invariant}, {"threads", num_threads()},
                         {"runs", a.runs}, {"dtype", a.dtype}, {"peak_rss_mib", peak_rss_mib()}, {"modes", jm}};
   if (weight_bytes) {
     out["gemm_weight_bytes_per_scale"] = weight_bytes;
@@ -209,6 +210,7 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
   BenchArgs a = args;
   a.dtype = cpu::dtype_name(dt);
   VarRunner runner(*e->model, *e->vae, backend::get(dev.cuda, dev.index), dt);
+  const backend::BatchImages invariant(backend::get(dev.cuda, dev.index), a.batch_invariant ? a.count : 0);
   auto gen = [&](const VarGenParams& p) { return runner.generate(p); };
   const var::VarConfig& c = e->model->config();
   const int SN = c.SN();
@@ -267,6 +269,7 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   infinity::BSQDecoder vae(vw);
   vw.check_all_used();
   InfinityRunner runner(model, vae, backend::get(dev.cuda, dev.index), dt);
+  const backend::BatchImages invariant(backend::get(dev.cuda, dev.index), a.batch_invariant ? a.count : 0);
   auto gen = [&](const InfinityGenParams& p) { return runner.generate(p); };
   const infinity::InfinityConfig& c = model.config();
   const std::string pn = a.resolution.empty() ? "1M" : a.resolution;
@@ -334,6 +337,7 @@ nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
   hart::Tokenizer vae(vw);
   vw.check_all_used();
   HartRunner runner(model, vae, backend::get(dev.cuda, dev.index), dt);
+  const backend::BatchImages invariant(backend::get(dev.cuda, dev.index), a.batch_invariant ? a.count : 0);
   const hart::HartConfig& c = model.config();
   const int S = c.SN();
   const int side = c.P() * vae.config().downsample;
@@ -425,8 +429,12 @@ int run_bench(const BenchArgs& a) {
   set_num_threads(a.threads);
   nlohmann::json out = nlohmann::json::array();
   check_output(a.json, input_files({a.model, a.vae}), false);
-  // Measured before any model, so that its 1 GiB buffer never adds to a peak RSS.
-  const double gbs = parse_device(a.device.c_str()).cuda ? 0.0 : stream_read_gbs();
+  // Measured before any model, so that its 1 GiB buffer never adds to a peak RSS
+  // (and only for the VAR shapes, whose report uses it).
+  bool var_shape = false;
+  for (const std::string& shape : shapes)
+    var_shape |= shape.rfind("infinity", 0) != 0 && shape.rfind("hart", 0) != 0;
+  const double gbs = parse_device(a.device.c_str()).cuda || !var_shape ? 0.0 : stream_read_gbs();
   for (const std::string& shape : shapes) {
     out.push_back(shape.rfind("infinity", 0) == 0 ? bench_infinity(shape, a)
                   : shape.rfind("hart", 0) == 0   ? bench_hart(shape, a)

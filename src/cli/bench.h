@@ -17,6 +17,7 @@ struct BenchArgs {
   std::string dtype;                // fp32 / bf16; empty: fp32 on the CPU, bf16 on CUDA
   std::string device = "cpu";       // cpu, cuda, cuda:N (VAR shapes)
   int skip_last = -1, cache_scale = -1;
+  bool batch_invariant = false;     // products per image (Backend::batch_images)
 };
 
 int run_bench(const BenchArgs& a);

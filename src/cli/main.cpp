@@ -60,7 +60,8 @@ struct GenerateArgs {
   int top_k = -1;
   float top_p = -1.f;
   int threads = 0;
-  bool no_grid = false, no_fastvar = false, quiet = false, profile = false, no_smooth = false;
+  bool no_grid = false, no_fastvar = false, quiet = false, profile = false, no_smooth = false,
+       batch_invariant = false;
   std::string prune, prune_layers, score = "mean", dtype, device = "cpu";
   int skip_last = -1, cache_scale = -1;
 };
@@ -279,6 +280,7 @@ int run_generate(GenerateArgs a) {
   p.resolution = pn.c_str();
   p.tau = a.tau;
   p.no_smooth = a.no_smooth ? 1 : 0;
+  p.batch_invariant = a.batch_invariant ? 1 : 0;
   p.cfg = a.cfg;
   p.top_k = a.top_k;
   p.top_p = a.top_p;
@@ -460,6 +462,8 @@ int main(int argc, char** argv) {
   gen->add_option("--t5", g.t5, "T5 encoder folder (Hugging Face layout) of an Infinity model");
   gen->add_option("--llm", g.llm, "Qwen2 folder (Hugging Face layout, e.g. Qwen2-VL-1.5B-Instruct) of a HART model");
   gen->add_flag("--no-smooth", g.no_smooth, "HART: plain sampling instead of the official more_smooth Gumbel mixture");
+  gen->add_flag("--batch-invariant", g.batch_invariant,
+                "With -n: image i byte-identical to a run of -n 1 with its seed (products per image; slower)");
   gen->add_option("-W,--width", g.width, "Text-to-image: requested width in pixels (nearest aspect template)")
       ->check(CLI::Range(1, kMaxSide));
   gen->add_option("-H,--height", g.height, "Text-to-image: requested height in pixels")->check(CLI::Range(1, kMaxSide));
@@ -515,6 +519,7 @@ int main(int argc, char** argv) {
   bench->add_option("--modes", b.modes, "Modes to compare: full, fastvar, skip");
   bench->add_option("--runs", b.runs, "Runs per mode (median reported)")->check(CLI::Range(1, 100));
   bench->add_option("-n,--count", b.count, "Images per batch")->check(CLI::Range(1, 64));
+  bench->add_flag("--batch-invariant", b.batch_invariant, "Products per image (each image as its solo run)");
   bench->add_option("-t,--threads", b.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   bench->add_option("--json", b.json, "Also write the results as JSON");
   bench->add_option("--prune", b.prune, "FastVAR plan override: SCALE:RATIO,...");
@@ -538,6 +543,9 @@ int main(int argc, char** argv) {
   serve->add_option("--max-queue", sv.max_queue, "Queued requests before 429 (default 64)");
   serve->add_option("--max-batch", sv.max_batch, "Images per batched generation (default 16)");
   serve->add_option("--batch-wait-ms", sv.batch_wait_ms, "How long a batch waits for compatible requests (default 20)");
+  serve->add_flag("--fast-batching", sv.fast_batching,
+                  "One product over a whole batch: faster small scales, but a request's images may then differ "
+                  "in their last bits from the same request run alone");
   serve->add_option("--timeout", sv.timeout_s, "Seconds a request may take, queue included (default 600; 504)");
   serve->add_option("--max-n", sv.max_n, "Images per request (default 16)");
   serve->add_option("--max-body", sv_max_body, "Largest request body, e.g. 1M or 64K (default 1M; 413)");

@@ -803,6 +803,7 @@ class Service {
     const int total = static_cast<int>(seeds.size());
     fastvar_params p = params_of(q0);
     p.num_images = total;
+    p.batch_invariant = opt_.fast_batching ? 0 : 1;  // a request's images are its solo images
     p.prompts = t2i_ ? prompts.data() : nullptr;
     p.classes = t2i_ ? nullptr : classes.data();
     p.seeds = seeds.data();

@@ -19,6 +19,7 @@ struct ServeOptions {
   int max_queue = 64;                // queued requests (beyond: 429)
   int max_batch = 16;                // images per batched generation
   int batch_wait_ms = 20;            // how long a batch waits to fill
+  bool fast_batching = false;        // one product over a batch (images may differ from solo runs)
   int timeout_s = 600;               // per request, queue included (504)
   int max_n = 16;                    // images per request
   size_t max_body = 1 << 20;         // request body bytes (413)

@@ -155,7 +155,7 @@ class CpuBackend : public Backend {
     return c;
   }
 
-  void linear(const float* x, const Linear& w, float* y, int64_t M, bool accumulate) override {
+  void linear_rows(const float* x, const Linear& w, float* y, int64_t M, bool accumulate) override {
     check(M >= 0 && !w.empty(), "linear");
     if (M == 0) return;
     const auto& l = *static_cast<const CpuLinear*>(w.impl.get());

@@ -93,7 +93,7 @@ class CudaBackend : public Backend {
     return c;
   }
 
-  void linear(const float* x, const Linear& w, float* y, int64_t M, bool accumulate) override {
+  void linear_rows(const float* x, const Linear& w, float* y, int64_t M, bool accumulate) override {
     use();
     cuda::linear(x, *static_cast<const cuda::LinearWeight*>(w.impl.get()), y, M, accumulate);
   }

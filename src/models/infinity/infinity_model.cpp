@@ -323,7 +323,14 @@ void InfinityNet::encode_text(const std::vector<Tensor>& features, State& st, co
   // values of sequence r go head-major into tmid / ca_mem (free until below).
   const int64_t Hp = cfg_.pool_heads, hdp = cfg_.pool_head_dim;
   float* tkv = st.tkv.f32();
-  be_.linear(st.normed.f32(), pool_kv_, tkv, N);
+  // Products over the packed text rows. Batch-invariant runs make one per
+  // sequence (the sequences' lengths differ, so no even split is invariant).
+  auto text_linear = [&](const float* x, const backend::Linear& w, float* y) {
+    if (be_.batch_images() == 0) return be_.linear(x, w, y, N);
+    backend::BatchImages whole(be_, 0);
+    for (int r = 0; r < R; ++r) be_.linear(x + cu[r] * w.K, w, y + cu[r] * w.N, cu[r + 1] - cu[r]);
+  };
+  text_linear(st.normed.f32(), pool_kv_, tkv);
   for (int r = 0; r < R; ++r) {
     const int64_t n = cu[r + 1] - cu[r];
     be_.split_heads(tkv + cu[r] * 2 * C, 2 * C, nullptr, n, Hp, hdp, st.tmid.f32());
@@ -335,12 +342,12 @@ void InfinityNet::encode_text(const std::vector<Tensor>& features, State& st, co
   if (tap) tap("text.cond_BD", st.cond.f32(), {R, C});
 
   // The cross-attention memory and every block's keys/values of it.
-  be_.linear(st.normed.f32(), tca0_, st.tmid.f32(), N);
+  text_linear(st.normed.f32(), tca0_, st.tmid.f32());
   be_.gelu_tanh(st.tmid.f32(), N * C);
-  be_.linear(st.tmid.f32(), tca2_, st.ca_mem.f32(), N);
+  text_linear(st.tmid.f32(), tca2_, st.ca_mem.f32());
   if (tap) tap("text.ca_kv", st.ca_mem.f32(), {N, C});
   for (int b = 0; b < cfg_.depth; ++b) {
-    be_.linear(st.ca_mem.f32(), blocks_[b].ca_kv, tkv, N);
+    text_linear(st.ca_mem.f32(), blocks_[b].ca_kv, tkv);
     float* kb = st.ca_k.f32() + b * N * C;
     float* vb = st.ca_v.f32() + b * N * C;
     for (int r = 0; r < R; ++r) {
