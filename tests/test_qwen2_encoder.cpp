@@ -17,6 +17,7 @@
 #include "io/tensor_file.h"
 #include "io/text_file.h"
 #include "models/qwen2/encoder.h"
+#include "models/qwen2/random_weights.h"
 #include "test_util.h"
 
 namespace fastvar {
@@ -180,6 +181,34 @@ namespace {
 
 // check-golden on a Qwen2 encoder folder: everything from the folder, exit 0
 // only when every tensor holds.
+// The in-memory constructor (benchmarks' random weights) is the folder's
+// encoder: the same weights give the same hidden states bit for bit; and the
+// qwen2-tiny bench shape runs.
+TEST(Qwen2Encoder, InMemoryWeightsEqualTheFolder) {
+  const std::string dir = kDir + "/qwen2";
+  const qwen2::Qwen2Encoder folder(dir);
+  const qwen2::Qwen2Encoder mem(folder.config(), io::TensorFile::open(dir + "/model.safetensors"));
+  const std::vector<int32_t> ids = {5, 17, 300, 999, 999, 9, 44, 1};
+  const std::vector<uint8_t> mask = {1, 1, 1, 0, 0, 1, 1, 1};
+  const Tensor a = folder.forward(ids, mask, 2, 4), b = mem.forward(ids, mask, 2, 4);
+  ASSERT_EQ(a.numel(), b.numel());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float)), 0);
+
+  const qwen2::Qwen2Config c = qwen2::qwen2_preset("qwen2-tiny");
+  const qwen2::Qwen2Encoder rnd(c, qwen2::random_qwen2_checkpoint(c, 1));
+  const Tensor r = rnd.forward(ids, mask, 1, 8);
+  EXPECT_EQ(r.dim(2), c.hidden);
+  for (int64_t i = 0; i < r.numel(); ++i) ASSERT_TRUE(std::isfinite(r.data()[i]));
+  EXPECT_THROW(qwen2::qwen2_preset("qwen2-72b"), Error);
+
+  test::TempDir d;
+  auto cli = test::run_cli("bench --shape qwen2-tiny --runs 1 -t 2 --json " + d / "q.json");
+  ASSERT_EQ(cli.code, 0) << cli.out;
+  const auto js = nlohmann::json::parse(io::read_text_file(d / "q.json"));
+  EXPECT_EQ(js[0]["tokens"], 600);
+  EXPECT_GT(js[0]["ms_median"].get<double>(), 0.0);
+}
+
 TEST(Golden, CliCheckGoldenQwen2Folder) {
   auto r = test::run_cli("check-golden -t 2 " + kDir);
   EXPECT_EQ(r.code, 0) << r.out;

@@ -22,6 +22,7 @@
 #include "io/png.h"
 #include "models/hart/random_weights.h"
 #include "models/infinity/random_weights.h"
+#include "models/qwen2/random_weights.h"
 #include "models/var/random_weights.h"
 #include "pipeline/hart_pipeline.h"
 #include "pipeline/infinity_pipeline.h"
@@ -398,6 +399,52 @@ nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
   return out;
 }
 
+// HART's text encoder alone: a Qwen2 stack of random weights on prompts of
+// `prompt` tokens behind a system prompt of `system` tokens (HART truncates
+// its system prompt to the prompt length, so 300 + 300 is the longest input).
+nlohmann::json bench_qwen2(const std::string& shape, const BenchArgs& args) {
+  const DeviceSpec dev = parse_device(args.device.c_str());
+  const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
+  BenchArgs a = args;
+  a.dtype = cpu::dtype_name(dt);
+  const qwen2::Qwen2Config c = qwen2::qwen2_preset(shape);
+  const auto t0 = std::chrono::steady_clock::now();
+  qwen2::Qwen2Encoder enc(c, qwen2::random_qwen2_checkpoint(c, 1));
+  const double build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const int prompt = 300, system = 300, L = system + prompt, B = a.count;
+  std::printf("\n== %s: %s\n   batch %d, %d tokens per row (%d system + %d prompt), %s, %s, %d thread(s), %d run(s)\n",
+              shape.c_str(), c.describe().c_str(), B, L, system, prompt, dev.name().c_str(), a.dtype.c_str(),
+              num_threads(), a.runs);
+  std::mt19937 g(4);
+  std::vector<int32_t> ids(size_t(B) * L);
+  for (auto& id : ids) id = static_cast<int32_t>(g() % uint32_t(c.vocab_size));
+  const std::vector<uint8_t> mask(ids.size(), 1);
+  backend::Backend& be = backend::get(dev.cuda, dev.index);
+  auto run = [&] {
+    const auto s0 = std::chrono::steady_clock::now();
+    enc.forward(ids, mask, B, L, nullptr, be, dt);
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s0).count();
+  };
+  const double first_ms = run();  // prepares the weights on the backend
+  std::vector<double> ms;
+  for (int i = 0; i < a.runs; ++i) {
+    ms.push_back(run());
+    std::fprintf(stderr, "   run %d/%d %10.1f ms\n", i + 1, a.runs, ms.back());
+  }
+  const int64_t C = c.hidden, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim, F = c.intermediate;
+  const double params = double(c.layers) * (double(C) * (2 * qd + 2 * kvd) + 3.0 * C * F);
+  const double gflop = (2.0 * params * B * L + 4.0 * c.layers * B * double(L) * L * qd) * 1e-9;
+  const double med = median(ms);
+  std::printf("   weights built in %.1f s; first run %.1f ms; median %.1f ms (%.1f GFLOP, %.1f GFLOP/s); peak RSS "
+              "%.0f MiB\n",
+              build_ms * 1e-3, first_ms, med, gflop, gflop / (med * 1e-3), peak_rss_mib());
+  return {{"model", shape},      {"config", c.describe()},      {"batch", B},
+          {"tokens", L},         {"system_tokens", system},     {"prompt_tokens", prompt},
+          {"threads", num_threads()}, {"dtype", a.dtype},       {"device", dev.name()},
+          {"runs", a.runs},      {"first_ms", first_ms},        {"ms_runs", ms},
+          {"ms_median", med},    {"gflop", gflop},              {"peak_rss_mib", peak_rss_mib()}};
+}
+
 }  // namespace
 
 int run_bench(const BenchArgs& a) {
@@ -416,6 +463,7 @@ int run_bench(const BenchArgs& a) {
     if (shape.empty() || shape == "embedded") continue;
     if (shape.rfind("infinity", 0) == 0) infinity::infinity_preset(shape);
     else if (shape.rfind("hart", 0) == 0) hart::hart_preset(shape);
+    else if (shape.rfind("qwen2", 0) == 0) qwen2::qwen2_preset(shape);
     else var::var_preset(shape);
   }
   std::set<std::string> seen;
@@ -433,11 +481,12 @@ int run_bench(const BenchArgs& a) {
   // (and only for the VAR shapes, whose report uses it).
   bool var_shape = false;
   for (const std::string& shape : shapes)
-    var_shape |= shape.rfind("infinity", 0) != 0 && shape.rfind("hart", 0) != 0;
+    var_shape |= shape.rfind("infinity", 0) != 0 && shape.rfind("hart", 0) != 0 && shape.rfind("qwen2", 0) != 0;
   const double gbs = parse_device(a.device.c_str()).cuda || !var_shape ? 0.0 : stream_read_gbs();
   for (const std::string& shape : shapes) {
     out.push_back(shape.rfind("infinity", 0) == 0 ? bench_infinity(shape, a)
                   : shape.rfind("hart", 0) == 0   ? bench_hart(shape, a)
+                  : shape.rfind("qwen2", 0) == 0  ? bench_qwen2(shape, a)
                                                   : bench_var(shape, a, gbs));
     std::fflush(stdout);
     if (!a.json.empty()) io::write_file(a.json, out.dump(1) + "\n");  // after every model

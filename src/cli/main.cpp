@@ -511,7 +511,7 @@ int main(int argc, char** argv) {
   }
   cli::BenchArgs b;
   CLI::App* bench = app.add_subcommand("bench", "Time full and FastVAR runs side by side (random weights of a release shape, or -m/--vae)");
-  bench->add_option("--shape", b.shapes, "Model shapes with random weights: d16, d20, d24, d30, d36, infinity-2b, infinity-tiny, hart-0.7b, hart-tiny, hart-tiny-alt; or 'embedded' (the default model)");
+  bench->add_option("--shape", b.shapes, "Model shapes with random weights: d16, d20, d24, d30, d36, infinity-2b, infinity-tiny, hart-0.7b, hart-tiny, hart-tiny-alt, qwen2-1.5b (HART's text encoder alone), qwen2-tiny; or 'embedded' (the default model)");
   bench->add_option("--pn", b.resolution, "Infinity resolution: 0.06M, 0.25M, 0.60M, 1M (default), 2K")
       ->check(CLI::IsMember({"0.06M", "0.25M", "0.60M", "1M", "2K"}));
   bench->add_option("-m,--model", b.model, "Or a VAR checkpoint");

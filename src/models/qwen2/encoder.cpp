@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -120,35 +121,45 @@ Qwen2Encoder::Qwen2Encoder(const std::string& dir) {
     } else {
       fail("no model.safetensors or model.safetensors.index.json");
     }
-    auto get = [&](const std::string& name, const Shape& shape) {
+    load([&](const std::string& name, const Shape& shape) {
       auto it = where.find(name);
       if (it == where.end()) fail("missing tensor '%s' (or 'model.%s')", name.c_str(), name.c_str());
       return files_[it->second.first]->get(it->second.second, shape);
-    };
-    const Qwen2Config& c = cfg_;
-    const int64_t C = c.hidden, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim, F = c.intermediate;
-    embed_ = get("embed_tokens.weight", {c.vocab_size, C});
-    norm_ = get("norm.weight", {C});
-    for (int64_t l = 0; l < c.layers; ++l) {
-      const std::string p = "layers." + std::to_string(l) + ".";
-      Layer L;
-      L.in_norm = get(p + "input_layernorm.weight", {C});
-      L.post_norm = get(p + "post_attention_layernorm.weight", {C});
-      L.wq = get(p + "self_attn.q_proj.weight", {qd, C});
-      L.bq = get(p + "self_attn.q_proj.bias", {qd});
-      L.wk = get(p + "self_attn.k_proj.weight", {kvd, C});
-      L.bk = get(p + "self_attn.k_proj.bias", {kvd});
-      L.wv = get(p + "self_attn.v_proj.weight", {kvd, C});
-      L.bv = get(p + "self_attn.v_proj.bias", {kvd});
-      L.wo = get(p + "self_attn.o_proj.weight", {C, qd});
-      L.wg = get(p + "mlp.gate_proj.weight", {F, C});
-      L.wu = get(p + "mlp.up_proj.weight", {F, C});
-      L.wd = get(p + "mlp.down_proj.weight", {C, F});
-      layers_.push_back(std::move(L));
-    }
+    });
     for (const auto& w : files_) w->check_all_used();  // an extra or unknown tensor is named
   } catch (const Error& e) {
     fail("Qwen2 encoder %s: %s", dir.c_str(), e.what());
+  }
+}
+
+Qwen2Encoder::Qwen2Encoder(const Qwen2Config& cfg, std::unique_ptr<io::TensorFile> file) : cfg_(cfg) {
+  files_.push_back(std::make_shared<Weights>(std::move(file)));
+  Weights& w = *files_.back();
+  load([&](const std::string& name, const Shape& shape) { return w.get(name, shape); });
+  w.check_all_used();
+}
+
+void Qwen2Encoder::load(const std::function<Tensor(const std::string&, const Shape&)>& get) {
+  const Qwen2Config& c = cfg_;
+  const int64_t C = c.hidden, qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim, F = c.intermediate;
+  embed_ = get("embed_tokens.weight", {c.vocab_size, C});
+  norm_ = get("norm.weight", {C});
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    Layer L;
+    L.in_norm = get(p + "input_layernorm.weight", {C});
+    L.post_norm = get(p + "post_attention_layernorm.weight", {C});
+    L.wq = get(p + "self_attn.q_proj.weight", {qd, C});
+    L.bq = get(p + "self_attn.q_proj.bias", {qd});
+    L.wk = get(p + "self_attn.k_proj.weight", {kvd, C});
+    L.bk = get(p + "self_attn.k_proj.bias", {kvd});
+    L.wv = get(p + "self_attn.v_proj.weight", {kvd, C});
+    L.bv = get(p + "self_attn.v_proj.bias", {kvd});
+    L.wo = get(p + "self_attn.o_proj.weight", {C, qd});
+    L.wg = get(p + "mlp.gate_proj.weight", {F, C});
+    L.wu = get(p + "mlp.up_proj.weight", {F, C});
+    L.wd = get(p + "mlp.down_proj.weight", {C, F});
+    layers_.push_back(std::move(L));
   }
 }
 

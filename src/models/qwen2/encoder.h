@@ -5,12 +5,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "core/tensor.h"
+#include "io/tensor_file.h"
 #include "models/qwen2/tokenizer.h"
 
 namespace fastvar {
@@ -36,6 +38,8 @@ class Qwen2Encoder {
   // opened). Keys with or without "model."; lm_head.* and visual.* ignored;
   // F32, F16 or BF16 weights, computed in float32.
   explicit Qwen2Encoder(const std::string& dir);
+  // The same from one checkpoint of bare names (benchmarks' random weights).
+  Qwen2Encoder(const Qwen2Config& cfg, std::unique_ptr<io::TensorFile> file);
   ~Qwen2Encoder();
   Qwen2Encoder(Qwen2Encoder&&) noexcept;
   Qwen2Encoder& operator=(Qwen2Encoder&&) noexcept;
@@ -55,6 +59,7 @@ class Qwen2Encoder {
   struct Layer;
   struct Prepared;  // the weights on one backend in one dtype
   const Prepared& prepared(backend::Backend& be, backend::DType dtype) const;
+  void load(const std::function<Tensor(const std::string&, const Shape&)>& get);
   mutable std::vector<std::unique_ptr<Prepared>> prepared_;
   Qwen2Config cfg_;
   std::vector<std::shared_ptr<Weights>> files_;
