@@ -39,7 +39,7 @@ BENCHMARK(BM_Linear)->Args({512, 5760, 1920})->Args({512, 7680, 1920})->UseRealT
 // (0 = fp32 in place, 1 = bf16 prepacked, fp32 accumulation).
 void BM_LinearDtype(benchmark::State& st) {
   const int64_t M = st.range(0), N = st.range(1), K = st.range(2);
-  const auto dt = st.range(3) ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
+  const auto dt = st.range(3) == 1 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
   if (dt == fastvar::cpu::DType::BF16 && !fastvar::cpu::bf16_supported()) {
     st.SkipWithError("no bf16 GEMM on this CPU");
     return;
@@ -103,22 +103,35 @@ void BM_GroupNorm(benchmark::State& st) {
 }
 BENCHMARK(BM_GroupNorm)->Args({160, 256})->Args({640, 16})->UseRealTime();
 
-// 3x3 convolution of the VQVAE decoder (ch 160): args: Cin, Cout, H (= W), dtype.
+// 3x3 convolution of the VQVAE decoder (ch 160): args: Cin, Cout, H (= W), form: 0 fp32 (the default
+// form), 1 bf16, 2 fp32 im2col, 3 fp32 Winograd F(2x2, 3x3) from weights transformed once.
 void BM_Conv3x3(benchmark::State& st) {
   const int64_t Cin = st.range(0), Cout = st.range(1), H = st.range(2);
-  const auto dt = st.range(3) ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
+  const auto dt = st.range(3) == 1 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
   if (dt == fastvar::cpu::DType::BF16 && !fastvar::cpu::bf16_supported()) {
     st.SkipWithError("no bf16 GEMM on this CPU");
     return;
   }
   auto x = randn(Cin * H * H, 1), w = randn(Cout * Cin * 9, 2), b = randn(Cout, 3);
   std::vector<float> y(Cout * H * H);
-  for (auto _ : st) fastvar::cpu::conv2d(x.data(), Cin, H, H, w.data(), b.data(), Cout, 3, 1, y.data(), dt);
+  std::vector<float> U(size_t(16 * Cout * Cin));  // as the CPU backend prepares 3x3 weights once
+  fastvar::cpu::winograd_weights(w.data(), Cout, Cin, U.data());
+  for (auto _ : st) {
+    if (st.range(3) == 2)
+      fastvar::cpu::conv2d_im2col(x.data(), Cin, H, H, w.data(), b.data(), Cout, 3, 1, y.data());
+    else if (st.range(3) == 3)
+      fastvar::cpu::conv2d_winograd_pre(x.data(), Cin, H, H, U.data(), b.data(), Cout, y.data());
+    else
+      fastvar::cpu::conv2d(x.data(), Cin, H, H, w.data(), b.data(), Cout, 3, 1, y.data(), dt);
+  }
+  // Direct-convolution FLOPs (what Winograd saves shows as more than the GEMM peak).
   st.counters["GFLOP/s"] = benchmark::Counter(2.0 * Cout * Cin * 9 * H * H, benchmark::Counter::kIsIterationInvariantRate,
                                               benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_Conv3x3)->Args({160, 160, 256, 0})->Args({160, 160, 256, 1})->Args({320, 320, 64, 0})
-    ->Args({320, 320, 64, 1})->Args({640, 640, 16, 0})->Args({640, 640, 16, 1})->UseRealTime();
+    ->Args({320, 320, 64, 1})->Args({640, 640, 16, 0})->Args({640, 640, 16, 1})
+    ->Args({160, 160, 256, 2})->Args({160, 160, 256, 3})->Args({320, 320, 64, 2})->Args({320, 320, 64, 3})
+    ->Args({640, 640, 16, 2})->Args({640, 640, 16, 3})->UseRealTime();
 
 // Attention of one row: Lq queries over Lk cached keys, H heads of 64.
 void BM_Attention(benchmark::State& st) {

@@ -132,6 +132,32 @@ TEST(KernelsVision, Conv2dLargeMapUsesSeveralBands) {
   EXPECT_LT(max_rel_err(y, ref), 1e-5);
 }
 
+TEST(KernelsVision, Conv2dWinogradMatchesIm2colAndTheDirectLoop) {
+  // Winograd F(2x2, 3x3) against the im2col form and a double-accumulated
+  // direct loop, at decoder-like widths (reductions of Cin*9 terms), odd map
+  // sides (partial tiles) and with accumulate. Its transforms add a few float32
+  // roundings per value: the bound against the direct loop is still 1e-5 of
+  // the largest output, as for im2col.
+  struct C { int Cin, Cout, H, W; bool acc; };
+  for (const C c : {C{256, 128, 16, 16, false}, C{64, 96, 33, 17, true}, C{3, 512, 8, 8, false},
+                    C{512, 3, 15, 9, true}}) {
+    auto x = randn(size_t(c.Cin) * c.H * c.W, 11, 1.f);
+    auto w = randn(size_t(c.Cout) * c.Cin * 9, 12, 1.f / std::sqrt(9.f * c.Cin));
+    auto b = randn(c.Cout, 13);
+    const std::vector<float> init = randn(size_t(c.Cout) * c.H * c.W, 14);
+    std::vector<float> yw = init, yi = init;
+    cpu::conv2d_winograd(x.data(), c.Cin, c.H, c.W, w.data(), b.data(), c.Cout, yw.data(), c.acc);
+    cpu::conv2d_im2col(x.data(), c.Cin, c.H, c.W, w.data(), b.data(), c.Cout, 3, 1, yi.data(), c.acc);
+    auto ref = conv_ref(x, c.Cin, c.H, c.W, w, b.data(), c.Cout, 3, 1);
+    if (c.acc)
+      for (size_t i = 0; i < ref.size(); ++i) ref[i] += init[i];
+    const double ew = max_rel_err(yw, ref), ei = max_rel_err(yi, ref);
+    EXPECT_LT(ew, 1e-5) << c.Cin << "->" << c.Cout << " " << c.H << "x" << c.W;
+    EXPECT_LT(ei, 1e-5);
+    std::printf("[ winograd ] %d->%d %dx%d: error vs direct %.2g (im2col %.2g)\n", c.Cin, c.Cout, c.H, c.W, ew, ei);
+  }
+}
+
 // ---- group_norm / silu ----------------------------------------------------
 
 std::vector<float> gn_ref(const std::vector<float>& x, int C, int HW, int G, float eps,

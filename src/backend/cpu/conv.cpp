@@ -13,7 +13,9 @@
 // the same pool. In bf16 the weights and the column matrix are built directly
 // as bfloat16 (half the bytes) and the product runs on oneDNN (AMX/AVX512_BF16).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -127,15 +129,15 @@ void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, c
   const int64_t Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
   if (Ho <= 0 || Wo <= 0)
     fail("conv2d: %lldx%lld input too small for k=%d pad=%d", (long long)H, (long long)W, k, pad);
-  const int64_t HWo = Ho * Wo, kk = int64_t(k) * k, Kc = Cin * kk;
-  thread_local std::vector<float> wt_buf;
-  wt_buf.resize(size_t(Cout * Kc));
-  float* wt = wt_buf.data();
   if (dtype == DType::BF16) {
+    const int64_t HWo = Ho * Wo, kk = int64_t(k) * k, Kc = Cin * kk;
     // Weights and the whole input converted once; the bands copy 16-bit values.
+    thread_local std::vector<float> wt_buf;
     thread_local std::vector<uint16_t> wb_buf, xb_buf;
+    wt_buf.resize(size_t(Cout * Kc));
     wb_buf.resize(size_t(Cout * Kc));
     xb_buf.resize(size_t(Cin * H * W));
+    float* wt = wt_buf.data();
     uint16_t *wb = wb_buf.data(), *xb = xb_buf.data();
     transpose_weights(w, Cout, Cin, kk, wt);
     to_bf16(wt, wb, Cout * Kc);
@@ -146,16 +148,185 @@ void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, c
                  });
     return;
   }
+  if (winograd_enabled() && k == 3 && pad == 1) return conv2d_winograd(x, Cin, H, W, w, bias, Cout, y, accumulate);
+  conv2d_im2col(x, Cin, H, W, w, bias, Cout, k, pad, y, accumulate);
+}
+
+bool winograd_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("FASTVAR_WINOGRAD");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+void conv2d_im2col(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
+                   int64_t Cout, int k, int pad, float* y, bool accumulate) {
+  const int64_t Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
+  if (k < 1 || pad < 0 || Ho <= 0 || Wo <= 0) fail("conv2d: bad kernel %d / padding %d", k, pad);
+  const int64_t HWo = Ho * Wo, kk = int64_t(k) * k, Kc = Cin * kk;
   if (k == 1 && pad == 0) {  // pointwise: the input already is the column matrix
     init_bias(y, bias, Cout, HWo, 0, HWo, accumulate);
     gemm(false, false, Cout, HWo, Cin, 1.f, w, Cin, x, HWo, 1.f, y, HWo);
     return;
   }
+  thread_local std::vector<float> wt_buf;
+  wt_buf.resize(size_t(Cout * Kc));
+  float* wt = wt_buf.data();
   transpose_weights(w, Cout, Cin, kk, wt);
   im2col_bands(x, Cin, H, W, k, pad, Ho, Wo, bias, Cout, y, accumulate,
                [&](const float* col, int64_t n, float* yb) {
                  gemm(false, true, Cout, n, Kc, 1.f, wt, Kc, col, Kc, 1.f, yb, HWo);
                });
+}
+
+// Winograd F(2x2, 3x3). For an output tile of 2x2 pixels and the 4x4 input
+// patch d around it: Y = A^T [(G g G^T) .* (B^T d B)] A with
+//   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],  B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
+//   A^T = [1 1 1 0; 0 1 -1 -1].
+// Summed over input channels, each of the 16 transformed positions xi is one
+// product M_xi (Cout, tiles) = U_xi (Cout, Cin) V_xi (Cin, tiles). Tiles go in
+// bands of tile rows so that V and M stay within kWinoBudget floats.
+void winograd_weights(const float* w, int64_t Cout, int64_t Cin, float* U) {
+  const int64_t plane = Cout * Cin;
+  parallel_for(
+      Cout,
+      [&](int64_t c0, int64_t c1) {
+        for (int64_t co = c0; co < c1; ++co)
+          for (int64_t ci = 0; ci < Cin; ++ci) {
+            const float* g = w + (co * Cin + ci) * 9;
+            float t[4][3];  // G g
+            for (int j = 0; j < 3; ++j) {
+              t[0][j] = g[j];
+              t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+              t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+              t[3][j] = g[6 + j];
+            }
+            float* o = U + co * Cin + ci;  // (G g) G^T
+            for (int i = 0; i < 4; ++i) {
+              o[(4 * i + 0) * plane] = t[i][0];
+              o[(4 * i + 1) * plane] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+              o[(4 * i + 2) * plane] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+              o[(4 * i + 3) * plane] = t[i][2];
+            }
+          }
+      },
+      8);
+}
+
+void conv2d_winograd(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
+                     int64_t Cout, float* y, bool accumulate) {
+  thread_local std::vector<float> u_buf;
+  u_buf.resize(size_t(16 * Cout * Cin));
+  float* U = u_buf.data();
+  winograd_weights(w, Cout, Cin, U);
+  conv2d_winograd_pre(x, Cin, H, W, U, bias, Cout, y, accumulate);
+}
+
+void conv2d_winograd_pre(const float* x, int64_t Cin, int64_t H, int64_t W, const float* U, const float* bias,
+                         int64_t Cout, float* y, bool accumulate) {
+  if (Cin <= 0 || Cout <= 0 || H <= 0 || W <= 0) fail("conv2d: empty %lldx%lld map", (long long)H, (long long)W);
+  constexpr int64_t kWinoBudget = int64_t(8) << 20;
+  const int64_t plane = Cout * Cin, th = (H + 1) / 2, tw = (W + 1) / 2, HW = H * W;
+  int64_t rows = std::clamp<int64_t>(kWinoBudget / (16 * (Cin + Cout) * tw), 1, th);
+  const int64_t nbands = (th + rows - 1) / rows;
+  rows = (th + nbands - 1) / nbands;
+  thread_local std::vector<float> v_buf, m_buf;
+  v_buf.resize(size_t(16 * Cin * rows * tw));
+  m_buf.resize(size_t(16 * Cout * rows * tw));
+  float *V = v_buf.data(), *M = m_buf.data();
+  for (int64_t r0 = 0; r0 < th; r0 += rows) {
+    const int64_t r1 = std::min(th, r0 + rows), n = (r1 - r0) * tw;
+    // V[xi][ci][t] = (B^T d B)[xi] of tile t's 4x4 patch (zero outside the
+    // map). Per tile row: the four input rows zero-padded to 2 tw + 2 columns,
+    // then d B along each row (stride-2 reads), then B^T across the rows, in
+    // loops over the tiles of the row that the compiler vectorises.
+    parallel_for(
+        Cin,
+        [&](int64_t c0, int64_t c1) {
+          const int64_t P = 2 * tw + 2;
+          std::vector<float> pad(size_t(4 * P)), r(size_t(16 * tw));
+          for (int64_t ci = c0; ci < c1; ++ci) {
+            const float* xc = x + ci * HW;
+            for (int64_t tr = r0; tr < r1; ++tr) {
+              for (int i = 0; i < 4; ++i) {
+                float* p = pad.data() + i * P;
+                const int64_t yy = 2 * tr - 1 + i;
+                std::fill(p, p + P, 0.f);
+                if (yy >= 0 && yy < H) std::copy_n(xc + yy * W, W, p + 1);
+              }
+              for (int i = 0; i < 4; ++i) {
+                const float* p = pad.data() + i * P;
+                float *q0 = r.data() + (4 * i) * tw, *q1 = q0 + tw, *q2 = q1 + tw, *q3 = q2 + tw;
+                for (int64_t tc = 0; tc < tw; ++tc) {
+                  const float a0 = p[2 * tc], a1 = p[2 * tc + 1], a2 = p[2 * tc + 2], a3 = p[2 * tc + 3];
+                  q0[tc] = a0 - a2;
+                  q1[tc] = a1 + a2;
+                  q2[tc] = a2 - a1;
+                  q3[tc] = a1 - a3;
+                }
+              }
+              const int64_t t0 = (tr - r0) * tw, stride = Cin * n;
+              float* vc = V + ci * n + t0;
+              for (int k = 0; k < 4; ++k) {
+                const float *d0 = r.data() + k * tw, *d1 = d0 + 4 * tw, *d2 = d1 + 4 * tw, *d3 = d2 + 4 * tw;
+                float *v0 = vc + k * stride, *v1 = v0 + 4 * stride, *v2 = v1 + 4 * stride, *v3 = v2 + 4 * stride;
+                for (int64_t tc = 0; tc < tw; ++tc) {
+                  v0[tc] = d0[tc] - d2[tc];
+                  v1[tc] = d1[tc] + d2[tc];
+                  v2[tc] = d2[tc] - d1[tc];
+                  v3[tc] = d1[tc] - d3[tc];
+                }
+              }
+            }
+          }
+        },
+        4);
+    // The 16 products side by side on the pool (each is too narrow to be cut
+    // into panels; a product's own cut depends on its shape only).
+    parallel_for(16, [&](int64_t x0, int64_t x1) {
+      for (int64_t xi = x0; xi < x1; ++xi)
+        gemm(false, false, Cout, n, Cin, 1.f, U + xi * plane, Cin, V + xi * Cin * n, n, 0.f, M + xi * Cout * n, n);
+    });
+    // Y = A^T m A per tile, plus the bias (and y when accumulating): A^T
+    // across the rows, then along them into two output rows of 2 tw pixels.
+    parallel_for(
+        Cout,
+        [&](int64_t c0, int64_t c1) {
+          std::vector<float> q(size_t(8 * tw)), out(size_t(2 * tw));
+          const int64_t stride = Cout * n;
+          for (int64_t co = c0; co < c1; ++co) {
+            const float b = bias ? bias[co] : 0.f;
+            float* yc = y + co * HW;
+            for (int64_t tr = r0; tr < r1; ++tr) {
+              const float* mc = M + co * n + (tr - r0) * tw;
+              for (int j = 0; j < 4; ++j) {
+                const float *m0 = mc + j * stride, *m1 = m0 + 4 * stride, *m2 = m1 + 4 * stride, *m3 = m2 + 4 * stride;
+                float *qa = q.data() + j * tw, *qb = qa + 4 * tw;
+                for (int64_t tc = 0; tc < tw; ++tc) {
+                  qa[tc] = m0[tc] + m1[tc] + m2[tc];
+                  qb[tc] = m1[tc] - m2[tc] - m3[tc];
+                }
+              }
+              for (int i = 0; i < 2; ++i) {
+                const int64_t yy = 2 * tr + i;
+                if (yy >= H) break;
+                const float *e0 = q.data() + 4 * i * tw, *e1 = e0 + tw, *e2 = e1 + tw, *e3 = e2 + tw;
+                for (int64_t tc = 0; tc < tw; ++tc) {
+                  out[2 * tc] = e0[tc] + e1[tc] + e2[tc] + b;
+                  out[2 * tc + 1] = e1[tc] - e2[tc] - e3[tc] + b;
+                }
+                float* dst = yc + yy * W;
+                if (accumulate)
+                  for (int64_t xx = 0; xx < W; ++xx) dst[xx] += out[xx];
+                else
+                  std::copy_n(out.data(), W, dst);
+              }
+            }
+          }
+        },
+        4);
+  }
 }
 
 void upsample_nearest2x(const float* x, int64_t C, int64_t H, int64_t W, float* y) {

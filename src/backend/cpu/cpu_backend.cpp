@@ -79,6 +79,7 @@ struct CpuLinear {
 struct CpuConv {
   const float* w = nullptr;
   std::vector<float> bias;
+  std::vector<float> winograd;  // float32 3x3: the weights transformed once (cpu::winograd_weights)
 };
 
 class CpuTimer : public Timer {
@@ -148,9 +149,14 @@ class CpuBackend : public Backend {
     auto impl = std::make_shared<CpuConv>();
     impl->w = w;
     if (bias) impl->bias.assign(bias, bias + cout);
+    if (k == 3 && dt == DType::F32 && cpu::winograd_enabled()) {
+      impl->winograd.resize(size_t(16) * cout * cin);
+      cpu::winograd_weights(w, cout, cin, impl->winograd.data());
+    }
     Conv c;
     c.cin = cin, c.cout = cout, c.k = k, c.dtype = dt;
-    c.bytes = int64_t(cout) * cin * k * k * (dt == DType::BF16 ? 2 : 4) + int64_t(impl->bias.size() * 4);
+    c.bytes = int64_t(cout) * cin * k * k * (dt == DType::BF16 ? 2 : 4) + int64_t(impl->bias.size() * 4) +
+              int64_t(impl->winograd.size() * 4);
     c.impl = impl;
     return c;
   }
@@ -166,8 +172,14 @@ class CpuBackend : public Backend {
     check(B >= 0 && H > 0 && W > 0 && !c.empty(), "conv2d");
     const auto& cc = *static_cast<const CpuConv*>(c.impl.get());
     const int64_t in = int64_t(c.cin) * H * W, out = int64_t(c.cout) * H * W;
+    const float* bias = cc.bias.empty() ? nullptr : cc.bias.data();
+    if (!cc.winograd.empty()) {
+      for (int64_t b = 0; b < B; ++b)
+        cpu::conv2d_winograd_pre(x + b * in, c.cin, H, W, cc.winograd.data(), bias, c.cout, y + b * out, accumulate);
+      return;
+    }
     for (int64_t b = 0; b < B; ++b)
-      cpu::conv2d(x + b * in, c.cin, H, W, cc.w, cc.bias.empty() ? nullptr : cc.bias.data(), c.cout, c.k,
+      cpu::conv2d(x + b * in, c.cin, H, W, cc.w, bias, c.cout, c.k,
                   (c.k - 1) / 2, y + b * out, c.dtype, accumulate);
   }
 

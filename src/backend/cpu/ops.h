@@ -75,6 +75,22 @@ void group_norm(const float* x, float* y, int64_t C, int64_t HW, int groups, flo
 // accumulate: y += conv(x) + bias (a fused residual add).
 void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
             int64_t Cout, int k, int pad, float* y, DType dtype = DType::F32, bool accumulate = false);
+// The 3x3 "same" convolutions of conv2d in float32 run as Winograd F(2x2, 3x3):
+// 16 products of (Cout, Cin) x (Cin, tiles) instead of im2col's 9-tap product,
+// 2.25x fewer multiplications, at a rounding error of a few float32 ulps of the
+// result (tested against the direct form). FASTVAR_WINOGRAD=0 in the
+// environment keeps im2col (for A/B measurements). These two are the forms
+// themselves, for tests and benchmarks.
+void conv2d_winograd(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
+                     int64_t Cout, float* y, bool accumulate = false);
+// U (16, Cout, Cin): the weights transformed once (G g G^T), and the
+// convolution from them (what the CPU backend's prepared 3x3 weights use).
+void winograd_weights(const float* w, int64_t Cout, int64_t Cin, float* U);
+void conv2d_winograd_pre(const float* x, int64_t Cin, int64_t H, int64_t W, const float* U, const float* bias,
+                         int64_t Cout, float* y, bool accumulate = false);
+bool winograd_enabled();  // false with FASTVAR_WINOGRAD=0
+void conv2d_im2col(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
+                   int64_t Cout, int k, int pad, float* y, bool accumulate = false);
 // Nearest-neighbour x2 upsampling: (C, H, W) -> (C, 2H, 2W).
 void upsample_nearest2x(const float* x, int64_t C, int64_t H, int64_t W, float* y);
 // F.interpolate(mode='area') = adaptive average pooling (C, hi, wi) -> (C, ho, wo),
