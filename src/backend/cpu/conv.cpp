@@ -1,4 +1,6 @@
-// 2-D convolution as im2col + SGEMM, and nearest-neighbour x2 upsampling.
+// 2-D convolution as im2col + SGEMM or, for the float32 3x3 "same" case, as
+// Winograd F(2x2, 3x3) (conv2d_winograd below: 2.25x fewer multiplications),
+// and nearest-neighbour x2 upsampling.
 //
 // Layout choice (measured with OpenBLAS on AVX-512, 1 thread): the fastest
 // orientation is y[Cout, n] = W'[Cout, Kc] @ colT[n, Kc]^T with one im2col ROW
