@@ -18,6 +18,7 @@ struct BenchArgs {
   std::string device = "cpu";       // cpu, cuda, cuda:N (VAR shapes)
   int skip_last = -1, cache_scale = -1;
   bool batch_invariant = false;     // products per image (Backend::batch_images)
+  int warmup = 1;                   // untimed runs per mode before the timed ones
 };
 
 int run_bench(const BenchArgs& a);
