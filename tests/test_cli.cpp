@@ -58,6 +58,22 @@ TEST(Cli, Bf16IsDeterministicAcrossThreadCounts) {
   EXPECT_TRUE(read_file(d / "b1.png") == read_file(d / "b2.png"));  // thread count does not matter
 }
 
+TEST(Cli, Int8RunsOnAnyCpuAndIsDeterministicAcrossThreadCounts) {
+  test::TempDir d;
+  auto r = run_cli(gen("--class 2 -s 3 -t 2 -q --dtype int8 -o " + d / "i2.png"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(run_cli(gen("--class 2 -s 3 -t 1 -q --dtype int8 -o " + d / "i1.png")).code, 0);
+  ASSERT_EQ(run_cli(gen("--class 2 -s 3 -t 2 -q -o " + d / "f.png")).code, 0);
+  EXPECT_TRUE(read_file(d / "i1.png") == read_file(d / "i2.png"));  // thread count does not matter
+  // The PNG records the dtype.
+  EXPECT_NE(read_file(d / "i2.png").find("int8"), std::string::npos);
+  // eval compares a plan in int8 with the float32 plans; unknown dtypes are one-line errors.
+  r = run_cli("eval -m " + test::golden_dir() + "/var_weights.safetensors --vae " + test::golden_dir() +
+              "/vae_weights.safetensors --plans full@fp16 -n 1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("unknown dtype 'fp16'"), std::string::npos) << r.out;
+}
+
 TEST(Cli, BatchWritesAGridOrNumberedFiles) {
   test::TempDir d;
   ASSERT_EQ(run_cli(gen("--class 1,2,3 -n 3 -q -o " + d / "grid.png")).code, 0);

@@ -1,7 +1,10 @@
 // Transformer kernels against plain double-precision reference loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <vector>
 
@@ -70,6 +73,50 @@ TEST(Kernels, LinearLargeSplitsAndPanels) {
     for (size_t i = 0; i < yb.size(); ++i)
       ASSERT_NEAR(yb2[i], yb[i] + r0[i], 4 * 2 * std::pow(2.0, -9) * std::sqrt(double(K)));
   }
+}
+
+TEST(Kernels, LinearInt8IsWithinItsQuantisationBound) {
+  // int8: weights rounded per output channel to q_w levels (63 without VNNI,
+  // 127 with), each row of x to 127 levels: |error| of y[m,n] <= sum_k
+  // (|x_k| d_w + |w_k| d_x + d_x d_w) with d_x = max|x_m| / 254 and
+  // d_w = max|w_n| / (2 q_w) (half a step each), checked element by element
+  // with q_w = 63 (the looser). Shapes: one row, several panels (N > 256, a
+  // tail panel), accumulate, and a row of zeros.
+  for (auto [M, N, K] : std::vector<std::array<int64_t, 3>>{{1, 96, 64}, {33, 600, 200}, {5, 257, 1024}}) {
+    auto x = randn(M * K, 21), w = randn(N * K, 22, 0.05f), b = randn(N, 23);
+    std::fill(x.begin(), x.begin() + K, 0.f);  // row 0: all zeros
+    cpu::LinearWeight wq(w.data(), N, K, cpu::DType::INT8);
+    EXPECT_EQ(wq.dtype(), cpu::DType::INT8);
+    EXPECT_LT(wq.bytes(), int64_t(N * K * 4) / 3);  // int8 panels plus scales
+    std::vector<float> y(M * N, 7.f), y2;
+    cpu::linear(x.data(), wq, b.data(), y.data(), M);
+    auto r = ref_linear(x, w, b.data(), M, N, K);
+    double worst = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      double xmax = 0;
+      for (int64_t k = 0; k < K; ++k) xmax = std::max(xmax, std::fabs(double(x[m * K + k])));
+      for (int64_t n = 0; n < N; ++n) {
+        double wmax = 0, bound = 0;
+        for (int64_t k = 0; k < K; ++k) wmax = std::max(wmax, std::fabs(double(w[n * K + k])));
+        const double dx = xmax / 254, dw = wmax / 126;
+        for (int64_t k = 0; k < K; ++k)
+          bound += std::fabs(double(x[m * K + k])) * dw + std::fabs(double(w[n * K + k])) * dx + dx * dw;
+        const double err = std::fabs(double(y[m * N + n]) - r[m * N + n]);
+        ASSERT_LE(err, bound + 1e-5) << M << "x" << N << "x" << K << " at " << m << "," << n;
+        worst = std::max(worst, err / (bound + 1e-30));
+      }
+    }
+    for (int64_t n = 0; n < N; ++n) EXPECT_FLOAT_EQ(y[n], b[n]);  // zero row: the bias exactly
+    y2 = y;
+    cpu::linear(x.data(), wq, nullptr, y2.data(), M, /*accumulate=*/true);
+    std::vector<float> y0(M * N);
+    cpu::linear(x.data(), wq, nullptr, y0.data(), M);
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_FLOAT_EQ(y2[i], y[i] + y0[i]);
+    std::printf("[ int8 ] %lldx%lldx%lld: worst error %.2f of its bound\n", (long long)M, (long long)N, (long long)K,
+                worst);
+  }
+  EXPECT_EQ(cpu::parse_dtype("int8"), cpu::DType::INT8);
+  EXPECT_STREQ(cpu::dtype_name(cpu::DType::INT8), "int8");
 }
 
 TEST(Kernels, DtypeNames) {

@@ -49,9 +49,11 @@ typedef struct {
   int prune_layer_begin;   /* -1 = default */
   int prune_layer_end;     /* -1 = default */
   const char* score;       /* "mean" (reference) or "box", NULL = "mean" */
-  /* Compute dtype of the transformer GEMMs: "fp32" (NULL) or "bf16" (bfloat16
-   * operands, float32 accumulation; needs AVX512_BF16 or AMX). The
-   * engine prepacks bf16 weights on the first call that asks for them. */
+  /* Compute dtype of the transformer GEMMs: "fp32" (NULL), "bf16" (bfloat16
+   * operands, float32 accumulation; needs AVX512_BF16 or AMX) or, on the CPU,
+   * "int8" (weights quantised per output channel, activations per row, int32
+   * accumulation). The engine prepacks bf16 / int8 weights on the first call
+   * that asks for them. */
   const char* dtype;
   /* Where to run: "cpu" (NULL) or "cuda" / "cuda:N" (builds with the CUDA
    * backend; VAR and Infinity models, the T5 text encoder stays on the CPU).

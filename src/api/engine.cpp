@@ -23,6 +23,7 @@ cpu::DType compute_dtype(const char* name, const DeviceSpec& d) {
   const std::string s = given ? name : "bf16";
   if (s == "fp32") return cpu::DType::F32;
   if (s == "bf16") return cpu::DType::BF16;
+  if (s == "int8") fail("--dtype int8 runs on the CPU only (CUDA: fp32 or bf16)");
   fail("unknown dtype '%s' (expected fp32 or bf16)", s.c_str());
 }
 

@@ -32,6 +32,7 @@ namespace {
 struct PlanRun {
   std::string name;
   PrunePlan plan;
+  cpu::DType dtype = cpu::DType::F32;  // NAME@int8 / NAME@bf16: the plan in another GEMM dtype
   double seconds = 0;
   std::vector<float> features;  // (images, 128), in generation order
   int64_t correct = 0;
@@ -116,7 +117,9 @@ int run_eval(const EvalArgs& a) {
       if (r.name == name) fail("--plans: '%s' given twice", name.c_str());
     PlanRun r;
     r.name = name;
-    r.plan = plan_for(name, c);
+    const size_t at = name.find('@');
+    r.plan = plan_for(name.substr(0, at), c);
+    if (at != std::string::npos) r.dtype = cpu::parse_dtype(name.substr(at + 1));
     runs.push_back(std::move(r));
   }
   for (const auto& spec : a.custom) {
@@ -139,7 +142,10 @@ int run_eval(const EvalArgs& a) {
                  engine->description.c_str(), (long long)total, a.per_class, a.batch, num_threads());
     for (const auto& r : runs) std::fprintf(stderr, "  %-8s %s\n", r.name.c_str(), r.plan.describe(c.patch_nums).c_str());
   }
-  VarRunner runner(*engine->model, *engine->vae, backend::cpu(), cpu::DType::F32);
+  std::map<cpu::DType, std::unique_ptr<VarRunner>> runners;  // one per GEMM dtype
+  for (const auto& r : runs)
+    if (!runners.count(r.dtype))
+      runners[r.dtype] = std::make_unique<VarRunner>(*engine->model, *engine->vae, backend::cpu(), r.dtype);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t i0 = b * a.batch, i1 = std::min<int64_t>(total, i0 + a.batch);
     std::string line;
@@ -154,7 +160,7 @@ int run_eval(const EvalArgs& a) {
       p.seed = a.seed + static_cast<uint64_t>(b);
       p.plan = r.plan;
       const auto t0 = std::chrono::steady_clock::now();
-      VarGenResult res = runner.generate(p);
+      VarGenResult res = runners.at(r.dtype)->generate(p);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       r.seconds += s;
       // Score what a user gets: the PNG's 8-bit pixels, not the raw decoder floats.

@@ -485,7 +485,7 @@ int main(int argc, char** argv) {
   gen->add_option("--cache-scale", g.cache_scale, "FastVAR: scale index whose branch outputs are cached")->check(CLI::Range(0, 64));
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
-  gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32 or bf16 (bfloat16 operands, fp32 accumulation); default fp32 on the CPU, bf16 on CUDA")->check(CLI::IsMember({"fp32", "bf16"}));
+  gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32, bf16 (bfloat16 operands, fp32 accumulation) or int8 (CPU: int8 transformer weights, per-row int8 activations); default fp32 on the CPU, bf16 on CUDA")->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   gen->add_option("--device", g.device, "cpu (default), cuda or cuda:N (`fastvar info` lists the devices)");
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
   gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
@@ -501,7 +501,7 @@ int main(int argc, char** argv) {
   golden->add_option("-t,--threads", golden_threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   std::string golden_device = "cpu", golden_dtype;
   golden->add_option("--device", golden_device, "cpu (default), cuda or cuda:N (VAR, Infinity and HART folders)");
-  golden->add_option("--dtype", golden_dtype, "fp32 (default on the CPU) or bf16 (default on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
+  golden->add_option("--dtype", golden_dtype, "fp32 (default on the CPU), bf16 (default on CUDA) or int8 (CPU)")->check(CLI::IsMember({"fp32", "bf16", "int8"}));
 
   const std::string verb = argc > 1 ? argv[1] : "";
   if (!verb.empty() && verb[0] != '-' && verb != "generate" && verb != "info" && verb != "check-golden" &&
@@ -518,6 +518,10 @@ int main(int argc, char** argv) {
   bench->add_option("--vae", b.vae, "and its VQVAE");
   bench->add_option("--modes", b.modes, "Modes to compare: full, fastvar, skip");
   bench->add_option("--runs", b.runs, "Runs per mode (median reported)")->check(CLI::Range(1, 100));
+  bench->add_option("--warmup", b.warmup,
+                    "Untimed runs per mode first (page faults of the weights, kernel and primitive creation; "
+                    "default 1, 0 for long runs)")
+      ->check(CLI::Range(0, 10));
   bench->add_option("-n,--count", b.count, "Images per batch")->check(CLI::Range(1, 64));
   bench->add_flag("--batch-invariant", b.batch_invariant, "Products per image (each image as its solo run)");
   bench->add_option("-t,--threads", b.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
@@ -526,7 +530,7 @@ int main(int argc, char** argv) {
   bench->add_option("--cache-scale", b.cache_scale, "FastVAR cache scale override")->check(CLI::Range(0, 64));
   bench->add_option("--skip-last", b.skip_last, "Scales skipped in the 'skip' mode (default 1)")->check(CLI::Range(0, 64));
   bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
-  bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32 or bf16 (default fp32 on the CPU, bf16 on CUDA)")->check(CLI::IsMember({"fp32", "bf16"}));
+  bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32, bf16 or int8 (CPU) (default fp32 on the CPU, bf16 on CUDA)")->check(CLI::IsMember({"fp32", "bf16", "int8"}));
   bench->add_option("--device", b.device, "cpu (default), cuda or cuda:N (VAR and Infinity shapes)");
 
   server::ServeOptions sv;
@@ -551,7 +555,7 @@ int main(int argc, char** argv) {
   serve->add_option("--max-body", sv_max_body, "Largest request body, e.g. 1M or 64K (default 1M; 413)");
   serve->add_option("-t,--threads", sv.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   serve->add_option("--device", sv.device, "cpu (default), cuda or cuda:N");
-  serve->add_option("--dtype", sv.dtype, "fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  serve->add_option("--dtype", sv.dtype, "fp32, bf16 or int8 (CPU)")->check(CLI::IsMember({"fp32", "bf16", "int8"}));
 
   cli::EvalArgs ev;
   CLI::App* eval = app.add_subcommand("eval", "FID, class accuracy and speed of the full model and FastVAR plans (paired seeds)");
@@ -560,7 +564,9 @@ int main(int argc, char** argv) {
   eval->add_option("--classifier", ev.classifier, "Fashion-MNIST classifier + FID statistics (default: embedded)");
   eval->add_option("-n,--per-class", ev.per_class, "Images per class and plan (default 100)")->check(CLI::Range(1, 100000));
   eval->add_option("--batch", ev.batch, "Images per generation batch (default 50)")->check(CLI::Range(1, 4096));
-  eval->add_option("--plans", ev.plans, "Plans to compare (default full,fastvar,skip,box)");
+  eval->add_option("--plans", ev.plans,
+                   "Plans to compare (default full,fastvar,skip,box); NAME@int8 or NAME@bf16 runs a plan in that GEMM "
+                   "dtype (its FID vs full then measures the quantisation)");
   eval->add_option("--plan", ev.custom,
                    "Extra plan NAME:key=value;... (keys prune=S:R,..., cache, skip, layers=A-B, score); repeatable");
   eval->add_option("-s,--seed", ev.seed, "Base seed (batch b uses seed + b, the same for every plan)");

@@ -146,6 +146,7 @@ class CpuBackend : public Backend {
   }
   Conv conv(const float* w, const float* bias, int cin, int cout, int k, DType dt) override {
     check(cin > 0 && cout > 0 && k > 0, "conv weight");
+    if (dt == DType::INT8) dt = DType::F32;  // int8 is for the transformer's products; convolutions stay float32
     auto impl = std::make_shared<CpuConv>();
     impl->w = w;
     if (bias) impl->bias.assign(bias, bias + cout);

@@ -10,6 +10,7 @@
 #include <dnnl.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -58,7 +59,7 @@ dnnl::memory::desc weight_desc_plain(int64_t K, int64_t n) {
 }
 
 // How the weights operand is given.
-enum WeiKind { kPlainF32 = 0, kPackedBF16 = 1, kPlainBF16 = 2 };
+enum WeiKind { kPlainF32 = 0, kPackedBF16 = 1, kPlainBF16 = 2, kPackedS8 = 3 };
 
 struct Key {
   int64_t M, n, K, ldy;
@@ -87,6 +88,24 @@ const Prim& primitive(const Key& k, const dnnl::memory::desc* packed_wei) {
   auto it = cache.find(k);
   if (it != cache.end()) return it->second;
   Prim p;
+  if (k.wei == kPackedS8) {  // u8 rows x prepacked s8 panel -> dense int32 panel
+    p.src = dnnl::memory::desc(dims{k.M, k.K}, dt::u8, dims{k.K, 1});
+    p.wei = *packed_wei;
+    p.dst = dnnl::memory::desc(dims{k.M, k.n}, dt::s32, dims{k.n, 1});
+    p.staged = true;
+    try {
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p.src, p.wei, p.dst), attr, engine());
+      if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0)
+        fail("no optimised int8 kernel for this product on this CPU (%s)", pd.impl_info_str());
+      p.mm = dnnl::matmul(pd);
+      p.scratch = pd.scratchpad_desc();
+    } catch (const dnnl::error& e) {
+      fail("oneDNN matmul %lldx%lldx%lld (int8): %s", (long long)k.M, (long long)k.n, (long long)k.K, e.what());
+    }
+    return cache.emplace(k, std::move(p)).first->second;
+  }
   p.src = dnnl::memory::desc(dims{k.M, k.K}, k.bf16 ? dt::bf16 : dt::f32, dims{k.K, 1});
   p.wei = k.wei == kPackedBF16 ? *packed_wei
           : k.wei == kPlainBF16 ? dnnl::memory::desc(dims{k.K, k.n}, dt::bf16, dims{1, k.K})
@@ -149,22 +168,39 @@ void unstage(const float* t, int64_t M, int64_t n, float* y, int64_t ld, bool ac
 }  // namespace
 
 struct LinearWeight::Packed {
-  // bf16: one prepacked memory per panel of kPanel columns.
+  // bf16 and int8: one prepacked memory per panel of kPanel columns.
   std::vector<dnnl::memory> panels;
   std::vector<dnnl::memory::desc> descs;
   int64_t bytes = 0;
+  // int8: per output channel, the dequantisation scale and the sum of the
+  // quantised weights (the zero point's correction).
+  std::vector<float> scale;
+  std::vector<int32_t> colsum;
 };
 
-const char* dtype_name(DType d) { return d == DType::BF16 ? "bf16" : "fp32"; }
+const char* dtype_name(DType d) { return d == DType::BF16 ? "bf16" : d == DType::INT8 ? "int8" : "fp32"; }
+
+namespace {
+
+// u8 x s8 pairs sum exactly only with VNNI (vpdpbusd); the older AVX2 /
+// AVX-512 path (vpmaddubsw) saturates at 16 bits unless weights keep to 7 bits.
+bool int8_vnni() {
+  const auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_vnni || isa == dnnl::cpu_isa::avx512_core_bf16 ||
+         isa == dnnl::cpu_isa::avx512_core_amx || isa == dnnl::cpu_isa::avx2_vnni;
+}
+
+}  // namespace
 
 DType parse_dtype(const std::string& s) {
   if (s == "fp32" || s == "f32" || s == "float32") return DType::F32;
+  if (s == "int8") return DType::INT8;
   if (s == "bf16" || s == "bfloat16") {
     if (!bf16_supported())
       fail("--dtype bf16 needs a CPU with AVX512_BF16 or AMX (this one has neither)");
     return DType::BF16;
   }
-  fail("unknown dtype '%s' (expected fp32 or bf16)", s.c_str());
+  fail("unknown dtype '%s' (expected fp32, bf16 or int8)", s.c_str());
 }
 
 bool bf16_supported() {
@@ -178,6 +214,44 @@ LinearWeight::LinearWeight(const float* w, int64_t N, int64_t K, DType dtype)
   if (dtype == DType::F32) return;
   auto p = std::make_shared<Packed>();
   dnnl::stream& s = thread_stream();
+  if (dtype == DType::INT8) {
+    const float qmax = int8_vnni() ? 127.f : 63.f;
+    std::vector<int8_t> q(size_t(N * K));
+    p->scale.resize(size_t(N));
+    p->colsum.resize(size_t(N));
+    parallel_for(N, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const float* row = w + n * K;
+        float amax = 0.f;
+        for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+        const float sc = amax > 0.f ? amax / qmax : 1.f, inv = 1.f / sc;
+        int32_t sum = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const int v = static_cast<int>(std::lrint(std::clamp(row[k] * inv, -qmax, qmax)));
+          q[size_t(n * K + k)] = static_cast<int8_t>(v);
+          sum += v;
+        }
+        p->scale[size_t(n)] = sc;
+        p->colsum[size_t(n)] = sum;
+      }
+    });
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t n = std::min(kPanel, N - n0);
+      dnnl::memory::desc src({1, K}, dt::u8, dims{K, 1}), dst({1, n}, dt::s32, dims{n, 1});
+      dnnl::memory::desc any({K, n}, dt::s8, dnnl::memory::format_tag::any);
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, any, dst), engine());
+      dnnl::memory packed(pd.weights_desc(), engine());
+      dnnl::memory user(dnnl::memory::desc(dims{K, n}, dt::s8, dims{1, K}), engine(), q.data() + n0 * K);
+      dnnl::reorder(user, packed).execute(s, user, packed);
+      p->bytes += static_cast<int64_t>(pd.weights_desc().get_size());
+      p->descs.push_back(pd.weights_desc());
+      p->panels.push_back(packed);
+    }
+    s.wait();
+    p->bytes += N * 8;
+    packed_ = std::move(p);
+    return;
+  }
   for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
     const int64_t n = std::min(kPanel, N - n0);
     // The layout a bf16 matmul prefers for this panel (independent of M).
@@ -199,9 +273,69 @@ int64_t LinearWeight::bytes() const {
   return packed_ ? packed_->bytes : N_ * K_ * static_cast<int64_t>(sizeof(float));
 }
 
+namespace {
+
+// y = dequantised (u8 rows of x) x (s8 panels of W) + bias, per column panel.
+void linear_int8(const float* x, const LinearWeight& w, const LinearWeight::Packed& pk, const float* bias, float* y,
+                 int64_t M, bool accumulate) {
+  const int64_t N = w.N(), K = w.K();
+  // Rows quantised once per call: symmetric per row to [-127, 127], stored
+  // shifted by the zero point 128 (oneDNN's u8 source operand).
+  thread_local std::vector<uint8_t> xq_buf;
+  thread_local std::vector<float> xs_buf;
+  xq_buf.resize(size_t(M * K));
+  xs_buf.resize(size_t(M));
+  uint8_t* xq = xq_buf.data();
+  float* xs = xs_buf.data();
+  parallel_for(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* row = x + m * K;
+      float amax = 0.f;
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+      const float sc = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / sc;
+      uint8_t* q = xq + m * K;
+      for (int64_t k = 0; k < K; ++k)
+        q[k] = static_cast<uint8_t>(std::lrint(std::clamp(row[k] * inv, -127.f, 127.f)) + 128);
+      xs[m] = sc;
+    }
+  });
+  const int64_t parts = (N + kPanel - 1) / kPanel;
+  auto run = [&](int64_t p) {
+    const int64_t n0 = p * kPanel, n = std::min(kPanel, N - n0);
+    const Prim& pr = primitive(Key{M, n, K, N, false, false, false, kPackedS8}, &pk.descs[size_t(p)]);
+    dnnl::stream& s = thread_stream();
+    thread_local std::vector<int32_t> acc;
+    acc.resize(size_t(M * n));
+    dnnl::memory ms(pr.src, engine(), xq), md(pr.dst, engine(), acc.data());
+    dnnl::memory msc(pr.scratch, engine(), thread_scratch(pr));
+    pr.mm.execute(s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, pk.panels[size_t(p)]}, {DNNL_ARG_DST, md},
+                      {DNNL_ARG_SCRATCHPAD, msc}});
+    s.wait();
+    const float* ws = pk.scale.data() + n0;
+    const int32_t* cs = pk.colsum.data() + n0;
+    for (int64_t m = 0; m < M; ++m) {
+      const int32_t* a = acc.data() + m * n;
+      float* yr = y + m * N + n0;
+      const float sx = xs[m];
+      for (int64_t j = 0; j < n; ++j) {
+        float v = float(a[j] - 128 * cs[j]) * (sx * ws[j]);
+        if (bias) v += bias[n0 + j];
+        yr[j] = accumulate ? yr[j] + v : v;
+      }
+    }
+  };
+  if (parts == 1) return run(0);
+  parallel_for(parts, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) run(p);
+  });
+}
+
+}  // namespace
+
 void linear(const float* x, const LinearWeight& w, const float* bias, float* y, int64_t M,
             bool accumulate) {
   if (M <= 0) return;
+  if (w.dtype() == DType::INT8) return linear_int8(x, w, *w.packed_, bias, y, M, accumulate);
   const int64_t N = w.N(), K = w.K();
   const bool bf16 = w.dtype() == DType::BF16;
   // bf16 source rows, converted once per call (the panels share them).

@@ -12,8 +12,13 @@ namespace fastvar::cpu {
 // ---- dense algebra -------------------------------------------------------
 // Compute dtype of the linear layers. Activations stay float32 in memory; bf16
 // rounds both operands of each product to bfloat16 and accumulates in float32.
-enum class DType { F32, BF16 };
-const char* dtype_name(DType d);       // "fp32" | "bf16"
+// int8 (the transformer's weight products only): weights quantised once per
+// output channel, symmetric (7 bits on CPUs without VNNI, whose u8 x s8 pair
+// sums saturate at 16 bits; 8 bits with VNNI), activations quantised per row
+// at run time (u8, zero point 128), int32 accumulation on oneDNN's int8
+// kernels, dequantised to float32 with the bias.
+enum class DType { F32, BF16, INT8 };
+const char* dtype_name(DType d);       // "fp32" | "bf16" | "int8"
 DType parse_dtype(const std::string& s);  // throws for an unknown or unsupported one
 bool bf16_supported();                 // AVX512_BF16 or AMX present
 
@@ -33,7 +38,11 @@ class LinearWeight {
 
  private:
   friend void linear(const float*, const LinearWeight&, const float*, float*, int64_t, bool);
+
+ public:
   struct Packed;
+
+ private:
   const float* w_ = nullptr;
   int64_t N_ = 0, K_ = 0;
   DType dtype_ = DType::F32;

@@ -74,6 +74,7 @@ class CudaBackend : public Backend {
   std::string describe() override { return cuda::device_info(dev_); }
 
   Linear linear(const float* w, const float* bias, int64_t N, int64_t K, DType dt) override {
+    if (dt == DType::INT8) fail("int8 products run on the CPU only (CUDA: fp32 or bf16)");
     use();
     cuda::DeviceBuffer staging;
     auto impl = std::make_shared<cuda::LinearWeight>(
