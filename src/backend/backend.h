@@ -129,6 +129,7 @@ class Backend {
   // else as B products of M / B rows when B divides M: an image's rows (B
   // images of m rows, or cond/uncond halves of B images of L rows) then meet
   // the same product shapes and offsets whatever B is. 0 = off (one product).
+  // Per calling thread (generations on other threads are not affected).
   void set_batch_images(int b) { batch_images_ = b > 0 ? b : 0; }
   int batch_images() const { return batch_images_; }
   int64_t batch_parts(int64_t M) const {
@@ -312,7 +313,7 @@ class Backend {
   virtual void linear_rows(const float* x, const Linear& w, float* y, int64_t M, bool accumulate) = 0;
 
  private:
-  int batch_images_ = 0;
+  inline static thread_local int batch_images_ = 0;
 };
 
 // Sets batch_images for a scope.
