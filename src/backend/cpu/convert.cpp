@@ -1,5 +1,8 @@
 // float32 -> bfloat16 conversion (round to nearest even, NaN kept quiet), the
-// operand preparation of every bf16 product; vectorised with Highway.
+// operand preparation of every bf16 product, and the per-row u8 quantisation
+// of the int8 products; vectorised with Highway.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -42,6 +45,29 @@ void ToBf16(const float* x, uint16_t* y, int64_t n) {
   }
 }
 
+// q = round(x / s) + 128 with s = max|x| / 127 (1 for a zero row), clamped
+// to [1, 255]; returns s. Rounding to nearest even, as std::lrint.
+float QuantizeRowU8(const float* x, int64_t K, uint8_t* q) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<uint8_t, decltype(di)> d8;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto vmax = hn::Zero(df);
+  int64_t k = 0;
+  for (; k + N <= K; k += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, x + k)));
+  float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+  for (; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+  const float sc = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / sc;
+  const auto vinv = hn::Set(df, inv), lo = hn::Set(df, -127.f), hi = hn::Set(df, 127.f);
+  const auto zp = hn::Set(di, 128);
+  for (k = 0; k + N <= K; k += N) {
+    const auto v = hn::Min(hn::Max(hn::Mul(hn::LoadU(df, x + k), vinv), lo), hi);
+    hn::StoreU(hn::DemoteTo(d8, hn::Add(hn::NearestInt(v), zp)), d8, q + k);
+  }
+  for (; k < K; ++k) q[k] = static_cast<uint8_t>(std::lrint(std::clamp(x[k] * inv, -127.f, 127.f)) + 128);
+  return sc;
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace fastvar::cpu
 HWY_AFTER_NAMESPACE();
@@ -52,6 +78,9 @@ HWY_AFTER_NAMESPACE();
 
 namespace fastvar::cpu {
 HWY_EXPORT(ToBf16);
+HWY_EXPORT(QuantizeRowU8);
+
+float quantize_row_u8(const float* x, int64_t K, uint8_t* q) { return HWY_DYNAMIC_DISPATCH(QuantizeRowU8)(x, K, q); }
 
 void to_bf16(const float* x, uint16_t* y, int64_t n) {
   parallel_for(

@@ -288,16 +288,7 @@ void linear_int8(const float* x, const LinearWeight& w, const LinearWeight::Pack
   uint8_t* xq = xq_buf.data();
   float* xs = xs_buf.data();
   parallel_for(M, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const float* row = x + m * K;
-      float amax = 0.f;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
-      const float sc = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / sc;
-      uint8_t* q = xq + m * K;
-      for (int64_t k = 0; k < K; ++k)
-        q[k] = static_cast<uint8_t>(std::lrint(std::clamp(row[k] * inv, -127.f, 127.f)) + 128);
-      xs[m] = sc;
-    }
+    for (int64_t m = m0; m < m1; ++m) xs[m] = quantize_row_u8(x + m * K, K, xq + m * K);
   });
   const int64_t parts = (N + kPanel - 1) / kPanel;
   auto run = [&](int64_t p) {

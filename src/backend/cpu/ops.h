@@ -57,6 +57,9 @@ void linear(const float* x, const float* w, const float* bias, float* y, int64_t
             int64_t K, bool accumulate = false);
 // float32 -> bfloat16 (round to nearest even), as raw uint16 bit patterns.
 void to_bf16(const float* x, uint16_t* y, int64_t n);
+// One row of an int8 product's source: q = round(x / s) + 128 (u8, zero point
+// 128) with s = max|x| / 127; returns s.
+float quantize_row_u8(const float* x, int64_t K, uint8_t* q);
 // C[M,N] (row stride ldc) (+)= A[M,K] @ B[N,K]^T on bfloat16 operands with
 // float32 accumulation (AMX / AVX512_BF16; check bf16_supported()).
 void gemm_nt_bf16(const uint16_t* A, const uint16_t* B, float* C, int64_t M, int64_t N, int64_t K,
