@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fastvar/fastvar.h"
+#include "test_util.h"
 
 namespace {
 
@@ -61,11 +62,7 @@ TEST(ApiSeeds, BatchInvariantTextToImageImagesEqualTheirSoloRuns) {
     p.seeds = sd;
     p.resolution = "0.25M";
     p.batch_invariant = 1;
-    int w = 0, h = 0;
-    EXPECT_EQ(fastvar_output_size(e, &p, &w, &h), FASTVAR_OK) << fastvar_last_error();
-    std::vector<uint8_t> rgb(size_t(n) * w * h * 3);
-    EXPECT_EQ(fastvar_generate(e, &p, rgb.data(), nullptr, nullptr), FASTVAR_OK) << fastvar_last_error();
-    return rgb;
+    return fastvar::test::generate_rgb(e, p);
   };
   const std::vector<uint8_t> batch = run(4, prompts, seeds);
   const size_t img = batch.size() / 4;

@@ -209,11 +209,7 @@ TEST(HartCli, BatchInvariantImagesEqualTheirSoloRuns) {
     p.prompts = pr;
     p.seeds = sd;
     p.batch_invariant = 1;
-    int w = 0, h = 0;
-    EXPECT_EQ(fastvar_output_size(e, &p, &w, &h), FASTVAR_OK) << fastvar_last_error();
-    std::vector<uint8_t> rgb(size_t(n) * w * h * 3);
-    EXPECT_EQ(fastvar_generate(e, &p, rgb.data(), nullptr, nullptr), FASTVAR_OK) << fastvar_last_error();
-    return rgb;
+    return test::generate_rgb(e, p);
   };
   const std::vector<uint8_t> batch = run(3, prompts, seeds);
   const size_t img = batch.size() / 3;

@@ -19,7 +19,10 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+
+#include "fastvar/fastvar.h"
 
 namespace fastvar::test {
 
@@ -35,6 +38,15 @@ inline double max_abs_diff(const float* a, const float* b, size_t n) {
   double m = 0;
   for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
   return m;
+}
+
+// fastvar_generate's RGB bytes of p's images (failures are test failures).
+inline std::vector<uint8_t> generate_rgb(fastvar_engine* e, const fastvar_params& p) {
+  int w = 0, h = 0;
+  EXPECT_EQ(fastvar_output_size(e, &p, &w, &h), FASTVAR_OK) << fastvar_last_error();
+  std::vector<uint8_t> rgb(size_t(p.num_images) * w * h * 3);
+  EXPECT_EQ(fastvar_generate(e, &p, rgb.data(), nullptr, nullptr), FASTVAR_OK) << fastvar_last_error();
+  return rgb;
 }
 
 inline std::string golden_dir() { return std::string(FASTVAR_TEST_DATA) + "/golden/var_tiny_a"; }

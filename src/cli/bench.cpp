@@ -220,12 +220,25 @@ void device_memory_report(nlohmann::json& out, const DeviceSpec& dev, int64_t we
 }
 
 // gbs: the streaming bandwidth measured before any model was loaded.
+// A run's device and compute dtype, and its arguments with the dtype named.
+struct Resolved {
+  DeviceSpec dev;
+  cpu::DType dt;
+  BenchArgs a;
+};
+Resolved resolve(const BenchArgs& args) {
+  Resolved r{parse_device(args.device.c_str()), cpu::DType::F32, args};
+  r.dt = compute_dtype(args.dtype.c_str(), r.dev);
+  r.a.dtype = cpu::dtype_name(r.dt);
+  return r;
+}
+
 nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double gbs) {
   auto e = load_var(shape, args);
-  const DeviceSpec dev = parse_device(args.device.c_str());
-  const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
-  BenchArgs a = args;
-  a.dtype = cpu::dtype_name(dt);
+  const Resolved rs = resolve(args);
+  const DeviceSpec& dev = rs.dev;
+  const cpu::DType dt = rs.dt;
+  const BenchArgs& a = rs.a;
   VarRunner runner(*e->model, *e->vae, backend::get(dev.cuda, dev.index), dt);
   const backend::BatchImages invariant(backend::get(dev.cuda, dev.index), a.batch_invariant ? a.count : 0);
   auto gen = [&](const VarGenParams& p) { return runner.generate(p); };
@@ -275,10 +288,10 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
 }
 
 nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
-  const DeviceSpec dev = parse_device(args.device.c_str());
-  const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
-  BenchArgs a = args;
-  a.dtype = cpu::dtype_name(dt);
+  const Resolved rs = resolve(args);
+  const DeviceSpec& dev = rs.dev;
+  const cpu::DType dt = rs.dt;
+  const BenchArgs& a = rs.a;
   infinity::RandomInfinitySpec is = infinity::infinity_preset(shape);
   Weights w(infinity::random_infinity_checkpoint(is, 1));
   infinity::InfinityModel model(w);
@@ -342,10 +355,10 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
 }
 
 nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
-  const DeviceSpec dev = parse_device(args.device.c_str());
-  const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
-  BenchArgs a = args;
-  a.dtype = cpu::dtype_name(dt);
+  const Resolved rs = resolve(args);
+  const DeviceSpec& dev = rs.dev;
+  const cpu::DType dt = rs.dt;
+  const BenchArgs& a = rs.a;
   const hart::RandomHartSpec hs = hart::hart_preset(shape);
   Weights w(hart::random_hart_checkpoint(hs, 1));
   hart::HartModel model(w, hs.options());
@@ -418,10 +431,10 @@ nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
 // `prompt` tokens behind a system prompt of `system` tokens (HART truncates
 // its system prompt to the prompt length, so 300 + 300 is the longest input).
 nlohmann::json bench_qwen2(const std::string& shape, const BenchArgs& args) {
-  const DeviceSpec dev = parse_device(args.device.c_str());
-  const cpu::DType dt = compute_dtype(args.dtype.c_str(), dev);
-  BenchArgs a = args;
-  a.dtype = cpu::dtype_name(dt);
+  const Resolved rs = resolve(args);
+  const DeviceSpec& dev = rs.dev;
+  const cpu::DType dt = rs.dt;
+  const BenchArgs& a = rs.a;
   const qwen2::Qwen2Config c = qwen2::qwen2_preset(shape);
   const auto t0 = std::chrono::steady_clock::now();
   qwen2::Qwen2Encoder enc(c, qwen2::random_qwen2_checkpoint(c, 1));
