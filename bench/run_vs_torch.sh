@@ -2,7 +2,7 @@
 # fastvar.cpp against today's PyTorch on the CPU, on the same checkpoint files, interleaved in one
 # invocation on the same machine and thread count. The peer is the torch a user installs today from
 # PyPI, in a venv this script makes (build/venv-torch; PYTHON=... uses another interpreter instead):
-#   - fastvar bench -m VAR --vae VAE (fp32; bf16 too where this CPU runs it), full model and FastVAR;
+#   - fastvar bench -m VAR --vae VAE (fp32 and int8; bf16 too where this CPU runs it), full model and FastVAR;
 #   - tools/bench/torch_var.py: this project's PyTorch VAR (tools/train/, checked against the golden
 #     folder by tests), F.scaled_dot_product_attention, fp32 and torch.autocast bf16;
 #   - tools/bench/official_var.py: the official FoundationVision/VAR code, when a local copy of it is
@@ -46,9 +46,11 @@ var="$ck/var_d${depth}.pth" vae="$ck/vae_ch160v4096z32.pth"
 # bf16 needs AVX512_BF16 or AMX: fastvar refuses it elsewhere, and PyTorch's autocast falls back to
 # emulation there (minutes per d16 image on an AVX2 Zen), so both run fp32 only on such a CPU
 # (TORCH_DTYPES="fp32 bf16" forces the peer's bf16 anyway).
-fv_dtypes=fp32
-if grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then fv_dtypes="fp32 bf16"; fi
-torch_dtypes="${TORCH_DTYPES:-$fv_dtypes}"
+# fastvar's int8 (--dtype int8) runs on any x86 CPU; the peer has no int8 path to compare.
+peer_dtypes=fp32
+if grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then peer_dtypes="fp32 bf16"; fi
+fv_dtypes="$peer_dtypes int8"
+torch_dtypes="${TORCH_DTYPES:-$peer_dtypes}"
 official="${VAR_OFFICIAL_DIR:-}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
