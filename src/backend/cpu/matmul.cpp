@@ -214,6 +214,25 @@ LinearWeight::LinearWeight(const float* w, int64_t N, int64_t K, DType dtype)
   if (dtype == DType::F32) return;
   auto p = std::make_shared<Packed>();
   dnnl::stream& s = thread_stream();
+  // One prepacked memory per panel of kPanel columns, in the layout a product
+  // of these operand types prefers (independent of M); `user` holds W's rows
+  // as `user_dt` values of `elem` bytes.
+  auto pack_panels = [&](dt src_dt, dt wei_dt, dt dst_dt, dt user_dt, const void* user, size_t elem) {
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t n = std::min(kPanel, N - n0);
+      dnnl::memory::desc src({1, K}, src_dt, dims{K, 1}), dst({1, n}, dst_dt, dims{n, 1});
+      dnnl::memory::desc any({K, n}, wei_dt, dnnl::memory::format_tag::any);
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, any, dst), engine());
+      dnnl::memory packed(pd.weights_desc(), engine());
+      dnnl::memory from(dnnl::memory::desc(dims{K, n}, user_dt, dims{1, K}), engine(),
+                        const_cast<char*>(static_cast<const char*>(user)) + size_t(n0 * K) * elem);
+      dnnl::reorder(from, packed).execute(s, from, packed);
+      p->bytes += static_cast<int64_t>(pd.weights_desc().get_size());
+      p->descs.push_back(pd.weights_desc());
+      p->panels.push_back(packed);
+    }
+    s.wait();
+  };
   if (dtype == DType::INT8) {
     const float qmax = int8_vnni() ? 127.f : 63.f;
     std::vector<int8_t> q(size_t(N * K));
@@ -235,37 +254,11 @@ LinearWeight::LinearWeight(const float* w, int64_t N, int64_t K, DType dtype)
         p->colsum[size_t(n)] = sum;
       }
     });
-    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
-      const int64_t n = std::min(kPanel, N - n0);
-      dnnl::memory::desc src({1, K}, dt::u8, dims{K, 1}), dst({1, n}, dt::s32, dims{n, 1});
-      dnnl::memory::desc any({K, n}, dt::s8, dnnl::memory::format_tag::any);
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, any, dst), engine());
-      dnnl::memory packed(pd.weights_desc(), engine());
-      dnnl::memory user(dnnl::memory::desc(dims{K, n}, dt::s8, dims{1, K}), engine(), q.data() + n0 * K);
-      dnnl::reorder(user, packed).execute(s, user, packed);
-      p->bytes += static_cast<int64_t>(pd.weights_desc().get_size());
-      p->descs.push_back(pd.weights_desc());
-      p->panels.push_back(packed);
-    }
-    s.wait();
-    p->bytes += N * 8;
-    packed_ = std::move(p);
-    return;
+    pack_panels(dt::u8, dt::s8, dt::s32, dt::s8, q.data(), sizeof(int8_t));
+    p->bytes += N * 8;  // scales and sums
+  } else {
+    pack_panels(dt::bf16, dt::bf16, dt::f32, dt::f32, w, sizeof(float));
   }
-  for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
-    const int64_t n = std::min(kPanel, N - n0);
-    // The layout a bf16 matmul prefers for this panel (independent of M).
-    dnnl::memory::desc src({1, K}, dt::bf16, dims{K, 1}), dst({1, n}, dt::f32, dims{n, 1});
-    dnnl::memory::desc any({K, n}, dt::bf16, dnnl::memory::format_tag::any);
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, any, dst), engine());
-    dnnl::memory packed(pd.weights_desc(), engine());
-    dnnl::memory user(weight_desc_plain(K, n), engine(), const_cast<float*>(w + n0 * K));
-    dnnl::reorder(user, packed).execute(s, user, packed);
-    p->bytes += static_cast<int64_t>(pd.weights_desc().get_size());
-    p->descs.push_back(pd.weights_desc());
-    p->panels.push_back(packed);
-  }
-  s.wait();
   packed_ = std::move(p);
 }
 
