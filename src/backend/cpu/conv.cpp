@@ -247,7 +247,9 @@ void conv2d_winograd_pre(const float* x, int64_t Cin, int64_t H, int64_t W, cons
         Cin,
         [&](int64_t c0, int64_t c1) {
           const int64_t P = 2 * tw + 2;
-          std::vector<float> pad(size_t(4 * P)), r(size_t(16 * tw));
+          thread_local std::vector<float> pad, r;  // this worker's scratch
+          pad.resize(size_t(4 * P));
+          r.resize(size_t(16 * tw));
           for (int64_t ci = c0; ci < c1; ++ci) {
             const float* xc = x + ci * HW;
             for (int64_t tr = r0; tr < r1; ++tr) {
@@ -295,7 +297,9 @@ void conv2d_winograd_pre(const float* x, int64_t Cin, int64_t H, int64_t W, cons
     parallel_for(
         Cout,
         [&](int64_t c0, int64_t c1) {
-          std::vector<float> q(size_t(8 * tw)), out(size_t(2 * tw));
+          thread_local std::vector<float> q, out;  // this worker's scratch
+          q.resize(size_t(8 * tw));
+          out.resize(size_t(2 * tw));
           const int64_t stride = Cout * n;
           for (int64_t co = c0; co < c1; ++co) {
             const float b = bias ? bias[co] : 0.f;
