@@ -1,11 +1,18 @@
 // Transformer kernels against plain double-precision reference loops.
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <limits>
+#include <thread>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -73,6 +80,59 @@ TEST(Kernels, LinearLargeSplitsAndPanels) {
     for (size_t i = 0; i < yb.size(); ++i)
       ASSERT_NEAR(yb2[i], yb[i] + r0[i], 4 * 2 * std::pow(2.0, -9) * std::sqrt(double(K)));
   }
+}
+
+std::atomic<int> g_signals{0};
+void count_signal(int) { g_signals.fetch_add(1, std::memory_order_relaxed); }
+
+TEST(Kernels, LinearSurvivesSignalsDuringProducts) {
+  // A host's signal handlers (Python's Ctrl-C, a profiler's SIGPROF) may fire
+  // while a product runs. oneDNN's generated f32 GEMM kernels move rsp onto
+  // their heap workspace, so a handler frame taken there corrupted the heap
+  // (the Python package's Ctrl-C test died with "corrupted size vs. prev_size"
+  // about 1 run in 10). Here another thread signals this one every 50 us,
+  // through a handler on the normal stack, while fp32 and int8 products run
+  // single-threaded and then on the pool: every result must stay bitwise
+  // equal to the same product run in quiet, and the heap intact.
+  struct sigaction sa, old_sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = count_signal;
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old_sa), 0);
+  // Shapes that reach the affected kernels on AVX2 (one row, a small and a
+  // long reduction): without the fix each of them fails or aborts here.
+  const int saved_threads = num_threads();
+  for (auto [M, N, K] : std::vector<std::array<int64_t, 3>>{{1, 600, 256}, {16, 64, 256}, {64, 600, 1024}}) {
+    auto x = randn(M * K, 31), w = randn(N * K, 32), b = randn(N, 33);
+    cpu::LinearWeight wf(w.data(), N, K), wq(w.data(), N, K, cpu::DType::INT8);
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      std::vector<float> quiet_f(M * N), quiet_q(M * N), y(M * N);
+      cpu::linear(x.data(), wf, b.data(), quiet_f.data(), M);
+      cpu::linear(x.data(), wq, b.data(), quiet_q.data(), M);
+      std::atomic<bool> stop{false};
+      const pthread_t target = pthread_self();
+      g_signals = 0;
+      std::thread pinger([&] {
+        while (!stop.load()) {
+          pthread_kill(target, SIGUSR1);
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+      });
+      int differ = 0;
+      int rep = 0;
+      for (; rep < 100 || (g_signals.load() < 200 && rep < 50000); ++rep) {
+        cpu::linear(x.data(), rep % 2 ? wq : wf, b.data(), y.data(), M);
+        differ += std::memcmp(y.data(), (rep % 2 ? quiet_q : quiet_f).data(), y.size() * sizeof(float)) != 0;
+      }
+      stop = true;
+      pinger.join();
+      EXPECT_EQ(differ, 0) << M << "x" << N << "x" << K << ", " << threads << " threads";
+      EXPECT_GE(g_signals.load(), 200) << "the signals did not arrive while " << rep << " products ran";
+    }
+  }
+  set_num_threads(saved_threads);
+  sigaction(SIGUSR1, &old_sa, nullptr);
 }
 
 TEST(Kernels, LinearInt8IsWithinItsQuantisationBound) {

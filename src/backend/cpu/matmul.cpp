@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <csignal>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -51,6 +52,30 @@ dnnl::stream& thread_stream() {
   }
   thread_local dnnl::stream s(engine());
   return s;
+}
+
+// Runs a primitive to completion with the asynchronous signals held back on
+// this thread. oneDNN's generated f32 GEMM kernels (up to 3.11; Debian 12 ships
+// 2.6) point rsp at their heap workspace while they run, so a signal handler
+// taken on the normal stack writes its frame into the heap (oneDNN issue
+// #4845, fixed upstream by PR #4855). A signal sent meanwhile stays pending
+// and is handled, on this thread or another, as soon as the product is done:
+// a Ctrl-C handler (Python's among them) runs after at most one product.
+void execute_deferring_signals(const dnnl::primitive& prim, dnnl::stream& s,
+                               const std::unordered_map<int, dnnl::memory>& args) {
+  static const sigset_t async = [] {
+    sigset_t set;
+    sigfillset(&set);
+    // Faults raised by the code itself cannot wait (the kernel kills a thread
+    // that blocks them), nor can abort().
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS}) sigdelset(&set, sig);
+    return set;
+  }();
+  sigset_t old;
+  pthread_sigmask(SIG_BLOCK, &async, &old);
+  prim.execute(s, args);
+  s.wait();
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 dnnl::memory::desc weight_desc_plain(int64_t K, int64_t n) {
@@ -226,12 +251,11 @@ LinearWeight::LinearWeight(const float* w, int64_t N, int64_t K, DType dtype)
       dnnl::memory packed(pd.weights_desc(), engine());
       dnnl::memory from(dnnl::memory::desc(dims{K, n}, user_dt, dims{1, K}), engine(),
                         const_cast<char*>(static_cast<const char*>(user)) + size_t(n0 * K) * elem);
-      dnnl::reorder(from, packed).execute(s, from, packed);
+      execute_deferring_signals(dnnl::reorder(from, packed), s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, packed}});
       p->bytes += static_cast<int64_t>(pd.weights_desc().get_size());
       p->descs.push_back(pd.weights_desc());
       p->panels.push_back(packed);
     }
-    s.wait();
   };
   if (dtype == DType::INT8) {
     const float qmax = int8_vnni() ? 127.f : 63.f;
@@ -292,9 +316,8 @@ void linear_int8(const float* x, const LinearWeight& w, const LinearWeight::Pack
     acc.resize(size_t(M * n));
     dnnl::memory ms(pr.src, engine(), xq), md(pr.dst, engine(), acc.data());
     dnnl::memory msc(pr.scratch, engine(), thread_scratch(pr));
-    pr.mm.execute(s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, pk.panels[size_t(p)]}, {DNNL_ARG_DST, md},
-                      {DNNL_ARG_SCRATCHPAD, msc}});
-    s.wait();
+    execute_deferring_signals(pr.mm, s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, pk.panels[size_t(p)]},
+                                         {DNNL_ARG_DST, md}, {DNNL_ARG_SCRATCHPAD, msc}});
     const float* ws = pk.scale.data() + n0;
     const int32_t* cs = pk.colsum.data() + n0;
     for (int64_t m = 0; m < M; ++m) {
@@ -376,8 +399,7 @@ void linear(const float* x, const LinearWeight& w, const float* bias, float* y, 
       b.bias.set_data_handle(const_cast<float*>(bias + n0));
       b.args[DNNL_ARG_BIAS] = b.bias;
     }
-    pr.mm.execute(s, b.args);
-    s.wait();
+    execute_deferring_signals(pr.mm, s, b.args);
     if (bf16) b.args[DNNL_ARG_WEIGHTS] = dnnl::memory();  // do not keep the panel alive
     if (pr.staged) unstage(stage.data(), M, n, y + n0, N, accumulate);
   };
@@ -406,9 +428,8 @@ void gemm_nt_bf16(const uint16_t* A, const uint16_t* B, float* C, int64_t M, int
     dnnl::memory mw(pr.wei, engine(), const_cast<uint16_t*>(B + n0 * K));
     dnnl::memory md(pr.dst, engine(), pr.staged ? stage.data() : C + n0);
     dnnl::memory msc(pr.scratch, engine(), thread_scratch(pr));
-    pr.mm.execute(s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md},
-                      {DNNL_ARG_SCRATCHPAD, msc}});
-    s.wait();
+    execute_deferring_signals(pr.mm, s, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md},
+                                         {DNNL_ARG_SCRATCHPAD, msc}});
     if (pr.staged) unstage(stage.data(), M, n, C + n0, ldc, accumulate);
   };
   if (parts == 1) {
