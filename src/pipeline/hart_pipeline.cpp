@@ -329,7 +329,8 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
     if (host && p.on_scale) {  // synchronous: report as it happens
       ss.ms = ev->elapsed_ms(si, si + 1);
       p.on_scale(ss);
-    }    check_abort(p.abort);
+    }
+    check_abort(p.abort);
   }
   if (p.tap) {
     for (int b = 0; b < c.depth; ++b)

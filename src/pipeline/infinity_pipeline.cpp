@@ -263,7 +263,8 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
     if (host && p.on_scale) {  // synchronous: report as it happens
       ss.ms = ev->elapsed_ms(si, si + 1);
       p.on_scale(ss);
-    }    check_abort(p.abort);
+    }
+    check_abort(p.abort);
   }
   if (dtap) {
     dtap("final.summed_codes", bf.summed.f32(), {B, d, Hf, Wf});

@@ -254,7 +254,8 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
     if (host && p.on_scale) {  // synchronous: report as it happens
       ss.ms = ev->elapsed_ms(si, si + 1);
       p.on_scale(ss);
-    }    check_abort(p.abort);
+    }
+    check_abort(p.abort);
   }
   if (p.tap) {
     Tensor kv({cfg.depth});
