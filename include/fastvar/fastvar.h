@@ -71,6 +71,11 @@ typedef struct {
    * batch may differ from their solo runs in the last bits of the floats,
    * and so, rarely, in a sampled token). */
   int batch_invariant;
+  /* The KV cache and FastVAR's caches: "fp32" (NULL; the bf16 engine on CUDA
+   * keeps them in bfloat16 anyway) or "bf16" on the CPU whatever the dtype:
+   * half their bytes (the attention widens them block by block), for the
+   * large resolutions. */
+  const char* kv_dtype;
 } fastvar_params;
 
 /* Progress: called after each scale, and once more for the tokenizer decoder

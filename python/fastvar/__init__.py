@@ -57,6 +57,7 @@ class _Params(ctypes.Structure):
         ("abort", ctypes.c_void_p),
         ("abort_user", ctypes.c_void_p),
         ("batch_invariant", ctypes.c_int),
+        ("kv_dtype", ctypes.c_char_p),
     ]
 
 
@@ -221,12 +222,13 @@ class Pipeline:
     def __call__(self, prompt=None, class_label=None, num_images=1, seed=0, guidance_scale=None, top_k=None,
                  top_p=None, tau=None, size=None, fastvar=True, prune=None, skip_last=None, cache_scale=None,
                  prune_layers=None, score=None, smooth=True, callback=None, output_type="pil",
-                 batch_invariant=False):
+                 batch_invariant=False, kv_dtype=None):
         """Generates num_images images. seed: one integer (image i uses seed + i) or
         one per image; with batch_invariant=True an image is byte-identical alone or
         in any batch (slower batches). callback(scale,
         num_scales, info) after every scale (and the decoder); returning False
-        aborts (fastvar.Error), as does Ctrl-C (KeyboardInterrupt)."""
+        aborts (fastvar.Error), as does Ctrl-C (KeyboardInterrupt). kv_dtype="bf16" keeps
+        the KV and FastVAR caches in bfloat16 on the CPU (half their memory)."""
         lib = self._lib
         if output_type not in ("pil", "np"):
             raise Error(f"output_type must be 'pil' or 'np', not {output_type!r}")
@@ -284,7 +286,7 @@ class Pipeline:
             p.resolution = r
             p.h_div_w = float(h) / float(w)
         p.fastvar = 1 if fastvar else 0
-        strs = {"prune": prune, "score": score, "dtype": self.dtype, "device": self.device}
+        strs = {"prune": prune, "score": score, "dtype": self.dtype, "device": self.device, "kv_dtype": kv_dtype}
         for k, v in strs.items():
             if v is not None:
                 b = str(v).encode()

@@ -59,6 +59,22 @@ def test_images_equal_the_clis_pixels():
     assert one[0].tobytes() == arr[1].tobytes()
 
 
+def test_bf16_kv_cache_halves_the_cache_and_matches_the_cli():
+    pipe = fastvar.Pipeline.default(threads=2)
+    f32 = pipe(class_label=2, num_images=2, seed=5)
+    b16 = pipe(class_label=2, num_images=2, seed=5, kv_dtype="bf16")
+    kv = lambda out: [t["kv_bytes"] for t in out.timings[:-1]]  # noqa: E731 - the scales, not the decoder
+    assert kv(b16) == [b // 2 for b in kv(f32)] and max(kv(b16)) > 0
+    with tempfile.TemporaryDirectory() as d:
+        png = os.path.join(d, "k.png")
+        subprocess.run([BIN, "generate", "--class", "2", "-n", "2", "-s", "5", "--kv-dtype", "bf16", "--no-grid", "-q",
+                        "-o", png], check=True)
+        for i in range(2):
+            assert Image.open(os.path.join(d, f"k-{i}.png")).convert("RGB").tobytes() == b16.images[i].tobytes()
+    with pytest.raises(fastvar.Error, match="KV cache dtype"):
+        pipe(class_label=2, kv_dtype="fp16")
+
+
 def test_callback_once_per_scale_and_abort():
     pipe = fastvar.Pipeline.default()
     calls = []

@@ -29,6 +29,16 @@ cpu::DType compute_dtype(const char* name, const DeviceSpec& d) {
 
 namespace {
 
+// The caches in bfloat16 when asked ("bf16"); "fp32" or NULL: as the engine
+// keeps them for the dtype.
+bool kv_bf16_of(const fastvar_params& q, const DeviceSpec& dev) {
+  if (!q.kv_dtype || std::string(q.kv_dtype) == "fp32") return false;
+  if (std::string(q.kv_dtype) != "bf16") fail("unknown KV cache dtype '%s' (expected fp32 or bf16)", q.kv_dtype);
+  if (dev.cuda) fail("--kv-dtype bf16 is for the CPU (on CUDA the bf16 engine keeps its caches in bfloat16)");
+  return true;
+}
+
+
 // The runner of `runner` for (device, dtype), (re)built when either changed;
 // the old copy is freed first.
 template <class Runner, class Model, class Vae>
@@ -187,6 +197,7 @@ VarGenParams VarEngine::params(const fastvar_params& qr) const {
   if (q->abort) p.abort = [q] { return q->abort(q->abort_user) != 0; };
   p.plan = fastvar::plan_from_params(fastvar::default_var_plan(c), c.SN(), c.depth, *q);
   fastvar::validate_var_params(c, p);
+  p.kv_bf16 = kv_bf16_of(*q, parse_device(q->device));
   // Refused before anything is allocated; the caller's RGB buffer counted too.
   const int64_t side = int64_t(c.patch_nums.back()) * vae->config().downsample;
   fastvar::check_memory(fastvar::estimate_var_bytes(*model, *vae, p) +
@@ -229,6 +240,7 @@ InfinityGenParams InfinityEngine::params(const fastvar_params& qr, bool encode) 
   const int S = static_cast<int>(p.schedule.scales.size());
   p.plan = fastvar::plan_from_params(fastvar::default_infinity_plan(S, c.depth, res == "2K"), S, c.depth, *q);
   fastvar::validate_infinity_params(c, p);
+  p.kv_bf16 = kv_bf16_of(*q, parse_device(q->device));
   const int64_t s = ie.vae->stride(), h = p.schedule.scales.back().first * s, w = p.schedule.scales.back().second * s;
   fastvar::check_memory(fastvar::estimate_infinity_bytes(*ie.model, *ie.vae, p) + 2 * int64_t(q->num_images) * h * w * 3,
                         fastvar::strprintf("generating %d image(s) of %lldx%lld", q->num_images, (long long)w,
@@ -276,6 +288,7 @@ HartGenParams HartEngine::params(const fastvar_params& q, bool encode) const {
   p.diffusion_steps = diffusion_steps;
   p.plan = plan_from_params(default_hart_plan(c.SN(), c.depth), c.SN(), c.depth, q);
   validate_hart_params(c, p);
+  p.kv_bf16 = kv_bf16_of(q, parse_device(q.device));
   const int64_t side = output_side();
   check_memory(estimate_hart_bytes(*model, *vae, p) + 2 * int64_t(q.num_images) * side * side * 3,
                strprintf("generating %d image(s) of %lldx%lld", q.num_images, (long long)side, (long long)side));
@@ -409,6 +422,7 @@ std::string generation_parameters(const std::string& model, const fastvar_params
     s += ")";
   }
   s += std::string("\ndtype: ") + (q.dtype ? q.dtype : "default") + ", device: " + (q.device ? q.device : "cpu");
+  if (q.kv_dtype) s += std::string(", kv cache: ") + q.kv_dtype;
   s += "\nmodel: " + model + "\nengine: fastvar.cpp " FASTVAR_VERSION_STRING;
   return s;
 }
@@ -459,6 +473,7 @@ void check_common(const fastvar_engine* e, const fastvar_params* q) {
   if (q->threads < 0) fastvar::fail("threads must be >= 0");
   const fastvar::DeviceSpec d = fastvar::parse_device(q->device);
   fastvar::compute_dtype(q->dtype, d);  // throws for unknown / unsupported
+  fastvar::kv_bf16_of(*q, d);
 }
 
 }  // namespace

@@ -165,7 +165,8 @@ nlohmann::json report(const std::string& name, const std::string& config, const 
   }
   nlohmann::json out = {{"model", name}, {"config", config}, {"batch", a.count},
                         {"batch_invariant", a.batch_invariant}, {"warmup_runs", a.warmup}, {"threads", num_threads()},
-                        {"runs", a.runs}, {"dtype", a.dtype}, {"peak_rss_mib", peak_rss_mib()}, {"modes", jm}};
+                        {"runs", a.runs}, {"dtype", a.dtype},
+                        {"kv_dtype", a.kv_dtype.empty() ? "fp32" : a.kv_dtype}, {"peak_rss_mib", peak_rss_mib()}, {"modes", jm}};
   if (weight_bytes) {
     out["gemm_weight_bytes_per_scale"] = weight_bytes;
     out["stream_read_gbs"] = gbs;
@@ -225,11 +226,14 @@ struct Resolved {
   DeviceSpec dev;
   cpu::DType dt;
   BenchArgs a;
+  bool kv_bf16 = false;
 };
 Resolved resolve(const BenchArgs& args) {
   Resolved r{parse_device(args.device.c_str()), cpu::DType::F32, args};
   r.dt = compute_dtype(args.dtype.c_str(), r.dev);
   r.a.dtype = cpu::dtype_name(r.dt);
+  r.kv_bf16 = args.kv_dtype == "bf16";
+  if (r.kv_bf16 && r.dev.cuda) fail("--kv-dtype bf16 is for the CPU (on CUDA the bf16 engine keeps its caches in bfloat16)");
   return r;
 }
 
@@ -239,6 +243,7 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
   const DeviceSpec& dev = rs.dev;
   const cpu::DType dt = rs.dt;
   const BenchArgs& a = rs.a;
+  const bool kv_bf16 = rs.kv_bf16;
   VarRunner runner(*e->model, *e->vae, backend::get(dev.cuda, dev.index), dt);
   const backend::BatchImages invariant(backend::get(dev.cuda, dev.index), a.batch_invariant ? a.count : 0);
   auto gen = [&](const VarGenParams& p) { return runner.generate(p); };
@@ -259,6 +264,7 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
       VarGenParams p;
       p.labels.assign(a.count, 207 % c.num_classes);
       p.plan = r[m].plan;
+      p.kv_bf16 = kv_bf16;
       gen(p);
     }
   if (dev.cuda) backend::get(dev.cuda, dev.index).reset_peak();
@@ -268,6 +274,7 @@ nlohmann::json bench_var(const std::string& shape, const BenchArgs& args, double
       p.labels.assign(a.count, 207 % c.num_classes);
       p.seed = static_cast<uint64_t>(run);
       p.plan = r[m].plan;
+      p.kv_bf16 = kv_bf16;
       p.on_scale = r[m].recorder(SN);
       VarGenResult res = gen(p);
       r[m].total_ms.push_back(res.total_ms);
@@ -292,6 +299,7 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
   const DeviceSpec& dev = rs.dev;
   const cpu::DType dt = rs.dt;
   const BenchArgs& a = rs.a;
+  const bool kv_bf16 = rs.kv_bf16;
   infinity::RandomInfinitySpec is = infinity::infinity_preset(shape);
   Weights w(infinity::random_infinity_checkpoint(is, 1));
   infinity::InfinityModel model(w);
@@ -333,6 +341,7 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
     p.tau = {0.5f};
     p.seed = static_cast<uint64_t>(run);
     p.plan = r[m].plan;
+    p.kv_bf16 = kv_bf16;
     return p;
   };
   for (int w = 0; w < a.warmup; ++w)  // untimed: first-use costs (see bench_var)
@@ -359,6 +368,7 @@ nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
   const DeviceSpec& dev = rs.dev;
   const cpu::DType dt = rs.dt;
   const BenchArgs& a = rs.a;
+  const bool kv_bf16 = rs.kv_bf16;
   const hart::RandomHartSpec hs = hart::hart_preset(shape);
   Weights w(hart::random_hart_checkpoint(hs, 1));
   hart::HartModel model(w, hs.options());
@@ -395,6 +405,7 @@ nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
     p.positions = pos;
     p.seed = static_cast<uint64_t>(run);
     p.plan = r[m].plan;
+    p.kv_bf16 = kv_bf16;
     return p;
   };
   for (int w = 0; w < a.warmup; ++w)  // untimed: first-use costs (see bench_var)

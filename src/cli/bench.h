@@ -15,6 +15,7 @@ struct BenchArgs {
   std::string json;                 // write results here too
   std::string prune, score = "mean";
   std::string dtype;                // fp32 / bf16; empty: fp32 on the CPU, bf16 on CUDA
+  std::string kv_dtype;             // fp32 (empty) / bf16: the KV and FastVAR caches (CPU)
   std::string device = "cpu";       // cpu, cuda, cuda:N (VAR shapes)
   int skip_last = -1, cache_scale = -1;
   bool batch_invariant = false;     // products per image (Backend::batch_images)

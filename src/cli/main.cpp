@@ -62,7 +62,7 @@ struct GenerateArgs {
   int threads = 0;
   bool no_grid = false, no_fastvar = false, quiet = false, profile = false, no_smooth = false,
        batch_invariant = false;
-  std::string prune, prune_layers, score = "mean", dtype, device = "cpu";
+  std::string prune, prune_layers, score = "mean", dtype, kv_dtype, device = "cpu";
   int skip_last = -1, cache_scale = -1;
 };
 
@@ -292,6 +292,7 @@ int run_generate(GenerateArgs a) {
   p.cache_scale = a.cache_scale;
   p.score = a.score.c_str();
   p.dtype = a.dtype.empty() ? nullptr : a.dtype.c_str();
+  p.kv_dtype = a.kv_dtype.empty() ? nullptr : a.kv_dtype.c_str();
   p.device = a.device.c_str();
   p.prune_layer_begin = layer_begin;
   p.prune_layer_end = layer_end;
@@ -486,6 +487,8 @@ int main(int argc, char** argv) {
   gen->add_option("--prune-layers", g.prune_layers, "FastVAR: pruned blocks A-B (inclusive)");
   gen->add_option("--score", g.score, "FastVAR token score: mean (reference) or box (3x3 local mean)")->check(CLI::IsMember({"mean", "box"}));
   gen->add_option("--dtype", g.dtype, "GEMM dtype: fp32, bf16 (bfloat16 operands, fp32 accumulation) or int8 (CPU: int8 transformer weights, per-row int8 activations); default fp32 on the CPU, bf16 on CUDA")->check(CLI::IsMember({"fp32", "bf16", "int8"}));
+  gen->add_option("--kv-dtype", g.kv_dtype, "KV and FastVAR caches: fp32 (default) or bf16 (CPU; half the bytes)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   gen->add_option("--device", g.device, "cpu (default), cuda or cuda:N (`fastvar info` lists the devices)");
   gen->add_flag("-q,--quiet", g.quiet, "No progress output");
   gen->add_flag("--profile", g.profile, "Per scale: GFLOP, GFLOP/s, tokens forwarded, KV-cache bytes; then peak RSS");
@@ -531,6 +534,8 @@ int main(int argc, char** argv) {
   bench->add_option("--skip-last", b.skip_last, "Scales skipped in the 'skip' mode (default 1)")->check(CLI::Range(0, 64));
   bench->add_option("--score", b.score, "FastVAR token score: mean or box")->check(CLI::IsMember({"mean", "box"}));
   bench->add_option("--dtype", b.dtype, "GEMM dtype: fp32, bf16 or int8 (CPU) (default fp32 on the CPU, bf16 on CUDA)")->check(CLI::IsMember({"fp32", "bf16", "int8"}));
+  bench->add_option("--kv-dtype", b.kv_dtype, "KV and FastVAR caches: fp32 (default) or bf16 (CPU)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   bench->add_option("--device", b.device, "cpu (default), cuda or cuda:N (VAR and Infinity shapes)");
 
   server::ServeOptions sv;

@@ -90,17 +90,20 @@ int64_t estimate_hart_bytes(const hart::HartModel& model, const hart::Tokenizer&
   int64_t lmax = 0;
   for (int si = 0; si <= last_scale(c, p.plan); ++si) lmax = std::max(lmax, tokens[si]);
   const int64_t big = std::max<int64_t>(3 * C, c.llama_mlp ? 2 * c.ffn : c.ffn);
-  int64_t floats = 2 * int64_t(c.depth) * R * cap * C           // KV cache
-                   + R * lmax * (6 * C + big + c.V + 2 * c.head_dim)  // activations, logits, RoPE
+  // The KV and FastVAR caches, in float32 units (half as many in bfloat16).
+  int64_t caches = 2 * int64_t(c.depth) * R * cap * C;
+  int64_t floats = R * lmax * (6 * C + big + c.V + 2 * c.head_dim)  // activations, logits, RoPE
                    + R * c.T * (c.context_dim + C)                  // the text prefix
                    + 6 * B * Cv * P * P                             // latents, tokens, residual
                    + B * 3 * side * side;                           // decoded images
   if (p.plan.enabled && p.plan.cache_scale >= 1 && p.plan.cache_scale < c.SN())
     for (int b = std::max(p.plan.layer_begin, 0); b < c.depth && b <= p.plan.layer_end; ++b)
-      floats += 2 * R * tokens[p.plan.cache_scale] * C;
+      caches += 2 * R * tokens[p.plan.cache_scale] * C;
+  if (p.kv_bf16) caches /= 2;
+  floats += caches;
   // The diffusion's and the decoder's workspaces use the idle KV cache when
   // they fit there; beyond it they add.
-  const int64_t kv = 2 * int64_t(c.depth) * R * cap * C;
+  const int64_t kv = 2 * int64_t(c.depth) * R * cap * C / (p.kv_bf16 ? 2 : 1);
   const int64_t diff = 2 * B * P * P * (8 * W + 6 * Cv) + 4096;
   const int64_t dec = 3 * vae.max_map(int(P), int(P)) + vae.max_qkv(int(P), int(P));
   floats += std::max<int64_t>(0, std::max(diff, dec) - kv);
@@ -111,8 +114,10 @@ struct HartRunner::Buffers {
   struct Key {
     int rows = 0, capacity = 0, layer_begin = 0, layer_end = 0;
     int64_t lmax = 0, ctr_tokens = 0;
+    bool kv_bf16 = false;
     bool operator==(const Key& o) const {
       return rows == o.rows && capacity == o.capacity && layer_begin == o.layer_begin && layer_end == o.layer_end &&
+             kv_bf16 == o.kv_bf16 &&
              lmax == o.lmax && ctr_tokens == o.ctr_tokens;
     }
   } key;
@@ -157,6 +162,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
   const std::vector<int64_t> tokens = scale_tokens(c);
   Buffers::Key key;
   key.rows = R;
+  key.kv_bf16 = p.kv_bf16;
   key.capacity = static_cast<int>(kv_capacity(&p.plan, tokens, c.depth));
   for (int si = 0; si <= last; ++si) key.lmax = std::max(key.lmax, tokens[si]);
   if (p.plan.enabled && p.plan.cache_scale >= 1 && p.plan.cache_scale < S) {
@@ -169,7 +175,7 @@ HartGenResult HartRunner::generate(const HartGenParams& p) {
     bufs_.reset();  // free first: the old and new buffers need not fit together
     bufs_ = std::make_unique<Buffers>();
     bufs_->key = key;
-    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens);
+    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens, 0, key.kv_bf16);
     auto floats = [&](int64_t n) { return backend::alloc_f32(be, n); };
     bufs_->f_hat = floats(lat);
     bufs_->next_cm = floats(lat);

@@ -36,6 +36,7 @@ struct HartGenParams {
   int diffusion_steps = 8;
   float temperature = 1.f;          // of the diffusion noise
   PrunePlan plan;
+  bool kv_bf16 = false;             // KV and FastVAR caches in bfloat16 (half the bytes)
   bool decode = true;
   Tap tap;
   // Teacher forcing (golden checks): the sampled ids of scale si (B, n); the

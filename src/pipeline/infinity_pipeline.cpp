@@ -74,8 +74,8 @@ int64_t estimate_infinity_bytes(const infinity::InfinityModel& model, const infi
   const int64_t capacity = kv_capacity(&p.plan, tokens, c.depth);  // what the fullest block appends
   const int64_t Hf = sched.back().first, Wf = sched.back().second;
   const int64_t s = vae.stride();
-  int64_t floats = 2 * int64_t(c.depth) * R * capacity * C   // KV cache
-                   + R * lmax * (8 * C + c.ffn)              // one scale's activations
+  int64_t caches = 2 * int64_t(c.depth) * R * capacity * C;  // KV cache (and below, FastVAR's)
+  int64_t floats = R * lmax * (8 * C + c.ffn)                // one scale's activations
                    + R * lmax * 2 * c.bits                   // logits
                    + 2 * B * c.bits * Hf * Wf                // summed codes, next input
                    + 3 * vae.max_map(int(Hf), int(Wf))       // the decoder's maps
@@ -83,9 +83,9 @@ int64_t estimate_infinity_bytes(const infinity::InfinityModel& model, const infi
   if (p.plan.enabled && p.plan.cache_scale >= 0 && p.plan.cache_scale < S) {
     const int64_t pc = int64_t(sched[p.plan.cache_scale].first) * sched[p.plan.cache_scale].second;
     for (int b = std::max(p.plan.layer_begin, 0); b < c.depth && b <= p.plan.layer_end; ++b)
-      floats += 3 * R * pc * C;  // self-attention, cross-attention and FFN caches
+      caches += 3 * R * pc * C;  // self-attention, cross-attention and FFN caches
   }
-  return floats * 4;
+  return floats * 4 + caches * (p.kv_bf16 ? 2 : 4);
 }
 
 struct InfinityRunner::Buffers {
@@ -93,8 +93,9 @@ struct InfinityRunner::Buffers {
   struct Key {
     int rows = 0, capacity = 0, Hf = 0, Wf = 0, layer_begin = 0, layer_end = 0;
     int64_t lmax = 0, lmax_all = 0, ctr_tokens = 0, rope_rows = 0;  // tokens: largest scale run / of all
+    bool kv_bf16 = false;
     bool operator==(const Key& o) const {
-      return rows == o.rows && capacity == o.capacity && Hf == o.Hf && Wf == o.Wf &&
+      return rows == o.rows && capacity == o.capacity && Hf == o.Hf && Wf == o.Wf && kv_bf16 == o.kv_bf16 &&
              layer_begin == o.layer_begin && layer_end == o.layer_end && lmax == o.lmax &&
              lmax_all == o.lmax_all && ctr_tokens == o.ctr_tokens && rope_rows == o.rope_rows;
     }
@@ -137,6 +138,7 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
   const int64_t HWf = int64_t(Hf) * Wf;
   Buffers::Key key;
   key.rows = R;
+  key.kv_bf16 = p.kv_bf16;
   key.Hf = Hf;
   key.Wf = Wf;
   std::vector<int64_t> scale_tokens;
@@ -163,7 +165,8 @@ InfinityGenResult InfinityRunner::generate(const InfinityGenParams& p) {
     // activations: idle by then), made large enough for them: the peak is the
     // larger of the two, not their sum.
     const int64_t ws = vae_->workspace_floats(B, Hf, Wf);
-    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens, size_t(ws) * sizeof(float));
+    bufs_->st = model_->new_state(R, key.capacity, key.lmax, &p.plan, key.ctr_tokens, size_t(ws) * sizeof(float),
+                                  key.kv_bf16);
     auto floats = [&](int64_t n) { return backend::alloc_f32(be, n); };
     bufs_->summed = floats(int64_t(B) * d * HWf);
     bufs_->codes = floats(int64_t(B) * d * key.lmax);

@@ -31,6 +31,7 @@ struct InfinityGenParams {
   std::vector<uint64_t> seeds;      // per image (else seed + i): image_seeds()
   std::function<bool()> abort;      // true: stop at the next scale (throws Aborted)
   PrunePlan plan;
+  bool kv_bf16 = false;             // KV and FastVAR caches in bfloat16 (half the bytes)
   bool decode = true;
   Tap tap;
   // Replaces sampling (teacher forcing): fills bits (B, h, w, d) with 0/1.

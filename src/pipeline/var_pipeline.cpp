@@ -114,12 +114,13 @@ int64_t estimate_var_bytes(const var::VarModel& model, const var::VQVAE& vae, co
                          + 3 * vae.max_map(int(P), int(P))   // the decoder's maps (one image at a time)
                          + vae.max_qkv(int(P), int(P))       // and its attention's qkv
                          + B * 3 * side * side;              // decoded images
-  return var::var_state_bytes(cfg, 2 * static_cast<int>(B), &p.plan, false) + floats * 4 + B * P * P * 4;
+  return var::var_state_bytes(cfg, 2 * static_cast<int>(B), &p.plan, p.kv_bf16) + floats * 4 + B * P * P * 4;
 }
 
 struct VarRunner::Buffers {
   var::VarNet::State st;
   backend::Buffer f_hat, next, h, idx, img;
+  bool kv_bf16 = false;  // the caches were asked for in bfloat16
 };
 
 VarRunner::VarRunner(const var::VarModel& model, const var::VQVAE& vae, backend::Backend& be, backend::DType dtype)
@@ -158,14 +159,15 @@ VarGenResult VarRunner::generate(const VarGenParams& p) {
   // the FastVAR caches, and those only when their layout changes).
   const int64_t lat = int64_t(B) * Cv * P * P;
   const int64_t kv_cap = var::kv_capacity(&p.plan, cfg);
-  if (bufs_ && bufs_->st.rows == R && bufs_->st.cap >= kv_cap) {
+  if (bufs_ && bufs_->st.rows == R && bufs_->st.cap >= kv_cap && bufs_->kv_bf16 == p.kv_bf16) {
     const auto key = var::ctr_key(cfg, &p.plan);
     if (bufs_->st.ctr_tokens != key.first || bufs_->st.ctr_layers != key.second)
       model_->set_ctr_caches(bufs_->st, &p.plan);
   } else {
     bufs_.reset();  // free first: the old and new caches need not fit together
     bufs_ = std::make_unique<Buffers>();
-    bufs_->st = model_->new_state(R, &p.plan);
+    bufs_->st = model_->new_state(R, &p.plan, p.kv_bf16);
+    bufs_->kv_bf16 = p.kv_bf16;
     bufs_->f_hat = backend::alloc_f32(be, lat);
     bufs_->next = backend::alloc_f32(be, lat);
     bufs_->h = backend::alloc_f32(be, lat);

@@ -68,6 +68,7 @@ struct VarGenParams {
   std::vector<uint64_t> seeds;  // per image (else seed + i): image_seeds()
   std::function<bool()> abort;  // true: stop at the next scale (throws Aborted)
   PrunePlan plan;
+  bool kv_bf16 = false;  // KV and FastVAR caches in bfloat16 (half the bytes; attention widens them)
   bool decode = true;
   var::Tap tap;  // intermediate tensors, for golden checks
   // Replaces sampling (teacher forcing): fills idx (B, n) for scale si.

@@ -3,7 +3,10 @@
 // Highway with runtime dispatch (AVX-512 / AVX2 / SSE4 ...).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -24,10 +27,21 @@ namespace hn = hwy::HWY_NAMESPACE;
 constexpr int64_t kQBlock = 32;
 constexpr int64_t kKBlock = 128;
 
-// One (head, query block) task. q rows are q_stride apart; k, v are (Lk, hd).
-void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, float* out,
-              int64_t out_stride, int64_t ni, int64_t Lk, int64_t hd, float scale, float* kt,
-              float* s, float* acc, float* m, float* l, float* corr) {
+inline float widen(float x) { return x; }
+inline float widen(uint16_t x) {
+  const uint32_t u = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// One (head, query block) task. q rows are q_stride apart; k, v are (Lk, hd),
+// float32 or (KV = uint16_t) bfloat16 bits widened block by block: K into its
+// transposed block kt, V into vbuf (kKBlock x hd).
+template <typename KV>
+void AttnTileT(const float* q, int64_t q_stride, const KV* k, const KV* v, float* out,
+               int64_t out_stride, int64_t ni, int64_t Lk, int64_t hd, float scale, float* kt,
+               float* vbuf, float* s, float* acc, float* m, float* l, float* corr) {
   const hn::ScalableTag<float> d;
   const int64_t N = hn::Lanes(d);
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -38,7 +52,7 @@ void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, 
     const int64_t nj = std::min(kKBlock, Lk - j0), njr = (nj + N - 1) / N * N;
     // K block transposed to (hd, kKBlock) so that scores vectorise over keys.
     for (int64_t j = 0; j < nj; ++j)
-      for (int64_t c = 0; c < hd; ++c) kt[c * kKBlock + j] = k[(j0 + j) * hd + c];
+      for (int64_t c = 0; c < hd; ++c) kt[c * kKBlock + j] = widen(k[(j0 + j) * hd + c]);
     for (int64_t c = 0; c < hd; ++c)
       for (int64_t j = nj; j < njr; ++j) kt[c * kKBlock + j] = 0.f;
     // Scores, four query rows at a time: each K vector loaded feeds four rows.
@@ -95,6 +109,14 @@ void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, 
       l[i] = l[i] * corr[i] + hn::GetLane(hn::SumOfLanes(d, vsum));
       m[i] = mx;
     }
+    // The block's V rows as float32: the cache itself, or widened into vbuf.
+    const float* vblk;
+    if constexpr (std::is_same_v<KV, float>) {
+      vblk = v + j0 * hd;
+    } else {
+      for (int64_t i = 0; i < nj * hd; ++i) vbuf[i] = widen(v[j0 * hd + i]);
+      vblk = vbuf;
+    }
     // acc = acc * corr + P V, four rows x two vectors of the head dim in
     // registers across the key loop: each V vector loaded feeds four rows.
     for (int64_t i0 = 0; i0 < ni; i0 += 4) {
@@ -121,7 +143,7 @@ void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, 
         auto a30 = hn::Mul(hn::LoadU(d, ac[3] + c0), hn::Set(d, cr[3]));
         auto a31 = hn::Mul(hn::LoadU(d, ac[3] + c0 + N), hn::Set(d, cr[3]));
         for (int64_t j = 0; j < nj; ++j) {
-          const float* vj = v + (j0 + j) * hd + c0;
+          const float* vj = vblk + j * hd + c0;
           const auto v0 = hn::LoadU(d, vj), v1 = hn::LoadU(d, vj + N);
           const auto b0 = hn::Set(d, p0[j]), b1 = hn::Set(d, p1[j]);
           const auto b2 = hn::Set(d, p2[j]), b3 = hn::Set(d, p3[j]);
@@ -140,7 +162,7 @@ void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, 
         float* ar = acc + (i0 + r) * hd;
         for (int64_t c = c0; c < hd; ++c) {
           float a = ar[c] * corr[i0 + r];
-          for (int64_t j = 0; j < nj; ++j) a += prow[j] * v[(j0 + j) * hd + c];
+          for (int64_t j = 0; j < nj; ++j) a += prow[j] * vblk[j * hd + c];
           ar[c] = a;
         }
       }
@@ -152,6 +174,17 @@ void AttnTile(const float* q, int64_t q_stride, const float* k, const float* v, 
   }
 }
 
+void AttnTile(const float* q, int64_t q_stride, const void* k, const void* v, bool kv_bf16, float* out,
+              int64_t out_stride, int64_t ni, int64_t Lk, int64_t hd, float scale, float* kt, float* vbuf,
+              float* s, float* acc, float* m, float* l, float* corr) {
+  if (kv_bf16)
+    AttnTileT(q, q_stride, static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v), out, out_stride, ni,
+              Lk, hd, scale, kt, vbuf, s, acc, m, l, corr);
+  else
+    AttnTileT(q, q_stride, static_cast<const float*>(k), static_cast<const float*>(v), out, out_stride, ni, Lk,
+              hd, scale, kt, vbuf, s, acc, m, l, corr);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace fastvar::cpu
 HWY_AFTER_NAMESPACE();
@@ -160,24 +193,32 @@ HWY_AFTER_NAMESPACE();
 namespace fastvar::cpu {
 HWY_EXPORT(AttnTile);
 
-void attention(const float* q, int64_t q_stride, const float* k, const float* v,
-               int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
-               int64_t hd, float scale) {
+void attention(const float* q, int64_t q_stride, const void* k, const void* v, bool kv_bf16,
+               int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H, int64_t hd, float scale) {
   constexpr int64_t QB = HWY_NAMESPACE::kQBlock, KB = HWY_NAMESPACE::kKBlock;
   const int64_t nqb = (Lq + QB - 1) / QB;
+  const size_t elem = kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+  const char* kb = static_cast<const char*>(k);
+  const char* vb = static_cast<const char*>(v);
   parallel_for(H * nqb, [&](int64_t t0, int64_t t1) {
     auto kt = hwy::AllocateAligned<float>(hd * KB + 64);
+    auto vbuf = hwy::AllocateAligned<float>(kv_bf16 ? hd * KB : 1);
     auto s = hwy::AllocateAligned<float>(QB * KB);
     auto acc = hwy::AllocateAligned<float>(QB * hd);
     std::vector<float> m(QB), l(QB), corr(QB);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / nqb, i0 = (t % nqb) * QB, ni = std::min(QB, Lq - i0);
-      HWY_DYNAMIC_DISPATCH(AttnTile)(q + i0 * q_stride + h * hd, q_stride, k + h * kv_head_stride,
-                                     v + h * kv_head_stride, out + i0 * H * hd + h * hd, H * hd, ni,
-                                     Lk, hd, scale, kt.get(), s.get(), acc.get(), m.data(), l.data(),
-                                     corr.data());
+      HWY_DYNAMIC_DISPATCH(AttnTile)(q + i0 * q_stride + h * hd, q_stride, kb + size_t(h * kv_head_stride) * elem,
+                                     vb + size_t(h * kv_head_stride) * elem, kv_bf16, out + i0 * H * hd + h * hd,
+                                     H * hd, ni, Lk, hd, scale, kt.get(), vbuf.get(), s.get(), acc.get(),
+                                     m.data(), l.data(), corr.data());
     }
   });
+}
+
+void attention(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_head_stride, float* out,
+               int64_t Lq, int64_t Lk, int64_t H, int64_t hd, float scale) {
+  attention(q, q_stride, k, v, false, kv_head_stride, out, Lq, Lk, H, hd, scale);
 }
 
 }  // namespace fastvar::cpu

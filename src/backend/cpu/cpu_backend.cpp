@@ -312,26 +312,11 @@ class CpuBackend : public Backend {
                  int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H, int64_t hd, float scale,
                  int64_t R, int64_t q_bstride, int64_t kv_bstride, int64_t out_bstride) override {
     check(Lq >= 0 && Lk >= 1 && H >= 1 && hd >= 1 && R >= 0, "attention");
-    for (int64_t r = 0; r < R; ++r) {
-      if (!kv_bf16) {
-        cpu::attention(q + r * q_bstride, q_stride, static_cast<const float*>(k) + r * kv_bstride,
-                       static_cast<const float*>(v) + r * kv_bstride, kv_head_stride, out + r * out_bstride, Lq,
-                       Lk, H, hd, scale);
-        continue;
-      }
-      // A bfloat16 cache (not what the CPU engines keep): widened, then the
-      // float32 kernel.
-      std::vector<float> kf(size_t(H * kv_head_stride)), vf(kf.size());
-      const uint16_t* kb = static_cast<const uint16_t*>(k) + r * kv_bstride;
-      const uint16_t* vb = static_cast<const uint16_t*>(v) + r * kv_bstride;
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < Lk * hd; ++i) {
-          kf[h * kv_head_stride + i] = bf16_to_f32(kb[h * kv_head_stride + i]);
-          vf[h * kv_head_stride + i] = bf16_to_f32(vb[h * kv_head_stride + i]);
-        }
-      cpu::attention(q + r * q_bstride, q_stride, kf.data(), vf.data(), kv_head_stride, out + r * out_bstride,
-                     Lq, Lk, H, hd, scale);
-    }
+    const size_t elem = kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+    for (int64_t r = 0; r < R; ++r)
+      cpu::attention(q + r * q_bstride, q_stride, static_cast<const char*>(k) + size_t(r * kv_bstride) * elem,
+                     static_cast<const char*>(v) + size_t(r * kv_bstride) * elem, kv_bf16, kv_head_stride,
+                     out + r * out_bstride, Lq, Lk, H, hd, scale);
   }
   void spatial_attention(const float* qkv, int64_t B, int64_t C, int64_t HW, float* out) override;
 

@@ -127,5 +127,9 @@ void resize_bilinear(const float* x, int64_t C, int64_t hi, int64_t wi, float* y
 void attention(const float* q, int64_t q_stride, const float* k, const float* v,
                int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H,
                int64_t hd, float scale);
+// The same over a cache of float32 or (kv_bf16) bfloat16 bits, widened block
+// by block inside the kernel (a bfloat16 cache holds half the bytes).
+void attention(const float* q, int64_t q_stride, const void* k, const void* v, bool kv_bf16,
+               int64_t kv_head_stride, float* out, int64_t Lq, int64_t Lk, int64_t H, int64_t hd, float scale);
 
 }  // namespace fastvar::cpu

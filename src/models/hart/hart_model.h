@@ -141,8 +141,10 @@ class HartNet {
   // rows = 2B; capacity: KV tokens per block; lmax: tokens of the largest
   // scale; `plan` (may be null) and ctr_tokens (tokens of its cache scale) size
   // the FastVAR caches; min_arena_bytes: at least this much in st.arena.
+  // kv_bf16: the KV and FastVAR caches in bfloat16 whatever the compute dtype
+  // (the bf16 engine on a bf16-storage backend keeps them so anyway).
   State new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan, int64_t ctr_tokens,
-                  size_t min_arena_bytes = 0) const;
+                  size_t min_arena_bytes = 0, bool kv_bf16 = false) const;
 
   // ctx (B, T, context_dim) text features and their position ids pos (B, T)
   // (host): rows B..2B-1 are the unconditional prefix (zero context, position

@@ -262,7 +262,7 @@ int64_t InfinityNet::State::bytes() const {
 }
 
 InfinityNet::State InfinityNet::new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan,
-                                            int64_t ctr_tokens, size_t min_arena_bytes) const {
+                                            int64_t ctr_tokens, size_t min_arena_bytes, bool kv_bf16) const {
   const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
   if (rows < 2 || rows % 2 || capacity < 1 || lmax < 1)
     fail("InfinityNet: bad state size (%d rows, capacity %d, %lld tokens)", rows, capacity, (long long)lmax);
@@ -270,7 +270,7 @@ InfinityNet::State InfinityNet::new_state(int rows, int capacity, int64_t lmax, 
   st.rows = rows;
   st.cap = capacity;
   st.lmax = lmax;
-  st.kv_bf16 = dtype_ == backend::DType::BF16 && be_.bf16_storage();
+  st.kv_bf16 = kv_bf16 || (dtype_ == backend::DType::BF16 && be_.bf16_storage());
   const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
   st.kv_elems = D * R * H * st.cap * hd;
   st.len.assign(cfg_.depth, 0);

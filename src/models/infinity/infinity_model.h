@@ -129,8 +129,10 @@ class InfinityNet {
   // scale; `plan` (may be null) and ctr_tokens (tokens of its cache scale) size
   // the FastVAR caches. min_arena_bytes: at least this much in st.arena (the
   // decoder's workspace, which then fits in it after the loop).
+  // kv_bf16: the KV and FastVAR caches in bfloat16 whatever the compute dtype
+  // (the bf16 engine on a bf16-storage backend keeps them so anyway).
   State new_state(int rows, int capacity, int64_t lmax, const PrunePlan* plan, int64_t ctr_tokens,
-                  size_t min_arena_bytes = 0) const;
+                  size_t min_arena_bytes = 0, bool kv_bf16 = false) const;
 
   // The conditioning of one CFG batch from per-prompt T5 features: pooled
   // condition, cross-attention keys/values of every block, AdaLN parameters.

@@ -265,7 +265,7 @@ void VarNet::set_ctr_caches(State& st, const fastvar::PrunePlan* plan) const {
   }
 }
 
-VarNet::State VarNet::new_state(int rows, const fastvar::PrunePlan* plan) const {
+VarNet::State VarNet::new_state(int rows, const fastvar::PrunePlan* plan, bool kv_bf16) const {
   const int64_t R = rows, C = cfg_.C, H = cfg_.heads, hd = cfg_.head_dim, D = cfg_.depth;
   const int64_t P = cfg_.patch_nums.back(), l = P * P;
   backend::Backend& be = be_;
@@ -273,7 +273,7 @@ VarNet::State VarNet::new_state(int rows, const fastvar::PrunePlan* plan) const 
   st.rows = rows;
   st.cap = static_cast<int>(kv_capacity(plan, cfg_));
   st.lmax = l;
-  st.kv_bf16 = dtype_ == backend::DType::BF16 && be.bf16_storage();
+  st.kv_bf16 = kv_bf16 || (dtype_ == backend::DType::BF16 && be.bf16_storage());
   const size_t kv_elem = st.kv_bf16 ? sizeof(uint16_t) : sizeof(float);
   const size_t half = size_t(D * R * H * st.cap * hd) * kv_elem;
   st.kv = be.alloc(2 * half);

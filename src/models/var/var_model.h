@@ -112,7 +112,8 @@ class VarNet {
   };
   // `plan` (may be null) sizes the FastVAR caches and the KV cache (the most
   // tokens one block appends under it: kv_capacity).
-  State new_state(int rows, const fastvar::PrunePlan* plan) const;
+  // kv_bf16: the KV and FastVAR caches in bfloat16 whatever the compute dtype.
+  State new_state(int rows, const fastvar::PrunePlan* plan, bool kv_bf16 = false) const;
   // Re-lays out (reallocates) only the FastVAR caches of `st` for `plan`.
   void set_ctr_caches(State& st, const fastvar::PrunePlan* plan) const;
 
