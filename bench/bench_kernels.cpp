@@ -142,6 +142,6 @@ void BM_Attention(benchmark::State& st) {
   st.counters["GFLOP/s"] = benchmark::Counter(4.0 * Lq * Lk * H * hd, benchmark::Counter::kIsIterationInvariantRate,
                                               benchmark::Counter::kIs1000);
 }
-BENCHMARK(BM_Attention)->Args({256, 680, 16})->Args({169, 424, 16})->Args({1024, 2240, 36})->UseRealTime();
+BENCHMARK(BM_Attention)->Args({256, 680, 16})->Args({169, 424, 16})->Args({1024, 2240, 36})->Args({1024, 9750, 24})->UseRealTime();
 
 }  // namespace

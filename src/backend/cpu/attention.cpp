@@ -24,7 +24,7 @@ namespace fastvar::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-constexpr int64_t kQBlock = 32;
+constexpr int64_t kQBlock = 256;
 constexpr int64_t kKBlock = 128;
 
 inline float widen(float x) { return x; }
@@ -201,17 +201,26 @@ void attention(const float* q, int64_t q_stride, const void* k, const void* v, b
   const char* kb = static_cast<const char*>(k);
   const char* vb = static_cast<const char*>(v);
   parallel_for(H * nqb, [&](int64_t t0, int64_t t1) {
-    auto kt = hwy::AllocateAligned<float>(hd * KB + 64);
-    auto vbuf = hwy::AllocateAligned<float>(kv_bf16 ? hd * KB : 1);
-    auto s = hwy::AllocateAligned<float>(QB * KB);
-    auto acc = hwy::AllocateAligned<float>(QB * hd);
-    std::vector<float> m(QB), l(QB), corr(QB);
+    // Per-worker scratch, kept from call to call (no allocation per call):
+    // K^T and widened V blocks, scores, accumulators, softmax state.
+    thread_local hwy::AlignedFreeUniquePtr<float[]> buf;
+    thread_local size_t buf_floats = 0;
+    const size_t kt_n = size_t(hd * KB + 64), v_n = size_t(hd * KB), s_n = size_t(QB * KB), a_n = size_t(QB * hd);
+    const size_t need = kt_n + v_n + s_n + a_n + 3 * size_t(QB);
+    if (buf_floats < need) {
+      buf = hwy::AllocateAligned<float>(need);
+      buf_floats = need;
+    }
+    float* kt = buf.get();  // the parts stay 64-byte aligned: every size is a multiple of 16 floats
+    float* vbuf = kt + kt_n;
+    float* sc = vbuf + v_n;
+    float* acc = sc + s_n;
+    float* m = acc + a_n;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / nqb, i0 = (t % nqb) * QB, ni = std::min(QB, Lq - i0);
       HWY_DYNAMIC_DISPATCH(AttnTile)(q + i0 * q_stride + h * hd, q_stride, kb + size_t(h * kv_head_stride) * elem,
                                      vb + size_t(h * kv_head_stride) * elem, kv_bf16, out + i0 * H * hd + h * hd,
-                                     H * hd, ni, Lk, hd, scale, kt.get(), vbuf.get(), s.get(), acc.get(),
-                                     m.data(), l.data(), corr.data());
+                                     H * hd, ni, Lk, hd, scale, kt, vbuf, sc, acc, m, m + QB, m + 2 * QB);
     }
   });
 }
