@@ -19,17 +19,17 @@ released): the AdaLN / shared-AdaLN blocks, the gpt2 attention type, cross-atten
 Runs on torch 1.13 (explicit softmax attention) and torch 2.x (optionally
 F.scaled_dot_product_attention). Inference only: call under torch.no_grad()/inference_mode().
 """
-import json
 import math
-import struct
+import os
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
-_TV = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
-SDPA_HAS_SCALE = HAS_SDPA and _TV >= (2, 1)  # the `scale=` argument came with torch 2.1
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_common import HAS_SDPA, KVCache, _Holder, attention, load_safetensors  # noqa: E402,F401 (callers use HAS_SDPA, load_safetensors from here)
+
 
 HART_07B_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 VAE_SCALE = 0.6  # the diffusion residual's scale (spec 10.4)
@@ -168,31 +168,7 @@ def sinusoid(t, dim=256):
     return torch.cat((torch.cos(a), torch.sin(a)), dim=-1)
 
 
-def attention(q, k, v, scale, use_sdpa=False, q_chunk_elems=1 << 26):
-    """softmax(q k^T * scale) v for q [R, H, Lq, hd], k/v [R, H, Lk, hd]; no mask.
 
-    The explicit path computes the scores in chunks of queries so that one score tensor stays below
-    q_chunk_elems elements (same arithmetic, bounded memory: the 64x64 scale of HART-0.7B has
-    4096 queries x 9750 keys x 24 heads per row)."""
-    if use_sdpa:
-        if not HAS_SDPA:
-            raise RuntimeError(f"--sdpa needs torch >= 2.0 (have {torch.__version__})")
-        dt = v.dtype
-        q, k = q.to(dt), k.to(dt)
-        if SDPA_HAS_SCALE:
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        return F.scaled_dot_product_attention(q * (scale * math.sqrt(q.shape[-1])), k, v)
-    R, H, Lq, _ = q.shape
-    Lk = k.shape[2]
-    step = max(1, min(Lq, q_chunk_elems // max(1, R * H * Lk)))
-    kt = k.transpose(-2, -1)
-    outs = []
-    for i in range(0, Lq, step):
-        s = torch.matmul(q[:, :, i:i + step], kt)
-        if scale != 1.0:
-            s = s * scale
-        outs.append(torch.matmul(s.softmax(-1).to(v.dtype), v))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def rotate(t, cos, sin):
@@ -258,34 +234,6 @@ def phi_index(si, S, K):
     return d.index(min(d))
 
 
-class KVCache:
-    """Per-block self-attention cache, preallocated [R, H, capacity, hd] and filled scale by scale."""
-
-    def __init__(self, capacity):
-        self.cap, self.len, self.k, self.v = capacity, 0, None, None
-
-    def append(self, k, v):
-        R, H, L, hd = k.shape
-        if self.k is None:
-            self.k = k.new_empty(R, H, self.cap, hd)
-            self.v = v.new_empty(R, H, self.cap, hd)
-        if self.len + L > self.cap:
-            raise RuntimeError("KV cache overflow")
-        self.k[:, :, self.len:self.len + L] = k
-        self.v[:, :, self.len:self.len + L] = v
-        self.len += L
-        return self.k[:, :, :self.len], self.v[:, :, :self.len]
-
-
-class _Holder(nn.Module):
-    """Gives submodules / parameters their official attribute names (head_nm.ada_lin, ln_wo_grad.weight)."""
-
-    def __init__(self, **mods):
-        super().__init__()
-        for k, m in mods.items():
-            setattr(self, k, m)
-
-
 def _norm_weight(C, device):
     return _Holder(weight=nn.Parameter(torch.ones(C, device=device)))
 
@@ -320,7 +268,9 @@ class Attention(nn.Module):
             k = F.normalize(k, dim=-1, eps=1e-12)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         kc, vc = cache.append(k.to(v.dtype), v)
-        o = attention(q.to(v.dtype), kc, vc, self.scale, use_sdpa)
+        # Score chunks below 2^26 elements: the 64x64 scale of HART-0.7B has 4096 queries x 9750 keys
+        # x 24 heads per row.
+        o = attention(q.to(v.dtype), kc, vc, self.scale, use_sdpa, q_chunk_elems=1 << 26)
         return self.proj(o.transpose(1, 2).reshape(R, L, C))
 
 
@@ -898,30 +848,3 @@ def generate(model, tok, ctx, positions, cfg=4.5, top_k_switch=7, top_p=0.0, smo
             for br, v in ctr[i].items():
                 tap(f"cache.block{i}.{br}", v)
     return emit("final.f_hat", f_hat)
-
-
-# ------------------------------------------------------------------------------------------------
-# safetensors (read by hand: no dependency)
-
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    buf = bytearray(data)  # writable, so torch.frombuffer does not warn
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        dt = _ST_DTYPES[meta["dtype"]]
-        a, b = meta["data_offsets"]
-        t = torch.frombuffer(buf, dtype=dt, count=(b - a) // torch.tensor([], dtype=dt).element_size(),
-                             offset=base + a) if b > a else torch.empty(0, dtype=dt)
-        out[name] = t.reshape(meta["shape"]).clone()
-    return out

@@ -11,17 +11,17 @@ tools/infinity/check_torch_infinity.py (golden check).
 Runs on torch 1.13 (explicit softmax attention) and torch 2.x (optionally
 F.scaled_dot_product_attention). Inference only: call under torch.no_grad()/inference_mode().
 """
-import json
 import math
-import struct
+import os
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
-_TV = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
-SDPA_HAS_SCALE = HAS_SDPA and _TV >= (2, 1)  # the `scale=` argument came with torch 2.1
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from torch_common import HAS_SDPA, KVCache, _Holder, attention, load_safetensors  # noqa: E402,F401 (callers use HAS_SDPA, load_safetensors from here)
+
 
 # 1:1 template of `dynamic_resolution_h_w` (spec 5); the pn keys take a prefix.
 SQUARE_SIDES = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)
@@ -35,32 +35,6 @@ def square_schedule(pn):
 
 # ------------------------------------------------------------------------------------------------
 # helpers
-
-
-def attention(q, k, v, scale, use_sdpa=False, q_chunk_elems=1 << 30):
-    """softmax(q k^T * scale) v for q [B, H, Lq, hd], k/v [B, H, Lk, hd]; no mask.
-
-    The explicit path computes the scores in chunks of queries so that one score tensor stays
-    below q_chunk_elems elements (same arithmetic, bounded memory)."""
-    if use_sdpa:
-        if not HAS_SDPA:
-            raise RuntimeError(f"--sdpa needs torch >= 2.0 (have {torch.__version__})")
-        dt = v.dtype
-        q, k = q.to(dt), k.to(dt)
-        if SDPA_HAS_SCALE:
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        return F.scaled_dot_product_attention(q * (scale * math.sqrt(q.shape[-1])), k, v)
-    B, H, Lq, _ = q.shape
-    Lk = k.shape[2]
-    step = max(1, min(Lq, q_chunk_elems // max(1, B * H * Lk)))
-    kt = k.transpose(-2, -1)
-    outs = []
-    for i in range(0, Lq, step):
-        s = torch.matmul(q[:, :, i:i + step], kt)
-        if scale != 1.0:
-            s = s * scale
-        outs.append(torch.matmul(s.softmax(-1).to(v.dtype), v))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def varlen_attention(q, k, v, lens, scale, use_sdpa=False):
@@ -130,25 +104,6 @@ def apply_rope(t, cos, sin):
     return torch.stack((cos * a - sin * b, sin * a + cos * b), dim=-1).reshape(shp)
 
 
-class KVCache:
-    """Per-block self-attention cache, preallocated [R, H, capacity, hd] and filled scale by scale."""
-
-    def __init__(self, capacity):
-        self.cap, self.len, self.k, self.v = capacity, 0, None, None
-
-    def append(self, k, v):
-        R, H, L, hd = k.shape
-        if self.k is None:
-            self.k = k.new_empty(R, H, self.cap, hd)
-            self.v = v.new_empty(R, H, self.cap, hd, dtype=v.dtype)
-        if self.len + L > self.cap:
-            raise RuntimeError("KV cache overflow")
-        self.k[:, :, self.len:self.len + L] = k
-        self.v[:, :, self.len:self.len + L] = v
-        self.len += L
-        return self.k[:, :, :self.len], self.v[:, :, :self.len]
-
-
 # ------------------------------------------------------------------------------------------------
 # transformer
 
@@ -172,15 +127,6 @@ class TextAttnPool(nn.Module):
         q = self.mat_q.view(1, self.heads, 1, self.hd).expand(len(lens), -1, -1, -1).to(k.dtype)
         o = varlen_attention(q, k, v, lens, 1.0 / math.sqrt(self.hd))  # [R, H, 1, hd]
         return self.proj(o.reshape(len(lens), self.C))
-
-
-class _Holder(nn.Module):
-    """Gives a submodule the official attribute name (text_proj_for_sos.ca, head_nm.ada_lin)."""
-
-    def __init__(self, **mods):
-        super().__init__()
-        for k, m in mods.items():
-            setattr(self, k, m)
 
 
 class SelfAttention(nn.Module):
@@ -549,30 +495,3 @@ class BSQVAE(nn.Module):
             rb += 1
         ups = [L for L in range(n) if f"decoder.up.{L}.upsample.conv.conv.weight" in sd]
         return cls(ch=ch, ch_mult=ch_mult, res_blocks=rb, code_dim=code_dim, upsample_levels=ups, device=device)
-
-
-# ------------------------------------------------------------------------------------------------
-# safetensors (read by hand: no dependency)
-
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    buf = bytearray(data)  # writable, so torch.frombuffer does not warn
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        dt = _ST_DTYPES[meta["dtype"]]
-        a, b = meta["data_offsets"]
-        t = torch.frombuffer(buf, dtype=dt, count=(b - a) // torch.tensor([], dtype=dt).element_size(),
-                             offset=base + a) if b > a else torch.empty(0, dtype=dt)
-        out[name] = t.reshape(meta["shape"]).clone()
-    return out
