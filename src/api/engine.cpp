@@ -38,7 +38,6 @@ bool kv_bf16_of(const fastvar_params& q, const DeviceSpec& dev) {
   return true;
 }
 
-
 // The runner of `runner` for (device, dtype), (re)built when either changed;
 // the old copy is freed first.
 template <class Runner, class Model, class Vae>

@@ -55,10 +55,10 @@ dnnl::stream& thread_stream() {
 }
 
 // Runs a primitive to completion with the asynchronous signals held back on
-// this thread. oneDNN's generated f32 GEMM kernels (up to 3.11; Debian 12 ships
-// 2.6) point rsp at their heap workspace while they run, so a signal handler
-// taken on the normal stack writes its frame into the heap (oneDNN issue
-// #4845, fixed upstream by PR #4855). A signal sent meanwhile stays pending
+// this thread. oneDNN's generated f32 GEMM kernels (Debian 12 ships 2.6)
+// point rsp at their heap workspace while they run, so a signal handler taken
+// on the normal stack writes its frame into the heap (oneDNN issue #4845,
+// fixed upstream in 2026 by PR #4855). A signal sent meanwhile stays pending
 // and is handled, on this thread or another, as soon as the product is done:
 // a Ctrl-C handler (Python's among them) runs after at most one product.
 void execute_deferring_signals(const dnnl::primitive& prim, dnnl::stream& s,
@@ -71,11 +71,13 @@ void execute_deferring_signals(const dnnl::primitive& prim, dnnl::stream& s,
     for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS}) sigdelset(&set, sig);
     return set;
   }();
-  sigset_t old;
-  pthread_sigmask(SIG_BLOCK, &async, &old);
+  struct Held {  // restores the mask however the product ends (a dnnl::error too)
+    sigset_t old;
+    explicit Held(const sigset_t& set) { pthread_sigmask(SIG_BLOCK, &set, &old); }
+    ~Held() { pthread_sigmask(SIG_SETMASK, &old, nullptr); }
+  } held(async);
   prim.execute(s, args);
   s.wait();
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 dnnl::memory::desc weight_desc_plain(int64_t K, int64_t n) {
