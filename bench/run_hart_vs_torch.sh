@@ -24,12 +24,7 @@ while [ $# -gt 0 ]; do
 done
 fv=./build/fastvar
 [ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
-venv=build/venv-torch
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, numpy" 2>/dev/null; then
-  echo "== making $venv with torch from PyPI" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch numpy transformers >&2
-fi
+source bench/torch_venv.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$fv" bench --shape hart-0.7b --modes full,fastvar --runs "$runs" --warmup "$warmup" -t "$threads" --dtype "$dtype" \
@@ -37,7 +32,7 @@ trap 'rm -rf "$tmp"' EXIT
 for mode in full fastvar; do
   flag=""
   [ "$mode" = fastvar ] && flag="--fastvar"
-  "$venv/bin/python" tools/bench/torch_hart.py --preset 0.7b $flag --sdpa --dtype "$dtype" --runs "$runs" \
+  "$TORCH_PYTHON" tools/bench/torch_hart.py --preset 0.7b $flag --sdpa --dtype "$dtype" --runs "$runs" \
     --warmup "$warmup" --threads "$threads" --json "$tmp/torch_$mode.json" >&2
 done
 mkdir -p "$(dirname "$out")"

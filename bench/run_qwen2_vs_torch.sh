@@ -19,16 +19,11 @@ while [ $# -gt 0 ]; do
 done
 fv=./build/fastvar
 [ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
-venv=build/venv-torch
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, transformers" 2>/dev/null; then
-  echo "== making $venv with torch and transformers from PyPI" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch numpy transformers >&2
-fi
+source bench/torch_venv.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$fv" bench --shape qwen2-1.5b --runs "$runs" -t "$threads" --json "$tmp/fastvar.json" >&2
-"$venv/bin/python" tools/bench/torch_qwen2.py --runs "$runs" --threads "$threads" --json "$tmp/torch.json" >/dev/null
+"$TORCH_PYTHON" tools/bench/torch_qwen2.py --runs "$runs" --threads "$threads" --json "$tmp/torch.json" >/dev/null
 mkdir -p "$(dirname "$out")"
 python3 - "$tmp/fastvar.json" "$tmp/torch.json" "$out" <<'PY'
 import json, re, sys

@@ -26,16 +26,8 @@ while [ $# -gt 0 ]; do
 done
 fv=./build/fastvar
 [ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
-if [ -z "${PYTHON:-}" ]; then
-  venv=build/venv-torch
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, numpy, huggingface_hub" 2>/dev/null; then
-    echo "== making $venv with torch from PyPI" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q torch numpy huggingface_hub >&2
-  fi
-  PYTHON="$venv/bin/python"
-fi
-py="$PYTHON"
+source bench/torch_venv.sh
+py="$TORCH_PYTHON"
 cpu_tag="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/[^A-Za-z0-9]\+/_/g; s/_$//')"
 out="${out:-bench/results/vs_torch_d${depth}_${cpu_tag}.json}"
 ck=build/vs_torch
