@@ -84,7 +84,8 @@ class Backend {
   virtual bool host_memory() const = 0;
   // In the bf16 engine, also keep the KV and CTR caches and the conditioning
   // products' weights in bfloat16 (CUDA: its tensor-core attention reads bf16
-  // K/V). The CPU keeps them float32: its attention is float32.
+  // K/V). The CPU keeps them float32 unless a generation asks for bfloat16
+  // caches (--kv-dtype bf16): its attention widens them block by block.
   virtual bool bf16_storage() const = 0;
 
   // ---- memory -----------------------------------------------------------
