@@ -133,15 +133,23 @@ BENCHMARK(BM_Conv3x3)->Args({160, 160, 256, 0})->Args({160, 160, 256, 1})->Args(
     ->Args({160, 160, 256, 2})->Args({160, 160, 256, 3})->Args({320, 320, 64, 2})->Args({320, 320, 64, 3})
     ->Args({640, 640, 16, 2})->Args({640, 640, 16, 3})->UseRealTime();
 
-// Attention of one row: Lq queries over Lk cached keys, H heads of 64.
+// Attention of one row: Lq queries over Lk cached keys, H heads of hd.
 void BM_Attention(benchmark::State& st) {
-  const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = 64;
+  const int64_t Lq = st.range(0), Lk = st.range(1), H = st.range(2), hd = st.range(3);
   auto q = randn(Lq * H * hd, 1), k = randn(H * Lk * hd, 2), v = randn(H * Lk * hd, 3);
   std::vector<float> o(Lq * H * hd);
   for (auto _ : st) fastvar::cpu::attention(q.data(), H * hd, k.data(), v.data(), Lk * hd, o.data(), Lq, Lk, H, hd, 1.f);
   st.counters["GFLOP/s"] = benchmark::Counter(4.0 * Lq * Lk * H * hd, benchmark::Counter::kIsIterationInvariantRate,
                                               benchmark::Counter::kIs1000);
 }
-BENCHMARK(BM_Attention)->Args({256, 680, 16})->Args({169, 424, 16})->Args({1024, 2240, 36})->Args({1024, 9750, 24})->UseRealTime();
+// (queries, keys, heads, head dim): VAR-d16's last scale and one before, d36 at
+// 512 px, HART-0.7B's 64x64 scale (one CFG row), Infinity-2B's 64x64 at 1M.
+BENCHMARK(BM_Attention)
+    ->Args({256, 680, 16, 64})
+    ->Args({169, 424, 16, 64})
+    ->Args({1024, 2240, 36, 64})
+    ->Args({1024, 9750, 24, 64})
+    ->Args({1024, 10521, 16, 128})
+    ->UseRealTime();
 
 }  // namespace

@@ -55,39 +55,43 @@ void AttnTileT(const float* q, int64_t q_stride, const KV* k, const KV* v, float
       for (int64_t c = 0; c < hd; ++c) kt[c * kKBlock + j] = widen(k[(j0 + j) * hd + c]);
     for (int64_t c = 0; c < hd; ++c)
       for (int64_t j = nj; j < njr; ++j) kt[c * kKBlock + j] = 0.f;
-    // Scores, four query rows at a time: each K vector loaded feeds four rows.
+    // Scores, six query rows at a time: each K vector loaded feeds six rows,
+    // and the twelve accumulators outnumber the FMA pipes times their latency
+    // (with four rows, eight chains left the FMA units a fifth idle). Every
+    // score is one dot product over the head dim in order, whatever the
+    // grouping. Rows past nr compute row nr - 1 again and are not stored.
     const auto sc = hn::Set(d, scale);
-    for (int64_t i0 = 0; i0 < ni; i0 += 4) {
-      const int64_t nr = std::min<int64_t>(4, ni - i0);
-      const float* q0 = q + i0 * q_stride;
-      const float* q1 = q0 + (nr > 1 ? q_stride : 0);
-      const float* q2 = q0 + (nr > 2 ? 2 * q_stride : 0);
-      const float* q3 = q0 + (nr > 3 ? 3 * q_stride : 0);
+    for (int64_t i0 = 0; i0 < ni; i0 += 6) {
+      const int64_t nr = std::min<int64_t>(6, ni - i0);
+      const float* qr[6];
+      for (int r = 0; r < 6; ++r) qr[r] = q + (i0 + std::min<int64_t>(r, nr - 1)) * q_stride;
+      const float *q0 = qr[0], *q1 = qr[1], *q2 = qr[2], *q3 = qr[3], *q4 = qr[4], *q5 = qr[5];
       float* s0 = s + i0 * kKBlock;
       for (int64_t j = 0; j < njr; j += 2 * N) {
         const bool two = j + N < njr;
         auto a00 = hn::Zero(d), a01 = hn::Zero(d), a10 = hn::Zero(d), a11 = hn::Zero(d);
         auto a20 = hn::Zero(d), a21 = hn::Zero(d), a30 = hn::Zero(d), a31 = hn::Zero(d);
+        auto a40 = hn::Zero(d), a41 = hn::Zero(d), a50 = hn::Zero(d), a51 = hn::Zero(d);
         for (int64_t c = 0; c < hd; ++c) {
           const float* kr = kt + c * kKBlock + j;
           const auto k0 = hn::Load(d, kr), k1 = two ? hn::Load(d, kr + N) : hn::Zero(d);
-          const auto b0 = hn::Set(d, q0[c]), b1 = hn::Set(d, q1[c]);
-          const auto b2 = hn::Set(d, q2[c]), b3 = hn::Set(d, q3[c]);
-          a00 = hn::MulAdd(b0, k0, a00), a01 = hn::MulAdd(b0, k1, a01);
-          a10 = hn::MulAdd(b1, k0, a10), a11 = hn::MulAdd(b1, k1, a11);
-          a20 = hn::MulAdd(b2, k0, a20), a21 = hn::MulAdd(b2, k1, a21);
-          a30 = hn::MulAdd(b3, k0, a30), a31 = hn::MulAdd(b3, k1, a31);
+          auto b = hn::Set(d, q0[c]);
+          a00 = hn::MulAdd(b, k0, a00), a01 = hn::MulAdd(b, k1, a01);
+          b = hn::Set(d, q1[c]);
+          a10 = hn::MulAdd(b, k0, a10), a11 = hn::MulAdd(b, k1, a11);
+          b = hn::Set(d, q2[c]);
+          a20 = hn::MulAdd(b, k0, a20), a21 = hn::MulAdd(b, k1, a21);
+          b = hn::Set(d, q3[c]);
+          a30 = hn::MulAdd(b, k0, a30), a31 = hn::MulAdd(b, k1, a31);
+          b = hn::Set(d, q4[c]);
+          a40 = hn::MulAdd(b, k0, a40), a41 = hn::MulAdd(b, k1, a41);
+          b = hn::Set(d, q5[c]);
+          a50 = hn::MulAdd(b, k0, a50), a51 = hn::MulAdd(b, k1, a51);
         }
-        // Rows past nr repeat row 0 into unused rows of s (s holds kQBlock).
-        hn::Store(hn::Mul(a00, sc), d, s0 + j);
-        hn::Store(hn::Mul(a10, sc), d, s0 + kKBlock + j);
-        hn::Store(hn::Mul(a20, sc), d, s0 + 2 * kKBlock + j);
-        hn::Store(hn::Mul(a30, sc), d, s0 + 3 * kKBlock + j);
-        if (two) {
-          hn::Store(hn::Mul(a01, sc), d, s0 + j + N);
-          hn::Store(hn::Mul(a11, sc), d, s0 + kKBlock + j + N);
-          hn::Store(hn::Mul(a21, sc), d, s0 + 2 * kKBlock + j + N);
-          hn::Store(hn::Mul(a31, sc), d, s0 + 3 * kKBlock + j + N);
+        const decltype(a00) lo[6] = {a00, a10, a20, a30, a40, a50}, hi[6] = {a01, a11, a21, a31, a41, a51};
+        for (int64_t r = 0; r < nr; ++r) {
+          hn::Store(hn::Mul(lo[r], sc), d, s0 + r * kKBlock + j);
+          if (two) hn::Store(hn::Mul(hi[r], sc), d, s0 + r * kKBlock + j + N);
         }
       }
     }
@@ -117,21 +121,22 @@ void AttnTileT(const float* q, int64_t q_stride, const KV* k, const KV* v, float
       for (int64_t i = 0; i < nj * hd; ++i) vbuf[i] = widen(v[j0 * hd + i]);
       vblk = vbuf;
     }
-    // acc = acc * corr + P V, four rows x two vectors of the head dim in
-    // registers across the key loop: each V vector loaded feeds four rows.
-    for (int64_t i0 = 0; i0 < ni; i0 += 4) {
-      const int64_t nr = std::min<int64_t>(4, ni - i0);
-      // Rows past nr duplicate row nr - 1 (same inputs, same result).
-      const float* pr[4];
-      float* ac[4];
-      float cr[4];
-      for (int r = 0; r < 4; ++r) {
+    // acc = acc * corr + P V, six rows x two vectors of the head dim in
+    // registers across the key loop: each V vector loaded feeds six rows.
+    for (int64_t i0 = 0; i0 < ni; i0 += 6) {
+      const int64_t nr = std::min<int64_t>(6, ni - i0);
+      // Rows past nr duplicate row nr - 1 (same inputs, same result, stored
+      // before the real row's).
+      const float* pr[6];
+      float* ac[6];
+      float cr[6];
+      for (int r = 0; r < 6; ++r) {
         const int64_t ir = i0 + std::min<int64_t>(r, nr - 1);
         pr[r] = s + ir * kKBlock;
         ac[r] = acc + ir * hd;
         cr[r] = corr[ir];
       }
-      const float *p0 = pr[0], *p1 = pr[1], *p2 = pr[2], *p3 = pr[3];
+      const float *p0 = pr[0], *p1 = pr[1], *p2 = pr[2], *p3 = pr[3], *p4 = pr[4], *p5 = pr[5];
       int64_t c0 = 0;
       for (; c0 + 2 * N <= hd; c0 += 2 * N) {
         auto a00 = hn::Mul(hn::LoadU(d, ac[0] + c0), hn::Set(d, cr[0]));
@@ -142,16 +147,28 @@ void AttnTileT(const float* q, int64_t q_stride, const KV* k, const KV* v, float
         auto a21 = hn::Mul(hn::LoadU(d, ac[2] + c0 + N), hn::Set(d, cr[2]));
         auto a30 = hn::Mul(hn::LoadU(d, ac[3] + c0), hn::Set(d, cr[3]));
         auto a31 = hn::Mul(hn::LoadU(d, ac[3] + c0 + N), hn::Set(d, cr[3]));
+        auto a40 = hn::Mul(hn::LoadU(d, ac[4] + c0), hn::Set(d, cr[4]));
+        auto a41 = hn::Mul(hn::LoadU(d, ac[4] + c0 + N), hn::Set(d, cr[4]));
+        auto a50 = hn::Mul(hn::LoadU(d, ac[5] + c0), hn::Set(d, cr[5]));
+        auto a51 = hn::Mul(hn::LoadU(d, ac[5] + c0 + N), hn::Set(d, cr[5]));
         for (int64_t j = 0; j < nj; ++j) {
           const float* vj = vblk + j * hd + c0;
           const auto v0 = hn::LoadU(d, vj), v1 = hn::LoadU(d, vj + N);
-          const auto b0 = hn::Set(d, p0[j]), b1 = hn::Set(d, p1[j]);
-          const auto b2 = hn::Set(d, p2[j]), b3 = hn::Set(d, p3[j]);
-          a00 = hn::MulAdd(b0, v0, a00), a01 = hn::MulAdd(b0, v1, a01);
-          a10 = hn::MulAdd(b1, v0, a10), a11 = hn::MulAdd(b1, v1, a11);
-          a20 = hn::MulAdd(b2, v0, a20), a21 = hn::MulAdd(b2, v1, a21);
-          a30 = hn::MulAdd(b3, v0, a30), a31 = hn::MulAdd(b3, v1, a31);
+          auto b = hn::Set(d, p0[j]);
+          a00 = hn::MulAdd(b, v0, a00), a01 = hn::MulAdd(b, v1, a01);
+          b = hn::Set(d, p1[j]);
+          a10 = hn::MulAdd(b, v0, a10), a11 = hn::MulAdd(b, v1, a11);
+          b = hn::Set(d, p2[j]);
+          a20 = hn::MulAdd(b, v0, a20), a21 = hn::MulAdd(b, v1, a21);
+          b = hn::Set(d, p3[j]);
+          a30 = hn::MulAdd(b, v0, a30), a31 = hn::MulAdd(b, v1, a31);
+          b = hn::Set(d, p4[j]);
+          a40 = hn::MulAdd(b, v0, a40), a41 = hn::MulAdd(b, v1, a41);
+          b = hn::Set(d, p5[j]);
+          a50 = hn::MulAdd(b, v0, a50), a51 = hn::MulAdd(b, v1, a51);
         }
+        hn::StoreU(a50, d, ac[5] + c0), hn::StoreU(a51, d, ac[5] + c0 + N);
+        hn::StoreU(a40, d, ac[4] + c0), hn::StoreU(a41, d, ac[4] + c0 + N);
         hn::StoreU(a30, d, ac[3] + c0), hn::StoreU(a31, d, ac[3] + c0 + N);
         hn::StoreU(a20, d, ac[2] + c0), hn::StoreU(a21, d, ac[2] + c0 + N);
         hn::StoreU(a10, d, ac[1] + c0), hn::StoreU(a11, d, ac[1] + c0 + N);
