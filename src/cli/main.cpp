@@ -561,6 +561,8 @@ int main(int argc, char** argv) {
   serve->add_option("-t,--threads", sv.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   serve->add_option("--device", sv.device, "cpu (default), cuda or cuda:N");
   serve->add_option("--dtype", sv.dtype, "fp32, bf16 or int8 (CPU)")->check(CLI::IsMember({"fp32", "bf16", "int8"}));
+  serve->add_option("--kv-dtype", sv.kv_dtype, "KV and FastVAR caches: fp32 (default) or bf16 (CPU; half the bytes)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
 
   cli::EvalArgs ev;
   CLI::App* eval = app.add_subcommand("eval", "FID, class accuracy and speed of the full model and FastVAR plans (paired seeds)");

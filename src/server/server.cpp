@@ -232,7 +232,11 @@ class Service {
     model_id_ = opt_.model.empty() ? "fastvar-embedded"
                                    : std::filesystem::path(opt_.model).lexically_normal().filename().string();
     if (model_id_.empty()) model_id_ = std::filesystem::path(opt_.model).lexically_normal().parent_path().filename().string();
-    fastvar_params p = fastvar_params_default();
+    // The server's own settings (device, dtypes) are checked now: a setting
+    // this machine cannot run is the operator's error at start-up, not a 400
+    // answered to every request.
+    fastvar_params p = params_of(GenRequest{});
+    if (fastvar_check_params(e, &p) != FASTVAR_OK) fail("%s", fastvar_last_error());
     int w = 0, h = 0;
     if (fastvar_output_size(e, &p, &w, &h) == FASTVAR_OK) native_w_ = w, native_h_ = h;
     loaded_ = true;
@@ -680,6 +684,7 @@ class Service {
     p.threads = opt_.threads;
     p.device = opt_.device.c_str();
     p.dtype = opt_.dtype.empty() ? nullptr : opt_.dtype.c_str();
+    p.kv_dtype = opt_.kv_dtype.empty() ? nullptr : opt_.kv_dtype.c_str();
     return p;
   }
 

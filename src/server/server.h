@@ -25,6 +25,7 @@ struct ServeOptions {
   size_t max_body = 1 << 20;         // request body bytes (413)
   int threads = 0;
   std::string device = "cpu", dtype;
+  std::string kv_dtype;              // "bf16": KV and FastVAR caches in bfloat16 (CPU)
   int file_ttl_s = 3600;             // how long response_format=url images stay
   int max_files = 1024;
   // Called once listening (with the bound port; tests use port 0).

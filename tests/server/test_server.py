@@ -108,6 +108,23 @@ def png_of(item):
     return raw
 
 
+def png_pixels(raw):
+    """(width, height, the decompressed IDAT stream) of a PNG: equal for equal pixels from the same encoder,
+    whatever its text chunks say."""
+    import struct
+    import zlib
+    pos, idat, w, h = 8, b"", 0, 0
+    while pos < len(raw):
+        n, kind = struct.unpack(">I4s", raw[pos:pos + 8])
+        body = raw[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    return w, h, zlib.decompress(idat)
+
+
 class ServerTests(unittest.TestCase):
     def test_openai_sdk_b64_and_url(self):
         from openai import OpenAI
@@ -332,6 +349,36 @@ class ServerTests(unittest.TestCase):
             self.assertEqual(s.get("/health")[0], 200)
         finally:
             self.assertEqual(s.stop(), 0)
+
+    def test_engine_settings_kv_dtype_and_refusals_at_start(self):
+        # --kv-dtype bf16: the server's images are the CLI's with the same setting.
+        s = Server("--kv-dtype", "bf16")
+        try:
+            st, body, _ = s.gen({"prompt": "7", "seed": 3})
+            self.assertEqual(st, 200)
+            served = png_of(body["data"][0])
+            self.assertIn(b"kv cache: bf16", served)  # in the parameters chunk
+        finally:
+            self.assertEqual(s.stop(), 0)
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "cli.png")
+            subprocess.run([BIN, "generate", "--class", "7", "-s", "3", "--kv-dtype", "bf16", "-t", "2", "-q",
+                            "-o", out], check=True, timeout=60)
+            with open(out, "rb") as f:
+                cli = f.read()
+        self.assertEqual(png_pixels(served), png_pixels(cli))
+        # Settings this machine cannot run stop the server while it loads, before any request: one error
+        # line, non-zero exit. (Without a GPU the device is what is refused first.)
+        no_gpu = "no usable CUDA device"
+        for args, words in [(["--device", "cuda", "--dtype", "int8"], ("CPU only", no_gpu)),
+                            (["--device", "cuda", "--kv-dtype", "bf16"], ("for the CPU", no_gpu)),
+                            (["--kv-dtype", "fp16"], ("kv-dtype",))]:
+            r = subprocess.run([BIN, "serve", "--port", "0", *args], capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(r.returncode, 0, args)
+            errors = [line for line in r.stderr.splitlines() if "error" in line]
+            self.assertEqual(len(errors), 1, r.stderr)
+            self.assertTrue(any(w in errors[0] for w in words), (args, r.stderr))
 
     def test_web_page(self):
         s = Server()
