@@ -37,13 +37,13 @@ for mode in full fastvar; do
 done
 mkdir -p "$(dirname "$out")"
 python3 - "$tmp" "$out" <<'PY'
-import json, re, sys
+import json, sys
 tmp, out = sys.argv[1], sys.argv[2]
 fv = json.load(open(f"{tmp}/fastvar.json"))[0]
 pt = {m: json.load(open(f"{tmp}/torch_{m}.json")) for m in ("full", "fastvar")}
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-res = {"cpu": cpu, "cpu_flags": sorted(f for f in flags if re.match(r"avx|amx|fma", f)), "fastvar": fv, "torch": pt}
+sys.path.insert(0, "tools/bench")
+from machine import cpu_info
+res = {**cpu_info(), "fastvar": fv, "torch": pt}
 print(f"| HART-0.7B 1024 px, {fv['dtype']}, {fv['threads']} threads | fastvar.cpp | torch {pt['full']['torch_version']} "
       "(own port, SDPA) | torch / fastvar |")
 print("|---|---:|---:|---:|")

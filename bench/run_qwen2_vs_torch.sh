@@ -26,12 +26,12 @@ trap 'rm -rf "$tmp"' EXIT
 "$TORCH_PYTHON" tools/bench/torch_qwen2.py --runs "$runs" --threads "$threads" --json "$tmp/torch.json" >/dev/null
 mkdir -p "$(dirname "$out")"
 python3 - "$tmp/fastvar.json" "$tmp/torch.json" "$out" <<'PY'
-import json, re, sys
+import json, sys
 fv = json.load(open(sys.argv[1]))[0]
 pt = json.load(open(sys.argv[2]))
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-res = {"cpu": cpu, "cpu_flags": sorted(f for f in flags if re.match(r"avx|amx|fma", f)), "fastvar": fv, "torch": pt,
+sys.path.insert(0, "tools/bench")
+from machine import cpu_info
+res = {**cpu_info(), "fastvar": fv, "torch": pt,
        "speedup_vs_torch": pt["ms_median"] / fv["ms_median"]}
 json.dump(res, open(sys.argv[3], "w"), indent=1)
 print(f"| Qwen2-1.5B encoder, 600 tokens, fp32, {fv['threads']} threads | fastvar {fv['ms_median'] / 1e3:.2f} s, "
