@@ -104,23 +104,25 @@ void BM_GroupNorm(benchmark::State& st) {
 BENCHMARK(BM_GroupNorm)->Args({160, 256})->Args({640, 16})->UseRealTime();
 
 // 3x3 convolution of the VQVAE decoder (ch 160): args: Cin, Cout, H (= W), form: 0 fp32 (the default
-// form), 1 bf16, 2 fp32 im2col, 3 fp32 Winograd F(2x2, 3x3) from weights transformed once.
+// form), 1 bf16, 2 fp32 im2col, 3 fp32 Winograd F(2x2, 3x3), 4 fp32 Winograd F(4x4, 3x3), both from
+// weights transformed once.
 void BM_Conv3x3(benchmark::State& st) {
-  const int64_t Cin = st.range(0), Cout = st.range(1), H = st.range(2);
-  const auto dt = st.range(3) == 1 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
+  const int64_t Cin = st.range(0), Cout = st.range(1), H = st.range(2), form = st.range(3);
+  const auto dt = form == 1 ? fastvar::cpu::DType::BF16 : fastvar::cpu::DType::F32;
   if (dt == fastvar::cpu::DType::BF16 && !fastvar::cpu::bf16_supported()) {
     st.SkipWithError("no bf16 GEMM on this CPU");
     return;
   }
   auto x = randn(Cin * H * H, 1), w = randn(Cout * Cin * 9, 2), b = randn(Cout, 3);
   std::vector<float> y(Cout * H * H);
-  std::vector<float> U(size_t(16 * Cout * Cin));  // as the CPU backend prepares 3x3 weights once
-  fastvar::cpu::winograd_weights(w.data(), Cout, Cin, U.data());
+  const int tile = form == 4 ? 4 : 2;
+  std::vector<float> U(size_t(fastvar::cpu::winograd_planes(tile) * Cout * Cin));  // as the CPU backend prepares them
+  fastvar::cpu::winograd_weights(w.data(), Cout, Cin, U.data(), tile);
   for (auto _ : st) {
-    if (st.range(3) == 2)
+    if (form == 2)
       fastvar::cpu::conv2d_im2col(x.data(), Cin, H, H, w.data(), b.data(), Cout, 3, 1, y.data());
-    else if (st.range(3) == 3)
-      fastvar::cpu::conv2d_winograd_pre(x.data(), Cin, H, H, U.data(), b.data(), Cout, y.data());
+    else if (form >= 3)
+      fastvar::cpu::conv2d_winograd_pre(x.data(), Cin, H, H, U.data(), b.data(), Cout, y.data(), false, tile);
     else
       fastvar::cpu::conv2d(x.data(), Cin, H, H, w.data(), b.data(), Cout, 3, 1, y.data(), dt);
   }
@@ -130,8 +132,11 @@ void BM_Conv3x3(benchmark::State& st) {
 }
 BENCHMARK(BM_Conv3x3)->Args({160, 160, 256, 0})->Args({160, 160, 256, 1})->Args({320, 320, 64, 0})
     ->Args({320, 320, 64, 1})->Args({640, 640, 16, 0})->Args({640, 640, 16, 1})
-    ->Args({160, 160, 256, 2})->Args({160, 160, 256, 3})->Args({320, 320, 64, 2})->Args({320, 320, 64, 3})
-    ->Args({640, 640, 16, 2})->Args({640, 640, 16, 3})->UseRealTime();
+    ->Args({160, 160, 256, 2})->Args({160, 160, 256, 3})->Args({160, 160, 256, 4})
+    ->Args({320, 320, 64, 2})->Args({320, 320, 64, 3})->Args({320, 320, 64, 4})
+    ->Args({640, 640, 16, 2})->Args({640, 640, 16, 3})->Args({640, 640, 16, 4})
+    ->Args({640, 640, 32, 3})->Args({640, 640, 32, 4})->Args({512, 512, 24, 3})->Args({512, 512, 24, 4})
+    ->UseRealTime();
 
 // Attention of one row: Lq queries over Lk cached keys, H heads of hd.
 void BM_Attention(benchmark::State& st) {

@@ -1,5 +1,6 @@
 // 2-D convolution as im2col + SGEMM or, for the float32 3x3 "same" case, as
-// Winograd F(2x2, 3x3) (conv2d_winograd below: 2.25x fewer multiplications),
+// Winograd F(4x4, 3x3) or F(2x2, 3x3) (conv2d_winograd below: 4x or 2.25x fewer
+// multiplications),
 // and nearest-neighbour x2 upsampling.
 //
 // Layout choice (measured with OpenBLAS on AVX-512, 1 thread): the fastest
@@ -150,16 +151,25 @@ void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, c
                  });
     return;
   }
-  if (winograd_enabled() && k == 3 && pad == 1) return conv2d_winograd(x, Cin, H, W, w, bias, Cout, y, accumulate);
+  if (winograd_tile() && k == 3 && pad == 1)
+    return conv2d_winograd(x, Cin, H, W, w, bias, Cout, y, accumulate, winograd_tile_for(H, W));
   conv2d_im2col(x, Cin, H, W, w, bias, Cout, k, pad, y, accumulate);
 }
 
-bool winograd_enabled() {
-  static const bool on = [] {
+int winograd_tile() {
+  static const int tile = [] {
     const char* e = std::getenv("FASTVAR_WINOGRAD");
-    return !(e && std::string(e) == "0");
+    const std::string v = e ? e : "";
+    if (v == "0") return 0;
+    if (v == "2") return 2;
+    return 4;
   }();
-  return on;
+  return tile;
+}
+
+int winograd_tile_for(int64_t H, int64_t W) {
+  if (winograd_tile() == 2) return 2;
+  return ((H + 3) / 4) * ((W + 3) / 4) >= 64 ? 4 : 2;
 }
 
 void conv2d_im2col(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
@@ -182,14 +192,81 @@ void conv2d_im2col(const float* x, int64_t Cin, int64_t H, int64_t W, const floa
                });
 }
 
-// Winograd F(2x2, 3x3). For an output tile of 2x2 pixels and the 4x4 input
-// patch d around it: Y = A^T [(G g G^T) .* (B^T d B)] A with
-//   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],  B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
-//   A^T = [1 1 1 0; 0 1 -1 -1].
-// Summed over input channels, each of the 16 transformed positions xi is one
-// product M_xi (Cout, tiles) = U_xi (Cout, Cin) V_xi (Cin, tiles). Tiles go in
-// bands of tile rows so that V and M stay within kWinoBudget floats.
-void winograd_weights(const float* w, int64_t Cout, int64_t Cin, float* U) {
+// Winograd F(m x m, 3x3), m = 2 or 4. For an output tile of m x m pixels and
+// the a x a input patch d around it (a = m + 2): Y = A^T [(G g G^T) .* (B^T d B)] A.
+// Summed over input channels, each of the a^2 transformed positions xi is one
+// product M_xi (Cout, tiles) = U_xi (Cout, Cin) V_xi (Cin, tiles): 16 products
+// of 1/4 of the pixels for m = 2 (2.25x fewer multiplications than the direct
+// form), 36 of 1/16 for m = 4 (4x fewer), at more rounding in the transforms.
+// Tiles go in bands of tile rows so that V and M stay within kWinoBudget floats.
+namespace {
+
+// The transform matrices (Lavin and Gray's, interpolation points 0, +-1, +-2 and
+// infinity): bt = B^T (a x a), g = G (a x 3), at = A^T (m x a).
+struct WinoMatrices {
+  int m, a;
+  float bt[6][6], at[4][6];
+  double g[6][3];
+};
+const WinoMatrices& wino_matrices(int m) {
+  static const WinoMatrices f2 = {2, 4,
+                                  {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}},
+                                  {{1, 1, 1, 0}, {0, 1, -1, -1}},
+                                  {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}}};
+  static const WinoMatrices f4 = {4, 6,
+                                  {{4, 0, -5, 0, 1, 0},
+                                   {0, -4, -4, 1, 1, 0},
+                                   {0, 4, -4, -1, 1, 0},
+                                   {0, -2, -1, 2, 1, 0},
+                                   {0, 2, -1, -2, 1, 0},
+                                   {0, 4, 0, -5, 0, 1}},
+                                  {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}},
+                                  {{1. / 4, 0, 0},
+                                   {-1. / 6, -1. / 6, -1. / 6},
+                                   {-1. / 6, 1. / 6, -1. / 6},
+                                   {1. / 24, 1. / 12, 1. / 6},
+                                   {1. / 24, -1. / 12, 1. / 6},
+                                   {0, 0, 1}}};
+  if (m == 2) return f2;
+  if (m == 4) return f4;
+  fail("Winograd tile %d (expected 2 or 4)", m);
+}
+
+// out[t] = sum_j c[j] in_j[t * step] over the nonzero c[j], in j order (a
+// vectorisable pass over the tiles per nonzero coefficient).
+void combine(const float* c, int n, const float* const* in, int64_t step, int64_t count, float* out) {
+  bool first = true;
+  for (int j = 0; j < n; ++j) {
+    const float cj = c[j];
+    if (cj == 0.f) continue;
+    const float* src = in[j];
+    if (first) {
+      if (cj == 1.f)
+        for (int64_t t = 0; t < count; ++t) out[t] = src[t * step];
+      else
+        for (int64_t t = 0; t < count; ++t) out[t] = cj * src[t * step];
+      first = false;
+    } else if (cj == 1.f) {
+      for (int64_t t = 0; t < count; ++t) out[t] += src[t * step];
+    } else if (cj == -1.f) {
+      for (int64_t t = 0; t < count; ++t) out[t] -= src[t * step];
+    } else {
+      for (int64_t t = 0; t < count; ++t) out[t] += cj * src[t * step];
+    }
+  }
+  if (first) std::fill(out, out + count, 0.f);
+}
+
+}  // namespace
+
+int64_t winograd_planes(int tile) {
+  const int a = wino_matrices(tile).a;
+  return int64_t(a) * a;
+}
+
+void winograd_weights(const float* w, int64_t Cout, int64_t Cin, float* U, int tile) {
+  const WinoMatrices& T = wino_matrices(tile);
+  const int a = T.a;
   const int64_t plane = Cout * Cin;
   parallel_for(
       Cout,
@@ -197,130 +274,115 @@ void winograd_weights(const float* w, int64_t Cout, int64_t Cin, float* U) {
         for (int64_t co = c0; co < c1; ++co)
           for (int64_t ci = 0; ci < Cin; ++ci) {
             const float* g = w + (co * Cin + ci) * 9;
-            float t[4][3];  // G g
-            for (int j = 0; j < 3; ++j) {
-              t[0][j] = g[j];
-              t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-              t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-              t[3][j] = g[6 + j];
-            }
+            double t[6][3];  // G g, in double: one rounding per transformed weight
+            for (int i = 0; i < a; ++i)
+              for (int j = 0; j < 3; ++j) t[i][j] = T.g[i][0] * g[j] + T.g[i][1] * g[3 + j] + T.g[i][2] * g[6 + j];
             float* o = U + co * Cin + ci;  // (G g) G^T
-            for (int i = 0; i < 4; ++i) {
-              o[(4 * i + 0) * plane] = t[i][0];
-              o[(4 * i + 1) * plane] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-              o[(4 * i + 2) * plane] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-              o[(4 * i + 3) * plane] = t[i][2];
-            }
+            for (int i = 0; i < a; ++i)
+              for (int j = 0; j < a; ++j)
+                o[(a * i + j) * plane] = float(t[i][0] * T.g[j][0] + t[i][1] * T.g[j][1] + t[i][2] * T.g[j][2]);
           }
       },
       8);
 }
 
 void conv2d_winograd(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
-                     int64_t Cout, float* y, bool accumulate) {
+                     int64_t Cout, float* y, bool accumulate, int tile) {
   thread_local std::vector<float> u_buf;
-  u_buf.resize(size_t(16 * Cout * Cin));
+  u_buf.resize(size_t(winograd_planes(tile) * Cout * Cin));
   float* U = u_buf.data();
-  winograd_weights(w, Cout, Cin, U);
-  conv2d_winograd_pre(x, Cin, H, W, U, bias, Cout, y, accumulate);
+  winograd_weights(w, Cout, Cin, U, tile);
+  conv2d_winograd_pre(x, Cin, H, W, U, bias, Cout, y, accumulate, tile);
 }
 
 void conv2d_winograd_pre(const float* x, int64_t Cin, int64_t H, int64_t W, const float* U, const float* bias,
-                         int64_t Cout, float* y, bool accumulate) {
+                         int64_t Cout, float* y, bool accumulate, int tile) {
   if (Cin <= 0 || Cout <= 0 || H <= 0 || W <= 0) fail("conv2d: empty %lldx%lld map", (long long)H, (long long)W);
+  const WinoMatrices& T = wino_matrices(tile);
+  const int m = T.m, a = T.a, a2 = a * a;
   constexpr int64_t kWinoBudget = int64_t(8) << 20;
-  const int64_t plane = Cout * Cin, th = (H + 1) / 2, tw = (W + 1) / 2, HW = H * W;
-  int64_t rows = std::clamp<int64_t>(kWinoBudget / (16 * (Cin + Cout) * tw), 1, th);
+  const int64_t plane = Cout * Cin, th = (H + m - 1) / m, tw = (W + m - 1) / m, HW = H * W;
+  int64_t rows = std::clamp<int64_t>(kWinoBudget / (a2 * (Cin + Cout) * tw), 1, th);
   const int64_t nbands = (th + rows - 1) / rows;
   rows = (th + nbands - 1) / nbands;
   thread_local std::vector<float> v_buf, m_buf;
-  v_buf.resize(size_t(16 * Cin * rows * tw));
-  m_buf.resize(size_t(16 * Cout * rows * tw));
+  v_buf.resize(size_t(a2 * Cin * rows * tw));
+  m_buf.resize(size_t(a2 * Cout * rows * tw));
   float *V = v_buf.data(), *M = m_buf.data();
   for (int64_t r0 = 0; r0 < th; r0 += rows) {
     const int64_t r1 = std::min(th, r0 + rows), n = (r1 - r0) * tw;
-    // V[xi][ci][t] = (B^T d B)[xi] of tile t's 4x4 patch (zero outside the
-    // map). Per tile row: the four input rows zero-padded to 2 tw + 2 columns,
-    // then d B along each row (stride-2 reads), then B^T across the rows, in
-    // loops over the tiles of the row that the compiler vectorises.
+    // V[xi][ci][t] = (B^T d B)[xi] of tile t's a x a patch (zero outside the
+    // map). Per tile row: the a input rows zero-padded to m tw + 2 columns,
+    // then d B along each row (stride-m reads), then B^T across the rows, in
+    // passes over the tiles of the row that the compiler vectorises.
     parallel_for(
         Cin,
         [&](int64_t c0, int64_t c1) {
-          const int64_t P = 2 * tw + 2;
+          const int64_t P = m * tw + 2;
           thread_local std::vector<float> pad, r;  // this worker's scratch
-          pad.resize(size_t(4 * P));
-          r.resize(size_t(16 * tw));
+          pad.resize(size_t(a * P));
+          r.resize(size_t(a2 * tw));
+          const float* src[6];
           for (int64_t ci = c0; ci < c1; ++ci) {
             const float* xc = x + ci * HW;
             for (int64_t tr = r0; tr < r1; ++tr) {
-              for (int i = 0; i < 4; ++i) {
+              for (int i = 0; i < a; ++i) {
                 float* p = pad.data() + i * P;
-                const int64_t yy = 2 * tr - 1 + i;
+                const int64_t yy = m * tr - 1 + i;
                 std::fill(p, p + P, 0.f);
                 if (yy >= 0 && yy < H) std::copy_n(xc + yy * W, W, p + 1);
               }
-              for (int i = 0; i < 4; ++i) {
-                const float* p = pad.data() + i * P;
-                float *q0 = r.data() + (4 * i) * tw, *q1 = q0 + tw, *q2 = q1 + tw, *q3 = q2 + tw;
-                for (int64_t tc = 0; tc < tw; ++tc) {
-                  const float a0 = p[2 * tc], a1 = p[2 * tc + 1], a2 = p[2 * tc + 2], a3 = p[2 * tc + 3];
-                  q0[tc] = a0 - a2;
-                  q1[tc] = a1 + a2;
-                  q2[tc] = a2 - a1;
-                  q3[tc] = a1 - a3;
-                }
+              // r[i][k] = (row i of the patch) B, per tile.
+              for (int i = 0; i < a; ++i) {
+                for (int j = 0; j < a; ++j) src[j] = pad.data() + i * P + j;
+                for (int k = 0; k < a; ++k) combine(T.bt[k], a, src, m, tw, r.data() + (i * a + k) * tw);
               }
+              // V[j a + k] = sum_i B^T[j][i] r[i][k].
               const int64_t t0 = (tr - r0) * tw, stride = Cin * n;
               float* vc = V + ci * n + t0;
-              for (int k = 0; k < 4; ++k) {
-                const float *d0 = r.data() + k * tw, *d1 = d0 + 4 * tw, *d2 = d1 + 4 * tw, *d3 = d2 + 4 * tw;
-                float *v0 = vc + k * stride, *v1 = v0 + 4 * stride, *v2 = v1 + 4 * stride, *v3 = v2 + 4 * stride;
-                for (int64_t tc = 0; tc < tw; ++tc) {
-                  v0[tc] = d0[tc] - d2[tc];
-                  v1[tc] = d1[tc] + d2[tc];
-                  v2[tc] = d2[tc] - d1[tc];
-                  v3[tc] = d1[tc] - d3[tc];
-                }
+              for (int k = 0; k < a; ++k) {
+                for (int i = 0; i < a; ++i) src[i] = r.data() + (i * a + k) * tw;
+                for (int j = 0; j < a; ++j) combine(T.bt[j], a, src, 1, tw, vc + (j * a + k) * stride);
               }
             }
           }
         },
         4);
-    // The 16 products side by side on the pool (each is too narrow to be cut
+    // The a^2 products side by side on the pool (each is too narrow to be cut
     // into panels; a product's own cut depends on its shape only).
-    parallel_for(16, [&](int64_t x0, int64_t x1) {
+    parallel_for(a2, [&](int64_t x0, int64_t x1) {
       for (int64_t xi = x0; xi < x1; ++xi)
         gemm(false, false, Cout, n, Cin, 1.f, U + xi * plane, Cin, V + xi * Cin * n, n, 0.f, M + xi * Cout * n, n);
     });
-    // Y = A^T m A per tile, plus the bias (and y when accumulating): A^T
-    // across the rows, then along them into two output rows of 2 tw pixels.
+    // Y = A^T M A per tile, plus the bias (and y when accumulating): A^T
+    // across the rows, then along them into m output rows of m tw pixels.
     parallel_for(
         Cout,
         [&](int64_t c0, int64_t c1) {
-          thread_local std::vector<float> q, out;  // this worker's scratch
-          q.resize(size_t(8 * tw));
-          out.resize(size_t(2 * tw));
+          thread_local std::vector<float> q, out, e;  // this worker's scratch
+          q.resize(size_t(m * a * tw));
+          e.resize(size_t(m * tw));
+          out.resize(size_t(m * tw));
           const int64_t stride = Cout * n;
+          const float* src[6];
           for (int64_t co = c0; co < c1; ++co) {
             const float b = bias ? bias[co] : 0.f;
             float* yc = y + co * HW;
             for (int64_t tr = r0; tr < r1; ++tr) {
               const float* mc = M + co * n + (tr - r0) * tw;
-              for (int j = 0; j < 4; ++j) {
-                const float *m0 = mc + j * stride, *m1 = m0 + 4 * stride, *m2 = m1 + 4 * stride, *m3 = m2 + 4 * stride;
-                float *qa = q.data() + j * tw, *qb = qa + 4 * tw;
-                for (int64_t tc = 0; tc < tw; ++tc) {
-                  qa[tc] = m0[tc] + m1[tc] + m2[tc];
-                  qb[tc] = m1[tc] - m2[tc] - m3[tc];
-                }
+              // q[i][k] = sum_j A^T[i][j] M[j a + k].
+              for (int k = 0; k < a; ++k) {
+                for (int j = 0; j < a; ++j) src[j] = mc + (j * a + k) * stride;
+                for (int i = 0; i < m; ++i) combine(T.at[i], a, src, 1, tw, q.data() + (i * a + k) * tw);
               }
-              for (int i = 0; i < 2; ++i) {
-                const int64_t yy = 2 * tr + i;
+              for (int i = 0; i < m; ++i) {
+                const int64_t yy = m * tr + i;
                 if (yy >= H) break;
-                const float *e0 = q.data() + 4 * i * tw, *e1 = e0 + tw, *e2 = e1 + tw, *e3 = e2 + tw;
-                for (int64_t tc = 0; tc < tw; ++tc) {
-                  out[2 * tc] = e0[tc] + e1[tc] + e2[tc] + b;
-                  out[2 * tc + 1] = e1[tc] - e2[tc] - e3[tc] + b;
+                // Output row yy: pixel m tc + c = sum_k A^T[c][k] q[i][k][tc] + b.
+                for (int k = 0; k < a; ++k) src[k] = q.data() + (i * a + k) * tw;
+                for (int c = 0; c < m; ++c) {
+                  combine(T.at[c], a, src, 1, tw, e.data() + c * tw);
+                  for (int64_t tc = 0; tc < tw; ++tc) out[m * tc + c] = e[c * tw + tc] + b;
                 }
                 float* dst = yc + yy * W;
                 if (accumulate)

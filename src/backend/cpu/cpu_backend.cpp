@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <new>
 #include <vector>
 
@@ -79,7 +80,21 @@ struct CpuLinear {
 struct CpuConv {
   const float* w = nullptr;
   std::vector<float> bias;
-  std::vector<float> winograd;  // float32 3x3: the weights transformed once (cpu::winograd_weights)
+  int cin = 0, cout = 0;
+  bool winograd = false;  // float32 3x3 "same": Winograd, the tile by the map's size
+  // The weights transformed for F(2x2) and F(4x4) (cpu::winograd_weights),
+  // each made at the first convolution that uses its tile: a decoder level
+  // always meets the same map size, so a model holds one of the two per conv.
+  mutable std::once_flag once[2];
+  mutable std::vector<float> u[2];
+  const float* transformed(int tile) const {
+    const int i = tile == 4 ? 1 : 0;
+    std::call_once(once[i], [&] {
+      u[i].resize(size_t(cpu::winograd_planes(tile)) * size_t(cout) * size_t(cin));
+      cpu::winograd_weights(w, cout, cin, u[i].data(), tile);
+    });
+    return u[i].data();
+  }
 };
 
 class CpuTimer : public Timer {
@@ -150,14 +165,14 @@ class CpuBackend : public Backend {
     auto impl = std::make_shared<CpuConv>();
     impl->w = w;
     if (bias) impl->bias.assign(bias, bias + cout);
-    if (k == 3 && dt == DType::F32 && cpu::winograd_enabled()) {
-      impl->winograd.resize(size_t(16) * cout * cin);
-      cpu::winograd_weights(w, cout, cin, impl->winograd.data());
-    }
+    impl->cin = cin, impl->cout = cout;
+    impl->winograd = k == 3 && dt == DType::F32 && cpu::winograd_tile() != 0;
     Conv c;
     c.cin = cin, c.cout = cout, c.k = k, c.dtype = dt;
+    // With Winograd, the transformed weights of the larger tile (36 / 9 of the
+    // weights) are counted: what the conv holds once it has run.
     c.bytes = int64_t(cout) * cin * k * k * (dt == DType::BF16 ? 2 : 4) + int64_t(impl->bias.size() * 4) +
-              int64_t(impl->winograd.size() * 4);
+              (impl->winograd ? cpu::winograd_planes(4) * cout * cin * 4 : 0);
     c.impl = impl;
     return c;
   }
@@ -174,9 +189,11 @@ class CpuBackend : public Backend {
     const auto& cc = *static_cast<const CpuConv*>(c.impl.get());
     const int64_t in = int64_t(c.cin) * H * W, out = int64_t(c.cout) * H * W;
     const float* bias = cc.bias.empty() ? nullptr : cc.bias.data();
-    if (!cc.winograd.empty()) {
+    if (cc.winograd) {
+      const int tile = cpu::winograd_tile_for(H, W);
+      const float* U = cc.transformed(tile);
       for (int64_t b = 0; b < B; ++b)
-        cpu::conv2d_winograd_pre(x + b * in, c.cin, H, W, cc.winograd.data(), bias, c.cout, y + b * out, accumulate);
+        cpu::conv2d_winograd_pre(x + b * in, c.cin, H, W, U, bias, c.cout, y + b * out, accumulate, tile);
       return;
     }
     for (int64_t b = 0; b < B; ++b)

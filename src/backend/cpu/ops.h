@@ -87,20 +87,26 @@ void group_norm(const float* x, float* y, int64_t C, int64_t HW, int groups, flo
 // accumulate: y += conv(x) + bias (a fused residual add).
 void conv2d(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
             int64_t Cout, int k, int pad, float* y, DType dtype = DType::F32, bool accumulate = false);
-// The 3x3 "same" convolutions of conv2d in float32 run as Winograd F(2x2, 3x3):
-// 16 products of (Cout, Cin) x (Cin, tiles) instead of im2col's 9-tap product,
-// 2.25x fewer multiplications, at a rounding error of a few float32 ulps of the
-// result (tested against the direct form). FASTVAR_WINOGRAD=0 in the
-// environment keeps im2col (for A/B measurements). These two are the forms
+// The 3x3 "same" convolutions of conv2d in float32 run as Winograd F(m x m,
+// 3x3), tile m = 4 on large maps and 2 on small ones: (m + 2)^2 products of (Cout, Cin) x (Cin, tiles)
+// instead of im2col's 9-tap product, 4x fewer multiplications for m = 4 (2.25x
+// for m = 2), at a rounding error of some float32 ulps of the result (tested
+// against the direct form). FASTVAR_WINOGRAD=2 in the environment picks m = 2,
+// FASTVAR_WINOGRAD=0 im2col (for A/B measurements). These are the forms
 // themselves, for tests and benchmarks.
+int winograd_tile();                  // 4 (by map size), 2, or 0 (off), from FASTVAR_WINOGRAD
+// The tile for an H x W map: 4 from 64 tiles of 4x4 up (BM_Conv3x3 on the AVX2
+// EPYC: F(4x4) 1.2-1.4x faster than F(2x2) on 32x32 maps and larger, even at
+// 24x24, slower at 16x16), else 2; always 2 with FASTVAR_WINOGRAD=2.
+int winograd_tile_for(int64_t H, int64_t W);
+int64_t winograd_planes(int tile);    // (tile + 2)^2
 void conv2d_winograd(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
-                     int64_t Cout, float* y, bool accumulate = false);
-// U (16, Cout, Cin): the weights transformed once (G g G^T), and the
-// convolution from them (what the CPU backend's prepared 3x3 weights use).
-void winograd_weights(const float* w, int64_t Cout, int64_t Cin, float* U);
+                     int64_t Cout, float* y, bool accumulate, int tile);
+// U (winograd_planes(tile), Cout, Cin): the weights transformed once (G g G^T),
+// and the convolution from them (what the CPU backend's prepared 3x3 weights use).
+void winograd_weights(const float* w, int64_t Cout, int64_t Cin, float* U, int tile);
 void conv2d_winograd_pre(const float* x, int64_t Cin, int64_t H, int64_t W, const float* U, const float* bias,
-                         int64_t Cout, float* y, bool accumulate = false);
-bool winograd_enabled();  // false with FASTVAR_WINOGRAD=0
+                         int64_t Cout, float* y, bool accumulate, int tile);
 void conv2d_im2col(const float* x, int64_t Cin, int64_t H, int64_t W, const float* w, const float* bias,
                    int64_t Cout, int k, int pad, float* y, bool accumulate = false);
 // Nearest-neighbour x2 upsampling: (C, H, W) -> (C, 2H, 2W).
