@@ -253,6 +253,13 @@ TEST(Hardening, RequestsBeyondTheMachineAreRefusedUpFront) {
   auto r = run_sh("ulimit -v 1500000; " + std::string(FASTVAR_CLI) + " generate --class 1 -n 4096 -q -o " + d / "x.png");
   expect_clean_error(r, "generating 4096 image(s) of 32x32 needs about");
   expect_only(d, {});
+  // bench does the same check before its runs (Infinity-2B at 2K once ran
+  // 36 minutes on a 24 GB machine before the kernel killed it for memory).
+  // (HART's tiny shapes fit 1.5 GB even at -n 64; its bench runs the same check.)
+  auto b = run_sh("ulimit -v 1500000; " + std::string(FASTVAR_CLI) +
+                  " bench --shape infinity-tiny --pn 2K -n 64 --modes full --runs 1 --warmup 0 -t 1"
+                  " 2>&1 >/dev/null");  // the error, not the header
+  expect_clean_error(b, "infinity-tiny at 2K (full) needs about");
   // Far more threads than CPUs: one warning, then a normal run on the CPUs there are.
   auto t = run_cli(gen("--class 1 -q -t 1000 -o " + d / "t.png"));
   EXPECT_EQ(t.code, 0) << t.out;

@@ -18,6 +18,7 @@
 #include "backend/cpu/ops.h"
 #include "cli/output_path.h"
 #include "core/error.h"
+#include "core/sysinfo.h"
 #include "core/threadpool.h"
 #include "io/png.h"
 #include "models/hart/random_weights.h"
@@ -344,6 +345,12 @@ nlohmann::json bench_infinity(const std::string& shape, const BenchArgs& args) {
     p.kv_bf16 = kv_bf16;
     return p;
   };
+  // As generate does: a run that cannot fit is refused now, not killed for
+  // memory after minutes (2K on a 24 GB machine).
+  if (!dev.cuda)
+    for (const auto& m : a.modes)
+      check_memory(estimate_infinity_bytes(model, vae, params(m, 0)),
+                   strprintf("%s at %s (%s)", shape.c_str(), pn.c_str(), m.c_str()));
   for (int w = 0; w < a.warmup; ++w)  // untimed: first-use costs (see bench_var)
     for (const auto& m : a.modes) gen(params(m, 0));
   if (dev.cuda) backend::get(dev.cuda, dev.index).reset_peak();
@@ -408,6 +415,9 @@ nlohmann::json bench_hart(const std::string& shape, const BenchArgs& args) {
     p.kv_bf16 = kv_bf16;
     return p;
   };
+  if (!dev.cuda)  // as generate does (see bench_infinity)
+    for (const auto& m : a.modes)
+      check_memory(estimate_hart_bytes(model, vae, params(m, 0)), strprintf("%s (%s)", shape.c_str(), m.c_str()));
   for (int w = 0; w < a.warmup; ++w)  // untimed: first-use costs (see bench_var)
     for (const auto& m : a.modes) runner.generate(params(m, 0));
   if (dev.cuda) backend::get(dev.cuda, dev.index).reset_peak();
