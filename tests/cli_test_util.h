@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -24,6 +27,19 @@ inline std::string gen(const std::string& extra) {
 inline std::string read_file(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Runs `script` (no single quotes) under sh -c, stdout and stderr together.
+inline CliResult run_sh(const std::string& script) {
+  CliResult r;
+  FILE* p = ::popen(("sh -c '" + script + "' 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = ::pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
 }
 
 // Exactly one line of output, starting with "fastvar: error:", mentioning `what`.

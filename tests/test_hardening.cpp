@@ -25,18 +25,7 @@ using test::run_cli;
 std::string model() { return test::var_model(); }
 std::string vae() { return test::var_vae(); }
 
-// Runs `script` under sh -c (for ulimit), stdout and stderr together.
-test::CliResult run_sh(const std::string& script) {
-  test::CliResult r;
-  FILE* p = ::popen(("sh -c '" + script + "' 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = ::pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using test::run_sh;
 
 // Nothing but `allowed` in the folder (no output, no temporary file).
 void expect_only(const test::TempDir& d, std::set<std::string> allowed) {

@@ -195,6 +195,21 @@ TEST(HartCli, CApiLoadsTheFolderAndGenerates) {
   fastvar_free(e);
 }
 
+// `fastvar serve` on a text-to-image model: its start-up check of the engine
+// settings (which needs a prompt to pass) lets it load and become ready; it
+// then drains on SIGTERM and exits 0.
+TEST(HartCli, ServeLoadsTheFolderAndGetsReady) {
+  HartFolders f;
+  const std::string log = f.dir / "serve.log";
+  auto r = test::run_sh(std::string(FASTVAR_CLI) + " serve -m " + f.hart + " --llm " + f.qwen +
+                        " --port 0 -t 1 --kv-dtype bf16 2>" + log + " & p=$!; i=0; "
+                        "while [ $i -lt 300 ] && kill -0 $p 2>/dev/null && ! grep -q ready " + log +
+                        "; do sleep 0.1; i=$((i+1)); done; kill -TERM $p 2>/dev/null; wait $p; echo exit=$?; cat " + log);
+  EXPECT_NE(r.out.find("fastvar serve: ready"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("exit=0"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("error"), std::string::npos) << r.out;
+}
+
 // batch_invariant: each image of a batch of prompts of different lengths is
 // byte-identical to its solo run (more_smooth on, the amplifying case).
 TEST(HartCli, BatchInvariantImagesEqualTheirSoloRuns) {

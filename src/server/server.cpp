@@ -236,6 +236,7 @@ class Service {
     // this machine cannot run is the operator's error at start-up, not a 400
     // answered to every request.
     fastvar_params p = params_of(GenRequest{});
+    if (t2i_) p.prompt = "a";  // any text: the server's settings are what is checked
     if (fastvar_check_params(e, &p) != FASTVAR_OK) fail("%s", fastvar_last_error());
     int w = 0, h = 0;
     if (fastvar_output_size(e, &p, &w, &h) == FASTVAR_OK) native_w_ = w, native_h_ = h;
