@@ -22,9 +22,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--runs N] [--warmup N] [--threads T] [--dtype fp32|bf16] [--out FILE.json]" >&2; exit 2 ;;
   esac
 done
-fv=./build/fastvar
-[ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
-source bench/torch_venv.sh
+source bench/torch_venv.sh  # fv: the fastvar binary; TORCH_PYTHON: the peer's python
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$fv" bench --shape hart-0.7b --modes full,fastvar --runs "$runs" --warmup "$warmup" -t "$threads" --dtype "$dtype" \

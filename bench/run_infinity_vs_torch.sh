@@ -24,9 +24,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$out" ] || out="bench/results/infinity2b_${pn}_cpu_vs_torch.json"
-fv=./build/fastvar
-[ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
-source bench/torch_venv.sh
+source bench/torch_venv.sh  # fv: the fastvar binary; TORCH_PYTHON: the peer's python
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$fv" bench --shape infinity-2b --pn "$pn" --modes full,fastvar --runs "$runs" --warmup 1 -t "$threads" \

@@ -17,9 +17,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--runs N] [--threads T] [--out FILE.json]" >&2; exit 2 ;;
   esac
 done
-fv=./build/fastvar
-[ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
-source bench/torch_venv.sh
+source bench/torch_venv.sh  # fv: the fastvar binary; TORCH_PYTHON: the peer's python
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$fv" bench --shape qwen2-1.5b --runs "$runs" -t "$threads" --json "$tmp/fastvar.json" >&2

@@ -24,9 +24,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--runs N] [--threads T] [--depth 16|20|24|30] [--out FILE.json]" >&2; exit 2 ;;
   esac
 done
-fv=./build/fastvar
-[ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
-source bench/torch_venv.sh
+source bench/torch_venv.sh  # fv: the fastvar binary; TORCH_PYTHON: the peer's python
 py="$TORCH_PYTHON"
 cpu_tag="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/[^A-Za-z0-9]\+/_/g; s/_$//')"
 out="${out:-bench/results/vs_torch_d${depth}_${cpu_tag}.json}"

@@ -1,7 +1,10 @@
-# Sourced by bench/run_*_vs_torch.sh: the PyTorch peers' interpreter. PYTHON=... names one to use;
+# Sourced by bench/run_*_vs_torch.sh (from the repository root): fv, the built fastvar binary, and
+# the PyTorch peers' interpreter. PYTHON=... names one to use;
 # otherwise build/venv-torch is made once with today's torch, numpy, transformers and huggingface_hub
 # from PyPI (everything any of the peers imports, so the scripts share one venv), and TORCH_PYTHON
 # names its python.
+fv=./build/fastvar
+[ -x "$fv" ] || { echo "$fv not built (bash scripts/build.sh)" >&2; exit 1; }
 if [ -n "${PYTHON:-}" ]; then
   TORCH_PYTHON="$PYTHON"
 else
