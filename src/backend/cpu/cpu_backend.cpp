@@ -169,8 +169,9 @@ class CpuBackend : public Backend {
     impl->winograd = k == 3 && dt == DType::F32 && cpu::winograd_tile() != 0;
     Conv c;
     c.cin = cin, c.cout = cout, c.k = k, c.dtype = dt;
-    // With Winograd, the transformed weights of the larger tile (36 / 9 of the
-    // weights) are counted: what the conv holds once it has run.
+    // With Winograd, the larger tile's transformed weights (36 / 9 of the
+    // weights) are counted: an upper bound, as a conv on small maps holds the
+    // smaller tile's (16 / 9) once it has run.
     c.bytes = int64_t(cout) * cin * k * k * (dt == DType::BF16 ? 2 : 4) + int64_t(impl->bias.size() * 4) +
               (impl->winograd ? cpu::winograd_planes(4) * cout * cin * 4 : 0);
     c.impl = impl;
